@@ -1,0 +1,73 @@
+"""Every Redis key shape, in one place.
+
+All keys of one account and its shard's usage stream share the hash tag
+``{sN}``, so each Lua script touches one Redis Cluster slot and the same code
+runs on a single Redis and on a cluster. Shard = crc32(account id) mod the
+deployment's shard count, computed once when the account is created and
+stored with it in Postgres.
+
+Key                                 Type    Lifetime
+meter:acct:{sN}:<account>           hash    while the account exists; see ACCOUNT_FIELDS
+meter:credits:{sN}:<account>        zset    credit ids applied (score: ms); trimmed after 30 days
+meter:usage:{sN}                    stream  usage events; trimmed only up to what the ledger committed
+meter:settled:{sN}:<request>        string  marks a settled/refunded call; expires after 1 day
+meter:apikey:<sha256 hex>           hash    API key -> key id, project, account, shard; no TTL
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "meter"
+
+# Fields of the account hash. Short names: they are read on every call.
+ACCOUNT_FIELDS = {
+    "bal": "balance, micros (may be negative down to -ovl)",
+    "ovl": "overage line, micros (credit allowed below zero)",
+    "lim": "daily hard limit, micros; -1 = none",
+    "ntf": "daily notify threshold, micros; -1 = none",
+    "rth": "low-balance (auto-recharge) threshold, micros; -1 = none",
+    "st": "status: a = active, s = suspended",
+    "day": "UTC day number (days since 1970-01-01) that spt counts",
+    "spt": "spent during day, micros",
+    "nfd": "day the notify-threshold signal last fired",
+    "lfd": "day the hard-limit signal last fired",
+    "low": "1 while the low-balance signal has fired and not re-armed",
+    "ver": "config version last applied from Postgres",
+    "rk:<key id>": "1 when that API key is revoked",
+}
+
+SETTLED_TTL_SECONDS = 86_400
+CREDIT_MEMORY_MS = 30 * 86_400 * 1000
+
+
+def shard_of(account_id: str, shards: int) -> int:
+    return zlib.crc32(account_id.encode()) % shards
+
+
+def tag(shard: int) -> str:
+    return f"{{s{shard}}}"
+
+
+def account(shard: int, account_id: str) -> str:
+    return f"{PREFIX}:acct:{tag(shard)}:{account_id}"
+
+
+def credits_applied(shard: int, account_id: str) -> str:
+    return f"{PREFIX}:credits:{tag(shard)}:{account_id}"
+
+
+def usage_stream(shard: int) -> str:
+    return f"{PREFIX}:usage:{tag(shard)}"
+
+
+def settled(shard: int, request_id: str) -> str:
+    return f"{PREFIX}:settled:{tag(shard)}:{request_id}"
+
+
+def api_key(key_hash_hex: str) -> str:
+    return f"{PREFIX}:apikey:{key_hash_hex}"
+
+
+def revoked_field(key_id: str) -> str:
+    return f"rk:{key_id}"

@@ -1,0 +1,293 @@
+"""The Redis adapter for an account's live state: it translates, it does not decide.
+
+Every change to an account's money goes through one Lua script (``scripts``);
+this module only builds KEYS/ARGV, runs the script and turns the reply into
+values. Redis errors are translated here, once, into ``StateUnavailable``.
+
+``admit_many`` is the one seam of the hot path: a list of calls in, a list of
+decisions out, one script call per Redis Cluster slot. The gateway may hand it
+one call or a whole loop pass of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from meter import keys
+from meter.money import NONE, AccountState, Outcome, Signal
+from meter.scripts import (
+    ADMIT,
+    ADMIT_REPLY_PER_CALL,
+    CREDIT,
+    SETTLE,
+    SYNC_ACCOUNT,
+    LuaScript,
+)
+
+
+class StateUnavailable(Exception):
+    """Redis could not be reached or answered with an error; nothing is known to have changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call to admit: who pays, for what, how much (micros)."""
+
+    shard: int
+    account_id: str
+    project_id: str
+    key_id: str
+    route: str
+    price: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    outcome: Outcome
+    balance: int
+    available: int
+    limit_remaining: int | None
+    signals: Signal
+    event_id: str  # the usage event's stream id ("" when none was written)
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome is Outcome.ADMITTED
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """The limits and status of an account as written in Postgres, with their version."""
+
+    version: int
+    overage_line: int
+    daily_hard_limit: int | None
+    daily_notify_threshold: int | None
+    low_balance_threshold: int | None
+    suspended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    project_id: str
+    account_id: str
+    shard: int
+
+
+def _opt(value: int | None) -> str:
+    return str(NONE if value is None else value)
+
+
+def _from_opt(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    value = int(raw)
+    return None if value < 0 else value
+
+
+def _str(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class LiveState:
+    def __init__(self, client: aioredis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self.redis = client
+        self.clock = clock
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 1.0, **kwargs: Any) -> LiveState:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            max_connections=kwargs.pop("max_connections", 256),
+        )
+        return cls(client, **kwargs)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _run(self, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._translated(self._evalsha(script, key_names, args))
+
+    async def _evalsha(self, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self.redis.evalsha(script.sha, len(key_names), *key_names, *args)
+        except redis.exceptions.NoScriptError:
+            await self.redis.script_load(script.source)
+            return await self.redis.evalsha(script.sha, len(key_names), *key_names, *args)
+
+    @staticmethod
+    async def _translated(aw: Awaitable[Any]) -> Any:
+        try:
+            return await aw
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise StateUnavailable(f"redis unreachable: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise StateUnavailable(f"redis error: {exc}") from exc
+
+    # -- the hot path -----------------------------------------------------------------
+
+    async def admit_many(self, calls: Sequence[Call], day: int) -> list[Admission]:
+        """Admit each call (atomically each); one script call per shard."""
+        by_shard: dict[int, list[int]] = {}
+        for i, call in enumerate(calls):
+            by_shard.setdefault(call.shard, []).append(i)
+        results: list[Admission | None] = [None] * len(calls)
+        for shard, indexes in by_shard.items():
+            key_names, args = admit_arguments([calls[i] for i in indexes], day, shard)
+            reply = await self._run(ADMIT, key_names, args)
+            for i, admission in zip(indexes, parse_admit_reply(reply), strict=True):
+                results[i] = admission
+        return results  # type: ignore[return-value]
+
+    async def admit(self, call: Call, day: int) -> Admission:
+        return (await self.admit_many([call], day))[0]
+
+    async def settle(self, call: Call, admitted: Admission, refund: int, admitted_day: int) -> int:
+        """Refund ``refund`` micros of an admitted call, once. Returns 1, 0 (already) or -1."""
+        if refund <= 0:
+            return 0
+        reply = await self._run(
+            SETTLE,
+            [
+                keys.account(call.shard, call.account_id),
+                keys.usage_stream(call.shard),
+                keys.settled(call.shard, admitted.event_id),
+            ],
+            [
+                refund,
+                admitted_day,
+                keys.SETTLED_TTL_SECONDS,
+                call.key_id,
+                call.project_id,
+                call.account_id,
+                call.route,
+                admitted.event_id,
+            ],
+        )
+        return int(reply[0])
+
+    # -- admin writes (each idempotent) ------------------------------------------------
+
+    async def credit(self, shard: int, account_id: str, credit_id: str, amount: int) -> tuple[int, int]:
+        """Apply a credit once. Returns (status, balance): 1 credited, 0 already, -1 no account."""
+        reply = await self._run(
+            CREDIT,
+            [keys.account(shard, account_id), keys.credits_applied(shard, account_id)],
+            [credit_id, amount, int(self.clock() * 1000), keys.CREDIT_MEMORY_MS],
+        )
+        return int(reply[0]), int(reply[1])
+
+    async def sync_account(self, shard: int, account_id: str, config: AccountConfig) -> bool:
+        """Apply limits/status at ``config.version`` unless Redis has it already."""
+        reply = await self._run(
+            SYNC_ACCOUNT,
+            [keys.account(shard, account_id)],
+            [
+                config.version,
+                config.overage_line,
+                _opt(config.daily_hard_limit),
+                _opt(config.daily_notify_threshold),
+                _opt(config.low_balance_threshold),
+                "s" if config.suspended else "a",
+            ],
+        )
+        return int(reply[0]) == 1
+
+    async def revoke_key(self, shard: int, account_id: str, key_id: str) -> None:
+        await self._translated(
+            self.redis.hset(keys.account(shard, account_id), keys.revoked_field(key_id), "1")
+        )
+
+    async def put_api_key(self, key_hash_hex: str, record: KeyRecord) -> None:
+        await self._translated(
+            self.redis.hset(
+                keys.api_key(key_hash_hex),
+                mapping={
+                    "id": record.key_id,
+                    "project": record.project_id,
+                    "account": record.account_id,
+                    "shard": record.shard,
+                },
+            )
+        )
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get_api_key(self, key_hash_hex: str) -> KeyRecord | None:
+        raw = await self._translated(self.redis.hgetall(keys.api_key(key_hash_hex)))
+        if not raw:
+            return None
+        return KeyRecord(
+            key_id=_str(raw[b"id"]),
+            project_id=_str(raw[b"project"]),
+            account_id=_str(raw[b"account"]),
+            shard=int(raw[b"shard"]),
+        )
+
+    async def read_account(self, shard: int, account_id: str) -> AccountState | None:
+        raw = await self._translated(self.redis.hgetall(keys.account(shard, account_id)))
+        if not raw:
+            return None
+        return account_state_from_hash(raw)
+
+
+def account_state_from_hash(raw: dict[bytes, bytes]) -> AccountState:
+    def num(name: bytes, default: int) -> int:
+        value = raw.get(name)
+        return default if value is None else int(value)
+
+    return AccountState(
+        balance=num(b"bal", 0),
+        overage_line=num(b"ovl", 0),
+        daily_hard_limit=_from_opt(raw.get(b"lim")),
+        daily_notify_threshold=_from_opt(raw.get(b"ntf")),
+        low_balance_threshold=_from_opt(raw.get(b"rth")),
+        suspended=raw.get(b"st") == b"s",
+        day=num(b"day", 0),
+        spent_today=num(b"spt", 0),
+        notify_fired_day=num(b"nfd", NONE),
+        limit_fired_day=num(b"lfd", NONE),
+        low_fired=raw.get(b"low") == b"1",
+    )
+
+
+def admit_arguments(calls: Sequence[Call], day: int, shard: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of admit.lua for calls that all live on ``shard``."""
+    stream = keys.usage_stream(shard)
+    key_names = [stream]
+    index = {stream: 1}
+    args: list[Any] = [day, len(calls)]
+    for call in calls:
+        akey = keys.account(shard, call.account_id)
+        if akey not in index:
+            key_names.append(akey)
+            index[akey] = len(key_names)
+        args += [index[akey], 1, call.price, call.key_id, call.project_id, call.account_id, call.route]
+    return key_names, args
+
+
+def parse_admit_reply(reply: Sequence[Any]) -> list[Admission]:
+    out = []
+    for j in range(0, len(reply), ADMIT_REPLY_PER_CALL):
+        left = int(reply[j + 3])
+        out.append(
+            Admission(
+                outcome=Outcome(int(reply[j])),
+                balance=int(reply[j + 1]),
+                available=int(reply[j + 2]),
+                limit_remaining=None if left < 0 else left,
+                signals=Signal(int(reply[j + 4])),
+                event_id=_str(reply[j + 5]),
+            )
+        )
+    return out

@@ -1,0 +1,213 @@
+"""Start real Redis and PostgreSQL servers in a folder: for `meter dev` and the test fixtures.
+
+System binaries are used when present (PostgreSQL is often under
+``/usr/lib/postgresql/*/bin`` rather than on PATH). PostgreSQL refuses to run
+as root, so as root it runs as the ``postgres`` system user via ``runuser``.
+Each server gets a free port on loopback and its data under the given folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"{name} exited with {proc.returncode} while starting")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise ServerError(f"{name} did not listen on port {port} within {timeout}s")
+
+
+def find_redis_server() -> str | None:
+    return shutil.which("redis-server")
+
+
+def find_pg_bin() -> str | None:
+    """The folder holding initdb/postgres: PATH first, then the newest Debian install."""
+    initdb = shutil.which("initdb")
+    if initdb:
+        return os.path.dirname(initdb)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    return os.path.dirname(found[-1]) if found else None
+
+
+def _as_postgres_user() -> list[str]:
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(10)
+
+
+def start_redis(folder: Path, port: int | None = None, *, persist: bool = False) -> RedisServer:
+    binary = find_redis_server()
+    if binary is None:
+        raise ServerError("redis-server not found (apt-get install redis-server)")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+    args += ["--save", "", "--appendonly", "no"] if not persist else ["--appendonly", "yes"]
+    args += ["--daemonize", "no", "--loglevel", "warning", "--logfile", str(folder / "redis.log")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_port(port, proc, 10, "redis-server")
+    return RedisServer(port, proc, folder)
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    dir: Path
+    bin: str
+    durable: bool = False
+    user: str = "meter"
+
+    def url(self, database: str = "meter") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()  # SIGTERM: smart shutdown
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = _spawn_postgres(self.bin, self.dir, self.port, self.durable)
+        _wait_port(self.port, self.proc, 30, "postgres")
+
+
+def _spawn_postgres(pg_bin: str, data: Path, port: int, durable: bool) -> subprocess.Popen[bytes]:
+    args = [
+        *_as_postgres_user(),
+        f"{pg_bin}/postgres",
+        "-D",
+        str(data / "pgdata"),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-k",
+        str(data),
+        "-c",
+        "fsync=on" if durable else "fsync=off",
+        "-c",
+        "max_connections=200",
+    ]
+    log = open(data / "postgres.log", "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_postgres(folder: Path, port: int | None = None, *, durable: bool = False) -> PostgresServer:
+    """Start (initialising when new) a server; ``durable=False`` turns fsync off, for tests."""
+    pg_bin = find_pg_bin()
+    if pg_bin is None:
+        raise ServerError("PostgreSQL not found (apt-get install postgresql)")
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    pgdata = folder / "pgdata"
+    if not (pgdata / "PG_VERSION").exists():
+        subprocess.run(
+            [
+                *_as_postgres_user(),
+                f"{pg_bin}/initdb",
+                "-D",
+                str(pgdata),
+                "-U",
+                "meter",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    port = port or free_port()
+    proc = _spawn_postgres(pg_bin, folder, port, durable)
+    _wait_port(port, proc, 30, "postgres")
+    server = PostgresServer(port, proc, folder, pg_bin, durable)
+    _wait_ready(server)
+    return server
+
+
+def _wait_ready(server: PostgresServer) -> None:
+    """Listening is not accepting: wait until a query answers, then make the meter database."""
+    deadline = time.monotonic() + 30
+    while True:
+        done = subprocess.run(
+            [f"{server.bin}/psql", server.url("postgres"), "-Atc", "select 1"],
+            capture_output=True,
+        )
+        if done.returncode == 0:
+            break
+        if time.monotonic() > deadline:
+            raise ServerError(f"postgres not ready: {done.stderr.decode().strip()}")
+        time.sleep(0.05)
+    subprocess.run(
+        [f"{server.bin}/psql", server.url("postgres"), "-qc", "create database meter"],
+        capture_output=True,
+    )
+
+
+@contextlib.contextmanager
+def running(folder: Path, *, durable: bool = False) -> Iterator[tuple[RedisServer, PostgresServer]]:
+    redis_server = start_redis(folder / "redis", persist=durable)
+    try:
+        pg = start_postgres(folder / "postgres", durable=durable)
+        try:
+            yield redis_server, pg
+        finally:
+            pg.stop()
+    finally:
+        redis_server.stop()

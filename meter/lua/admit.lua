@@ -1,0 +1,109 @@
+-- admit.lua: admit a batch of calls; each call's check and debit are one atomic
+-- step (the whole script is atomic), decided exactly as meter/money.py `admit`.
+--
+-- KEYS: the account hashes and usage streams the batch touches. On Redis
+--       Cluster they must share one hash tag ({sN}); the caller groups by slot.
+-- ARGV[1]: UTC day number (the caller's clock; a smaller day never rolls back)
+-- ARGV[2]: n, the number of calls; then n groups of 7:
+--          account key index, stream key index, price (micros), api key id,
+--          project id, account id, route name
+-- Reply:   n groups of 6:
+--          outcome (0 admitted, 1 no credit, 2 daily limit, 3 suspended,
+--          4 key revoked, 5 unknown account), balance after, available after,
+--          daily limit remaining (-1 = no limit), signals (bit flags),
+--          usage event id ("" when no event was written)
+--
+-- How it works: one HMGET reads everything the decision needs, including the
+-- revocation flag of the calling key; counters change only through HINCRBY
+-- (exact integers; Lua numbers are doubles and must never be written back);
+-- every admitted call appends one event to its shard's usage stream, which the
+-- ledger worker moves into Postgres. A refusal that fires a signal appends a
+-- zero-amount event so the signal is never lost.
+local day = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local out = {}
+
+-- available = max(0, balance + overage), capped by what is left of the daily limit
+local function available(bal, ovl, lim, spt)
+  local money = bal + ovl
+  if money < 0 then money = 0 end
+  if lim < 0 then return money, -1 end
+  local left = lim - spt
+  if left < 0 then left = 0 end
+  if left < money then return left, left end
+  return money, left
+end
+
+for i = 0, n - 1 do
+  local b = 3 + i * 7
+  local akey = KEYS[tonumber(ARGV[b])]
+  local skey = KEYS[tonumber(ARGV[b + 1])]
+  local price_s = ARGV[b + 2]
+  local price = tonumber(price_s)
+  local keyid = ARGV[b + 3]
+  local f = redis.call('HMGET', akey, 'bal', 'ovl', 'lim', 'ntf', 'rth', 'st', 'day', 'spt',
+    'nfd', 'lfd', 'low', 'rk:' .. keyid)
+  if not f[1] then
+    out[#out + 1] = 5; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = -1
+    out[#out + 1] = 0; out[#out + 1] = ''
+  else
+    local bal, ovl, lim = tonumber(f[1]), tonumber(f[2] or 0), tonumber(f[3] or -1)
+    local ntf, rth = tonumber(f[4] or -1), tonumber(f[5] or -1)
+    local sday, spt = tonumber(f[7] or 0), tonumber(f[8] or 0)
+    local nfd, lfd, low = tonumber(f[9] or -1), tonumber(f[10] or -1), f[11] == '1'
+    local outcome, signals, eid = 0, 0, ''
+    if f[6] == 's' then
+      outcome = 3
+    elseif f[12] then
+      outcome = 4
+    else
+      if day > sday then
+        sday, spt = day, 0
+        redis.call('HSET', akey, 'day', ARGV[1], 'spt', '0')
+      end
+      local money, left = bal + ovl, lim - spt
+      if money < 0 then money = 0 end
+      if left < 0 then left = 0 end
+      if lim >= 0 and price > left then
+        outcome = 2
+        if lfd ~= sday then
+          signals = 2
+          redis.call('HSET', akey, 'lfd', tostring(sday))
+        end
+      elseif price > money then
+        outcome = 1
+      else
+        local before_bal, before_spt = bal, spt
+        if price > 0 then
+          bal = redis.call('HINCRBY', akey, 'bal', '-' .. price_s)
+          spt = redis.call('HINCRBY', akey, 'spt', price_s)
+        end
+        if ntf >= 0 and before_spt < ntf and ntf <= spt and nfd ~= sday then
+          signals = signals + 1
+          redis.call('HSET', akey, 'nfd', tostring(sday))
+        end
+        if lim >= 0 and spt >= lim and lfd ~= sday then
+          signals = signals + 2
+          redis.call('HSET', akey, 'lfd', tostring(sday))
+        end
+        if rth >= 0 and bal < rth and not low then
+          signals = signals + 4
+          redis.call('HSET', akey, 'low', '1')
+        end
+        if before_bal >= 0 and bal < 0 then
+          signals = signals + 8
+        end
+      end
+    end
+    if outcome == 0 or signals ~= 0 then
+      local t = 'd'
+      if outcome ~= 0 then t = 'x'; price_s = '0' end
+      eid = redis.call('XADD', skey, '*', 't', t, 'a', ARGV[b + 5], 'p', ARGV[b + 4], 'k', keyid,
+        'r', ARGV[b + 6], 'm', price_s, 'd', tostring(sday), 'g', tostring(signals))
+    end
+    local avail, left = available(bal, ovl, lim, spt)
+    out[#out + 1] = outcome; out[#out + 1] = bal; out[#out + 1] = avail
+    out[#out + 1] = left; out[#out + 1] = signals; out[#out + 1] = eid
+  end
+end
+return out

@@ -1,0 +1,179 @@
+"""One typed, frozen settings object, read from the environment once at start-up.
+
+Nothing else in the project reads ``os.environ``: services receive a ``Settings``
+from their wiring point. Every field is one line: its variable, its default.
+A bad value stops start-up with one line naming the variable (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value we cannot use; the message names it."""
+
+
+class Secret:
+    """A string that never reaches a log or a repr."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip().replace("_", ""))
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in schemes or not parts.hostname and not parts.path:
+            raise ValueError(f"must be a {' or '.join(schemes)} URL")
+        return raw.strip()
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_path(raw: str) -> str | None:
+    value = raw.strip()
+    if value and not os.path.isfile(value):
+        raise ValueError(f"no such file: {value}")
+    return value or None
+
+
+def _secret(raw: str) -> Secret:
+    return Secret(raw.strip())
+
+
+def _env(name: str, default: str, parse: Callable[[str], Any]) -> Any:
+    return field(default=None, metadata={"env": name, "default": default, "parse": parse})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Where things live.
+    redis_url: str = _env("METER_REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"))
+    database_url: str = _env(
+        "METER_DATABASE_URL", "postgresql://meter@127.0.0.1:5432/meter", _url("postgresql", "postgres")
+    )
+    upstream_url: str = _env("METER_UPSTREAM_URL", "http://127.0.0.1:9000", _url("http"))
+    # Listeners.
+    gateway_host: str = _env("METER_GATEWAY_HOST", "127.0.0.1", _str)
+    gateway_port: int = _env("METER_GATEWAY_PORT", "8080", _int(0, 65535))
+    admin_host: str = _env("METER_ADMIN_HOST", "127.0.0.1", _str)
+    admin_port: int = _env("METER_ADMIN_PORT", "8081", _int(0, 65535))
+    # The bootstrap operator token of the admin API (empty: the admin API refuses to start).
+    admin_token: Secret = _env("METER_ADMIN_TOKEN", "", _secret)
+    # Price table (TOML); unset: the built-in default table.
+    prices_path: str | None = _env("METER_PRICES", "", _optional_path)
+    # Number of shards; fixed for the life of a deployment (accounts keep theirs).
+    shards: int = _env("METER_SHARDS", "16", _int(1, 16384))
+    # Hot-path limits and timeouts.
+    max_body_bytes: int = _env("METER_MAX_BODY_BYTES", "10485760", _int(0, 1 << 40))
+    upstream_timeout: float = _env("METER_UPSTREAM_TIMEOUT", "60", _float(0.001, 3600))
+    upstream_connect_timeout: float = _env("METER_UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.001, 600))
+    upstream_pool_size: int = _env("METER_UPSTREAM_POOL_SIZE", "256", _int(1, 65536))
+    redis_timeout: float = _env("METER_REDIS_TIMEOUT", "1.0", _float(0.001, 60))
+    refund_upstream_errors: bool = _env("METER_REFUND_UPSTREAM_ERRORS", "true", _bool)
+    key_cache_size: int = _env("METER_KEY_CACHE_SIZE", "100000", _int(1, 100_000_000))
+    # How long an unknown key stays refused without a new Redis lookup.
+    negative_key_ttl: float = _env("METER_NEGATIVE_KEY_TTL", "1.0", _float(0, 60))
+    shutdown_grace: float = _env("METER_SHUTDOWN_GRACE", "10", _float(0, 3600))
+    # Admin API.
+    admin_max_body_bytes: int = _env("METER_ADMIN_MAX_BODY_BYTES", "65536", _int(1024, 1 << 30))
+    sync_interval: float = _env("METER_SYNC_INTERVAL", "2.0", _float(0.01, 3600))
+    log_level: str = _env("METER_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"))
+    # Where `meter dev` keeps its Redis and Postgres data.
+    data_dir: str = _env("METER_DATA_DIR", ".data", _str)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``environ`` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name, parse = f.metadata["env"], f.metadata["parse"]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(name, f.metadata["default"])
+            try:
+                values[f.name] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{name}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update(changes)
+        return Settings(**current)
+
+
+def documented() -> list[tuple[str, str]]:
+    """(variable, default) for every setting, in declaration order: the README table."""
+    return [(f.metadata["env"], f.metadata["default"]) for f in fields(Settings)]

@@ -1,0 +1,250 @@
+"""The Lua scripts against a real Redis: every path, agreement with the pure model, races."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import replace
+
+import pytest
+
+from meter import keys, money
+from meter.live_state import AccountConfig, Call, LiveState
+from meter.money import AccountState, Outcome, Signal, usd
+
+DAY = 20_400
+SHARD = 3
+ACCOUNT = "acct_lua"
+
+
+def config(version: int = 1, **kw: object) -> AccountConfig:
+    values: dict[str, object] = dict(
+        version=version,
+        overage_line=0,
+        daily_hard_limit=None,
+        daily_notify_threshold=None,
+        low_balance_threshold=None,
+        suspended=False,
+    )
+    values.update(kw)
+    return AccountConfig(**values)  # type: ignore[arg-type]
+
+
+def call(price: int, key_id: str = "key_1", account: str = ACCOUNT, shard: int = SHARD) -> Call:
+    return Call(shard, account, "proj_1", key_id, "chat", price)
+
+
+async def provision(state: LiveState, balance: int, account: str = ACCOUNT, **kw: object) -> None:
+    assert await state.sync_account(SHARD, account, config(**kw))
+    if balance:
+        status, _ = await state.credit(SHARD, account, f"seed-{account}", balance)
+        assert status == 1
+
+
+async def stream_events(state: LiveState, shard: int = SHARD) -> list[dict[str, str]]:
+    entries = await state.redis.xrange(keys.usage_stream(shard))
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def test_admit_debits_and_appends_one_event(live_state: LiveState) -> None:
+    await provision(live_state, usd(1))
+    result = await live_state.admit(call(300_000), DAY)
+    assert result.outcome is Outcome.ADMITTED
+    assert (result.balance, result.available, result.limit_remaining) == (700_000, 700_000, None)
+    events = await stream_events(live_state)
+    assert events == [
+        {"t": "d", "a": ACCOUNT, "p": "proj_1", "k": "key_1", "r": "chat", "m": "300000", "d": str(DAY), "g": "0"}
+    ]
+    assert result.event_id == (await live_state.redis.xrange(keys.usage_stream(SHARD)))[0][0].decode()
+
+
+@pytest.mark.parametrize(
+    ("setup", "price", "outcome"),
+    [
+        (dict(suspended=True), 1, Outcome.SUSPENDED),
+        (dict(daily_hard_limit=10), 11, Outcome.DAILY_LIMIT),
+        (dict(), usd(1) + 1, Outcome.NO_CREDIT),
+        (dict(overage_line=5), usd(1) + 6, Outcome.NO_CREDIT),
+    ],
+)
+async def test_refusals_change_nothing(
+    live_state: LiveState, setup: dict[str, object], price: int, outcome: Outcome
+) -> None:
+    await provision(live_state, usd(1), **setup)
+    before = await live_state.read_account(SHARD, ACCOUNT)
+    result = await live_state.admit(call(price), DAY)
+    assert result.outcome is outcome
+    after = await live_state.read_account(SHARD, ACCOUNT)
+    assert after is not None and before is not None
+    assert (after.balance, after.spent_today) == (before.balance, before.spent_today)
+    # Only the first daily-limit refusal writes an (empty, signal-only) event.
+    events = await stream_events(live_state)
+    if outcome is Outcome.DAILY_LIMIT:
+        assert [(e["t"], e["m"], e["g"]) for e in events] == [("x", "0", str(int(Signal.HARD_LIMIT)))]
+    else:
+        assert events == []
+
+
+async def test_revoked_key(live_state: LiveState) -> None:
+    await provision(live_state, usd(1))
+    await live_state.revoke_key(SHARD, ACCOUNT, "key_bad")
+    assert (await live_state.admit(call(1, key_id="key_bad"), DAY)).outcome is Outcome.KEY_REVOKED
+    assert (await live_state.admit(call(1, key_id="key_good"), DAY)).outcome is Outcome.ADMITTED
+
+
+async def test_unknown_account(live_state: LiveState) -> None:
+    result = await live_state.admit(call(1, account="acct_missing"), DAY)
+    assert result.outcome is Outcome.UNKNOWN_ACCOUNT
+    assert await stream_events(live_state) == []
+
+
+async def test_day_rolls_over(live_state: LiveState) -> None:
+    await provision(live_state, usd(10), daily_hard_limit=usd(1))
+    assert (await live_state.admit(call(usd(1)), DAY)).admitted
+    assert (await live_state.admit(call(1), DAY)).outcome is Outcome.DAILY_LIMIT
+    # A replica whose clock is behind does not roll the counter back.
+    assert (await live_state.admit(call(1), DAY - 1)).outcome is Outcome.DAILY_LIMIT
+    nxt = await live_state.admit(call(usd(1)), DAY + 1)
+    assert nxt.admitted and nxt.limit_remaining == 0
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and (state.day, state.spent_today) == (DAY + 1, usd(1))
+
+
+async def test_credit_is_idempotent(live_state: LiveState) -> None:
+    await provision(live_state, 0)
+    assert await live_state.credit(SHARD, ACCOUNT, "le_1", 500) == (1, 500)
+    assert await live_state.credit(SHARD, ACCOUNT, "le_1", 500) == (0, 500)
+    assert await live_state.credit(SHARD, ACCOUNT, "le_2", 500) == (1, 1000)
+    assert await live_state.credit(SHARD, "acct_missing", "le_3", 500) == (-1, 0)
+
+
+async def test_sync_applies_versions_in_order(live_state: LiveState) -> None:
+    assert await live_state.sync_account(SHARD, ACCOUNT, config(2, overage_line=20))
+    assert not await live_state.sync_account(SHARD, ACCOUNT, config(1, overage_line=10))
+    assert not await live_state.sync_account(SHARD, ACCOUNT, config(2, overage_line=30))
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and state.overage_line == 20 and state.balance == 0
+    assert await live_state.sync_account(SHARD, ACCOUNT, config(3, suspended=True, daily_hard_limit=5))
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and state.suspended and state.daily_hard_limit == 5
+
+
+async def test_settle_refunds_once(live_state: LiveState) -> None:
+    await provision(live_state, usd(1), daily_hard_limit=usd(1))
+    c = call(600_000)
+    admitted = await live_state.admit(c, DAY)
+    assert await live_state.settle(c, admitted, 400_000, DAY) == 1
+    assert await live_state.settle(c, admitted, 400_000, DAY) == 0
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and (state.balance, state.spent_today) == (800_000, 200_000)
+    events = await stream_events(live_state)
+    assert [(e["t"], e["m"]) for e in events] == [("d", "600000"), ("r", "400000")]
+    assert events[1]["o"] == admitted.event_id
+
+
+async def test_settle_after_midnight_leaves_new_day_alone(live_state: LiveState) -> None:
+    await provision(live_state, usd(1))
+    c = call(600_000)
+    admitted = await live_state.admit(c, DAY)
+    assert (await live_state.admit(call(100_000), DAY + 1)).admitted
+    assert await live_state.settle(c, admitted, 600_000, DAY) == 1
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and (state.balance, state.spent_today) == (900_000, 100_000)
+
+
+async def test_batch_with_many_accounts_and_shards(live_state: LiveState) -> None:
+    for shard, account in [(1, "acct_a"), (2, "acct_b")]:
+        assert await live_state.sync_account(shard, account, config())
+        await live_state.credit(shard, account, "seed", 10)
+    calls = [call(4, account="acct_a", shard=1), call(4, account="acct_b", shard=2)] * 3
+    results = await live_state.admit_many(calls, DAY)
+    assert [r.outcome for r in results] == [Outcome.ADMITTED] * 4 + [Outcome.NO_CREDIT] * 2
+    assert [r.balance for r in results] == [6, 6, 2, 2, 2, 2]
+
+
+def _to_config(state: AccountState, version: int) -> AccountConfig:
+    return AccountConfig(
+        version=version,
+        overage_line=state.overage_line,
+        daily_hard_limit=state.daily_hard_limit,
+        daily_notify_threshold=state.daily_notify_threshold,
+        low_balance_threshold=state.low_balance_threshold,
+        suspended=state.suspended,
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int) -> None:
+    """Random accounts and call sequences: every reply and final state equal the model's."""
+    rng = random.Random(seed)
+    model = AccountState(
+        balance=rng.randint(0, 1000),
+        overage_line=rng.choice([0, 0, 50, 300]),
+        daily_hard_limit=rng.choice([None, 200, 700]),
+        daily_notify_threshold=rng.choice([None, 100, 400]),
+        low_balance_threshold=rng.choice([None, 100, 500]),
+        day=DAY,
+    )
+    await live_state.sync_account(SHARD, ACCOUNT, _to_config(model, 1))
+    if model.balance:
+        await live_state.credit(SHARD, ACCOUNT, "seed", model.balance)
+    day = DAY
+    for step in range(120):
+        roll = rng.random()
+        if roll < 0.05:
+            day += 1
+        elif roll < 0.12:
+            amount = rng.randint(1, 400)
+            model = money.credit(model, amount)
+            await live_state.credit(SHARD, ACCOUNT, f"c{step}", amount)
+            continue
+        price = rng.choice([0, 1, 10, 50, 120, 300])
+        decision = money.admit(model, price, day)
+        reply = await live_state.admit(call(price), day)
+        assert reply.outcome is decision.outcome, step
+        assert reply.signals == decision.signals, step
+        model = decision.state
+        assert reply.balance == model.balance
+        assert reply.available == money.available(model)
+        assert reply.limit_remaining == money.limit_remaining(model)
+        if decision.admitted and price and rng.random() < 0.3:
+            refund = rng.randint(0, price)
+            if refund:
+                model = money.refund(model, refund, day)
+                assert await live_state.settle(call(price), reply, refund, day) == 1
+    stored = await live_state.read_account(SHARD, ACCOUNT)
+    assert stored is not None
+    assert stored.balance == model.balance
+    assert stored.spent_today == model.spent_today
+    assert stored.low_fired == model.low_fired
+
+
+async def test_concurrent_admissions_never_overspend(live_state: LiveState, redis_url: str) -> None:
+    """Many clients on separate connections race one balance worth exactly 100 calls."""
+    await provision(live_state, 100 * 7)
+    clients = [LiveState.from_url(redis_url) for _ in range(20)]
+    try:
+
+        async def hammer(state: LiveState) -> list[Outcome]:
+            return [(await state.admit(call(7), DAY)).outcome for _ in range(25)]
+
+        outcomes = [o for batch in await asyncio.gather(*map(hammer, clients)) for o in batch]
+    finally:
+        for c in clients:
+            await c.close()
+    assert outcomes.count(Outcome.ADMITTED) == 100
+    assert outcomes.count(Outcome.NO_CREDIT) == 400
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and state.balance == 0
+    assert await live_state.redis.xlen(keys.usage_stream(SHARD)) == 100
+
+
+async def test_script_reloads_after_script_flush(live_state: LiveState) -> None:
+    await provision(live_state, usd(1))
+    await live_state.redis.script_flush()
+    assert (await live_state.admit(call(1), DAY)).admitted
+
+
+def test_model_helpers_are_consistent() -> None:
+    state = replace(AccountState(balance=5), daily_hard_limit=3)
+    assert money.available(state) == 3
