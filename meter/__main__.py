@@ -1,0 +1,5 @@
+import sys
+
+from meter.cli import main
+
+sys.exit(main())

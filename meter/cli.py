@@ -1,0 +1,94 @@
+"""The `meter` command: one entry point, one subcommand per service or task.
+
+    meter gateway            the metering proxy (hot path)
+    meter admin              the admin API
+    meter ledger             the ledger worker (Redis streams -> Postgres)
+    meter migrate            apply the SQL migrations
+    meter reconcile [--repair]  prove Redis == Postgres; rebuild Redis from Postgres
+    meter dev                everything on one machine, with a seeded demo account
+
+Settings come from the environment (see the README); a bad value stops here
+with one line naming the variable. Services are imported only by the
+subcommand that runs them, so the gateway never loads the admin code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from meter.settings import ConfigError, Settings
+
+
+def _gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.service import main
+
+    main(settings)
+    return 0
+
+
+def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    from admin.service import main
+
+    main(settings)
+    return 0
+
+
+def _ledger(settings: Settings, args: argparse.Namespace) -> int:
+    from ledger.service import main
+
+    main(settings)
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from meter.migrate import migrate
+
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from ledger.reconcile import command
+
+    return asyncio.run(command(settings, repair=args.repair))
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    from meter.devstack import run
+
+    return run(settings)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="meter", description="Usage-metering gateway")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("gateway", help="run the metering proxy").set_defaults(run=_gateway)
+    sub.add_parser("admin", help="run the admin API").set_defaults(run=_admin)
+    sub.add_parser("ledger", help="run the ledger worker").set_defaults(run=_ledger)
+    sub.add_parser("migrate", help="apply the SQL migrations").set_defaults(run=_migrate)
+    rec = sub.add_parser("reconcile", help="compare Redis with Postgres, per account")
+    rec.add_argument("--repair", action="store_true", help="rebuild Redis state from Postgres")
+    rec.set_defaults(run=_reconcile)
+    sub.add_parser("dev", help="run everything locally with a demo account").set_defaults(run=_dev)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        code: int = args.run(settings, args)
+    except ConfigError as exc:
+        print(f"meter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""`meter dev`: the whole product on one machine, with a seeded demo account.
+
+Starts Redis and PostgreSQL under the data folder (system binaries, Debian's
+redis-server installed when missing and we are root, or the ``embedded``
+extra's wheels), applies the migrations, starts the echo upstream, the
+gateway, the admin API and the ledger worker as child processes, seeds a demo
+billing account through the admin API, prints a ready ``curl`` line and waits.
+Ctrl-C (or SIGTERM) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from meter import local_servers
+from meter.migrate import migrate
+from meter.money import usd
+from meter.settings import Secret, Settings
+
+DEMO_FILE = "demo-account.json"
+
+
+def _ensure_redis_binary() -> None:
+    if local_servers.find_redis_server() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("meter dev: installing redis-server from Debian ...", flush=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    if local_servers.find_redis_server() is None:
+        raise SystemExit(
+            "meter dev: no redis-server: install Debian's redis-server or `pip install meter[embedded]`"
+        )
+    if local_servers.find_pg_bin() is None:
+        raise SystemExit(
+            "meter dev: no PostgreSQL: install Debian's postgresql or `pip install meter[embedded]`"
+        )
+
+
+def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
+    """The settings as METER_* variables, for the child processes."""
+    env = dict(os.environ)
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    values.update(overrides)
+    for f in fields(settings):
+        value = values[f.name]
+        if value is None:
+            env.pop(f.metadata["env"], None)
+            continue
+        if hasattr(value, "reveal"):
+            value = value.reveal()
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f.metadata["env"]] = str(value)
+    return env
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[Child]]:
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in reversed(started):
+            try:
+                child.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+
+
+def _spawn(started: list[Child], name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    started.append(Child(name, proc))
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"meter dev: {name} exited with {proc.returncode}; see its log")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"meter dev: {name} did not answer {url} within {timeout}s")
+
+
+def _admin_call(settings: Settings, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://{settings.admin_host}:{settings.admin_port}{path}",
+        data=orjson.dumps(body) if body is not None else None,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {settings.admin_token.reveal()}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return orjson.loads(resp.read())
+
+
+def seed_demo(settings: Settings, data: Path) -> dict[str, Any]:
+    """The demo account (created once, kept in the data folder) and a fresh API key."""
+    saved = data / DEMO_FILE
+    demo: dict[str, Any] = orjson.loads(saved.read_bytes()) if saved.exists() else {}
+    if not demo:
+        account = _admin_call(
+            settings, "POST", "/v1/accounts", {"name": "Demo Inc.", "billing_email": "billing@demo.test"}
+        )
+        project = _admin_call(settings, "POST", f"/v1/accounts/{account['id']}/projects", {"name": "demo"})
+        demo = {"account_id": account["id"], "project_id": project["id"]}
+        _admin_call(
+            settings,
+            "PUT",
+            f"/v1/accounts/{account['id']}/limits",
+            {"daily_hard_limit": usd(5), "overage_line": usd(1), "daily_notify_threshold": usd(2)},
+        )
+        _admin_call(
+            settings,
+            "POST",
+            f"/v1/accounts/{account['id']}/credits",
+            {"amount": usd(20), "description": "Demo credits", "idempotency_key": "demo-seed"},
+        )
+        saved.write_bytes(orjson.dumps(demo))
+    key = _admin_call(settings, "POST", f"/v1/projects/{demo['project_id']}/keys")
+    return {**demo, "key": key["key"]}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(settings: Settings) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    _ensure_redis_binary()
+    data = Path(settings.data_dir).absolute()
+    data.mkdir(parents=True, exist_ok=True)
+    logs = data / "logs"
+    logs.mkdir(exist_ok=True)
+    if not settings.admin_token:
+        settings = settings.replace(admin_token=Secret(secrets.token_urlsafe(24)))
+    with local_servers.running(data, durable=True) as (redis_server, pg), children() as started:
+        settings = settings.replace(redis_url=redis_server.url, database_url=pg.url("meter"))
+        asyncio.run(migrate(settings.database_url))
+        upstream_port = local_servers.free_port()
+        settings = settings.replace(upstream_url=f"http://127.0.0.1:{upstream_port}")
+        env = child_environment(settings)
+        py = sys.executable
+        _spawn(
+            started,
+            "upstream",
+            [py, "-m", "meter.echo_upstream", "--port", str(upstream_port)],
+            env,
+            logs / "upstream.log",
+        )
+        _spawn(started, "admin", [py, "-m", "meter", "admin"], env, logs / "admin.log")
+        _spawn(started, "gateway", [py, "-m", "meter", "gateway"], env, logs / "gateway.log")
+        _spawn(started, "ledger", [py, "-m", "meter", "ledger"], env, logs / "ledger.log")
+        admin_base = f"http://{settings.admin_host}:{settings.admin_port}"
+        gateway_base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        _wait_http(f"{admin_base}/healthz", started[1].proc, "admin")
+        _wait_http(f"{gateway_base}/_meter/healthz", started[2].proc, "gateway")
+        demo = seed_demo(settings, data)
+        print(
+            f"""
+meter dev is running (logs in {logs}, data in {data}).
+
+  gateway      {gateway_base}
+  admin API    {admin_base}   (token: {settings.admin_token.reveal()})
+  Redis        {redis_server.url}
+  Postgres     {pg.url("meter")}
+
+Demo account {demo["account_id"]}: $20 credits, $5 daily hard limit, $1 overage line.
+Try a metered call:
+
+  curl -i -H 'Authorization: Bearer {demo["key"]}' {gateway_base}/v1/chat/completions -d '{{"hello": "world"}}'
+
+and the balance:
+
+  curl -s -H 'Authorization: Bearer {settings.admin_token.reveal()}' {admin_base}/v1/accounts/{demo["account_id"]}/balance
+
+Ctrl-C stops everything.
+""",
+            flush=True,
+        )
+        try:
+            while all(c.proc.poll() is None for c in started):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nmeter dev: stopping ...", flush=True)
+            return 0
+        dead = [c.name for c in started if c.proc.poll() is not None]
+        print(f"meter dev: {', '.join(dead)} exited; stopping (see {logs})", file=sys.stderr)
+        return 1
