@@ -67,6 +67,8 @@ def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
             value = value.reveal()
         if isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, frozenset | set | tuple | list):
+            value = ",".join(sorted(value))
         env[f.metadata["env"]] = str(value)
     return env
 

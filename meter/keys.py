@@ -12,6 +12,8 @@ meter:credits:{sN}:<account>        zset    credit ids applied (score: ms); trim
 meter:usage:{sN}                    stream  usage events; trimmed only up to what the ledger committed
 meter:settled:{sN}:<request>        string  marks a settled/refunded call; expires after 1 day
 meter:apikey:<sha256 hex>           hash    API key -> key id, project, account, shard; no TTL
+meter:ledger:{sN}:trimmed           string  last stream id the ledger trimmed through; no TTL
+meter:ledger:{sN}:holds             zset    reconcile passes that pause trimming (score: expiry ms)
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ def credits_applied(shard: int, account_id: str) -> str:
     return f"{PREFIX}:credits:{tag(shard)}:{account_id}"
 
 
+def credit_id(ledger_entry_id: int) -> str:
+    """The member of ``credits_applied`` for a credit: ``le_<ledger entry id>``.
+
+    Every writer of credits (admin API, sync, recharges, reconcile) must use this,
+    or one credit applied under two ids would be credited twice.
+    """
+    return f"le_{ledger_entry_id}"
+
+
 def usage_stream(shard: int) -> str:
     return f"{PREFIX}:usage:{tag(shard)}"
 
@@ -71,3 +82,13 @@ def api_key(key_hash_hex: str) -> str:
 
 def revoked_field(key_id: str) -> str:
     return f"rk:{key_id}"
+
+
+def ledger_trimmed(shard: int) -> str:
+    """The usage stream was trimmed through this id (only after the ledger committed it)."""
+    return f"{PREFIX}:ledger:{tag(shard)}:trimmed"
+
+
+def ledger_holds(shard: int) -> str:
+    """While a member's score (expiry, ms) is in the future, the ledger does not trim."""
+    return f"{PREFIX}:ledger:{tag(shard)}:holds"

@@ -115,6 +115,9 @@ class LiveState:
     async def close(self) -> None:
         await self.redis.aclose()
 
+    async def ping(self) -> None:
+        await self._translated(self.redis.ping())
+
     async def _run(self, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._translated(self._evalsha(script, key_names, args))
 
@@ -261,33 +264,65 @@ def account_state_from_hash(raw: dict[bytes, bytes]) -> AccountState:
     )
 
 
-def admit_arguments(calls: Sequence[Call], day: int, shard: int) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of admit.lua for calls that all live on ``shard``."""
-    stream = keys.usage_stream(shard)
-    key_names = [stream]
-    index = {stream: 1}
+def admit_arguments(
+    calls: Sequence[Call], day: int, shard: int | None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of admit.lua for calls that all live on ``shard`` (one cluster slot).
+
+    ``shard=None``: each call on its own shard, with its shard's stream; the keys
+    then span slots, which only a single (non-cluster) Redis accepts.
+    """
+    key_names: list[str] = []
+    index: dict[str, int] = {}
     args: list[Any] = [day, len(calls)]
     for call in calls:
-        akey = keys.account(shard, call.account_id)
+        on = call.shard if shard is None else shard
+        skey = keys.usage_stream(on)
+        if skey not in index:
+            key_names.append(skey)
+            index[skey] = len(key_names)
+        akey = keys.account(on, call.account_id)
         if akey not in index:
             key_names.append(akey)
             index[akey] = len(key_names)
-        args += [index[akey], 1, call.price, call.key_id, call.project_id, call.account_id, call.route]
+        args += [
+            index[akey],
+            index[skey],
+            call.price,
+            call.key_id,
+            call.project_id,
+            call.account_id,
+            call.route,
+        ]
     return key_names, args
 
 
+_OUTCOMES = {o.value: o for o in Outcome}
+_SIGNALS = {bits: Signal(bits) for bits in range(16)}
+
+
 def parse_admit_reply(reply: Sequence[Any]) -> list[Admission]:
+    """One Admission per group of admit.lua's reply (hot: table lookups, not enum calls)."""
+    if len(reply) % ADMIT_REPLY_PER_CALL:
+        raise ValueError(f"admit.lua reply of {len(reply)} items")
     out = []
-    for j in range(0, len(reply), ADMIT_REPLY_PER_CALL):
-        left = int(reply[j + 3])
+    it = iter(reply)
+    for code, balance, available, left, bits, event_id in zip(it, it, it, it, it, it, strict=True):
+        outcome = _OUTCOMES.get(int(code))
+        if outcome is None:
+            raise ValueError(f"unknown admission outcome {code!r}")
+        signals = _SIGNALS.get(int(bits))
+        if signals is None:
+            signals = Signal(int(bits))
+        left = int(left)
         out.append(
             Admission(
-                outcome=Outcome(int(reply[j])),
-                balance=int(reply[j + 1]),
-                available=int(reply[j + 2]),
-                limit_remaining=None if left < 0 else left,
-                signals=Signal(int(reply[j + 4])),
-                event_id=_str(reply[j + 5]),
+                outcome,
+                int(balance),
+                int(available),
+                None if left < 0 else left,
+                signals,
+                _str(event_id),
             )
         )
     return out

@@ -61,7 +61,8 @@ def find_pg_bin() -> str | None:
     """The folder holding initdb/postgres: PATH first, then the newest Debian install."""
     initdb = shutil.which("initdb")
     if initdb:
-        return os.path.dirname(initdb)
+        # A symlink on PATH (/usr/local/bin/initdb) points at the folder that also has psql.
+        return os.path.dirname(os.path.realpath(initdb))
     found = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
         key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
@@ -156,8 +157,9 @@ def _spawn_postgres(pg_bin: str, data: Path, port: int, durable: bool) -> subpro
         "-c",
         "max_connections=200",
     ]
-    log = open(data / "postgres.log", "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    # The child gets its own copy of the descriptor; ours is closed (no ResourceWarning).
+    with open(data / "postgres.log", "ab") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
 
 def start_postgres(folder: Path, port: int | None = None, *, durable: bool = False) -> PostgresServer:

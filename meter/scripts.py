@@ -29,8 +29,25 @@ ADMIT = _load("admit")
 SETTLE = _load("settle")
 CREDIT = _load("credit")
 SYNC_ACCOUNT = _load("sync_account")
+# The ledger's: trim after commit, pause trimming, reconcile's read, repair.
+LEDGER_TRIM = _load("ledger_trim")
+LEDGER_HOLD = _load("ledger_hold")
+LEDGER_BALANCES = _load("ledger_balances")
+LEDGER_REPAIR = _load("ledger_repair")
 
-SCRIPTS = {s.name: s for s in (ADMIT, SETTLE, CREDIT, SYNC_ACCOUNT)}
+SCRIPTS = {
+    s.name: s
+    for s in (
+        ADMIT,
+        SETTLE,
+        CREDIT,
+        SYNC_ACCOUNT,
+        LEDGER_TRIM,
+        LEDGER_HOLD,
+        LEDGER_BALANCES,
+        LEDGER_REPAIR,
+    )
+}
 
 # Width of one call's group in admit.lua's ARGV and reply.
 ADMIT_ARGS_PER_CALL = 7

@@ -110,6 +110,17 @@ def _secret(raw: str) -> Secret:
     return Secret(raw.strip())
 
 
+CRASH_POINTS = ("after_read", "mid_insert", "before_commit", "after_commit", "after_trim")
+
+
+def _crash_points(raw: str) -> frozenset[str]:
+    points = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    unknown = points - set(CRASH_POINTS)
+    if unknown:
+        raise ValueError(f"unknown crash point(s) {', '.join(sorted(unknown))}")
+    return points
+
+
 def _env(name: str, default: str, parse: Callable[[str], Any]) -> Any:
     return field(default=None, metadata={"env": name, "default": default, "parse": parse})
 
@@ -125,6 +136,8 @@ class Settings:
     # Listeners.
     gateway_host: str = _env("METER_GATEWAY_HOST", "127.0.0.1", _str)
     gateway_port: int = _env("METER_GATEWAY_PORT", "8080", _int(0, 65535))
+    # Gateway worker processes sharing the port (SO_REUSEPORT); 1 = serve in-process.
+    gateway_workers: int = _env("METER_GATEWAY_WORKERS", "1", _int(1, 256))
     admin_host: str = _env("METER_ADMIN_HOST", "127.0.0.1", _str)
     admin_port: int = _env("METER_ADMIN_PORT", "8081", _int(0, 65535))
     # The bootstrap operator token of the admin API (empty: the admin API refuses to start).
@@ -147,6 +160,23 @@ class Settings:
     # Admin API.
     admin_max_body_bytes: int = _env("METER_ADMIN_MAX_BODY_BYTES", "65536", _int(1024, 1 << 30))
     sync_interval: float = _env("METER_SYNC_INTERVAL", "2.0", _float(0.01, 3600))
+    # Ledger worker (see ledger/worker.py). A batch closes at METER_LEDGER_BATCH events or
+    # METER_LEDGER_MAX_WAIT seconds after its first event, whichever comes first.
+    ledger_host: str = _env("METER_LEDGER_HOST", "127.0.0.1", _str)
+    ledger_port: int = _env("METER_LEDGER_PORT", "8082", _int(0, 65535))
+    ledger_batch: int = _env("METER_LEDGER_BATCH", "5000", _int(1, 1_000_000))
+    ledger_max_wait: float = _env("METER_LEDGER_MAX_WAIT", "0.2", _float(0.001, 60))
+    # How often a worker tries to take shards it does not own (a dead worker's shards move
+    # within about this long).
+    ledger_lock_retry: float = _env("METER_LEDGER_LOCK_RETRY", "1.0", _float(0.01, 600))
+    # Seconds between the worker's own reconcile passes over its shards; 0 = never.
+    reconcile_interval: float = _env("METER_RECONCILE_INTERVAL", "60", _float(0, 86_400))
+    # Raw usage events are kept this many UTC days (older day partitions are dropped).
+    usage_retention_days: int = _env("METER_USAGE_RETENTION_DAYS", "90", _int(1, 36_500))
+    # Tests only: kill the worker with SIGKILL at these points (comma list of after_read,
+    # mid_insert, before_commit, after_commit, after_trim) with this probability each time.
+    ledger_crash_points: frozenset[str] = _env("METER_LEDGER_CRASH_POINTS", "", _crash_points)
+    ledger_crash_probability: float = _env("METER_LEDGER_CRASH_PROBABILITY", "0", _float(0, 1))
     log_level: str = _env("METER_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"))
     # Where `meter dev` keeps its Redis and Postgres data.
     data_dir: str = _env("METER_DATA_DIR", ".data", _str)

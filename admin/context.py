@@ -1,0 +1,25 @@
+"""Typed keys of what ``create_app`` puts in the app and the request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aiohttp import web
+
+from admin.auth import Principal
+from admin.metrics import AdminMetrics
+from admin.provisioning import Provisioning
+from meter.live_state import LiveState
+from meter.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", AdminMetrics)
+# Opened and closed in create_app's cleanup_ctx:
+POOL = web.AppKey("pool", asyncpg.Pool)
+LIVE = web.AppKey("live", LiveState)
+PROVISIONING = web.AppKey("provisioning", Provisioning)
+# Set once the start-up sync pass has finished (repaired what it could, or failed).
+FIRST_SYNC_DONE = web.AppKey("first_sync_done", asyncio.Event)
+
+PRINCIPAL = web.RequestKey("principal", Principal)

@@ -1,0 +1,361 @@
+"""The OpenAPI 3.1 description of the admin API, served at ``/v1/openapi.json``.
+
+Written by hand next to the handlers it describes; ``tests/test_admin_api.py``
+checks that every route the app serves is described here and vice versa.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from admin import validation
+from admin.errors import BY_STATUS
+
+Schema = dict[str, Any]
+
+MICROS = "Integer micros (1 USD = 1,000,000)."
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _micros(
+    minimum: int = 0, maximum: int = validation.MAX_LIMIT_MICROS, *, nullable: bool = False
+) -> Schema:
+    schema: Schema = {
+        "type": ["integer", "null"] if nullable else "integer",
+        "minimum": minimum,
+        "maximum": maximum,
+        "description": MICROS + (" null: none." if nullable else ""),
+    }
+    return schema
+
+
+def _text(max_length: int, *, nullable: bool = False) -> Schema:
+    return {
+        "type": ["string", "null"] if nullable else "string",
+        "minLength": 1,
+        "maxLength": max_length,
+    }
+
+
+def _object(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_API_KEY: dict[str, Schema] = {
+    "id": {"type": "string", "pattern": "^key_[0-9A-Za-z]+$"},
+    "object": {"const": "api_key"},
+    "prefix": {"type": "string", "description": "The key's first characters, to recognise it."},
+    "project_id": {"type": "string"},
+    "account_id": {"type": "string"},
+    "created_at": _TIME,
+    "revoked_at": _TIME_OR_NULL,
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "NewAccount": _object(
+        {
+            "name": _text(validation.MAX_NAME_CHARS),
+            "billing_email": _text(validation.MAX_EMAIL_CHARS, nullable=True),
+        },
+        required=["name"],
+    ),
+    "Account": _object(
+        {
+            "id": {"type": "string", "pattern": "^acct_[0-9A-Za-z]+$"},
+            "object": {"const": "account"},
+            "name": {"type": "string"},
+            "billing_email": {"type": ["string", "null"]},
+            "status": {"enum": ["active", "suspended"]},
+            "balance": {"type": "integer", "description": MICROS + " Book of record (Postgres)."},
+            "overage_line": _micros(),
+            "daily_hard_limit": _micros(nullable=True),
+            "daily_notify_threshold": _micros(nullable=True),
+            "low_balance_threshold": _micros(nullable=True),
+            "shard": {"type": "integer", "minimum": 0},
+            "config_version": {"type": "integer", "minimum": 1},
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        }
+    ),
+    "Limits": _object(
+        {
+            "overage_line": _micros(),
+            "daily_hard_limit": _micros(nullable=True),
+            "daily_notify_threshold": _micros(nullable=True),
+            "low_balance_threshold": _micros(nullable=True)
+            | {"description": MICROS + " null: none; left out: unchanged."},
+        },
+        required=["overage_line", "daily_hard_limit", "daily_notify_threshold"],
+    ),
+    "Balance": _object(
+        {
+            "object": {"const": "balance"},
+            "account_id": {"type": "string"},
+            "status": {"enum": ["active", "suspended"]},
+            "balance": {"type": "integer", "description": MICROS + " Live (Redis)."},
+            "overage_line": _micros(),
+            "daily_hard_limit": _micros(nullable=True),
+            "daily_notify_threshold": _micros(nullable=True),
+            "spent_today": _micros() | {"description": MICROS + " Spent this UTC day."},
+            "limit_remaining": _micros(nullable=True),
+            "available": {
+                "type": "integer",
+                "minimum": 0,
+                "description": MICROS + " balance + overage line, capped by the limit left today.",
+            },
+            "day": {"type": "string", "format": "date", "description": "The UTC day counted."},
+        }
+    ),
+    "NewProject": _object({"name": _text(validation.MAX_NAME_CHARS)}),
+    "Project": _object(
+        {
+            "id": {"type": "string", "pattern": "^proj_[0-9A-Za-z]+$"},
+            "object": {"const": "project"},
+            "account_id": {"type": "string"},
+            "name": {"type": "string"},
+            "created_at": _TIME,
+        }
+    ),
+    "ApiKey": _object(_API_KEY),
+    "NewApiKey": _object(
+        {
+            **_API_KEY,
+            "key": {
+                "type": "string",
+                "pattern": "^mtr_[0-9A-Za-z]{38}$",
+                "description": "The API key; shown only here, only its SHA-256 is kept.",
+            },
+        }
+    ),
+    "ApiKeyList": _object(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("ApiKey")}}
+    ),
+    "NewCredit": _object(
+        {
+            "amount": _micros(1, validation.MAX_CREDIT_MICROS),
+            "description": _text(validation.MAX_DESCRIPTION_CHARS),
+            "idempotency_key": _text(validation.MAX_IDEMPOTENCY_KEY_CHARS)
+            | {"description": "Unique per account; a retry with it credits nothing more."},
+            "kind": {"enum": list(validation.CREDIT_KINDS), "default": "credit"},
+        },
+        required=["amount", "description", "idempotency_key"],
+    ),
+    "LedgerEntry": _object(
+        {
+            "id": {"type": "string", "pattern": "^le_[0-9]+$"},
+            "object": {"const": "ledger_entry"},
+            "account_id": {"type": "string"},
+            "amount": {"type": "integer", "description": MICROS + " Signed."},
+            "balance_after": {"type": "integer", "description": MICROS},
+            "kind": {"type": "string"},
+            "description": {"type": "string"},
+            "idempotency_key": {"type": ["string", "null"]},
+            "created_at": _TIME,
+        }
+    ),
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details (application/problem+json).",
+        "properties": {
+            "type": {"type": "string", "format": "uri"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": _object({"field": {"type": "string"}, "message": {"type": "string"}}),
+            },
+        },
+        "required": ["type", "title", "status", "detail"],
+    },
+}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _problems(*statuses: int) -> dict[str, Schema]:
+    out = {}
+    for status in (401, *statuses):
+        cls = BY_STATUS.get(status)
+        out[str(status)] = {
+            "description": cls.title if cls else "Error",
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+    return out
+
+
+def _operation(
+    op_id: str,
+    summary: str,
+    responses: dict[str, Schema],
+    *,
+    body: str | None = None,
+    errors: tuple[int, ...] = (404,),
+) -> Schema:
+    op: Schema = {
+        "operationId": op_id,
+        "summary": summary,
+        "responses": {**responses, **_problems(*errors)},
+    }
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return op
+
+
+_BODY_ERRORS = (400, 404, 413, 415, 422)
+_PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
+
+
+def _param(name: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _public(summary: str, content_type: str = "application/json") -> Schema:
+    return {
+        "summary": summary,
+        "security": [],
+        "responses": {"200": {"description": "OK", "content": {content_type: {}}}},
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "meter admin API",
+            "version": "1",
+            "description": "Provision billing accounts, projects, API keys, limits and credits."
+            " Amounts are integer micros (1 USD = 1,000,000). Writes land in Postgres first,"
+            " then in the live state the gateway reads (Redis).",
+        },
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            # A fresh copy per document: callers may change what they get.
+            "schemas": copy.deepcopy(SCHEMAS),
+        },
+        "paths": {
+            "/v1/accounts": {
+                "post": _operation(
+                    "createAccount",
+                    "Create a billing account",
+                    {"201": _json(_ref("Account"), "Created." + _PENDING)},
+                    body="NewAccount",
+                    errors=(400, 413, 415, 422),
+                )
+            },
+            "/v1/accounts/{account_id}": {
+                "parameters": [_param("account_id")],
+                "get": _operation(
+                    "getAccount", "Read an account", {"200": _json(_ref("Account"), "The account.")}
+                ),
+            },
+            "/v1/accounts/{account_id}/limits": {
+                "parameters": [_param("account_id")],
+                "put": _operation(
+                    "setLimits",
+                    "Set the overage line, daily hard limit and thresholds",
+                    {"200": _json(_ref("Account"), "The account." + _PENDING)},
+                    body="Limits",
+                    errors=_BODY_ERRORS,
+                ),
+            },
+            "/v1/accounts/{account_id}/suspend": {
+                "parameters": [_param("account_id")],
+                "post": _operation(
+                    "suspendAccount",
+                    "Suspend: the gateway answers 403 for the account's keys",
+                    {"200": _json(_ref("Account"), "The account." + _PENDING)},
+                    errors=_BODY_ERRORS,
+                ),
+            },
+            "/v1/accounts/{account_id}/resume": {
+                "parameters": [_param("account_id")],
+                "post": _operation(
+                    "resumeAccount",
+                    "Resume a suspended account",
+                    {"200": _json(_ref("Account"), "The account." + _PENDING)},
+                    errors=_BODY_ERRORS,
+                ),
+            },
+            "/v1/accounts/{account_id}/balance": {
+                "parameters": [_param("account_id")],
+                "get": _operation(
+                    "getBalance",
+                    "The live balance and what is available to spend now",
+                    {"200": _json(_ref("Balance"), "Live values from Redis.")},
+                    errors=(404, 503),
+                ),
+            },
+            "/v1/accounts/{account_id}/credits": {
+                "parameters": [_param("account_id")],
+                "post": _operation(
+                    "addCredit",
+                    "Add credits, once per idempotency key",
+                    {
+                        "201": _json(_ref("LedgerEntry"), "Credited." + _PENDING),
+                        "200": _json(
+                            _ref("LedgerEntry"),
+                            "Replay of an earlier request with the same idempotency key: the"
+                            " same entry, nothing more credited (Idempotent-Replayed: true).",
+                        ),
+                    },
+                    body="NewCredit",
+                    errors=(*_BODY_ERRORS, 409),
+                ),
+            },
+            "/v1/accounts/{account_id}/projects": {
+                "parameters": [_param("account_id")],
+                "post": _operation(
+                    "createProject",
+                    "Create a project billed to the account",
+                    {"201": _json(_ref("Project"), "Created.")},
+                    body="NewProject",
+                    errors=_BODY_ERRORS,
+                ),
+            },
+            "/v1/projects/{project_id}/keys": {
+                "parameters": [_param("project_id")],
+                "post": _operation(
+                    "createApiKey",
+                    "Create an API key (the key is shown only in this response)",
+                    {"201": _json(_ref("NewApiKey"), "Created." + _PENDING)},
+                    errors=_BODY_ERRORS,
+                ),
+                "get": _operation(
+                    "listApiKeys",
+                    "List the project's API keys (no secrets)",
+                    {"200": _json(_ref("ApiKeyList"), "The keys.")},
+                ),
+            },
+            "/v1/keys/{key_id}": {
+                "parameters": [_param("key_id")],
+                "delete": _operation(
+                    "revokeApiKey",
+                    "Revoke an API key (idempotent); the gateway refuses it at once",
+                    {"200": _json(_ref("ApiKey"), "The revoked key." + _PENDING)},
+                ),
+            },
+            "/healthz": {"get": _public("The process is alive")},
+            "/readyz": {"get": _public("Postgres and Redis answer (503 otherwise)")},
+            "/metrics": {"get": _public("Prometheus metrics", "text/plain")},
+            "/v1/openapi.json": {"get": _public("This document")},
+        },
+    }

@@ -1,0 +1,112 @@
+"""What the admin API reads from and writes to Postgres, as frozen values.
+
+Rows come in through ``from_row`` (``admin.repository`` only returns these);
+``admin.views`` turns them into JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from meter import keys
+from meter.live_state import AccountConfig, KeyRecord
+
+ACTIVE = "active"
+SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    billing_email: str | None
+    shard: int
+    status: str
+    balance: int
+    overage_line: int
+    daily_hard_limit: int | None
+    daily_notify_threshold: int | None
+    low_balance_threshold: int | None
+    config_version: int
+    redis_version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Account:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    @property
+    def live_config(self) -> AccountConfig:
+        """The limits and status as the sync script applies them, at this row's version."""
+        return AccountConfig(
+            version=self.config_version,
+            overage_line=self.overage_line,
+            daily_hard_limit=self.daily_hard_limit,
+            daily_notify_threshold=self.daily_notify_threshold,
+            low_balance_threshold=self.low_balance_threshold,
+            suspended=self.status == SUSPENDED,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    account_id: str
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Project:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as stored: its hash and visible prefix, never the key itself."""
+
+    id: str
+    project_id: str
+    account_id: str
+    shard: int  # the account's
+    key_hash: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+    redis_synced: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ApiKey:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    @property
+    def live_record(self) -> KeyRecord:
+        return KeyRecord(
+            key_id=self.id, project_id=self.project_id, account_id=self.account_id, shard=self.shard
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: int
+    account_id: str
+    shard: int  # the account's
+    amount: int
+    balance_after: int
+    kind: str
+    description: str
+    idempotency_key: str | None
+    created_at: datetime
+    redis_applied: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LedgerEntry:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    @property
+    def credit_id(self) -> str:
+        """The id the credit script remembers, so a retry never credits twice."""
+        return keys.credit_id(self.id)

@@ -1,0 +1,65 @@
+"""The hot path's one seam to Redis: admit a call, settle it. Nothing else per call.
+
+``Admitter`` is the interface the proxy sees. ``DirectAdmitter`` makes exactly
+one script call per admission through ``LiveState.admit`` (or any object with
+the same ``admit``/``settle``, such as a state that batches a loop pass of
+admissions into one ``admit_many``), so batching never touches the proxy.
+Redis failures are translated here, once, into the 503 refusal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Protocol
+
+from gateway import errors
+from gateway.metrics import GatewayMetrics
+from meter import live_state
+from meter.live_state import Admission, Call
+
+
+class Admitter(Protocol):
+    async def admit(self, call: Call, day: int) -> Admission:
+        """Check and debit ``call.price`` atomically; raises errors.StateUnavailable."""
+        ...
+
+    async def settle(self, call: Call, admission: Admission, refund: int, day: int) -> bool:
+        """Give back ``refund`` micros of an admitted call, at most once; True if applied."""
+        ...
+
+
+class AdmissionScripts(Protocol):
+    """The two script calls, as ``LiveState`` (or a pipelined equivalent) runs them."""
+
+    def admit(self, call: Call, day: int) -> Awaitable[Admission]: ...
+
+    def settle(
+        self, call: Call, admitted: Admission, refund: int, admitted_day: int
+    ) -> Awaitable[int]: ...
+
+
+class DirectAdmitter:
+    """One script call per admission, timed; ``StateUnavailable`` becomes the 503 refusal."""
+
+    def __init__(self, state: AdmissionScripts, metrics: GatewayMetrics) -> None:
+        self.state = state
+        self.metrics = metrics
+
+    async def admit(self, call: Call, day: int) -> Admission:
+        started = time.perf_counter()
+        try:
+            return await self.state.admit(call, day)
+        except live_state.StateUnavailable as exc:
+            raise errors.StateUnavailable(str(exc)) from exc
+        finally:
+            self.metrics.redis_admit.observe(time.perf_counter() - started)
+
+    async def settle(self, call: Call, admission: Admission, refund: int, day: int) -> bool:
+        started = time.perf_counter()
+        try:
+            return await self.state.settle(call, admission, refund, day) == 1
+        except live_state.StateUnavailable as exc:
+            raise errors.StateUnavailable(str(exc)) from exc
+        finally:
+            self.metrics.redis_settle.observe(time.perf_counter() - started)

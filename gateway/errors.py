@@ -1,0 +1,200 @@
+"""Why the gateway refuses a call: one exception per answer, each with its status and type.
+
+Every refusal is rendered by one code path (``proxy.Proxy.refuse``) as an
+RFC 9457 ``application/problem+json`` body whose ``type`` is
+``https://meter.dev/problems/<slug>``; the slug is also the ``reason`` label of
+the refusal metric, so both are stable.
+
+    meter.problems.Problem
+    +-- Refusal
+        +-- BadPath ........................ 400 bad-path
+        +-- IncompleteBody ................. 400 incomplete-body (the client stopped sending)
+        +-- Unauthenticated ................ 401
+        |   +-- MissingKey ................. 401 missing-api-key
+        |   +-- MalformedKey ............... 401 malformed-api-key
+        |   +-- UnknownKey ................. 401 unknown-api-key
+        +-- NoCredit ....................... 402 insufficient-credits
+        +-- Forbidden ...................... 403
+        |   +-- KeyRevoked ................. 403 api-key-revoked
+        |   +-- AccountSuspended ........... 403 account-suspended
+        +-- NoRoute ........................ 404 no-such-route (the table refuses unmatched)
+        +-- BodyTooLarge ................... 413 body-too-large
+        +-- DailyLimitReached .............. 429 daily-limit-reached (Retry-After: until 00:00 UTC)
+        +-- UpstreamFailure ................ 502
+        |   +-- UpstreamUnreachable ........ 502 upstream-unreachable
+        |   +-- UpstreamBadResponse ........ 502 upstream-bad-response
+        |   +-- UpstreamAborted ............ 502 upstream-aborted (the body broke after the head)
+        |   +-- UpstreamTimeout ............ 504 upstream-timeout
+        +-- Internal ....................... 500 internal (a bug: logged, the call refunded)
+        +-- Unavailable .................... 503
+            +-- StateUnavailable ........... 503 state-unavailable (Redis unreachable: fail closed)
+            +-- AccountStateMissing ........ 503 account-state-missing (no account hash)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from meter.live_state import Admission
+from meter.money import Outcome, seconds_until_next_day
+from meter.problems import Problem
+
+
+class Refusal(Problem):
+    """A call the gateway answers itself. ``reason`` is the metric label (= the slug)."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    @property
+    def reason(self) -> str:
+        return self.slug
+
+
+class BadPath(Refusal):
+    status = 400
+    slug = "bad-path"
+    title = "The request path has dot segments"
+
+
+class IncompleteBody(Refusal):
+    status = 400
+    slug = "incomplete-body"
+    title = "The request body ended early"
+
+
+class Unauthenticated(Refusal):
+    status = 401
+    slug = "unauthenticated"
+    title = "Unauthenticated"
+
+    def __init__(self, detail: str | None = None, **extra: object) -> None:
+        super().__init__(detail, **extra)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="meter"'
+
+
+class MissingKey(Unauthenticated):
+    slug = "missing-api-key"
+    title = "No API key: send Authorization: Bearer <key> or X-API-Key"
+
+
+class MalformedKey(Unauthenticated):
+    slug = "malformed-api-key"
+    title = "The API key is not a well-formed key (mistyped?)"
+
+
+class UnknownKey(Unauthenticated):
+    slug = "unknown-api-key"
+    title = "Unknown API key"
+
+
+class NoCredit(Refusal):
+    status = 402
+    slug = "insufficient-credits"
+    title = "Not enough credits for this call"
+
+
+class Forbidden(Refusal):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class KeyRevoked(Forbidden):
+    slug = "api-key-revoked"
+    title = "The API key has been revoked"
+
+
+class AccountSuspended(Forbidden):
+    slug = "account-suspended"
+    title = "The billing account is suspended"
+
+
+class NoRoute(Refusal):
+    status = 404
+    slug = "no-such-route"
+    title = "No such route"
+
+
+class BodyTooLarge(Refusal):
+    status = 413
+    slug = "body-too-large"
+    title = "The request body is too large"
+
+
+class DailyLimitReached(Refusal):
+    status = 429
+    slug = "daily-limit-reached"
+    title = "The daily spending limit is reached; calls resume at 00:00 UTC"
+
+    def __init__(self, retry_after: int, detail: str | None = None, **extra: object) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class UpstreamFailure(Refusal):
+    status = 502
+    slug = "upstream-failure"
+    title = "The upstream service failed"
+
+
+class UpstreamUnreachable(UpstreamFailure):
+    slug = "upstream-unreachable"
+    title = "The upstream service could not be reached"
+
+
+class UpstreamBadResponse(UpstreamFailure):
+    slug = "upstream-bad-response"
+    title = "The upstream service sent a malformed response"
+
+
+class UpstreamAborted(UpstreamFailure):
+    slug = "upstream-aborted"
+    title = "The upstream response broke off"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    status = 504
+    slug = "upstream-timeout"
+    title = "The upstream service did not answer in time"
+
+
+class Internal(Refusal):
+    status = 500
+    slug = "internal"
+    title = "The gateway failed; the call was not charged"
+
+
+class Unavailable(Refusal):
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"
+
+
+class StateUnavailable(Unavailable):
+    slug = "state-unavailable"
+    title = "Account state is unreachable; the call was not admitted"
+
+
+class AccountStateMissing(Unavailable):
+    slug = "account-state-missing"
+    title = "The billing account has no live state yet; the call was not admitted"
+
+
+def for_outcome(admission: Admission, price: int, now: float) -> Refusal | None:
+    """The refusal for an admission reply, or None when the call was admitted."""
+    outcome = admission.outcome
+    if outcome is Outcome.ADMITTED:
+        return None
+    if outcome is Outcome.NO_CREDIT:
+        return NoCredit(price=price, available=admission.available)
+    if outcome is Outcome.DAILY_LIMIT:
+        return DailyLimitReached(
+            seconds_until_next_day(now), price=price, limit_remaining=admission.limit_remaining
+        )
+    if outcome is Outcome.SUSPENDED:
+        return AccountSuspended()
+    if outcome is Outcome.KEY_REVOKED:
+        return KeyRevoked()
+    return AccountStateMissing()

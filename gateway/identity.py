@@ -1,0 +1,144 @@
+"""Who is calling: the API key a request presents, resolved to its billing account.
+
+Key -> account never changes, so it is cached in process (bounded LRU of
+SHA-256 digest -> ``KeyRecord``) and never invalidated: revocation and
+suspension are decided inside the admission script, from the account's hash,
+so they take effect at once on every replica whatever this cache holds.
+
+Unknown keys are remembered for ``negative_ttl`` seconds (a bounded map too),
+so a stream of calls with a deleted key costs one Redis lookup per TTL. A
+mistyped key fails its checksum and is refused before any lookup. Concurrent
+misses for one key share a single lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from gateway import errors
+from gateway.metrics import GatewayMetrics
+from meter import apikeys, live_state
+from meter.live_state import KeyRecord
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from ``Authorization: Bearer <key>``, else from ``X-API-Key``."""
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            return token.strip()
+    key = headers.get("X-API-Key")
+    return key.strip() if key is not None else None
+
+
+class KeyCache:
+    """Bounded LRU of digest -> KeyRecord, and a bounded, expiring set of unknown digests."""
+
+    def __init__(
+        self,
+        size: int,
+        negative_ttl: float,
+        *,
+        negative_size: int | None = None,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.size = size
+        self.negative_ttl = negative_ttl
+        self.negative_size = negative_size if negative_size is not None else size
+        self.now = now
+        self._known: OrderedDict[str, KeyRecord] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # digest -> expiry
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def get(self, digest: str) -> KeyRecord | None:
+        record = self._known.get(digest)
+        if record is not None:
+            self._known.move_to_end(digest)
+        return record
+
+    def put(self, digest: str, record: KeyRecord) -> None:
+        self._known[digest] = record
+        self._known.move_to_end(digest)
+        self._unknown.pop(digest, None)
+        if len(self._known) > self.size:
+            self._known.popitem(last=False)
+
+    def known_unknown(self, digest: str) -> bool:
+        expiry = self._unknown.get(digest)
+        if expiry is None:
+            return False
+        if expiry > self.now():
+            return True
+        del self._unknown[digest]
+        return False
+
+    def put_unknown(self, digest: str) -> None:
+        if self.negative_ttl <= 0:
+            return
+        self._unknown[digest] = self.now() + self.negative_ttl
+        self._unknown.move_to_end(digest)
+        if len(self._unknown) > self.negative_size:
+            self._unknown.popitem(last=False)
+
+
+class KeyLookup(Protocol):
+    def get_api_key(self, key_hash_hex: str) -> Awaitable[KeyRecord | None]: ...
+
+
+class Identifier:
+    def __init__(self, lookup: KeyLookup, cache: KeyCache, metrics: GatewayMetrics) -> None:
+        self.lookup = lookup
+        self.cache = cache
+        self.metrics = metrics
+        self._pending: dict[str, asyncio.Future[KeyRecord | None]] = {}
+
+    async def identify(self, headers: Mapping[str, str]) -> KeyRecord:
+        key = presented_key(headers)
+        if not key:
+            raise errors.MissingKey()
+        if not apikeys.well_formed(key):
+            raise errors.MalformedKey()
+        digest = apikeys.digest(key)
+        record = self.cache.get(digest)
+        if record is not None:
+            self.metrics.key_hit.inc()
+            return record
+        if self.cache.known_unknown(digest):
+            self.metrics.key_negative_hit.inc()
+            raise errors.UnknownKey()
+        self.metrics.key_miss.inc()
+        record = await self._resolve(digest)
+        if record is None:
+            raise errors.UnknownKey()
+        return record
+
+    async def _resolve(self, digest: str) -> KeyRecord | None:
+        # One lookup per digest however many calls wait on it; a caller that goes
+        # away (cancelled) does not cancel the lookup the others wait for.
+        lookup = self._pending.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._fetch(digest))
+            self._pending[digest] = lookup
+            lookup.add_done_callback(lambda _: self._pending.pop(digest, None))
+        return await asyncio.shield(lookup)
+
+    async def _fetch(self, digest: str) -> KeyRecord | None:
+        started = time.perf_counter()
+        try:
+            record = await self.lookup.get_api_key(digest)
+        except live_state.StateUnavailable as exc:
+            raise errors.StateUnavailable(str(exc)) from exc
+        finally:
+            self.metrics.redis_key.observe(time.perf_counter() - started)
+        if record is None:
+            self.cache.put_unknown(digest)
+        else:
+            self.cache.put(digest, record)
+        return record

@@ -1,0 +1,255 @@
+"""The price table: which route a call is and what it costs. Pure; the file is read once.
+
+The table is TOML (``METER_PRICES``; the built-in ``prices.toml`` when unset).
+Money is integer micros (1 USD = 1_000_000)::
+
+    [default]                 # calls that match no route
+    price = 1000              # ... cost this much, or:
+    # refuse = true           # ... are refused with 404
+
+    [[routes]]                # routes are tried in file order; the first match wins
+    name = "models"           # [A-Za-z0-9_.:-]{1,64}: the metric label and usage-event route
+    match = "GET /v1/models"  # METHOD (or *) + path pattern
+    price = 0                 # a fixed price
+
+    [[routes]]
+    name = "chat"
+    match = "POST /v1/chat/*"
+    max_price = 100000        # variable cost: reserved before forwarding...
+    unit_price = 10           # ... settled at units x unit_price (capped at max_price)
+    units_header = "X-Units-Used"   # ... from this upstream response header (the default)
+
+Path patterns: literal segments, ``{name}`` for exactly one segment, and ``*``
+as the last segment for zero or more segments. The request path is matched
+after percent-decoding and dropping empty segments, so ``/v1//chat%2Fx`` is
+priced as ``/v1/chat/x``; paths with ``.`` or ``..`` segments have no price
+(``split_path`` returns None) because an upstream that normalises them would
+serve a route other than the one priced.
+
+A variable-cost response whose units header is missing or not a whole number
+is charged the maximum (``units_cost`` says so, and the gateway counts it).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from meter.settings import ConfigError
+
+# Package data, read by path: an editable install made before this package had an
+# __init__.py maps it as a namespace, which importlib.resources cannot read.
+BUILTIN_TABLE = Path(__file__).with_name("prices.toml")
+DEFAULT_UNITS_HEADER = "X-Units-Used"
+DEFAULT_ROUTE_NAME = "default"
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_METHOD = re.compile(r"\*|[A-Z]{1,20}")
+_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
+_MAX_MICROS = 1 << 53  # prices stay exact as Lua numbers (doubles)
+_MAX_UNITS_DIGITS = 18
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    method: str  # "*" matches any method
+    pattern: str  # as written, for messages
+    segments: tuple[str | None, ...]  # literal segment, or None for a {param}
+    rest: bool  # the pattern ends in "*"
+    price: int  # the fixed price, or the reserve (max_price) of a variable-cost route
+    unit_price: int | None = None
+    units_header: str | None = None
+
+    @property
+    def variable(self) -> bool:
+        return self.unit_price is not None
+
+    def matches(self, method: str, path: tuple[str, ...]) -> bool:
+        if self.method != "*" and self.method != method:
+            return False
+        n = len(self.segments)
+        if len(path) != n and not (self.rest and len(path) >= n):
+            return False
+        for want, got in zip(self.segments, path, strict=False):
+            if want is not None and want != got:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    routes: tuple[Route, ...]
+    default: Route | None  # None: unmatched calls are refused
+
+    def match(self, method: str, path: tuple[str, ...]) -> Route | None:
+        for route in self.routes:
+            if route.matches(method, path):
+                return route
+        return self.default
+
+
+def split_path(raw_path: str) -> tuple[str, ...] | None:
+    """The segments a path is priced by; None when it has dot segments.
+
+    ``raw_path`` is the request target without its query, still percent-encoded.
+    """
+    segments = tuple(s for s in unquote(raw_path, errors="replace").split("/") if s)
+    if "." in segments or ".." in segments:
+        return None
+    return segments
+
+
+def units_cost(route: Route, units_value: str | None) -> tuple[int, bool]:
+    """(cost, header was valid) of a variable-cost call, from the units header's value."""
+    assert route.unit_price is not None
+    value = (units_value or "").strip()
+    if not value.isascii() or not value.isdigit() or len(value) > _MAX_UNITS_DIGITS:
+        return route.price, False
+    return min(int(value) * route.unit_price, route.price), True
+
+
+# -- loading and validation ------------------------------------------------------------
+
+
+def load_prices(path: str | None) -> PriceTable:
+    """The table at ``path`` (or the built-in one); ConfigError naming METER_PRICES if bad."""
+    if path:
+        source = path
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"METER_PRICES={path!r}: cannot read: {exc}") from None
+    else:
+        source = "<built-in gateway/prices.toml>"
+        text = BUILTIN_TABLE.read_text(encoding="utf-8")
+    return parse_prices(text, source)
+
+
+def parse_prices(text: str, source: str = "<string>") -> PriceTable:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"METER_PRICES={source!r}: not valid TOML: {exc}") from None
+    try:
+        return _table(doc)
+    except _Bad as bad:
+        raise ConfigError(f"METER_PRICES={source!r}: {bad}") from None
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _table(doc: Mapping[str, Any]) -> PriceTable:
+    _only(doc, {"default", "routes"}, "the table")
+    if "default" not in doc:
+        raise _Bad("[default] is missing: set price = <micros> or refuse = true")
+    default = _default(_section(doc["default"], "[default]"))
+    raw_routes = doc.get("routes", [])
+    if not isinstance(raw_routes, list):
+        raise _Bad("routes must be an array of tables ([[routes]])")
+    routes: list[Route] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_routes):
+        where = f"routes[{i}]"
+        entry = _section(raw, where)
+        name = entry.get("name")
+        if isinstance(name, str):
+            where = f"routes[{i}] ({name!r})"
+        route = _route(entry, where)
+        if route.name in seen or route.name == DEFAULT_ROUTE_NAME:
+            raise _Bad(f"{where}: name {route.name!r} is already used")
+        seen.add(route.name)
+        routes.append(route)
+    return PriceTable(tuple(routes), default)
+
+
+def _default(entry: Mapping[str, Any]) -> Route | None:
+    _only(entry, {"price", "refuse"}, "[default]")
+    refuse = entry.get("refuse", False)
+    if not isinstance(refuse, bool):
+        raise _Bad("[default]: refuse must be true or false")
+    if refuse:
+        if "price" in entry:
+            raise _Bad("[default]: set either price or refuse = true, not both")
+        return None
+    if "price" not in entry:
+        raise _Bad("[default]: price is missing")
+    return Route(
+        DEFAULT_ROUTE_NAME, "*", "*", (), True, _micros(entry["price"], "[default]: price")
+    )
+
+
+def _route(entry: Mapping[str, Any], where: str) -> Route:
+    _only(entry, {"name", "match", "price", "max_price", "unit_price", "units_header"}, where)
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise _Bad(f"{where}: name must match [A-Za-z0-9_.:-]{{1,64}}, got {name!r}")
+    method, segments, rest = _pattern(entry.get("match"), where)
+    pattern = str(entry["match"])
+    variable = {"max_price", "unit_price", "units_header"} & entry.keys()
+    if "price" in entry:
+        if variable:
+            raise _Bad(f"{where}: a fixed price excludes {', '.join(sorted(variable))}")
+        price = _micros(entry["price"], f"{where}: price")
+        return Route(name, method, pattern, segments, rest, price)
+    if not {"max_price", "unit_price"} <= entry.keys():
+        raise _Bad(f"{where}: set price, or max_price and unit_price")
+    max_price = _micros(entry["max_price"], f"{where}: max_price")
+    unit_price = _micros(entry["unit_price"], f"{where}: unit_price")
+    if unit_price == 0 or max_price == 0:
+        raise _Bad(f"{where}: max_price and unit_price must be above 0 (use price = 0)")
+    header = entry.get("units_header", DEFAULT_UNITS_HEADER)
+    if not isinstance(header, str) or not _HEADER.fullmatch(header):
+        raise _Bad(f"{where}: units_header must be a header name, got {header!r}")
+    return Route(name, method, pattern, segments, rest, max_price, unit_price, header)
+
+
+def _pattern(raw: Any, where: str) -> tuple[str, tuple[str | None, ...], bool]:
+    if not isinstance(raw, str):
+        raise _Bad(f"{where}: match must be a string like 'POST /v1/chat/*'")
+    method, _, path = raw.strip().partition(" ")
+    path = path.strip()
+    if not _METHOD.fullmatch(method) or not path.startswith("/"):
+        raise _Bad(f"{where}: match must be 'METHOD /path' (METHOD upper case or *), got {raw!r}")
+    parts = [p for p in path.split("/") if p]
+    rest = bool(parts) and parts[-1] == "*"
+    if rest:
+        parts.pop()
+    segments: list[str | None] = []
+    for part in parts:
+        if _PARAM.fullmatch(part):
+            segments.append(None)
+        elif "*" in part or "{" in part or "}" in part or part in {".", ".."}:
+            raise _Bad(
+                f"{where}: bad segment {part!r} in {raw!r}"
+                " ('*' only as the last segment, '{name}' as a whole segment)"
+            )
+        else:
+            segments.append(unquote(part))
+    return method, tuple(segments), rest
+
+
+def _micros(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_MICROS:
+        raise _Bad(f"{where} must be a whole number of micros >= 0, got {value!r}")
+    return value
+
+
+def _section(raw: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise _Bad(f"{where} must be a table")
+    return raw
+
+
+def _only(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise _Bad(f"{where}: unknown field(s) {', '.join(unknown)}")

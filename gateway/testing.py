@@ -1,0 +1,165 @@
+"""An echo upstream and account provisioning: for the tests, local runs and benchmarks.
+
+``echo_app()`` answers every request with what it received (JSON: method, raw
+path, headers, body length and SHA-256, streamed in, never buffered), and
+obeys a few request headers so tests can script it:
+
+    X-Echo-Status: 503           answer with this status
+    X-Echo-Units: 42             set X-Units-Used: 42 (any text, for the garbage cases)
+    X-Echo-Headers: [["A","b"]]  add these response headers (JSON pairs)
+    X-Echo-Stream: 5000000       answer with this many bytes, chunked, instead of JSON
+    X-Echo-Gate: 1               with X-Echo-Stream: send one chunk, then wait for
+                                 ``EchoState.gate`` before the rest
+    X-Echo-Abort-After: 100000   with X-Echo-Stream: drop the connection after this many bytes
+    X-Echo-Hang: 1               never answer (until the app shuts down)
+    X-Echo-Small: 1              answer "ok" at once (the benchmark's upstream)
+
+``EchoState`` counts the requests that arrived and signals the first request
+and the first body chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from meter import apikeys, keys
+from meter.live_state import AccountConfig, KeyRecord, LiveState
+
+STREAM_CHUNK = 1 << 16
+
+
+def pattern_bytes(n: int, offset: int = 0) -> bytes:
+    """Deterministic bytes, so both ends can check a streamed body without keeping it."""
+    return bytes((offset + i) % 251 for i in range(n))
+
+
+@dataclass
+class EchoState:
+    received: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    first_body_chunk: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    hang: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+ECHO = web.AppKey("echo", EchoState)
+
+
+def echo_app() -> web.Application:
+    app = web.Application()
+    app[ECHO] = EchoState()
+    app.router.add_route("*", "/{tail:.*}", _echo)
+    return app
+
+
+async def _echo(request: web.Request) -> web.StreamResponse:
+    state = request.app[ECHO]
+    state.received += 1
+    state.arrived.set()
+    h = request.headers
+    if h.get("X-Echo-Small"):
+        return web.Response(body=b"ok")
+    if h.get("X-Echo-Hang"):
+        await state.hang.wait()
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.content.iter_any():
+        if size == 0:
+            state.first_body_chunk.set()
+        digest.update(chunk)
+        size += len(chunk)
+    out_headers: list[tuple[str, str]] = [
+        (str(k), str(v)) for k, v in orjson.loads(h.get("X-Echo-Headers", "[]"))
+    ]
+    if "X-Echo-Units" in h:
+        out_headers.append(("X-Units-Used", h["X-Echo-Units"]))
+    status = int(h.get("X-Echo-Status", "200"))
+    if "X-Echo-Stream" in h:
+        return await _stream(request, state, status, out_headers, int(h["X-Echo-Stream"]))
+    doc = {
+        "method": request.method,
+        "path": request.raw_path,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "body_bytes": size,
+        "body_sha256": digest.hexdigest(),
+    }
+    response = web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
+    for name, value in out_headers:
+        response.headers.add(name, value)
+    return response
+
+
+async def _stream(
+    request: web.Request,
+    state: EchoState,
+    status: int,
+    out_headers: list[tuple[str, str]],
+    total: int,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status)
+    for name, value in out_headers:
+        response.headers.add(name, value)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    sent = 0
+    abort_after = int(request.headers.get("X-Echo-Abort-After", total + 1))
+    while sent < total:
+        if sent >= abort_after and request.transport is not None:
+            request.transport.abort()
+            return response
+        n = min(STREAM_CHUNK, total - sent)
+        await response.write(pattern_bytes(n, sent))
+        sent += n
+        if request.headers.get("X-Echo-Gate"):
+            await state.gate.wait()
+    await response.write_eof()
+    return response
+
+
+# -- provisioning straight into Redis (what the admin API does after Postgres) ------------
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    key: str  # the secret API key, as a client sends it
+    record: KeyRecord
+
+
+async def provision(
+    state: LiveState,
+    *,
+    account_id: str = "acct_1",
+    project_id: str = "proj_1",
+    key_id: str = "key_1",
+    shards: int = 16,
+    balance: int = 0,
+    overage_line: int = 0,
+    daily_hard_limit: int | None = None,
+    suspended: bool = False,
+) -> Provisioned:
+    shard = keys.shard_of(account_id, shards)
+    await state.sync_account(
+        shard,
+        account_id,
+        AccountConfig(
+            version=1,
+            overage_line=overage_line,
+            daily_hard_limit=daily_hard_limit,
+            daily_notify_threshold=None,
+            low_balance_threshold=None,
+            suspended=suspended,
+        ),
+    )
+    if balance:
+        await state.credit(shard, account_id, f"seed-{account_id}", balance)
+    return await add_key(state, KeyRecord(key_id, project_id, account_id, shard))
+
+
+async def add_key(state: LiveState, record: KeyRecord) -> Provisioned:
+    key = apikeys.generate()
+    await state.put_api_key(apikeys.digest(key), record)
+    return Provisioned(key, record)

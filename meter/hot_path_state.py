@@ -1,0 +1,145 @@
+"""What the gateway needs of an account's live state, and its fast implementation.
+
+``HotPathState`` is the seam: the gateway is written against it and is handed
+either ``LiveState`` (redis.asyncio, one script call per ``admit_many``) or
+``PipelinedState`` (this module: admissions batched per loop pass by
+``AdmissionBatcher``, every command through one ``RedisPipe``). Both run the
+same Lua scripts with the same KEYS and ARGV, so they agree on every outcome;
+both raise ``StateUnavailable`` (503) when Redis cannot answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from meter import keys
+from meter.admission_batcher import AdmissionBatcher
+from meter.live_state import Admission, Call, KeyRecord, StateUnavailable
+from meter.redis_pipe import RedisPipe
+from meter.scripts import SETTLE
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meter.live_state import LiveState
+    from meter.settings import Settings
+
+
+class HotPathState(Protocol):
+    def admit(self, call: Call, day: int) -> Awaitable[Admission]: ...
+
+    def admit_many(self, calls: Sequence[Call], day: int) -> Awaitable[list[Admission]]: ...
+
+    def settle(
+        self, call: Call, admitted: Admission, refund: int, admitted_day: int
+    ) -> Awaitable[int]: ...
+
+    def get_api_key(self, key_hash_hex: str) -> Awaitable[KeyRecord | None]: ...
+
+    def ping(self) -> Awaitable[None]: ...
+
+    def close(self) -> Awaitable[None]: ...
+
+
+def settle_arguments(
+    call: Call, admitted: Admission, refund: int, admitted_day: int
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of settle.lua (the same as ``LiveState.settle`` sends)."""
+    return (
+        [
+            keys.account(call.shard, call.account_id),
+            keys.usage_stream(call.shard),
+            keys.settled(call.shard, admitted.event_id),
+        ],
+        [
+            refund,
+            admitted_day,
+            keys.SETTLED_TTL_SECONDS,
+            call.key_id,
+            call.project_id,
+            call.account_id,
+            call.route,
+            admitted.event_id,
+        ],
+    )
+
+
+class PipelinedState:
+    """``HotPathState`` over one ``RedisPipe``: batched admissions, pipelined everything."""
+
+    def __init__(self, pipe: RedisPipe, *, max_batch: int = 256, cross_shard: bool = False) -> None:
+        self.pipe = pipe
+        self.batcher = AdmissionBatcher(pipe, max_batch=max_batch, cross_shard=cross_shard)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        connections: int = 1,
+        max_batch: int = 256,
+        cross_shard: bool = False,
+    ) -> PipelinedState:
+        """See ``RedisPipe`` and ``AdmissionBatcher`` (``cross_shard``: a single Redis only)."""
+        pipe = RedisPipe(url, timeout=timeout, connections=connections)
+        return cls(pipe, max_batch=max_batch, cross_shard=cross_shard)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        connections: int = 1,
+        max_batch: int = 256,
+        cross_shard: bool = False,
+    ) -> PipelinedState:
+        """``METER_REDIS_URL`` and ``METER_REDIS_TIMEOUT``; the rest are not settings yet."""
+        return cls.from_url(
+            settings.redis_url,
+            timeout=settings.redis_timeout,
+            connections=connections,
+            max_batch=max_batch,
+            cross_shard=cross_shard,
+        )
+
+    def admit(self, call: Call, day: int) -> asyncio.Future[Admission]:
+        return self.batcher.admit(call, day)
+
+    async def admit_many(self, calls: Sequence[Call], day: int) -> list[Admission]:
+        return await self.batcher.admit_many(calls, day)
+
+    async def settle(self, call: Call, admitted: Admission, refund: int, admitted_day: int) -> int:
+        """Refund ``refund`` micros of an admitted call, once. Returns 1, 0 (already) or -1."""
+        if refund <= 0:
+            return 0
+        key_names, args = settle_arguments(call, admitted, refund, admitted_day)
+        reply = await self.pipe.evalsha(SETTLE, key_names, args)
+        return int(reply[0])
+
+    async def get_api_key(self, key_hash_hex: str) -> KeyRecord | None:
+        flat = await self.pipe.submit("HGETALL", keys.api_key(key_hash_hex))
+        if not flat:
+            return None
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return KeyRecord(
+            key_id=raw[b"id"].decode(),
+            project_id=raw[b"project"].decode(),
+            account_id=raw[b"account"].decode(),
+            shard=int(raw[b"shard"]),
+        )
+
+    async def ping(self) -> None:
+        reply = await self.pipe.submit("PING")
+        if reply != b"PONG":
+            raise StateUnavailable(f"redis answered PING with {reply!r}")
+
+    async def close(self) -> None:
+        await self.pipe.close()
+
+
+if TYPE_CHECKING:
+
+    def _both_fit(a: LiveState, b: PipelinedState) -> tuple[HotPathState, HotPathState]:
+        return a, b

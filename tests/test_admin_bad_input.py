@@ -1,0 +1,308 @@
+"""Bad input on every admin route: a 4xx application/problem+json answer and nothing changed.
+
+Each case takes a snapshot of every Postgres table and every Redis key the
+admin API can touch, sends one bad request, and compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from test_admin_support import (
+    ANY_2XX,
+    AUTH,
+    MAX_BODY,
+    PROBLEM,
+    add_credit,
+    call,
+    new_account,
+    new_key,
+    new_project,
+    snapshot,
+    start,
+)
+
+from meter.problems import TYPE_BASE
+
+UNKNOWN = {"account": "acct_" + "Z" * 22, "project": "proj_" + "Z" * 22, "key": "key_" + "Z" * 22}
+
+GOOD: dict[str, dict[str, Any]] = {
+    "create_account": {"name": "Other"},
+    "create_project": {"name": "cli"},
+    "set_limits": {"daily_hard_limit": 1, "overage_line": 2, "daily_notify_threshold": 3},
+    "add_credit": {"amount": 1, "description": "more", "idempotency_key": "new-key"},
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    method: str
+    path: str  # with {account} {project} {key}
+    body: str | None  # key of GOOD, or None: the route takes no fields
+
+
+ROUTES = [
+    Route("create_account", "POST", "/v1/accounts", "create_account"),
+    Route("get_account", "GET", "/v1/accounts/{account}", None),
+    Route("create_project", "POST", "/v1/accounts/{account}/projects", "create_project"),
+    Route("create_key", "POST", "/v1/projects/{project}/keys", None),
+    Route("list_keys", "GET", "/v1/projects/{project}/keys", None),
+    Route("revoke_key", "DELETE", "/v1/keys/{key}", None),
+    Route("set_limits", "PUT", "/v1/accounts/{account}/limits", "set_limits"),
+    Route("add_credit", "POST", "/v1/accounts/{account}/credits", "add_credit"),
+    Route("suspend", "POST", "/v1/accounts/{account}/suspend", None),
+    Route("resume", "POST", "/v1/accounts/{account}/resume", None),
+    Route("balance", "GET", "/v1/accounts/{account}/balance", None),
+]
+BY_NAME = {r.name: r for r in ROUTES}
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad request: raw body bytes (or a JSON value), headers, the answer expected."""
+
+    body: Any = None
+    status: int = 422
+    slug: str = "invalid-input"
+    raw: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    ids: tuple[tuple[str, str], ...] = ()
+
+
+@pytest.fixture
+async def world(
+    aiohttp_client: Any, redis_url: str, database_url: str
+) -> tuple[TestClient[Any, Any], dict[str, str]]:
+    """An account with limits, credits, a project and a key: something that could change."""
+    client = await start(aiohttp_client, redis_url, database_url)
+    account = await new_account(client)
+    project = await new_project(client, account["id"])
+    key = await new_key(client, project["id"])
+    await add_credit(client, account["id"], 5_000_000, "seed")
+    limits = {"daily_hard_limit": 9, "overage_line": 8, "daily_notify_threshold": 7}
+    await call(client, "PUT", f"/v1/accounts/{account['id']}/limits", limits, status=200)
+    return client, {"account": account["id"], "project": project["id"], "key": key["id"]}
+
+
+async def assert_refused(
+    world: tuple[TestClient[Any, Any], dict[str, str]],
+    redis_url: str,
+    database_url: str,
+    route: Route,
+    bad: Bad,
+    label: str,
+) -> dict[str, Any]:
+    client, ids = world
+    path = route.path.format(**{**ids, **dict(bad.ids)})
+    headers = {**AUTH, **dict(bad.headers)}
+    data = bad.raw if bad.raw is not None else None if bad.body is None else orjson.dumps(bad.body)
+    if data is not None:
+        headers.setdefault("Content-Type", "application/json")
+    before = await snapshot(database_url, redis_url)
+    response = await client.request(route.method, path, data=data, headers=headers)
+    body = await response.read()
+    assert response.status == bad.status, (label, body)
+    assert response.content_type == PROBLEM, label
+    problem: dict[str, Any] = orjson.loads(body)
+    assert problem["type"] == TYPE_BASE + bad.slug and problem["status"] == bad.status, label
+    assert await snapshot(database_url, redis_url) == before, label
+    return problem
+
+
+def _without(name: str, field: str) -> dict[str, Any]:
+    return {k: v for k, v in GOOD[name].items() if k != field}
+
+
+# -- the cases, route by route ------------------------------------------------------------------
+
+AUTH_CASES = [
+    ("no-token", ""),
+    ("wrong-token", "Bearer nope"),
+    ("token-prefix", "Bearer test-admin"),
+    ("token-plus-suffix", "Bearer test-admin-token-0123456789x"),
+    ("basic-scheme", "Basic dGVzdDp0ZXN0"),
+]
+
+BODY_SHAPE_CASES = [
+    ("malformed-json", Bad(raw=b'{"name": ', status=400, slug="bad-request")),
+    ("trailing-garbage", Bad(raw=b'{"name": "x"} x', status=400, slug="bad-request")),
+    ("json-array", Bad(body=[1, 2], status=400, slug="bad-request")),
+    ("json-string", Bad(body="name", status=400, slug="bad-request")),
+    ("not-utf8", Bad(raw=b'{"name": "\xff"}', status=400, slug="bad-request")),
+    (
+        "form-encoded",
+        Bad(
+            raw=b"name=x",
+            status=415,
+            slug="unsupported-media-type",
+            headers=(("Content-Type", "application/x-www-form-urlencoded"),),
+        ),
+    ),
+    (
+        "text-plain",
+        Bad(
+            raw=b'{"name": "x"}',
+            status=415,
+            slug="unsupported-media-type",
+            headers=(("Content-Type", "text/plain"),),
+        ),
+    ),
+]
+
+FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
+    # route: (label, body, the field the error must name)
+    "create_account": [
+        ("missing-name", {}, "name"),
+        ("null-name", {"name": None}, "name"),
+        ("blank-name", {"name": "   "}, "name"),
+        ("number-name", {"name": 5}, "name"),
+        ("long-name", {"name": "x" * 201}, "name"),
+        ("control-chars", {"name": "a\x00b"}, "name"),
+        ("bad-email", {"name": "A", "billing_email": "not-an-email"}, "billing_email"),
+        ("email-number", {"name": "A", "billing_email": 5}, "billing_email"),
+    ],
+    "create_project": [
+        ("missing-name", {}, "name"),
+        ("bool-name", {"name": True}, "name"),
+        ("list-name", {"name": ["a"]}, "name"),
+    ],
+    "set_limits": [
+        ("missing-overage", _without("set_limits", "overage_line"), "overage_line"),
+        ("missing-hard-limit", _without("set_limits", "daily_hard_limit"), "daily_hard_limit"),
+        (
+            "missing-notify",
+            _without("set_limits", "daily_notify_threshold"),
+            "daily_notify_threshold",
+        ),
+        ("null-overage", {**GOOD["set_limits"], "overage_line": None}, "overage_line"),
+        ("negative-overage", {**GOOD["set_limits"], "overage_line": -1}, "overage_line"),
+        ("negative-limit", {**GOOD["set_limits"], "daily_hard_limit": -5}, "daily_hard_limit"),
+        ("float-limit", {**GOOD["set_limits"], "daily_hard_limit": 1.5}, "daily_hard_limit"),
+        ("whole-float-limit", {**GOOD["set_limits"], "daily_hard_limit": 5.0}, "daily_hard_limit"),
+        ("string-limit", {**GOOD["set_limits"], "daily_hard_limit": "5"}, "daily_hard_limit"),
+        ("bool-overage", {**GOOD["set_limits"], "overage_line": True}, "overage_line"),
+        ("false-limit", {**GOOD["set_limits"], "daily_hard_limit": False}, "daily_hard_limit"),
+        ("huge-limit", {**GOOD["set_limits"], "daily_hard_limit": 10**16}, "daily_hard_limit"),
+        (
+            "bad-low-balance",
+            {**GOOD["set_limits"], "low_balance_threshold": "1"},
+            "low_balance_threshold",
+        ),
+        ("misspelt", {**GOOD["set_limits"], "daily_hard_limt": 5}, "daily_hard_limt"),
+    ],
+    "add_credit": [
+        ("zero", {**GOOD["add_credit"], "amount": 0}, "amount"),
+        ("negative", {**GOOD["add_credit"], "amount": -5}, "amount"),
+        ("float", {**GOOD["add_credit"], "amount": 1.5}, "amount"),
+        ("whole-float", {**GOOD["add_credit"], "amount": 5.0}, "amount"),
+        ("string", {**GOOD["add_credit"], "amount": "5"}, "amount"),
+        ("true", {**GOOD["add_credit"], "amount": True}, "amount"),
+        ("false", {**GOOD["add_credit"], "amount": False}, "amount"),
+        ("null", {**GOOD["add_credit"], "amount": None}, "amount"),
+        ("over-cap", {**GOOD["add_credit"], "amount": 10**13 + 1}, "amount"),
+        ("missing-amount", _without("add_credit", "amount"), "amount"),
+        ("missing-description", _without("add_credit", "description"), "description"),
+        ("missing-idempotency-key", _without("add_credit", "idempotency_key"), "idempotency_key"),
+        ("blank-description", {**GOOD["add_credit"], "description": ""}, "description"),
+        ("number-key", {**GOOD["add_credit"], "idempotency_key": 5}, "idempotency_key"),
+        ("long-key", {**GOOD["add_credit"], "idempotency_key": "k" * 201}, "idempotency_key"),
+        ("debit-kind", {**GOOD["add_credit"], "kind": "usage"}, "kind"),
+        ("list-kind", {**GOOD["add_credit"], "kind": ["credit"]}, "kind"),
+        ("unknown-field", {**GOOD["add_credit"], "surprise": 1}, "surprise"),
+    ],
+    "create_key": [("any-field", {"name": "ci"}, "name")],
+    "suspend": [("any-field", {"reason": "fraud"}, "reason")],
+    "resume": [("any-field", {"reason": "paid"}, "reason")],
+}
+
+# JSON allows integers orjson cannot write; it reads them as floats, so not amounts.
+BEYOND_64_BITS = (
+    b'{"amount": 1000000000000000000000000000000, "description": "x", "idempotency_key": "k"}'
+)
+
+
+def cases_for(route: Route) -> list[tuple[str, Bad, str | None]]:
+    """(label, bad request, field the problem must name) for every way to get ``route`` wrong."""
+    good = GOOD[route.body] if route.body else None
+    out: list[tuple[str, Bad, str | None]] = [
+        (
+            label,
+            Bad(body=good, status=401, slug="unauthorized", headers=(("Authorization", h),)),
+            None,
+        )
+        for label, h in AUTH_CASES
+    ]
+    for kind in ("account", "project", "key"):
+        if "{" + kind + "}" not in route.path:
+            continue
+        other = "acct_abc" if kind != "account" else "proj_abc"
+        for label, bad_id in (
+            ("unknown", UNKNOWN[kind]),
+            ("wrong-prefix", "user_abc"),
+            ("other-kind", other),
+            ("junk", "a%20b"),
+            ("too-long", f"{kind}_" + "a" * 65),
+        ):
+            out.append(
+                (
+                    f"{kind}-{label}",
+                    Bad(body=good, status=404, slug="not-found", ids=((kind, bad_id),)),
+                    None,
+                )
+            )
+    if route.method in {"POST", "PUT"}:
+        huge = {**(good or {}), "name": "x" * (MAX_BODY + 1)}
+        out.append(("oversize", Bad(body=huge, status=413, slug="payload-too-large"), None))
+        out += [(label, bad, None) for label, bad in BODY_SHAPE_CASES]
+    if route.body:
+        out.append(("empty-body", Bad(raw=b"", status=400, slug="bad-request"), None))
+    for label, body, field in FIELD_CASES.get(route.name, []):
+        out.append((label, Bad(body=body), field))
+    if route.name == "add_credit":
+        out.append(("beyond-64-bits", Bad(raw=BEYOND_64_BITS), "amount"))
+    return out
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[r.name for r in ROUTES])
+async def test_bad_input_is_a_problem_and_changes_nothing(
+    world: Any, redis_url: str, database_url: str, route: Route
+) -> None:
+    cases = cases_for(route)
+    assert len(cases) >= 7
+    for label, bad, field in cases:
+        problem = await assert_refused(world, redis_url, database_url, route, bad, label)
+        if field is not None:
+            assert field in [e["field"] for e in problem["errors"]], label
+
+
+async def test_every_wrong_field_is_reported_at_once(
+    world: Any, redis_url: str, database_url: str
+) -> None:
+    body = {"amount": -1, "description": 5, "extra": True}
+    problem = await assert_refused(
+        world, redis_url, database_url, BY_NAME["add_credit"], Bad(body=body), "all-at-once"
+    )
+    assert sorted(e["field"] for e in problem["errors"]) == [
+        "amount",
+        "description",
+        "extra",
+        "idempotency_key",
+    ]
+
+
+async def test_the_snapshot_sees_every_good_write(
+    world: Any, redis_url: str, database_url: str
+) -> None:
+    """The control: the same requests done right do change what the snapshot compares."""
+    client, ids = world
+    writes = [r for r in ROUTES if r.method != "GET"]
+    for route in writes:
+        before = await snapshot(database_url, redis_url)
+        body = GOOD[route.body] if route.body else None
+        await call(client, route.method, route.path.format(**ids), body, status=ANY_2XX)
+        assert await snapshot(database_url, redis_url) != before, route.name

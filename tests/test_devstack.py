@@ -1,0 +1,104 @@
+"""`meter dev` end to end: it starts everything, serves a metered call, and Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from meter.local_servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="meter-dev-"))
+    os.chmod(path, 0o755)  # PostgreSQL runs as another user when we are root
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_until_ready(proc: subprocess.Popen[str], deadline: float) -> str:
+    assert proc.stdout is not None
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "Ctrl-C stops everything" in line:
+            return "".join(seen)
+    raise AssertionError("meter dev never became ready:\n" + "".join(seen))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.timeout(120)
+def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(data_dir: Path) -> None:
+    ports = {name: free_port() for name in ("gateway", "admin", "ledger")}
+    env = {
+        **os.environ,
+        "METER_DATA_DIR": str(data_dir),
+        "METER_GATEWAY_PORT": str(ports["gateway"]),
+        "METER_ADMIN_PORT": str(ports["admin"]),
+        "METER_LEDGER_PORT": str(ports["ledger"]),
+        "METER_ADMIN_TOKEN": "dev-test-token",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meter", "dev"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        banner = _read_until_ready(proc, time.monotonic() + 90)
+        match = re.search(r"Authorization: Bearer (mtr_\w+)' (http://\S+)", banner)
+        assert match, banner
+        key, url = match.groups()
+        account = re.search(r"Demo account (acct_\w+)", banner)
+        assert account, banner
+
+        req = urllib.request.Request(url, data=b'{"hello": "world"}', headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+            charged = int(resp.headers["X-Meter-Charged"])
+            available = int(resp.headers["X-Credits-Available"])
+            body = orjson.loads(resp.read())
+        assert charged > 0
+        assert body["account"] == account.group(1)
+
+        balance_req = urllib.request.Request(
+            f"http://127.0.0.1:{ports['admin']}/v1/accounts/{account.group(1)}/balance",
+            headers={"Authorization": "Bearer dev-test-token"},
+        )
+        with urllib.request.urlopen(balance_req, timeout=10) as resp:
+            balance = orjson.loads(resp.read())
+        assert balance["balance"] == 20_000_000 - charged
+        assert balance["available"] == available
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0
+    assert not any(_listening(p) for p in ports.values())

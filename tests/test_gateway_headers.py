@@ -1,0 +1,183 @@
+"""Header rules and refusal mapping, pure: pairs in, pairs out. No fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import errors, headers
+from gateway.identity import presented_key
+from meter.live_state import Admission, Call
+from meter.money import SECONDS_PER_DAY, Outcome, Signal
+from meter.problems import TYPE_BASE
+
+CALL = Call(3, "acct_9", "proj_9", "key_9", "chat", 100)
+
+
+def names(pairs: list[tuple[str, str]]) -> list[str]:
+    return [n.lower() for n, _ in pairs]
+
+
+def test_to_upstream_strips_hop_by_hop_key_and_spoofed_meter_headers() -> None:
+    incoming = [
+        ("Host", "gw.example"),
+        ("Connection", "keep-alive, X-Custom-Hop"),
+        ("X-Custom-Hop", "1"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authorization", "Basic x"),
+        ("Proxy-Anything", "y"),
+        ("TE", "trailers"),
+        ("Trailer", "X-T"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("Expect", "100-continue"),
+        ("Authorization", "Bearer mtr_secret"),
+        ("X-API-Key", "mtr_secret"),
+        ("X-Meter-Account", "someone-else"),
+        ("x-meter-charged", "0"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "spoofed"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "12"),
+        ("Accept", "a/b"),
+        ("Accept", "c/d"),
+    ]
+    out = headers.to_upstream(
+        incoming, client_ip="10.0.0.7", proto="http", host="gw.example", call=CALL
+    )
+    assert out == [
+        ("Content-Type", "application/json"),
+        ("Content-Length", "12"),
+        ("Accept", "a/b"),
+        ("Accept", "c/d"),
+        ("X-Forwarded-For", "10.0.0.7"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "gw.example"),
+        ("X-Meter-Account", "acct_9"),
+        ("X-Meter-Project", "proj_9"),
+        ("X-Meter-Key-Id", "key_9"),
+        ("X-Meter-Route", "chat"),
+    ]
+
+
+def test_forwarded_for_appends_to_the_incoming_chain() -> None:
+    out = headers.to_upstream(
+        [("X-Forwarded-For", "1.1.1.1, 2.2.2.2")],
+        client_ip="3.3.3.3",
+        proto="http",
+        host=None,
+        call=CALL,
+    )
+    assert ("X-Forwarded-For", "1.1.1.1, 2.2.2.2, 3.3.3.3") in out
+    assert "x-forwarded-host" not in names(out)
+
+
+def test_to_client_strips_hop_by_hop_and_upstream_meter_headers() -> None:
+    upstream = [
+        ("Content-Type", "text/plain"),
+        ("Connection", "close, X-Secret"),
+        ("X-Secret", "s"),
+        ("Keep-Alive", "timeout=1"),
+        ("Transfer-Encoding", "chunked"),
+        ("Proxy-Authenticate", "Basic"),
+        ("Upgrade", "websocket"),
+        ("Trailer", "X-T"),
+        ("X-Meter-Charged", "0"),
+        ("X-Credits-Available", "999999"),
+        ("X-Daily-Limit-Remaining", "999999"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("X-Units-Used", "7"),
+    ]
+    out = headers.to_client(upstream, headers.metering(70, 930, None))
+    assert out == [
+        ("Content-Type", "text/plain"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("X-Units-Used", "7"),
+        ("X-Meter-Charged", "70"),
+        ("X-Credits-Available", "930"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        (None, [("X-Meter-Charged", "5"), ("X-Credits-Available", "10")]),
+        (
+            0,
+            [
+                ("X-Meter-Charged", "5"),
+                ("X-Credits-Available", "10"),
+                ("X-Daily-Limit-Remaining", "0"),
+            ],
+        ),
+    ],
+)
+def test_metering_headers(limit: int | None, expected: list[tuple[str, str]]) -> None:
+    assert headers.metering(5, 10, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "key"),
+    [
+        ({"Authorization": "Bearer mtr_a"}, "mtr_a"),
+        ({"Authorization": "bearer   mtr_a "}, "mtr_a"),
+        ({"X-API-Key": " mtr_b"}, "mtr_b"),
+        ({"Authorization": "Bearer mtr_a", "X-API-Key": "mtr_b"}, "mtr_a"),
+        ({"Authorization": "Basic dXNlcjpwdw==", "X-API-Key": "mtr_b"}, "mtr_b"),
+        ({"Authorization": "Basic dXNlcjpwdw=="}, None),
+        ({}, None),
+    ],
+)
+def test_presented_key(given: dict[str, str], key: str | None) -> None:
+    assert presented_key(given) == key
+
+
+def admission(outcome: Outcome, available: int = 0, left: int | None = None) -> Admission:
+    return Admission(outcome, 0, available, left, Signal.NONE, "")
+
+
+NOON = 20_000 * SECONDS_PER_DAY + 43_200.5
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "slug"),
+    [
+        (Outcome.NO_CREDIT, 402, "insufficient-credits"),
+        (Outcome.DAILY_LIMIT, 429, "daily-limit-reached"),
+        (Outcome.SUSPENDED, 403, "account-suspended"),
+        (Outcome.KEY_REVOKED, 403, "api-key-revoked"),
+        (Outcome.UNKNOWN_ACCOUNT, 503, "account-state-missing"),
+    ],
+)
+def test_refusal_for_each_outcome(outcome: Outcome, status: int, slug: str) -> None:
+    refusal = errors.for_outcome(admission(outcome), 100, NOON)
+    assert refusal is not None
+    assert (refusal.status, refusal.type, refusal.reason) == (status, TYPE_BASE + slug, slug)
+
+
+def test_admitted_is_no_refusal() -> None:
+    assert errors.for_outcome(admission(Outcome.ADMITTED), 100, NOON) is None
+
+
+def test_daily_limit_retry_after_runs_to_midnight_utc() -> None:
+    refusal = errors.for_outcome(admission(Outcome.DAILY_LIMIT, 0, 40), 100, NOON)
+    assert refusal is not None
+    assert refusal.headers["Retry-After"] == "43200"  # 11:59:59.5 left, rounded up
+    assert refusal.body()["retry_after"] == 43200
+    assert refusal.body()["limit_remaining"] == 40
+
+
+def test_401_carries_www_authenticate() -> None:
+    assert errors.MissingKey().headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_every_refusal_slug_is_unique() -> None:
+    def subclasses(cls: type[errors.Refusal]) -> list[type[errors.Refusal]]:
+        out = []
+        for sub in cls.__subclasses__():
+            out += [sub, *subclasses(sub)]
+        return out
+
+    slugs = [c.slug for c in subclasses(errors.Refusal)]
+    assert len(slugs) == len(set(slugs)) > 15

@@ -1,0 +1,185 @@
+"""PipelinedState: the gateway's fast live state, against real Redis, including Redis failing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+
+from meter import keys, local_servers
+from meter.hot_path_state import HotPathState, PipelinedState
+from meter.live_state import AccountConfig, Call, KeyRecord, LiveState, StateUnavailable
+from meter.money import Outcome
+from meter.redis_pipe import RedisTimeout
+from meter.settings import Settings
+
+DAY = 20_400
+SHARD = 3
+
+
+def call(account: str = "acct", price: int = 7, key_id: str = "key_1") -> Call:
+    return Call(SHARD, account, "proj_1", key_id, "chat", price)
+
+
+async def provision(state: LiveState, balance: int, account: str = "acct", **kw: object) -> None:
+    config = AccountConfig(
+        version=1,
+        overage_line=0,
+        daily_hard_limit=kw.get("daily_hard_limit"),  # type: ignore[arg-type]
+        daily_notify_threshold=None,
+        low_balance_threshold=None,
+        suspended=False,
+    )
+    assert await state.sync_account(SHARD, account, config)
+    if balance:
+        assert (await state.credit(SHARD, account, f"seed-{account}", balance))[0] == 1
+
+
+@pytest.fixture
+async def fast(redis_url: str) -> AsyncIterator[PipelinedState]:
+    state = PipelinedState.from_url(redis_url, timeout=5.0)
+    yield state
+    await state.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[local_servers.RedisServer]:
+    server = local_servers.start_redis(tmp_path / "redis")
+    yield server
+    server.stop(kill=True)
+
+
+def test_both_adapters_offer_the_hot_path() -> None:
+    wanted = {"admit", "admit_many", "settle", "get_api_key", "ping", "close"}
+    declared = {name for name in vars(HotPathState) if not name.startswith("_")}
+    assert declared == wanted
+    for cls in (LiveState, PipelinedState):
+        assert all(callable(getattr(cls, name)) for name in wanted), cls
+
+
+async def test_from_settings(redis_url: str) -> None:
+    settings = Settings.from_env({"METER_REDIS_URL": redis_url, "METER_REDIS_TIMEOUT": "0.5"})
+    state = PipelinedState.from_settings(settings)
+    try:
+        assert state.pipe.timeout == 0.5
+        await state.ping()
+    finally:
+        await state.close()
+
+
+async def test_admit_settle_and_read_a_key(fast: PipelinedState, live_state: LiveState) -> None:
+    await provision(live_state, 1_000_000, daily_hard_limit=1_000_000)
+    c = call(price=600_000)
+    admitted = await fast.admit(c, DAY)
+    assert admitted.admitted and admitted.balance == 400_000 and admitted.event_id
+    assert await fast.settle(c, admitted, 400_000, DAY) == 1
+    assert await fast.settle(c, admitted, 400_000, DAY) == 0
+    assert await fast.settle(c, admitted, 0, DAY) == 0
+    state = await live_state.read_account(SHARD, "acct")
+    assert state is not None and (state.balance, state.spent_today) == (800_000, 200_000)
+    ghost = call(account="ghost")
+    assert await fast.settle(ghost, admitted, 5, DAY) == -1
+
+    digest = hashlib.sha256(b"mk_live_example").hexdigest()
+    assert await fast.get_api_key(digest) is None
+    record = KeyRecord(key_id="key_1", project_id="proj_1", account_id="acct", shard=SHARD)
+    await live_state.put_api_key(digest, record)
+    assert await fast.get_api_key(digest) == record
+    await fast.ping()
+    await live_state.ping()
+
+
+async def test_admissions_survive_a_script_cache_flush(
+    fast: PipelinedState, live_state: LiveState, redis_url: str
+) -> None:
+    await provision(live_state, 700)
+    assert (await fast.admit(call(), DAY)).admitted
+    with redis_sync.Redis.from_url(redis_url) as client:
+        client.script_flush()
+    results = await fast.admit_many([call()] * 150, DAY)
+    assert [r.outcome for r in results].count(Outcome.ADMITTED) == 99
+    assert await live_state.redis.xlen(keys.usage_stream(SHARD)) == 100
+
+
+async def test_a_paused_redis_times_out_within_the_bound(
+    own_redis: local_servers.RedisServer,
+) -> None:
+    live = LiveState.from_url(own_redis.url)
+    fast = PipelinedState.from_url(own_redis.url, timeout=0.25)
+    admin = redis_sync.Redis.from_url(own_redis.url)
+    try:
+        await provision(live, 1000)
+        first = await fast.admit(call(), DAY)
+        assert first.admitted
+        admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(
+            fast.admit(call(), DAY),
+            fast.admit(call(), DAY),
+            fast.settle(call(), first, 1, DAY),
+            return_exceptions=True,
+        )
+        elapsed = loop.time() - started
+        assert all(isinstance(r, RedisTimeout) for r in results), results
+        assert 0.2 <= elapsed < 0.25 + 0.4
+        admin.execute_command("CLIENT", "UNPAUSE")
+        assert (await fast.admit(call(), DAY)).admitted  # on a new connection
+    finally:
+        admin.close()
+        await live.close()
+        await fast.close()
+
+
+async def test_redis_killed_mid_traffic(own_redis: local_servers.RedisServer) -> None:
+    """Every call either gets a real admission or StateUnavailable; after a restart, calls work."""
+    live = LiveState.from_url(own_redis.url)
+    fast = PipelinedState.from_url(own_redis.url, timeout=5)
+    admin = redis_sync.Redis.from_url(own_redis.url)
+    await provision(live, 10**9)
+    await live.close()
+    admitted = 0
+    enough = asyncio.Event()
+
+    async def worker() -> BaseException:
+        nonlocal admitted
+        while True:
+            try:
+                result = await fast.admit(call(price=1), DAY)
+            except StateUnavailable as exc:
+                return exc
+            assert result.admitted
+            admitted += 1
+            if admitted >= 500:
+                enough.set()
+
+    workers = [asyncio.create_task(worker()) for _ in range(64)]
+    try:
+        await enough.wait()
+        # Freeze Redis, read what it really recorded, then kill it: no yielding in between,
+        # so every worker has an admission in flight.
+        admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        recorded = admin.xlen(keys.usage_stream(SHARD))
+        own_redis.stop(kill=True)
+        errors = await asyncio.gather(*workers)
+        assert all(isinstance(e, StateUnavailable) for e in errors)
+        assert 500 <= admitted <= recorded  # never a success Redis did not record
+
+        with pytest.raises(StateUnavailable):
+            await fast.admit(call(), DAY)
+        restarted = local_servers.start_redis(own_redis.dir, port=own_redis.port)
+        own_redis.proc = restarted.proc
+        live = LiveState.from_url(own_redis.url)
+        await provision(live, 70)
+        await live.close()
+        results = await fast.admit_many([call()] * 20, DAY)
+        assert [r.outcome for r in results].count(Outcome.ADMITTED) == 10
+    finally:
+        for task in workers:
+            task.cancel()
+        admin.close()
+        await fast.close()

@@ -1,0 +1,238 @@
+"""The price table, pure: matching, variable cost, validation. No fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.pricing import (
+    DEFAULT_UNITS_HEADER,
+    PriceTable,
+    Route,
+    load_prices,
+    parse_prices,
+    split_path,
+    units_cost,
+)
+from meter.settings import ConfigError
+
+TABLE = """
+[default]
+price = 7
+
+[[routes]]
+name = "models"
+match = "GET /v1/models"
+price = 0
+
+[[routes]]
+name = "one-model"
+match = "GET /v1/models/{model}"
+price = 3
+
+[[routes]]
+name = "chat"
+match = "POST /v1/chat/*"
+max_price = 50_000
+unit_price = 10
+
+[[routes]]
+name = "any-admin"
+match = "* /v1/admin/*"
+price = 11
+
+[[routes]]
+name = "files-deep"
+match = "GET /v1/files/{id}/content"
+price = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def table() -> PriceTable:
+    return parse_prices(TABLE)
+
+
+def route_name(table: PriceTable, method: str, path: str) -> str | None:
+    segments = split_path(path)
+    assert segments is not None
+    route = table.match(method, segments)
+    return None if route is None else route.name
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("GET", "/v1/models", "models"),
+        ("GET", "/v1/models/", "models"),  # a trailing slash is the same route
+        ("POST", "/v1/models", "default"),  # the method matters
+        ("HEAD", "/v1/models", "default"),
+        ("GET", "/v1/models/gpt", "one-model"),
+        ("GET", "/v1/models/gpt/extra", "default"),  # {param} is exactly one segment
+        ("POST", "/v1/chat", "chat"),  # * is zero or more segments
+        ("POST", "/v1/chat/completions", "chat"),
+        ("POST", "/v1/chat/a/b/c", "chat"),
+        ("POST", "/v1/chatter", "default"),
+        ("DELETE", "/v1/admin/x", "any-admin"),
+        ("PATCH", "/v1/admin", "any-admin"),
+        ("GET", "/v1/files/f1/content", "files-deep"),
+        ("GET", "/v1/files/f1/other", "default"),
+        ("GET", "/", "default"),
+        # Priced as the most liberal reading an upstream might make of the path.
+        ("POST", "/v1//chat/x", "chat"),
+        ("POST", "/v1/%63hat/x", "chat"),
+        ("POST", "/v1%2Fchat%2Fx", "chat"),
+    ],
+)
+def test_match(table: PriceTable, method: str, path: str, expected: str) -> None:
+    assert route_name(table, method, path) == expected
+
+
+def test_first_match_wins() -> None:
+    table = parse_prices(
+        """
+        [default]
+        price = 1
+        [[routes]]
+        name = "wide"
+        match = "* /v1/*"
+        price = 2
+        [[routes]]
+        name = "narrow"
+        match = "GET /v1/models"
+        price = 3
+        """
+    )
+    assert route_name(table, "GET", "/v1/models") == "wide"
+
+
+@pytest.mark.parametrize("path", ["/v1/../admin", "/v1/./chat", "/v1/%2e%2e/x", "/a/%2E/b", "/.."])
+def test_dot_segments_have_no_price(path: str) -> None:
+    assert split_path(path) is None
+
+
+def test_refused_default_matches_nothing() -> None:
+    table = parse_prices(
+        '[default]\nrefuse = true\n[[routes]]\nname = "a"\nmatch = "GET /a"\nprice = 1'
+    )
+    assert table.default is None
+    assert table.match("GET", ("b",)) is None
+    a = table.match("GET", ("a",))
+    assert a is not None and a.price == 1
+
+
+def test_variable_route_fields(table: PriceTable) -> None:
+    chat = table.match("POST", ("v1", "chat"))
+    assert chat is not None
+    assert (chat.variable, chat.price, chat.unit_price, chat.units_header) == (
+        True,
+        50_000,
+        10,
+        DEFAULT_UNITS_HEADER,
+    )
+    models = table.match("GET", ("v1", "models"))
+    assert models is not None and not models.variable
+
+
+CHAT = Route("chat", "POST", "POST /chat", ("chat",), False, 50_000, 10, "X-Units-Used")
+
+
+@pytest.mark.parametrize(
+    ("header", "cost", "valid"),
+    [
+        ("0", 0, True),
+        ("123", 1_230, True),
+        (" 42 ", 420, True),
+        ("5000", 50_000, True),  # exactly the reserve
+        ("5001", 50_000, True),  # capped at the reserve
+        ("99999999999999999", 50_000, True),
+        (None, 50_000, False),  # missing: the maximum
+        ("", 50_000, False),
+        ("-3", 50_000, False),
+        ("1.5", 50_000, False),
+        ("12abc", 50_000, False),
+        ("١٢", 50_000, False),  # non-ASCII digits
+        ("9" * 40, 50_000, False),
+    ],
+)
+def test_units_cost(header: str | None, cost: int, valid: bool) -> None:
+    assert units_cost(CHAT, header) == (cost, valid)
+
+
+def test_builtin_table_loads_and_prices_sensibly() -> None:
+    table = load_prices(None)
+    assert table.default is not None and table.default.price > 0
+    chat = table.match("POST", ("v1", "chat", "completions"))
+    assert chat is not None and chat.variable
+    assert all(r.price >= 0 for r in table.routes)
+
+
+def test_load_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text(TABLE)
+    assert load_prices(str(path)) == parse_prices(TABLE)
+
+
+def test_unreadable_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^METER_PRICES="):
+        load_prices(str(tmp_path / "missing.toml"))
+
+
+ROUTE = '[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "GET /r"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[default\n", "not valid TOML"),
+        ("[[routes]]\nname='a'\nmatch='GET /a'\nprice=1", r"\[default\] is missing"),
+        ("[default]\n", r"\[default\]: price is missing"),
+        ("[default]\nprice = -1", r"\[default\]: price must be a whole number"),
+        ("[default]\nprice = 1.5", r"\[default\]: price must be a whole number"),
+        ("[default]\nprice = true", r"\[default\]: price must be a whole number"),
+        ("[default]\nprice = 1\nrefuse = true", "not both"),
+        ("[default]\nrefuse = 'yes'", "refuse must be true or false"),
+        ("[default]\nprice = 1\n[extra]\n", "unknown field"),
+        ("routes = 3\n[default]\nprice = 1", "routes must be an array"),
+        (ROUTE + "price = -5", r"routes\[0\] \('r'\): price must be a whole number"),
+        (ROUTE + "price = 1\nfoo = 2", r"routes\[0\] \('r'\): unknown field\(s\) foo"),
+        (ROUTE, r"routes\[0\] \('r'\): set price, or max_price and unit_price"),
+        (ROUTE + "max_price = 10", "set price, or max_price and unit_price"),
+        (ROUTE + "price = 1\nunit_price = 2", "a fixed price excludes unit_price"),
+        (ROUTE + "max_price = 10\nunit_price = 0", "must be above 0"),
+        (ROUTE + "max_price = 10\nunit_price = 1\nunits_header = 'bad header'", "units_header"),
+        (
+            '[default]\nprice = 1\n[[routes]]\nname = "bad name!"\nmatch = "GET /r"\nprice = 1',
+            "name must match",
+        ),
+        ('[default]\nprice = 1\n[[routes]]\nmatch = "GET /r"\nprice = 1', r"routes\[0\]: name"),
+        (
+            '[default]\nprice = 1\n[[routes]]\nname = "default"\nmatch = "GET /r"\nprice = 1',
+            "already used",
+        ),
+        (
+            ROUTE + 'price = 1\n[[routes]]\nname = "r"\nmatch = "GET /s"\nprice = 1',
+            r"routes\[1\] \('r'\): name 'r' is already used",
+        ),
+        ('[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "get /r"\nprice = 1', "METHOD"),
+        ('[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "GET r"\nprice = 1', "METHOD"),
+        ('[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "GET"\nprice = 1', "METHOD"),
+        ('[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = 5\nprice = 1', "must be a string"),
+        (
+            '[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "GET /a/*/b"\nprice = 1',
+            "bad segment",
+        ),
+        (
+            '[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "GET /a/x{y}"\nprice = 1',
+            "bad segment",
+        ),
+        ('[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "GET /a/../b"\nprice = 1', "bad"),
+        ("routes = [3]\n[default]\nprice = 1", r"routes\[0\] must be a table"),
+        ("[default]\nprice = 9007199254740993", "whole number of micros"),
+    ],
+)
+def test_bad_tables_name_the_variable_and_the_entry(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^METER_PRICES='src'") as info:
+        parse_prices(text, "src")
+    assert info.match(message)
