@@ -15,9 +15,17 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from aiohttp import web
 
-from admin import middlewares, routes_accounts, routes_credits, routes_ops, routes_projects, sync
+from admin import (
+    middlewares,
+    routes_accounts,
+    routes_credits,
+    routes_history,
+    routes_ops,
+    routes_projects,
+    sync,
+)
 from admin.auth import TokenAuthenticator
-from admin.context import FIRST_SYNC_DONE, LIVE, METRICS, POOL, PROVISIONING, SETTINGS
+from admin.context import CLOCK, FIRST_SYNC_DONE, LIVE, METRICS, POOL, PROVISIONING, SETTINGS
 from admin.metrics import AdminMetrics
 from admin.provisioning import Provisioning
 from meter.live_state import LiveState
@@ -40,7 +48,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    for module in (routes_accounts, routes_credits, routes_projects, routes_ops):
+    app[CLOCK] = clock
+    for module in (routes_accounts, routes_credits, routes_history, routes_projects, routes_ops):
         app.add_routes(module.routes())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 from aiohttp import web
@@ -15,6 +16,8 @@ from meter.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", AdminMetrics)
+# The injected clock (time.time in production): "today" of the usage view, the live balance's day.
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 # Opened and closed in create_app's cleanup_ctx:
 POOL = web.AppKey("pool", asyncpg.Pool)
 LIVE = web.AppKey("live", LiveState)

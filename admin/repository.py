@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from admin.records import Account, ApiKey, LedgerEntry, Project
+from meter import entry_kinds
 
 Conn = Any  # asyncpg.Connection | asyncpg.Pool (asyncpg ships no type hints)
 
@@ -28,7 +29,7 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 
 # Ledger kinds written here first and then credited in Redis. Usage and refunds
 # start in Redis (the gateway's scripts) and reach Postgres already applied.
-POSTGRES_FIRST_KINDS = ("credit", "grant", "recharge", "adjustment")
+POSTGRES_FIRST_KINDS = entry_kinds.POSTGRES_FIRST
 
 _KEY_COLUMNS = (
     "k.id, k.project_id, k.account_id, a.shard, k.key_hash, k.prefix,"

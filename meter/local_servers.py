@@ -13,12 +13,14 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class ServerError(RuntimeError):
@@ -73,8 +75,15 @@ def find_pg_bin() -> str | None:
     return os.path.dirname(embedded) if embedded else None
 
 
-def _as_postgres_user() -> list[str]:
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+def _as_postgres_user() -> dict[str, Any]:
+    """Popen arguments that run the child as ``postgres`` when we are root.
+
+    Switching user in the child itself (rather than through ``runuser``) keeps the
+    postmaster our direct child, so stop/kill signal it and not a wrapper.
+    """
+    if os.geteuid() != 0:
+        return {}
+    return {"user": "postgres", "group": "postgres", "extra_groups": []}
 
 
 @dataclass
@@ -127,7 +136,8 @@ class PostgresServer:
             if kill:
                 self.proc.kill()
             else:
-                self.proc.terminate()  # SIGTERM: smart shutdown
+                # SIGINT: fast shutdown (clients are cut off; SIGTERM would wait for them).
+                self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -142,7 +152,6 @@ class PostgresServer:
 
 def _spawn_postgres(pg_bin: str, data: Path, port: int, durable: bool) -> subprocess.Popen[bytes]:
     args = [
-        *_as_postgres_user(),
         f"{pg_bin}/postgres",
         "-D",
         str(data / "pgdata"),
@@ -159,7 +168,7 @@ def _spawn_postgres(pg_bin: str, data: Path, port: int, durable: bool) -> subpro
     ]
     # The child gets its own copy of the descriptor; ours is closed (no ResourceWarning).
     with open(data / "postgres.log", "ab") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **_as_postgres_user())
 
 
 def start_postgres(folder: Path, port: int | None = None, *, durable: bool = False) -> PostgresServer:
@@ -174,7 +183,6 @@ def start_postgres(folder: Path, port: int | None = None, *, durable: bool = Fal
     if not (pgdata / "PG_VERSION").exists():
         subprocess.run(
             [
-                *_as_postgres_user(),
                 f"{pg_bin}/initdb",
                 "-D",
                 str(pgdata),
@@ -189,6 +197,7 @@ def start_postgres(folder: Path, port: int | None = None, *, durable: bool = Fal
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            **_as_postgres_user(),
         )
     port = port or free_port()
     proc = _spawn_postgres(pg_bin, folder, port, durable)

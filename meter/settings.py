@@ -157,6 +157,27 @@ class Settings:
     # How long an unknown key stays refused without a new Redis lookup.
     negative_key_ttl: float = _env("METER_NEGATIVE_KEY_TTL", "1.0", _float(0, 60))
     shutdown_grace: float = _env("METER_SHUTDOWN_GRACE", "10", _float(0, 3600))
+    # Gateway hot path (issue 4). The HTTP/1.1 server layer: "raw" (asyncio protocol +
+    # httptools, gateway/raw_server.py) or "aiohttp" (aiohttp's web server, kept to measure).
+    gateway_server: str = _env("METER_GATEWAY_SERVER", "raw", _choice("raw", "aiohttp"))
+    # The upstream client: "pool" (gateway/upstream_pool.py) or "aiohttp" (a ClientSession).
+    upstream_client: str = _env("METER_UPSTREAM_CLIENT", "pool", _choice("pool", "aiohttp"))
+    # Pooled upstream connections idle this long are closed.
+    upstream_idle_timeout: float = _env("METER_UPSTREAM_IDLE_TIMEOUT", "30", _float(0.01, 3600))
+    # Redis on the hot path: "pipe" (pipelined, admissions batched per loop pass:
+    # meter/hot_path_state.py) or "redis-py" (redis.asyncio, one script call per admission).
+    redis_client: str = _env("METER_REDIS_CLIENT", "pipe", _choice("pipe", "redis-py"))
+    # "pipe": one script call per loop pass for all shards (a single Redis only: Redis
+    # Cluster refuses it with CROSSSLOT and every call fails closed, 503).
+    admit_cross_shard: bool = _env("METER_ADMIT_CROSS_SHARD", "false", _bool)
+    # Raw server limits: idle keep-alive connections are closed after METER_KEEPALIVE_TIMEOUT;
+    # a request head, each wait for request body bytes and each stalled response write get
+    # METER_CLIENT_TIMEOUT (408 for a slow head, the connection cut otherwise).
+    keepalive_timeout: float = _env("METER_KEEPALIVE_TIMEOUT", "60", _float(0.01, 3600))
+    client_timeout: float = _env("METER_CLIENT_TIMEOUT", "30", _float(0.01, 3600))
+    max_url_bytes: int = _env("METER_MAX_URL_BYTES", "8192", _int(64, 1 << 20))  # 414 above
+    max_header_bytes: int = _env("METER_MAX_HEADER_BYTES", "16384", _int(256, 1 << 24))  # 431
+    max_headers: int = _env("METER_MAX_HEADERS", "100", _int(4, 10_000))  # 431 above
     # Admin API.
     admin_max_body_bytes: int = _env("METER_ADMIN_MAX_BODY_BYTES", "65536", _int(1024, 1 << 30))
     sync_interval: float = _env("METER_SYNC_INTERVAL", "2.0", _float(0.01, 3600))
