@@ -117,6 +117,39 @@ SCHEMAS: dict[str, Schema] = {
             "day": {"type": "string", "format": "date", "description": "The UTC day counted."},
         }
     ),
+    "Transaction": _object(
+        {
+            "id": {"type": "integer"},
+            "description": {"type": "string"},
+            "created_at": _TIME,
+            "amount": {"type": "integer", "description": MICROS + " Signed."},
+            "balance_after": {"type": "integer", "description": MICROS},
+            "kind": {"enum": ["credit", "grant", "recharge", "usage", "refund", "adjustment"]},
+        }
+    ),
+    "TransactionPage": _object(
+        {
+            "data": {"type": "array", "items": _ref("Transaction")},
+            "next_cursor": {"type": ["string", "null"]},
+        }
+    ),
+    "UsageRow": {
+        "type": "object",
+        "properties": {
+            "period": {"type": "string"},
+            "route": {"type": "string"},
+            "calls": {"type": "integer", "minimum": 0},
+            "amount": {"type": "integer", "description": MICROS + " Charged."},
+        },
+        "required": ["calls", "amount"],
+    },
+    "Usage": _object(
+        {
+            "data": {"type": "array", "items": _ref("UsageRow")},
+            "today": {"type": "object"},
+            "yesterday": {"type": "object"},
+        }
+    ),
     "NewProject": _object({"name": _text(validation.MAX_NAME_CHARS)}),
     "Project": _object(
         {
@@ -227,6 +260,13 @@ def _param(name: str) -> Schema:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _query(name: str, schema: Schema, description: str = "") -> Schema:
+    param: Schema = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
 def _public(summary: str, content_type: str = "application/json") -> Schema:
     return {
         "summary": summary,
@@ -303,6 +343,38 @@ def document() -> dict[str, Any]:
                     {"200": _json(_ref("Balance"), "Live values from Redis.")},
                     errors=(404, 503),
                 ),
+            },
+            "/v1/accounts/{account_id}/transactions": {
+                "parameters": [_param("account_id")],
+                "get": {
+                    **_operation(
+                        "listTransactions",
+                        "The balance history, newest first (credits positive, debits negative)",
+                        {"200": _json(_ref("TransactionPage"), "One page.")},
+                        errors=(400, 404),
+                    ),
+                    "parameters": [
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                        _query("cursor", {"type": "string"}, "next_cursor of the page before."),
+                    ],
+                },
+            },
+            "/v1/accounts/{account_id}/usage": {
+                "parameters": [_param("account_id")],
+                "get": {
+                    **_operation(
+                        "getUsage",
+                        "Calls and amount charged, by day, month or route, with today and"
+                        " yesterday (from the ledger: lags the live state by the batch delay)",
+                        {"200": _json(_ref("Usage"), "The usage.")},
+                        errors=(400, 404),
+                    ),
+                    "parameters": [
+                        _query("from", {"type": "string", "format": "date"}),
+                        _query("to", {"type": "string", "format": "date"}),
+                        _query("group_by", {"enum": ["day", "month", "route"], "default": "day"}),
+                    ],
+                },
             },
             "/v1/accounts/{account_id}/credits": {
                 "parameters": [_param("account_id")],

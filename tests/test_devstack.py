@@ -100,5 +100,8 @@ def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(data_dir: Path) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+        finally:
+            assert proc.stdout is not None
+            proc.stdout.close()
     assert code == 0
     assert not any(_listening(p) for p in ports.values())
