@@ -1,10 +1,11 @@
 """The hot path's one seam to Redis: admit a call, settle it. Nothing else per call.
 
-``Admitter`` is the interface the proxy sees. ``DirectAdmitter`` makes exactly
-one script call per admission through ``LiveState.admit`` (or any object with
-the same ``admit``/``settle``, such as a state that batches a loop pass of
-admissions into one ``admit_many``), so batching never touches the proxy.
-Redis failures are translated here, once, into the 503 refusal.
+``Admitter`` is the interface the proxy sees. ``DirectAdmitter`` hands each
+admission to the account state: ``meter.hot_path_state.PipelinedState`` by
+default, which batches the admissions of one loop pass into one script call
+(each still decided atomically), or ``LiveState`` (one script call each,
+``METER_REDIS_CLIENT=redis-py``); batching never touches the proxy. Redis
+failures are translated here, once, into the 503 refusal.
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ the refusal metric, so both are stable.
         |   +-- UpstreamAborted ............ 502 upstream-aborted (the body broke after the head)
         |   +-- UpstreamTimeout ............ 504 upstream-timeout
         +-- Internal ....................... 500 internal (a bug: logged, the call refunded)
+        +-- MalformedRequest ............... 400 malformed-request (raw server: not HTTP/1.1)
+        +-- RequestTimeout ................. 408 request-timeout (raw server: head too slow)
+        +-- UrlTooLong ..................... 414 url-too-long
+        +-- HeadersTooLarge ................ 431 headers-too-large (too many, or too many bytes)
+        +-- NotImplementedCoding ........... 501 transfer-coding-not-implemented
         +-- Unavailable .................... 503
             +-- StateUnavailable ........... 503 state-unavailable (Redis unreachable: fail closed)
             +-- AccountStateMissing ........ 503 account-state-missing (no account hash)
@@ -164,6 +169,36 @@ class Internal(Refusal):
     status = 500
     slug = "internal"
     title = "The gateway failed; the call was not charged"
+
+
+class MalformedRequest(Refusal):
+    status = 400
+    slug = "malformed-request"
+    title = "The request is not valid HTTP/1.1"
+
+
+class RequestTimeout(Refusal):
+    status = 408
+    slug = "request-timeout"
+    title = "The request head did not arrive in time"
+
+
+class UrlTooLong(Refusal):
+    status = 414
+    slug = "url-too-long"
+    title = "The request target is too long"
+
+
+class HeadersTooLarge(Refusal):
+    status = 431
+    slug = "headers-too-large"
+    title = "The request has too many header fields, or too many header bytes"
+
+
+class NotImplementedCoding(Refusal):
+    status = 501
+    slug = "transfer-coding-not-implemented"
+    title = "Only the chunked transfer coding is accepted"
 
 
 class Unavailable(Refusal):

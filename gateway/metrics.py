@@ -1,8 +1,8 @@
 """Every metric the gateway exports, declared once; handlers only inc() and observe().
 
-One ``CollectorRegistry`` per app (no module-level globals), served at
-``/_meter/metrics``. With several worker processes each worker exports its own
-counters; ``/_meter/healthz`` names the worker's pid.
+One registry per app (no module-level globals), served at ``/_meter/metrics``.
+With several worker processes each worker exports its own counters;
+``/_meter/healthz`` names the worker's pid.
 
 Metric                                        Labels            Meaning
 meter_gateway_calls_total                     route, outcome    calls handled; outcome: forwarded,
@@ -24,19 +24,38 @@ meter_gateway_charged_micros_total            route             micros charged (
 meter_gateway_units_header_invalid_total      route             variable-cost answers without a
                                                                 valid units header (charged max)
 meter_gateway_upstream_aborted_total                            response bodies that broke off
+meter_gateway_upstream_retries_total                            calls sent again on a fresh
+                                                                connection (stale keep-alive)
+meter_gateway_upstream_connections            state             upstream pool: open, idle
 meter_gateway_in_flight                                         calls being handled
+meter_gateway_connections                                       client connections open (raw server)
+meter_gateway_http_errors_total               reason            requests the server layer refused
+                                                                or cut: malformed, url_too_long,
+                                                                headers_too_large, too_many_headers,
+                                                                timeout, unsupported
+
+Why not prometheus_client's own Counter and Histogram on the hot path: measured
+on this machine, ``Counter.labels(a, b).inc()`` costs 3.4 us, a bound child's
+``inc()`` 0.8 us and ``Histogram.observe()`` 2.2 us (each takes a lock); a call
+made about eight of them, ~15 us of a ~50 us budget. The event loop is one
+thread, so the values here are plain Python numbers (``inc`` ~0.06 us,
+``observe`` ~0.3 us), turned into metric families only when scraped.
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
+from prometheus_client.registry import Collector
 
 # Sub-millisecond resolution where the gateway's own cost lives.
 FAST_BUCKETS = (
@@ -47,63 +66,177 @@ UPSTREAM_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class Count:
+    """A counter or gauge value (single-threaded: the event loop's)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: float = 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class Timing:
+    """A histogram: counts per bucket (upper bounds ``le``), their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+
+class _Family:
+    """One metric name: its children by label values (``()`` when it has no labels)."""
+
+    def __init__(
+        self, kind: str, name: str, doc: str, labels: Sequence[str] = (), **kw: Any
+    ) -> None:
+        self.kind, self.name, self.doc, self.label_names = kind, name, doc, tuple(labels)
+        self.buckets: Sequence[float] = kw.get("buckets", ())
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def _new(self) -> Any:
+        return Timing(self.buckets) if self.kind == "histogram" else Count()
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self._new()
+        return child
+
+    def collect(self) -> Metric:
+        labels = list(self.label_names)
+        if self.kind == "histogram":
+            family = HistogramMetricFamily(self.name, self.doc, labels=labels)
+            for values, timing in self.children.items():
+                cumulative, buckets = 0, []
+                for bound, count in zip((*timing.bounds, float("inf")), timing.counts, strict=True):
+                    cumulative += count
+                    buckets.append((_le(bound), float(cumulative)))
+                family.add_metric(list(values), buckets, timing.sum)
+            return family
+        if self.kind == "counter":
+            counter = CounterMetricFamily(self.name, self.doc, labels=labels)
+            for values, count in self.children.items():
+                counter.add_metric(list(values), count.value)
+            return counter
+        gauge = GaugeMetricFamily(self.name, self.doc, labels=labels)
+        for values, count in self.children.items():
+            gauge.add_metric(list(values), count.value)
+        return gauge
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class _Collector(Collector):
+    def __init__(self, families: list[_Family]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.collect()
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        self.calls = Counter(
-            "meter_gateway_calls", "Calls handled", ["route", "outcome"], registry=r
+        self._families: list[_Family] = []
+        f = self._family
+        self.calls = f("counter", "meter_gateway_calls", "Calls handled", ["route", "outcome"])
+        self.refusals = f(
+            "counter", "meter_gateway_refusals", "Calls refused, by reason", ["reason"]
         )
-        self.refusals = Counter(
-            "meter_gateway_refusals", "Calls refused, by reason", ["reason"], registry=r
-        )
-        self.overhead = Histogram(
+        self.overhead: Timing = f(
+            "histogram",
             "meter_gateway_overhead_seconds",
             "Time the gateway adds before the response head (upstream wait excluded)",
             buckets=FAST_BUCKETS,
-            registry=r,
-        )
-        self.upstream_latency = Histogram(
+        ).labels()
+        self.upstream_latency: Timing = f(
+            "histogram",
             "meter_gateway_upstream_seconds",
             "Upstream time to response head",
             buckets=UPSTREAM_BUCKETS,
-            registry=r,
-        )
-        redis = Histogram(
+        ).labels()
+        redis = f(
+            "histogram",
             "meter_gateway_redis_seconds",
             "Redis round trip, by operation",
             ["op"],
             buckets=FAST_BUCKETS,
-            registry=r,
         )
-        self.redis_admit = redis.labels("admit")
-        self.redis_settle = redis.labels("settle")
-        self.redis_key = redis.labels("key")
-        cache = Counter("meter_gateway_key_cache", "API key cache lookups", ["result"], registry=r)
-        self.key_hit = cache.labels("hit")
-        self.key_miss = cache.labels("miss")
-        self.key_negative_hit = cache.labels("negative_hit")
-        self.refunds = Counter(
-            "meter_gateway_refunds", "Settlements that gave money back", ["reason"], registry=r
+        self.redis_admit: Timing = redis.labels("admit")
+        self.redis_settle: Timing = redis.labels("settle")
+        self.redis_key: Timing = redis.labels("key")
+        cache = f("counter", "meter_gateway_key_cache", "API key cache lookups", ["result"])
+        self.key_hit: Count = cache.labels("hit")
+        self.key_miss: Count = cache.labels("miss")
+        self.key_negative_hit: Count = cache.labels("negative_hit")
+        self.refunds = f(
+            "counter", "meter_gateway_refunds", "Settlements that gave money back", ["reason"]
         )
-        self.refunded_micros = Counter(
-            "meter_gateway_refunded_micros", "Micros given back", registry=r
+        self.refunded_micros: Count = f(
+            "counter", "meter_gateway_refunded_micros", "Micros given back"
+        ).labels()
+        self.refund_errors: Count = f(
+            "counter", "meter_gateway_refund_errors", "Refunds that could not be applied"
+        ).labels()
+        self.charged_micros = f(
+            "counter", "meter_gateway_charged_micros", "Micros charged", ["route"]
         )
-        self.refund_errors = Counter(
-            "meter_gateway_refund_errors", "Refunds that could not be applied", registry=r
-        )
-        self.charged_micros = Counter(
-            "meter_gateway_charged_micros", "Micros charged", ["route"], registry=r
-        )
-        self.units_invalid = Counter(
+        self.units_invalid = f(
+            "counter",
             "meter_gateway_units_header_invalid",
             "Variable-cost answers without a valid units header (charged the maximum)",
             ["route"],
-            registry=r,
         )
-        self.upstream_aborted = Counter(
-            "meter_gateway_upstream_aborted", "Response bodies that broke off", registry=r
+        self.upstream_aborted: Count = f(
+            "counter", "meter_gateway_upstream_aborted", "Response bodies that broke off"
+        ).labels()
+        self.upstream_retries: Count = f(
+            "counter",
+            "meter_gateway_upstream_retries",
+            "Calls sent again on a fresh connection after a stale keep-alive one failed",
+        ).labels()
+        pool = f("gauge", "meter_gateway_upstream_connections", "Upstream pool", ["state"])
+        self.upstream_open: Count = pool.labels("open")
+        self.upstream_idle: Count = pool.labels("idle")
+        self.in_flight: Count = f(
+            "gauge", "meter_gateway_in_flight", "Calls being handled"
+        ).labels()
+        self.connections: Count = f(
+            "gauge", "meter_gateway_connections", "Client connections open (raw server)"
+        ).labels()
+        self.http_errors = f(
+            "counter",
+            "meter_gateway_http_errors",
+            "Requests the server layer refused or cut, by reason",
+            ["reason"],
         )
-        self.in_flight = Gauge("meter_gateway_in_flight", "Calls being handled", registry=r)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self._families))
+
+    def _family(
+        self, kind: str, name: str, doc: str, labels: Sequence[str] = (), **kw: Any
+    ) -> _Family:
+        family = _Family(kind, name, doc, labels, **kw)
+        self._families.append(family)
+        return family
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

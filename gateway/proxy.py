@@ -1,4 +1,4 @@
-"""The hot path: identify -> price -> admit -> forward -> settle -> record, one call per step.
+"""The hot path: identify -> price -> admit -> forward -> settle -> relay, one call per step.
 
 How money moves for one call:
 
@@ -14,27 +14,29 @@ How money moves for one call:
     whole price back;
   - a variable-cost route: the part of the reserve its units header did not use.
 - Settlement happens when the response head arrives, so ``X-Meter-Charged``
-  tells the truth; a body that breaks off later is counted, not refunded.
+  tells the truth; a body that breaks off later, or a client that goes away
+  once the call reached the upstream, is counted, not refunded.
 
-Only ``handle``, ``forward``, ``relay`` and ``refuse`` know aiohttp; the other
-steps take plain values, so another server layer can drive them.
+The proxy knows no server layer: it is handed an ``Exchange`` (the request as
+plain values, and the way back to the client), which the raw HTTP/1.1 server
+(``raw_server.py``) and the aiohttp adapter (``app.py``) each implement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-
-from aiohttp import web
-from multidict import CIMultiDict
+from time import perf_counter
+from typing import Protocol
 
 from gateway import errors, headers
 from gateway.admission import Admitter
+from gateway.headers import Pairs
 from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import PriceTable, Route, split_path, units_cost
+from gateway.pricing import PriceTable, Route, RouteCache, units_cost
 from gateway.upstream import Upstream, UpstreamResponse
 from meter.live_state import Admission, Call, KeyRecord
 from meter.money import utc_day
@@ -43,6 +45,52 @@ from meter.problems import PROBLEM_CONTENT_TYPE, render
 log = logging.getLogger("gateway.proxy")
 
 UNPRICED = "-"  # route label of calls refused before they were priced
+_PROBLEM = (b"Content-Type", PROBLEM_CONTENT_TYPE.encode())
+_CALLS_CACHED = 1 << 16  # (key, route) -> Call and its upstream headers
+
+
+class Exchange(Protocol):
+    """One request, as plain values, and the way back to its client."""
+
+    method: str
+    target: str  # path?query as sent, still percent-encoded
+    headers: Pairs  # as received
+    api_key: str | None  # identity.presented_key(headers)
+    client_ip: str | None
+    scheme: bytes  # b"http" or b"https": X-Forwarded-Proto
+    content_length: int | None  # declared; None when chunked or absent
+    has_body: bool
+
+    def body(self) -> AsyncIterator[bytes]:
+        """The request body as it arrives (answers ``Expect: 100-continue`` on first read)."""
+        ...
+
+    async def respond(
+        self,
+        status: int,
+        reason: str,
+        headers: Pairs,
+        body: bytes,
+        *,
+        length: int | None = None,
+        close: bool = False,
+    ) -> None:
+        """A whole response in one write. ``length``: a HEAD's or 304's declared length."""
+        ...
+
+    async def start(self, status: int, reason: str, headers: Pairs, length: int | None) -> None:
+        """The response head; the body follows by ``write`` (``length`` None: chunked)."""
+        ...
+
+    async def write(self, chunk: bytes) -> None:
+        """Raises ConnectionError when the client is gone; waits while it is slow."""
+        ...
+
+    async def finish(self) -> None: ...
+
+    def abort(self) -> None:
+        """Cut the connection: the client sees a truncated body, not a short complete one."""
+        ...
 
 
 @dataclass(slots=True)
@@ -53,13 +101,14 @@ class Metered:
     route: Route
     admission: Admission
     day: int
+    upstream_headers: Pairs  # who pays, for the upstream
     refunded: int = 0
 
     @property
     def charged(self) -> int:
         return self.call.price - self.refunded
 
-    def headers(self) -> headers.Pairs:
+    def headers(self) -> Pairs:
         # A refund raises both the money and (same day) what is left of the limit.
         left = self.admission.limit_remaining
         return headers.metering(
@@ -109,35 +158,41 @@ class Proxy:
     ) -> None:
         self.identity = identity
         self.prices = prices
+        self.routes = RouteCache(prices)
         self.admitter = admitter
         self.upstream = upstream
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.refund_upstream_errors = refund_upstream_errors
         self.clock = clock
+        self._calls: dict[tuple[str, str], tuple[KeyRecord, Route, Call, Pairs]] = {}
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+    async def handle(self, exchange: Exchange) -> None:
+        started = perf_counter()
         metered: Metered | None = None
-        self.metrics.in_flight.inc()
+        in_flight = self.metrics.in_flight
+        in_flight.value += 1
         try:
-            self.check_declared_size(request.content_length)
-            key = await self.identity.identify(request.headers)
-            route = self.price(request.method, request.raw_path)
+            self.check_declared_size(exchange.content_length)
+            key = self.identity.cached(exchange.api_key)  # the hot case: nothing to await
+            if key is None:
+                key = await self.identity.identify(exchange.api_key)
+            route = self.price(exchange.method, exchange.target)
             metered = await self.admit(key, route)
-            upstream, waited = await self.forward(request, metered)
+            upstream, waited = await self.forward(exchange, metered)
             try:
-                await self.settle(metered, upstream)
-                return await self.relay(request, metered, upstream, started, waited)
+                if upstream.status >= 500 or route.unit_price is not None:
+                    await self.settle(metered, upstream)
+                await self.relay(exchange, metered, upstream, started, waited)
             finally:
                 upstream.close()
         except errors.Refusal as refusal:
-            return await self.refuse(refusal, metered, started)
+            await self.refuse(exchange, refusal, metered, started)
         except Exception:
-            log.exception("gateway failure", extra={"path": request.path})
-            return await self.refuse(errors.Internal(), metered, started)
+            log.exception("gateway failure", extra={"target": exchange.target[:200]})
+            await self.refuse(exchange, errors.Internal(), metered, started)
         finally:
-            self.metrics.in_flight.dec()
+            in_flight.value -= 1
 
     # -- the steps --------------------------------------------------------------------
 
@@ -146,54 +201,64 @@ class Proxy:
             raise errors.BodyTooLarge(limit=self.max_body_bytes)
 
     def price(self, method: str, target: str) -> Route:
-        if not target.startswith("/"):
-            raise errors.BadPath()
-        path = split_path(target.partition("?")[0])
-        if path is None:
-            raise errors.BadPath()
-        route = self.prices.match(method, path)
+        route = self.routes.lookup(method, target)
         if route is None:
             raise errors.NoRoute()
+        if route is False:
+            raise errors.BadPath()
         return route
 
     async def admit(self, key: KeyRecord, route: Route) -> Metered:
         now = self.clock()
         day = utc_day(now)
-        call = Call(key.shard, key.account_id, key.project_id, key.key_id, route.name, route.price)
+        call, upstream_headers = self.call_for(key, route)
         admission = await self.admitter.admit(call, day)
+        if admission.admitted:
+            return Metered(call, route, admission, day, upstream_headers)
         refusal = errors.for_outcome(admission, route.price, now)
+        assert refusal is not None
         if isinstance(refusal, errors.NoCredit | errors.DailyLimitReached):
             # What is left, for the caller to act on; a revoked key learns nothing more.
             refusal.headers.update(
-                headers.metering(0, admission.available, admission.limit_remaining)
+                headers.text(headers.metering(0, admission.available, admission.limit_remaining))
             )
-        if refusal is not None:
-            raise refusal
-        return Metered(call, route, admission, day)
+        raise refusal
 
-    async def forward(
-        self, request: web.Request, metered: Metered
-    ) -> tuple[UpstreamResponse, float]:
+    def call_for(self, key: KeyRecord, route: Route) -> tuple[Call, Pairs]:
+        """The (immutable) Call of a key on a route, and its upstream headers: built once."""
+        cached = self._calls.get((key.key_id, route.name))
+        if cached is not None and cached[1] is route and (cached[0] is key or cached[0] == key):
+            return cached[2], cached[3]
+        call = Call(key.shard, key.account_id, key.project_id, key.key_id, route.name, route.price)
+        if len(self._calls) >= _CALLS_CACHED:
+            self._calls.clear()
+        pairs = headers.call_headers(call)
+        self._calls[(key.key_id, route.name)] = (key, route, call, pairs)
+        return call, pairs
+
+    async def forward(self, exchange: Exchange, metered: Metered) -> tuple[UpstreamResponse, float]:
         """Send the call upstream; (response with its head read, seconds waited for it)."""
         to_send = headers.to_upstream(
-            request.headers.items(),
-            client_ip=request.remote,
-            proto=request.scheme,
-            host=request.headers.get("Host"),
-            call=metered.call,
+            exchange.headers,
+            client_ip=exchange.client_ip,
+            proto=exchange.scheme,
+            call=metered.upstream_headers,
         )
-        body = None
-        if request.body_exists:
-            body = CountedBody(request.content.iter_any().__aiter__(), self.max_body_bytes)
-        sent = time.perf_counter()
+        body: CountedBody | None = None
+        length = exchange.content_length
+        if exchange.has_body:
+            body = CountedBody(exchange.body(), self.max_body_bytes)
+        sent = perf_counter()
         try:
-            response = await self.upstream.send(request.method, request.raw_path, to_send, body)
-        except errors.UpstreamFailure:
+            response = await self.upstream.send(
+                exchange.method, exchange.target, to_send, body, length
+            )
+        except Exception:
             if body is not None and body.failure is not None:
                 raise body.failure from None
             raise
         finally:
-            waited = time.perf_counter() - sent
+            waited = perf_counter() - sent
             self.metrics.upstream_latency.observe(waited)
         if body is not None and body.failure is not None:
             response.close()
@@ -206,34 +271,40 @@ class Proxy:
             await self.give_back(metered, metered.call.price, "upstream_5xx")
         elif route.unit_price is not None:
             assert route.units_header is not None
-            cost, valid = units_cost(route, response.header(route.units_header))
+            raw = response.header(route.units_header.lower().encode())
+            cost, valid = units_cost(route, None if raw is None else raw.decode("latin-1"))
             if not valid:
                 self.metrics.units_invalid.labels(route.name).inc()
             await self.give_back(metered, metered.call.price - cost, "variable_cost")
 
     async def relay(
         self,
-        request: web.Request,
+        exchange: Exchange,
         metered: Metered,
         upstream: UpstreamResponse,
         started: float,
         waited: float,
-    ) -> web.StreamResponse:
-        """Stream the upstream's answer to the client, with the metering headers; record."""
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason or None,
-            headers=CIMultiDict(headers.to_client(upstream.header_pairs(), metered.headers())),
-        )
-        outcome = "upstream_failed" if upstream.status >= 500 else "forwarded"
+    ) -> None:
+        """Send the upstream's answer to the client, with the metering headers; record."""
+        status = upstream.status
+        out = headers.to_client(upstream.header_pairs(), metered.headers())
+        outcome = "upstream_failed" if status >= 500 else "forwarded"
         self.record(metered.route.name, outcome, metered.charged)
         try:
-            await response.prepare(request)
-            self.metrics.overhead.observe(time.perf_counter() - started - waited)
+            body = upstream.complete_body()
+            if body is not None:  # it all came with the head: one write
+                await exchange.respond(
+                    status, upstream.reason, out, body, length=upstream.content_length
+                )
+                self.metrics.overhead.observe(perf_counter() - started - waited)
+                return
+            await exchange.start(status, upstream.reason, out, upstream.content_length)
+            self.metrics.overhead.observe(perf_counter() - started - waited)
             async for chunk in upstream.body():
-                await response.write(chunk)
+                await exchange.write(chunk)
+            await exchange.finish()
         except ConnectionError:
-            pass  # the client went away; aiohttp closes the connection
+            pass  # the client went away; the server layer closes the connection
         except Exception as exc:
             # The head is out; the only honest signal left is to cut the connection
             # so the client sees a truncated body rather than a short, complete one.
@@ -242,30 +313,28 @@ class Proxy:
                 log.warning("upstream body broke off", extra={"route": metered.route.name})
             else:
                 log.exception("relay failed", extra={"route": metered.route.name})
-            if request.transport is not None:
-                request.transport.close()
-        return response
+            exchange.abort()
 
     async def refuse(
-        self, refusal: errors.Refusal, metered: Metered | None, started: float
-    ) -> web.Response:
+        self,
+        exchange: Exchange,
+        refusal: errors.Refusal,
+        metered: Metered | None,
+        started: float,
+    ) -> None:
+        out = [_PROBLEM, *headers.raw(refusal.headers.items())]
         if metered is not None:
             await self.settle_failed(metered, refusal)
-            refusal.headers.update(metered.headers())
+            out += metered.headers()
         self.metrics.refusals.labels(refusal.reason).inc()
         outcome = "upstream_failed" if isinstance(refusal, errors.UpstreamFailure) else "refused"
         route = metered.route.name if metered is not None else UNPRICED
         self.record(route, outcome, metered.charged if metered is not None else 0)
-        response = web.Response(
-            status=refusal.status,
-            body=render(refusal),
-            content_type=PROBLEM_CONTENT_TYPE,
-            headers=refusal.headers,
-        )
-        if isinstance(refusal, errors.BodyTooLarge | errors.IncompleteBody):
-            response.force_close()  # do not read (or wait for) the rest of the body
-        self.metrics.overhead.observe(time.perf_counter() - started)
-        return response
+        # Do not read (or wait for) the rest of a body that was refused while streaming.
+        close = isinstance(refusal, errors.BodyTooLarge | errors.IncompleteBody)
+        with contextlib.suppress(ConnectionError):
+            await exchange.respond(refusal.status, "", out, render(refusal), close=close)
+        self.metrics.overhead.observe(perf_counter() - started)
 
     # -- money back -------------------------------------------------------------------
 

@@ -6,15 +6,21 @@ same port with SO_REUSEPORT (the kernel spreads connections across them) and
 supervises them: a worker that dies is restarted, and SIGTERM/SIGINT is passed
 on to every worker.
 
+Each worker serves with the server layer ``METER_GATEWAY_SERVER`` names: the
+raw HTTP/1.1 server (``raw_server.py``, the default) or the aiohttp app
+(``app.py``); both drive the same proxy, wired by ``runtime.open_runtime``.
+
 Shutdown of a worker: stop accepting, report not ready, let in-flight calls
-finish for up to ``METER_SHUTDOWN_GRACE`` seconds, then close the upstream
-pool and Redis. Logs are JSON lines on stderr.
+finish for up to ``METER_SHUTDOWN_GRACE`` seconds (idle keep-alive connections
+are closed at once), then close the upstream pool and Redis. Logs are JSON
+lines on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -25,7 +31,10 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import RUNTIME, create_app
+from gateway.metrics import GatewayMetrics
 from gateway.pricing import load_prices
+from gateway.raw_server import RawServer
+from gateway.runtime import Runtime, open_runtime
 from meter.logs import setup_logging
 from meter.settings import ConfigError, Settings
 
@@ -50,15 +59,66 @@ def _run_worker(settings: Settings, index: int, *, reuse_port: bool) -> None:
 
 
 async def serve(settings: Settings, *, index: int = 0, reuse_port: bool = False) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if settings.gateway_server == "aiohttp":
+        await _serve_aiohttp(settings, stop, index=index, reuse_port=reuse_port)
+    else:
+        await _serve_raw(settings, stop, index=index, reuse_port=reuse_port)
+
+
+def _listening(settings: Settings, port: int, index: int) -> None:
+    # Everything alive now lives as long as the worker: keep it out of the cyclic GC's
+    # full collections, which otherwise walk every imported object again and again
+    # (measured: ~3.5 us a call on the hot path; ~1 us with the start-up heap frozen).
+    # The hot path makes no reference cycles, so the youngest generation may grow to
+    # 10,000 objects between collections (default 700): at 1,024 connections in flight
+    # that took the Python cost of a call from ~40 to ~34 us in the in-process benchmark.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+    log.info(
+        "gateway listening",
+        extra={
+            "host": settings.gateway_host,
+            "port": port,
+            "worker": index,
+            "pid": os.getpid(),
+            "server": settings.gateway_server,
+        },
+    )
+
+
+async def _serve_raw(
+    settings: Settings, stop: asyncio.Event, *, index: int, reuse_port: bool
+) -> None:
+    runtime = Runtime(settings, GatewayMetrics())
+    async with open_runtime(runtime):
+        server = RawServer(runtime)
+        port = await server.start(
+            settings.gateway_host, settings.gateway_port, reuse_port=reuse_port, backlog=1024
+        )
+        _listening(settings, port, index)
+        try:
+            await stop.wait()
+            runtime.draining = True
+            server.stop_accepting()
+            log.info("gateway draining", extra={"worker": index, "pid": os.getpid()})
+        finally:
+            await server.shutdown(settings.shutdown_grace)
+    log.info("gateway stopped", extra={"worker": index, "pid": os.getpid()})
+
+
+async def _serve_aiohttp(
+    settings: Settings, stop: asyncio.Event, *, index: int, reuse_port: bool
+) -> None:
     app = create_app(settings)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace
     )
     await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         site = web.TCPSite(
             runner,
@@ -69,15 +129,7 @@ async def serve(settings: Settings, *, index: int = 0, reuse_port: bool = False)
         )
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.gateway_port
-        log.info(
-            "gateway listening",
-            extra={
-                "host": settings.gateway_host,
-                "port": port,
-                "worker": index,
-                "pid": os.getpid(),
-            },
-        )
+        _listening(settings, port, index)
         await stop.wait()
         app[RUNTIME].draining = True
         for listening in list(runner.sites):

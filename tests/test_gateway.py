@@ -1,8 +1,10 @@
 """The gateway through the real HTTP stack: a real Redis, a real upstream on loopback.
 
-Each test provisions an account straight in Redis, starts the gateway app on a
+Each test provisions an account straight in Redis, starts the gateway on a
 loopback port (backlog large enough for the race tests) with an injected clock,
-and calls it with a real aiohttp client.
+and calls it with a real aiohttp client. Every test runs once per server layer
+(``server_mode``: the raw HTTP/1.1 server and the aiohttp app), both driving
+the same proxy with the default upstream pool and pipelined Redis state.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import io
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,10 @@ from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from gateway.app import METRICS, RUNTIME, create_app
+from gateway.app import RUNTIME, create_app
+from gateway.metrics import GatewayMetrics
+from gateway.raw_server import RawServer
+from gateway.runtime import Runtime, open_runtime
 from gateway.testing import ECHO, EchoState, Provisioned, echo_app, pattern_bytes, provision
 from meter import keys
 from meter.live_state import AccountConfig, LiveState
@@ -79,8 +85,8 @@ class Reply:
 @dataclass
 class Gateway:
     url: URL
-    app: web.Application
-    runner: web.AppRunner
+    runtime: Runtime
+    stop: Callable[[], Awaitable[None]]
     clock: Clock
     http: aiohttp.ClientSession
     echo: EchoState
@@ -124,7 +130,7 @@ class Gateway:
         ]
 
     async def metric(self, name: str, **labels: str) -> float:
-        text = self.app[METRICS].exposition().decode()
+        text = self.runtime.metrics.exposition().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(
@@ -147,6 +153,48 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, URL]:
 
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
+SERVER_MODES = ("raw", "aiohttp")
+
+
+@pytest.fixture(params=SERVER_MODES)
+def server_mode(request: pytest.FixtureRequest) -> str:
+    """The HTTP/1.1 server layer under test; every gateway test runs with each."""
+    return str(request.param)
+
+
+def loopback_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def start_gateway(
+    settings: Settings, clock: Callable[[], float]
+) -> tuple[URL, Runtime, Callable[[], Awaitable[None]]]:
+    """The gateway of ``settings.gateway_server`` on a loopback port: (url, runtime, stop)."""
+    if settings.gateway_server == "aiohttp":
+        app = create_app(settings, clock=clock)
+        runner, url = await serve(app)
+        return url, app[RUNTIME], runner.cleanup
+    stack = AsyncExitStack()
+    runtime = await stack.enter_async_context(
+        open_runtime(Runtime(settings, GatewayMetrics()), clock=clock)
+    )
+    server = RawServer(runtime)
+    sock = loopback_socket()
+    port = await server.start(sock=sock, backlog=4096)
+
+    stopped = False
+
+    async def stop() -> None:  # idempotent: a test may stop the gateway itself
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            runtime.draining = True
+            await server.shutdown(1)
+            await stack.aclose()
+
+    return URL(f"http://127.0.0.1:{port}"), runtime, stop
 
 
 @pytest.fixture
@@ -161,7 +209,7 @@ async def upstream(
 
 @pytest.fixture
 async def make_gateway(
-    redis_url: str, live_state: LiveState, upstream: TestServer, tmp_path: Path
+    redis_url: str, live_state: LiveState, upstream: TestServer, tmp_path: Path, server_mode: str
 ) -> AsyncIterator[MakeGateway]:
     prices = tmp_path / "prices.toml"
     prices.write_text(PRICES)
@@ -178,14 +226,14 @@ async def make_gateway(
             "redis_url": redis_url,
             "upstream_url": str(upstream.make_url("/")),
             "prices_path": str(prices),
+            "gateway_server": server_mode,
         }
         values.update(overrides)
         settings = Settings.from_env({}, **values)
         clock = clock or Clock()
-        app = create_app(settings, clock=clock)
-        runner, url = await serve(app)
+        url, runtime, stop = await start_gateway(settings, clock)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        gw = Gateway(url, app, runner, clock, http, upstream.app[ECHO], live_state)
+        gw = Gateway(url, runtime, stop, clock, http, upstream.app[ECHO], live_state)
         started.append(gw)
         if account is not None or balance:
             gw.account = await provision(live_state, balance=balance, **(account or {}))
@@ -194,7 +242,7 @@ async def make_gateway(
     yield make
     for gw in started:
         await gw.http.close()
-        await gw.runner.cleanup()
+        await gw.stop()
 
 
 def problem(reply: Reply, status: int, slug: str) -> dict[str, Any]:
@@ -600,7 +648,7 @@ async def test_a_gateway_failure_answers_500_and_refunds(
     make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gw = await make_gateway()
-    proxy = gw.app[RUNTIME].proxy
+    proxy = gw.runtime.proxy
     assert proxy is not None
 
     async def broken(*args: object) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway import errors
-from gateway.identity import Identifier, KeyCache
+from gateway.identity import Identifier, KeyCache, presented_key
 from gateway.metrics import GatewayMetrics
 from meter import apikeys
 from meter.live_state import KeyRecord, LiveState
@@ -82,10 +82,10 @@ async def test_concurrent_misses_share_one_lookup_then_hit_the_cache(live_state:
     await live_state.put_api_key(apikeys.digest(key), record(7))
     lookup = CountingLookup(live_state)
     identifier = Identifier(lookup, KeyCache(10, 1.0), GatewayMetrics())
-    found = await asyncio.gather(*(identifier.identify({"X-API-Key": key}) for _ in range(50)))
+    found = await asyncio.gather(*(identifier.identify(key) for _ in range(50)))
     assert found == [record(7)] * 50
     assert lookup.calls == 1
-    assert await identifier.identify({"Authorization": f"Bearer {key}"}) == record(7)
+    assert await identifier.identify(key) == record(7)
     assert lookup.calls == 1
 
 
@@ -96,12 +96,12 @@ async def test_unknown_key_is_looked_up_once_per_ttl(live_state: LiveState) -> N
     key = apikeys.generate()
     for _ in range(3):
         with pytest.raises(errors.UnknownKey):
-            await identifier.identify({"X-API-Key": key})
+            await identifier.identify(key)
     assert lookup.calls == 1
     # The key is created (or was just slow to replicate): found once the entry expires.
     await live_state.put_api_key(apikeys.digest(key), record(8))
     clock.now += 1.5
-    assert await identifier.identify({"X-API-Key": key}) == record(8)
+    assert await identifier.identify(key) == record(8)
     assert lookup.calls == 2
 
 
@@ -119,8 +119,9 @@ async def test_missing_and_malformed_keys_need_no_lookup(
 ) -> None:
     lookup = CountingLookup(live_state)
     identifier = Identifier(lookup, KeyCache(10, 1.0), GatewayMetrics())
+    pairs = [(n.encode(), v.encode()) for n, v in given.items()]
     with pytest.raises(refusal):
-        await identifier.identify(given)
+        await identifier.identify(presented_key(pairs))
     assert lookup.calls == 0
 
 
@@ -130,7 +131,7 @@ async def test_bad_checksum_is_refused_without_lookup(live_state: LiveState) -> 
     lookup = CountingLookup(live_state)
     identifier = Identifier(lookup, KeyCache(10, 1.0), GatewayMetrics())
     with pytest.raises(errors.MalformedKey):
-        await identifier.identify({"X-API-Key": typo})
+        await identifier.identify(typo)
     assert lookup.calls == 0
 
 
@@ -141,7 +142,7 @@ async def test_redis_down_is_a_503_refusal() -> None:
     identifier = Identifier(state, KeyCache(10, 1.0), GatewayMetrics())
     try:
         with pytest.raises(errors.StateUnavailable) as info:
-            await identifier.identify({"X-API-Key": apikeys.generate()})
+            await identifier.identify(apikeys.generate())
         assert info.value.status == 503
     finally:
         await state.close()

@@ -14,9 +14,17 @@ from collections import Counter
 import pytest
 
 # The gateway fixtures live with the functional tests (tests/ is on sys.path under pytest).
-from test_gateway import CHAT_MAX, PRICE, Gateway, MakeGateway, make_gateway, upstream
+from test_gateway import (
+    CHAT_MAX,
+    PRICE,
+    Gateway,
+    MakeGateway,
+    make_gateway,
+    server_mode,
+    upstream,
+)
 
-FIXTURES = (make_gateway, upstream)  # pytest finds them by name in this module
+FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
 
 CALLS = 2_000
 FITS = 100

@@ -1,0 +1,423 @@
+"""One client connection of the raw server: parse with httptools, queue, answer in order.
+
+See ``raw_server.py`` for how the server layer works as a whole; this module
+is the per-connection protocol: httptools callbacks build ``RawRequest``s,
+one task answers them in order through the proxy (or ``ops``), limits and
+refusals are decided while parsing, deadlines are checked by the server's sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+from gateway import errors, ops
+from gateway.headers import Pairs
+from gateway.identity import key_from
+from gateway.raw_request import HIGH_WATER, RawRequest
+
+if TYPE_CHECKING:
+    from gateway.raw_server import RawServer
+
+log = logging.getLogger("gateway.server")
+
+_MAX_PIPELINE = 16  # requests queued on one connection before reading pauses
+_LINGER = 2.0  # seconds a closing connection drops what the client still sends (see close)
+_INF = float("inf")
+_METHODS = {
+    m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "TRACE")
+}
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback; the refusal is on the connection."""
+
+
+class RawConnection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    # Slots: a thousand connections' state stays compact (measured: fewer cache misses at c1024).
+    __slots__ = (
+        "authorization",
+        "client_ip",
+        "content_length",
+        "current",
+        "drain_waiter",
+        "eof",
+        "expect",
+        "head_deadline",
+        "header_bytes",
+        "heads",
+        "idle_deadline",
+        "in_head",
+        "input_closed",
+        "io_deadline",
+        "lingering",
+        "loop",
+        "lost",
+        "pairs",
+        "parser",
+        "proxy",
+        "queue",
+        "read_paused",
+        "refusal",
+        "refused",
+        "server",
+        "task",
+        "transfer_encoding",
+        "transport",
+        "unparsed",
+        "url",
+        "write_paused",
+        "x_api_key",
+    )
+
+    def __init__(self, server: RawServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.proxy = server.proxy
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = cast(Any, None)
+        self.client_ip: str | None = None
+        self.queue: collections.deque[RawRequest] = collections.deque()
+        self.current: RawRequest | None = None  # the request whose body is being parsed
+        self.in_head = False
+        self.heads = 0  # request heads begun on this connection
+        self.unparsed = 0  # bytes of an unfinished head, as they arrive
+        self.url = b""
+        self.pairs: Pairs = []
+        self.header_bytes = 0
+        self.content_length: int | None = None
+        self.transfer_encoding: bytes | None = None
+        self.expect = False
+        self.authorization: bytes | None = None
+        self.x_api_key: bytes | None = None
+        self.refusal: errors.Refusal | None = None
+        self.input_closed = False
+        self.refused = False  # input was refused: the client may still be sending
+        self.eof = False  # the client will send nothing more
+        self.lingering = False
+        self.lost = False
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # answering the queue
+        self.head_deadline = _INF
+        self.io_deadline = _INF
+        self.idle_deadline = _INF
+
+    # -- connection events --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) and peer else None
+        server = self.server
+        server.connections.add(self)
+        server.metrics.connections.inc()
+        self.idle_deadline = server.now + server.client_timeout
+        if server.draining:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        server = self.server
+        server.connections.discard(self)
+        server.metrics.connections.dec()
+        if self.current is not None:
+            self.current.end_body(ConnectionResetError("the client went away"))
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_exception(ConnectionResetError("the client went away"))
+        if server.draining and not server.connections:
+            server.all_closed.set()
+
+    def eof_received(self) -> bool:
+        # The client will send nothing more: answer what is queued, then close.
+        self.eof = True
+        self.input_closed = True
+        if self.current is not None:
+            self.current.end_body(ConnectionResetError("the client stopped sending"))
+            self.current = None
+        return bool(self.queue) and not self.lingering
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    async def drained(self) -> None:
+        if self.lost:
+            raise ConnectionResetError("the client went away")
+        self.drain_waiter = self.loop.create_future()
+        self.io_deadline = self.server.now + self.server.client_timeout
+        try:
+            await self.drain_waiter
+        finally:
+            self.drain_waiter = None
+            self.io_deadline = _INF
+
+    def data_received(self, data: bytes) -> None:
+        if self.input_closed:
+            return
+        current = self.current
+        if current is not None:
+            current.wire += len(data)
+        heads = self.heads
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._close_input()  # the request is answered as a plain one, then we close
+        except httptools.HttpParserError as exc:
+            refusal = self.refusal or errors.MalformedRequest(str(exc) or type(exc).__name__)
+            self._refuse_input(refusal, "malformed" if self.refusal is None else None)
+            return
+        if self.in_head:
+            # llhttp keeps an unfinished header line itself: count what it holds.
+            self.unparsed = self.unparsed + len(data) if heads == self.heads else 0
+            if self.unparsed > self.server.max_head:
+                self._refuse_input(errors.HeadersTooLarge(), "headers_too_large")
+        elif self.current is not None and self.current.wire > self.server.max_wire:
+            self._refuse_input(errors.BodyTooLarge(limit=self.server.max_body), None)
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.heads += 1
+        self.in_head = True
+        self.unparsed = 0
+        self.url = b""
+        self.pairs = []
+        self.header_bytes = 0
+        self.content_length = None
+        self.transfer_encoding = None
+        self.expect = False
+        self.authorization = None
+        self.x_api_key = None
+        self.idle_deadline = _INF
+        self.head_deadline = self.server.now + self.server.client_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url = self.url + url if self.url else url
+        if len(self.url) > self.server.max_url:
+            self._refuse(errors.UrlTooLong(), "url_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer of a chunked body: dropped (counted in ``wire``)
+        pairs = self.pairs
+        pairs.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.server.max_header_bytes:
+            self._refuse(errors.HeadersTooLarge(), "headers_too_large")
+        if len(pairs) > self.server.max_headers:
+            self._refuse(errors.HeadersTooLarge("too many header fields"), "too_many_headers")
+        # The few headers this layer or the key lookup needs, noted as they pass.
+        size = len(name)
+        if size == 13:
+            if self.authorization is None and name.lower() == b"authorization":
+                self.authorization = value
+        elif size == 14:
+            if name.lower() == b"content-length":
+                self.content_length = int(value)  # llhttp has validated it (one, digits only)
+        elif size == 9:
+            if self.x_api_key is None and name.lower() == b"x-api-key":
+                self.x_api_key = value
+        elif size == 17:
+            if name.lower() == b"transfer-encoding":
+                self.transfer_encoding = value
+        elif size == 6 and name.lower() == b"expect":
+            self.expect = value.strip().lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_deadline = _INF
+        parser = self.parser
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
+        http10 = parser.get_http_version() == "1.0"
+        length = self.content_length
+        coding = self.transfer_encoding
+        if coding is not None:
+            # llhttp accepts "gzip, chunked"; we would have to undo gzip to forward it.
+            if coding.strip().lower() != b"chunked":
+                self._refuse(errors.NotImplementedCoding(), "unsupported")
+            length = None
+        has_body = coding is not None or bool(length)
+        request = RawRequest(
+            self,
+            method,
+            self.url.decode("latin-1"),
+            self.pairs,
+            key_from(self.authorization, self.x_api_key),
+            length,
+            has_body,
+            parser.should_keep_alive(),
+            http10,
+            self.expect and has_body and not http10,
+        )
+        if has_body:
+            self.current = request
+        queue = self.queue
+        queue.append(request)
+        if len(queue) == 1:
+            self.task = self.loop.create_task(self._serve())
+        elif len(queue) > _MAX_PIPELINE:
+            self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self.current is not None:
+            self.current.feed(body)
+
+    def on_message_complete(self) -> None:
+        current = self.current
+        if current is not None:
+            self.current = None
+            current.end_body()
+
+    def _refuse(self, refusal: errors.Refusal, reason: str) -> None:
+        self.refusal = refusal
+        self.server.metrics.http_errors.labels(reason).inc()
+        raise _Refused(refusal.slug)
+
+    # -- answering ----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """Answer the queued requests in order; one task per burst of keep-alive requests."""
+        queue = self.queue
+        proxy = self.proxy
+        while queue:
+            request = queue[0]
+            try:
+                if request.refusal is not None:
+                    await request.refuse(request.refusal)
+                elif request.target.startswith(ops.PREFIX):
+                    status, pairs, body = await ops.answer(
+                        self.server.runtime, request.method, request.target
+                    )
+                    await request.respond(status, "", pairs, body)
+                else:
+                    await proxy.handle(request)
+                if not request.started:
+                    raise RuntimeError("the proxy did not answer")
+            except Exception:
+                log.exception("raw server failure", extra={"target": request.target[:200]})
+                if request.started:
+                    self.abort()
+                else:
+                    await request.refuse(errors.Internal())
+            queue.popleft()
+            if self.lost:
+                return
+            if not request.keep_alive:
+                self.close()
+                return
+            if self.read_paused:
+                self.update_reading()
+        if self.input_closed or self.server.draining:
+            self.close()
+        elif not self.in_head:
+            self.idle_deadline = self.server.now + self.server.keepalive_timeout
+
+    def _refuse_input(self, refusal: errors.Refusal, reason: str | None) -> None:
+        """Read no more; a body in progress fails, a broken head is answered in turn."""
+        if reason is not None:
+            self.server.metrics.http_errors.labels(reason).inc()
+        self.refused = True
+        self._close_input()
+        self.in_head = False
+        self.head_deadline = _INF
+        current = self.current
+        if current is not None:
+            self.current = None
+            current.end_body(refusal)
+            return
+        marker = RawRequest(self, "GET", "", [], None, None, False, False, False, False)
+        marker.refusal = refusal
+        self.queue.append(marker)
+        if len(self.queue) == 1:
+            self.task = self.loop.create_task(self._serve())
+
+    def _close_input(self) -> None:
+        self.input_closed = True
+        if not self.lost and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def update_reading(self) -> None:
+        if self.lost or self.input_closed:
+            return
+        current = self.current
+        pause = len(self.queue) > _MAX_PIPELINE or (
+            current is not None and current.buffered > HIGH_WATER
+        )
+        if pause and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        elif not pause and self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close once what is buffered is written.
+
+        A client may still be sending (a body we did not read, input we refused):
+        closing a socket with unread bytes makes the kernel send a reset, which can
+        destroy the answer before the client reads it. So, as nginx's lingering
+        close: send FIN now, read and drop what still comes, and close at the
+        client's EOF or after ``_LINGER`` seconds.
+        """
+        if self.lost or self.lingering:
+            return
+        self.queue.clear()  # pipelined requests behind a closing one are not answered
+        unread = self.refused or self.current is not None or self.in_head
+        if self.eof or not unread or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.lingering = True
+        self.input_closed = True
+        self.current = None
+        self.in_head = False
+        self.head_deadline = _INF
+        self.transport.write_eof()
+        self.idle_deadline = self.loop.time() + _LINGER
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Cut the connection now; ``lost`` at once, so nothing more is written or served."""
+        if not self.lost:
+            self.lost = True
+            self.transport.abort()  # connection_lost follows and cleans up
+
+    # -- deadlines (swept by the server) ----------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        if self.head_deadline <= now:
+            self.server.metrics.http_errors.labels("timeout").inc()
+            self.head_deadline = _INF
+            self._refuse_input(errors.RequestTimeout(), None)
+        elif self.io_deadline <= now:
+            self.io_deadline = _INF
+            self.server.metrics.http_errors.labels("timeout").inc()
+            if self.drain_waiter is not None and not self.drain_waiter.done():
+                self.drain_waiter.set_exception(ConnectionResetError("the client is not reading"))
+                self.abort()
+            elif self.queue:
+                waiter = self.queue[0].waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(TimeoutError("no request body bytes in time"))
+        elif self.idle_deadline <= now and not self.queue and not self.in_head:
+            self.idle_deadline = _INF
+            self.transport.close()
+
+    def close_if_idle(self) -> None:
+        if not self.queue and not self.in_head and not self.lost:
+            self.transport.close()

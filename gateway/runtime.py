@@ -1,0 +1,117 @@
+"""What a gateway worker opens at start-up, whatever its server layer: ``open_runtime``.
+
+The hot path is wired here, once, for both server layers (``raw_server.py``
+and the aiohttp app in ``app.py``): the account state in Redis, the upstream
+client and the ``Proxy`` built on them, opened and closed as a pair.
+
+    METER_REDIS_CLIENT=pipe      meter.hot_path_state.PipelinedState: pipelined commands,
+                                 the admissions of one loop pass in one script call (default)
+    METER_REDIS_CLIENT=redis-py  meter.live_state.LiveState on redis.asyncio (one call each)
+    METER_UPSTREAM_CLIENT=pool   gateway.upstream_pool.UpstreamPool (default)
+    METER_UPSTREAM_CLIENT=aiohttp  gateway.upstream.AiohttpUpstream
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from gateway.admission import DirectAdmitter
+from gateway.identity import Identifier, KeyCache
+from gateway.metrics import GatewayMetrics
+from gateway.pricing import PriceTable, load_prices
+from gateway.proxy import Proxy
+from gateway.upstream import AiohttpUpstream
+from gateway.upstream_pool import UpstreamPool
+from meter.hot_path_state import HotPathState, PipelinedState
+from meter.live_state import LiveState
+from meter.settings import Settings
+
+# redis-py mode: Redis is single-threaded, a few dozen connections keep it busy.
+# Waiting for a free one is load, not an outage (the per-command timeout detects
+# outages), so the wait gets a looser bound than a command.
+REDIS_POOL_SIZE = 64
+REDIS_POOL_WAIT_FACTOR = 10
+
+
+@dataclass(slots=True)
+class Runtime:
+    """A worker's live objects; ``draining`` turns /readyz to 503 during shutdown."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    state: HotPathState | None = None
+    proxy: Proxy | None = None
+    draining: bool = False
+
+
+def open_live_state(settings: Settings) -> LiveState:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=settings.redis_timeout * REDIS_POOL_WAIT_FACTOR,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        health_check_interval=30,
+    )
+    return LiveState(aioredis.Redis.from_pool(pool))
+
+
+def open_state(settings: Settings) -> HotPathState:
+    if settings.redis_client == "redis-py":
+        return open_live_state(settings)
+    return PipelinedState.from_settings(settings, cross_shard=settings.admit_cross_shard)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    runtime: Runtime,
+    *,
+    prices: PriceTable | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Runtime]:
+    """Open Redis and the upstream client, build the proxy; close both on the way out."""
+    settings, metrics = runtime.settings, runtime.metrics
+    table = prices if prices is not None else load_prices(settings.prices_path)
+    state = open_state(settings)
+    upstream: UpstreamPool | AiohttpUpstream
+    if settings.upstream_client == "aiohttp":
+        upstream = AiohttpUpstream(
+            settings.upstream_url,
+            pool_size=settings.upstream_pool_size,
+            timeout=settings.upstream_timeout,
+            connect_timeout=settings.upstream_connect_timeout,
+        )
+    else:
+        upstream = UpstreamPool(
+            settings.upstream_url,
+            pool_size=settings.upstream_pool_size,
+            timeout=settings.upstream_timeout,
+            connect_timeout=settings.upstream_connect_timeout,
+            idle_timeout=settings.upstream_idle_timeout,
+            metrics=metrics,
+        )
+    await upstream.open()
+    try:
+        runtime.state = state
+        runtime.proxy = Proxy(
+            identity=Identifier(
+                state, KeyCache(settings.key_cache_size, settings.negative_key_ttl), metrics
+            ),
+            prices=table,
+            admitter=DirectAdmitter(state, metrics),
+            upstream=upstream,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+            refund_upstream_errors=settings.refund_upstream_errors,
+            clock=clock,
+        )
+        yield runtime
+    finally:
+        runtime.proxy = None
+        await upstream.close()
+        await state.close()
