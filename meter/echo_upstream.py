@@ -67,21 +67,27 @@ class EchoProtocol(asyncio.Protocol):
         if path.startswith("/status/") and path[8:11].isdigit():
             status = int(path[8:11])
         extra = b""
-        units = self.headers.get(b"x-demo-units")
+        units = self.headers.get(b"x-demo-units", b"")
         if parsed.query:
-            units = (parse_qs(parsed.query.decode()).get("units") or [None])[0] or units  # type: ignore[assignment]
+            asked = parse_qs(parsed.query.decode()).get("units")
+            if asked:
+                units = asked[0].encode()
         if units:
-            extra = b"x-units-used: " + (units if isinstance(units, bytes) else units.encode()) + b"\r\n"
+            extra = b"x-units-used: " + units + b"\r\n"
         method = self.parser.get_method()
-        body = b"" if method == b"HEAD" or status in (204, 304) else orjson.dumps(
-            {
-                "ok": status < 400,
-                "method": method.decode(),
-                "path": path,
-                "bytes": self.body_size,
-                "account": self.headers.get(b"x-meter-account", b"").decode(),
-                "project": self.headers.get(b"x-meter-project", b"").decode(),
-            }
+        body = (
+            b""
+            if method == b"HEAD" or status in (204, 304)
+            else orjson.dumps(
+                {
+                    "ok": status < 400,
+                    "method": method.decode(),
+                    "path": path,
+                    "bytes": self.body_size,
+                    "account": self.headers.get(b"x-meter-account", b"").decode(),
+                    "project": self.headers.get(b"x-meter-project", b"").decode(),
+                }
+            )
         )
         keep = self.parser.should_keep_alive()
         head = b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\n" % status

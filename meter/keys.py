@@ -9,7 +9,8 @@ stored with it in Postgres.
 Key                                 Type    Lifetime
 meter:acct:{sN}:<account>           hash    while the account exists; see ACCOUNT_FIELDS
 meter:credits:{sN}:<account>        zset    credit ids applied (score: ms); trimmed after 30 days
-meter:usage:{sN}                    stream  usage events; trimmed only up to what the ledger committed
+meter:usage:{sN}                    stream  usage events; trimmed only up to what the ledger
+                                            committed
 meter:settled:{sN}:<request>        string  marks a settled/refunded call; expires after 1 day
 meter:apikey:<sha256 hex>           hash    API key -> key id, project, account, shard; no TTL
 meter:ledger:{sN}:trimmed           string  last stream id the ledger trimmed through; no TTL

@@ -121,7 +121,9 @@ class LiveState:
     async def _run(self, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._translated(self._evalsha(script, key_names, args))
 
-    async def _evalsha(self, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _evalsha(
+        self, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         try:
             return await self.redis.evalsha(script.sha, len(key_names), *key_names, *args)
         except redis.exceptions.NoScriptError:
@@ -181,7 +183,9 @@ class LiveState:
 
     # -- admin writes (each idempotent) ------------------------------------------------
 
-    async def credit(self, shard: int, account_id: str, credit_id: str, amount: int) -> tuple[int, int]:
+    async def credit(
+        self, shard: int, account_id: str, credit_id: str, amount: int
+    ) -> tuple[int, int]:
         """Apply a credit once. Returns (status, balance): 1 credited, 0 already, -1 no account."""
         reply = await self._run(
             CREDIT,

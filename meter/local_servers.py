@@ -171,7 +171,9 @@ def _spawn_postgres(pg_bin: str, data: Path, port: int, durable: bool) -> subpro
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **_as_postgres_user())
 
 
-def start_postgres(folder: Path, port: int | None = None, *, durable: bool = False) -> PostgresServer:
+def start_postgres(
+    folder: Path, port: int | None = None, *, durable: bool = False
+) -> PostgresServer:
     """Start (initialising when new) a server; ``durable=False`` turns fsync off, for tests."""
     pg_bin = find_pg_bin()
     if pg_bin is None:

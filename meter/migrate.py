@@ -37,7 +37,9 @@ async def migrate(dsn: str) -> list[str]:
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)
-                    await conn.execute("insert into schema_migrations (version) values ($1)", version)
+                    await conn.execute(
+                        "insert into schema_migrations (version) values ($1)", version
+                    )
                 applied.append(version)
             return applied
         finally:

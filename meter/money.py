@@ -14,8 +14,9 @@ The admission order, which both follow:
 5. balance + overage line   -> NO_CREDIT (402) if price > max(0, balance + overage_line)
 6. debit; report the signals crossed by this debit
 
-A free call (price 0) always fits. The limit is checked before the money because it is the refusal with a known
-end (00:00 UTC); a customer over both learns the limit first.
+A free call (price 0) always fits. The limit is checked before the money
+because it is the refusal with a known end (00:00 UTC); a customer over both
+learns the limit first.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def _bool(raw: str) -> bool:
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         parts = urlsplit(raw.strip())
-        if parts.scheme not in schemes or not parts.hostname and not parts.path:
+        if parts.scheme not in schemes or (not parts.hostname and not parts.path):
             raise ValueError(f"must be a {' or '.join(schemes)} URL")
         return raw.strip()
 
@@ -128,9 +128,13 @@ def _env(name: str, default: str, parse: Callable[[str], Any]) -> Any:
 @dataclass(frozen=True, slots=True)
 class Settings:
     # Where things live.
-    redis_url: str = _env("METER_REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"))
+    redis_url: str = _env(
+        "METER_REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix")
+    )
     database_url: str = _env(
-        "METER_DATABASE_URL", "postgresql://meter@127.0.0.1:5432/meter", _url("postgresql", "postgres")
+        "METER_DATABASE_URL",
+        "postgresql://meter@127.0.0.1:5432/meter",
+        _url("postgresql", "postgres"),
     )
     upstream_url: str = _env("METER_UPSTREAM_URL", "http://127.0.0.1:9000", _url("http"))
     # Listeners.
@@ -149,7 +153,9 @@ class Settings:
     # Hot-path limits and timeouts.
     max_body_bytes: int = _env("METER_MAX_BODY_BYTES", "10485760", _int(0, 1 << 40))
     upstream_timeout: float = _env("METER_UPSTREAM_TIMEOUT", "60", _float(0.001, 3600))
-    upstream_connect_timeout: float = _env("METER_UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.001, 600))
+    upstream_connect_timeout: float = _env(
+        "METER_UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.001, 600)
+    )
     upstream_pool_size: int = _env("METER_UPSTREAM_POOL_SIZE", "256", _int(1, 65536))
     redis_timeout: float = _env("METER_REDIS_TIMEOUT", "1.0", _float(0.001, 60))
     refund_upstream_errors: bool = _env("METER_REFUND_UPSTREAM_ERRORS", "true", _bool)

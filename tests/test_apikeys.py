@@ -25,7 +25,8 @@ def test_one_changed_character_fails_the_checksum(position: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "mtr_", "sk_live_abc", "mtr_" + "!" * 38, "xyz_" + "A" * 38, apikeys.PREFIX + "A" * 39]
+    "bad",
+    ["", "mtr_", "sk_live_abc", "mtr_" + "!" * 38, "xyz_" + "A" * 38, apikeys.PREFIX + "A" * 39],
 )
 def test_malformed_keys(bad: str) -> None:
     assert not apikeys.well_formed(bad)

@@ -70,13 +70,15 @@ def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(data_dir: Path) -> 
     )
     try:
         banner = _read_until_ready(proc, time.monotonic() + 90)
-        match = re.search(r"Authorization: Bearer (mtr_\w+)' (http://\S+)", banner)
+        match = re.search(r"Authorization: Bearer (mtr_\w+)' \\\n\s+'(http://[^']+)'", banner)
         assert match, banner
         key, url = match.groups()
         account = re.search(r"Demo account (acct_\w+)", banner)
         assert account, banner
 
-        req = urllib.request.Request(url, data=b'{"hello": "world"}', headers={"Authorization": f"Bearer {key}"})
+        req = urllib.request.Request(
+            url, data=b'{"hello": "world"}', headers={"Authorization": f"Bearer {key}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
             charged = int(resp.headers["X-Meter-Charged"])

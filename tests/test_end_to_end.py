@@ -63,7 +63,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def admin_call(
-    http: aiohttp.ClientSession, base: str, method: str, path: str, body: Any = None, status: int = 200
+    http: aiohttp.ClientSession,
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    status: int = 200,
 ) -> Any:
     async with http.request(method, base + path, json=body, headers=AUTH) as resp:
         doc = await resp.json(content_type=None)
@@ -82,7 +87,9 @@ async def test_a_metered_call_from_provisioning_to_the_balance_history(
         a = str(admin.make_url("")).rstrip("/")
         g = str(gateway.make_url("")).rstrip("/")
         account = await admin_call(http, a, "POST", "/v1/accounts", {"name": "E2E"}, 201)
-        project = await admin_call(http, a, "POST", f"/v1/accounts/{account['id']}/projects", {"name": "p"}, 201)
+        project = await admin_call(
+            http, a, "POST", f"/v1/accounts/{account['id']}/projects", {"name": "p"}, 201
+        )
         key = await admin_call(http, a, "POST", f"/v1/projects/{project['id']}/keys", None, 201)
         await admin_call(
             http,
@@ -97,7 +104,9 @@ async def test_a_metered_call_from_provisioning_to_the_balance_history(
         # how many fit in $1. Whatever it is, admitted x price must be exactly what left.
         async def one() -> tuple[int, int]:
             async with http.post(
-                g + "/v1/chat/completions", data=b"{}", headers={"Authorization": f"Bearer {key['key']}"}
+                g + "/v1/chat/completions",
+                data=b"{}",
+                headers={"Authorization": f"Bearer {key['key']}"},
             ) as resp:
                 await resp.read()
                 return resp.status, int(resp.headers.get("X-Meter-Charged", "0"))
@@ -122,14 +131,18 @@ async def test_a_metered_call_from_provisioning_to_the_balance_history(
             finally:
                 await conn.close()
 
-        history = await admin_call(http, a, "GET", f"/v1/accounts/{account['id']}/transactions?limit=50")
+        history = await admin_call(
+            http, a, "GET", f"/v1/accounts/{account['id']}/transactions?limit=50"
+        )
         kinds = [t["kind"] for t in history["data"]]
         assert kinds[-1] == "credit" and set(kinds[:-1]) == {"usage"}
         assert sum(t["amount"] for t in history["data"] if t["kind"] == "usage") == -spent
         assert history["data"][0]["balance_after"] == usd(1) - spent
         assert history["next_cursor"] is None
 
-        usage = await admin_call(http, a, "GET", f"/v1/accounts/{account['id']}/usage?group_by=route")
+        usage = await admin_call(
+            http, a, "GET", f"/v1/accounts/{account['id']}/usage?group_by=route"
+        )
         assert sum(r["calls"] for r in usage["data"]) == len(admitted)
         assert sum(r["amount"] for r in usage["data"]) == spent
         assert usage["today"]["amount"] == spent
@@ -147,7 +160,9 @@ async def test_a_metered_call_from_provisioning_to_the_balance_history(
         await admin.close()
 
 
-async def test_history_routes_refuse_bad_input(settings: Settings, http: aiohttp.ClientSession) -> None:
+async def test_history_routes_refuse_bad_input(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
     admin = TestServer(create_admin(settings))
     await admin.start_server()
     try:

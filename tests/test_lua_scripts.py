@@ -53,9 +53,20 @@ async def test_admit_debits_and_appends_one_event(live_state: LiveState) -> None
     assert (result.balance, result.available, result.limit_remaining) == (700_000, 700_000, None)
     events = await stream_events(live_state)
     assert events == [
-        {"t": "d", "a": ACCOUNT, "p": "proj_1", "k": "key_1", "r": "chat", "m": "300000", "d": str(DAY), "g": "0"}
+        {
+            "t": "d",
+            "a": ACCOUNT,
+            "p": "proj_1",
+            "k": "key_1",
+            "r": "chat",
+            "m": "300000",
+            "d": str(DAY),
+            "g": "0",
+        }
     ]
-    assert result.event_id == (await live_state.redis.xrange(keys.usage_stream(SHARD)))[0][0].decode()
+    assert (
+        result.event_id == (await live_state.redis.xrange(keys.usage_stream(SHARD)))[0][0].decode()
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,7 +91,9 @@ async def test_refusals_change_nothing(
     # Only the first daily-limit refusal writes an (empty, signal-only) event.
     events = await stream_events(live_state)
     if outcome is Outcome.DAILY_LIMIT:
-        assert [(e["t"], e["m"], e["g"]) for e in events] == [("x", "0", str(int(Signal.HARD_LIMIT)))]
+        assert [(e["t"], e["m"], e["g"]) for e in events] == [
+            ("x", "0", str(int(Signal.HARD_LIMIT)))
+        ]
     else:
         assert events == []
 
@@ -124,7 +137,9 @@ async def test_sync_applies_versions_in_order(live_state: LiveState) -> None:
     assert not await live_state.sync_account(SHARD, ACCOUNT, config(2, overage_line=30))
     state = await live_state.read_account(SHARD, ACCOUNT)
     assert state is not None and state.overage_line == 20 and state.balance == 0
-    assert await live_state.sync_account(SHARD, ACCOUNT, config(3, suspended=True, daily_hard_limit=5))
+    assert await live_state.sync_account(
+        SHARD, ACCOUNT, config(3, suspended=True, daily_hard_limit=5)
+    )
     state = await live_state.read_account(SHARD, ACCOUNT)
     assert state is not None and state.suspended and state.daily_hard_limit == 5
 

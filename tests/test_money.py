@@ -24,8 +24,20 @@ BASE = AccountState(balance=usd(10), day=DAY)
         (replace(BASE, overage_line=usd(5)), usd(15) + 1, Outcome.NO_CREDIT, usd(10), 0),
         (replace(BASE, daily_hard_limit=usd(2)), usd(2), Outcome.ADMITTED, usd(8), usd(2)),
         (replace(BASE, daily_hard_limit=usd(2)), usd(2) + 1, Outcome.DAILY_LIMIT, usd(10), 0),
-        (replace(BASE, daily_hard_limit=usd(2), spent_today=usd(2)), 1, Outcome.DAILY_LIMIT, usd(10), usd(2)),
-        (replace(BASE, daily_hard_limit=usd(2), spent_today=usd(2)), 0, Outcome.ADMITTED, usd(10), usd(2)),
+        (
+            replace(BASE, daily_hard_limit=usd(2), spent_today=usd(2)),
+            1,
+            Outcome.DAILY_LIMIT,
+            usd(10),
+            usd(2),
+        ),
+        (
+            replace(BASE, daily_hard_limit=usd(2), spent_today=usd(2)),
+            0,
+            Outcome.ADMITTED,
+            usd(10),
+            usd(2),
+        ),
         # The limit is checked before the money.
         (replace(BASE, balance=0, daily_hard_limit=0), 1, Outcome.DAILY_LIMIT, 0, 0),
         (replace(BASE, suspended=True), 1, Outcome.SUSPENDED, usd(10), 0),
@@ -36,7 +48,9 @@ BASE = AccountState(balance=usd(10), day=DAY)
         (replace(BASE, daily_hard_limit=1, spent_today=5), 0, Outcome.ADMITTED, usd(10), 5),
     ],
 )
-def test_admit_table(state: AccountState, price: int, outcome: Outcome, balance: int, spent: int) -> None:
+def test_admit_table(
+    state: AccountState, price: int, outcome: Outcome, balance: int, spent: int
+) -> None:
     decision = money.admit(state, price, DAY)
     assert decision.outcome is outcome
     assert decision.state.balance == balance
@@ -74,14 +88,24 @@ def test_limit_resets_on_a_new_day() -> None:
         (replace(BASE, daily_notify_threshold=usd(1)), usd(1), Signal.NOTIFY_THRESHOLD),
         (replace(BASE, daily_notify_threshold=usd(1)), usd(1) - 1, Signal.NONE),
         (replace(BASE, daily_notify_threshold=usd(1), notify_fired_day=DAY), usd(2), Signal.NONE),
-        (replace(BASE, daily_notify_threshold=usd(1), notify_fired_day=DAY - 1), usd(2), Signal.NOTIFY_THRESHOLD),
+        (
+            replace(BASE, daily_notify_threshold=usd(1), notify_fired_day=DAY - 1),
+            usd(2),
+            Signal.NOTIFY_THRESHOLD,
+        ),
         (replace(BASE, daily_hard_limit=usd(1)), usd(1), Signal.HARD_LIMIT),
         (replace(BASE, low_balance_threshold=usd(5)), usd(6), Signal.BALANCE_LOW),
         (replace(BASE, low_balance_threshold=usd(5), low_fired=True), usd(6), Signal.NONE),
         (replace(BASE, overage_line=usd(1)), usd(10) + 1, Signal.OVERAGE_STARTED),
         (replace(BASE, balance=-1, overage_line=usd(1)), 1, Signal.NONE),
         (
-            replace(BASE, daily_notify_threshold=1, daily_hard_limit=usd(10), low_balance_threshold=usd(1), overage_line=1),
+            replace(
+                BASE,
+                daily_notify_threshold=1,
+                daily_hard_limit=usd(10),
+                low_balance_threshold=usd(1),
+                overage_line=1,
+            ),
             usd(10),
             Signal.NOTIFY_THRESHOLD | Signal.HARD_LIMIT | Signal.BALANCE_LOW,
         ),
@@ -132,13 +156,20 @@ def test_credit_rearms_low_balance() -> None:
 
 @pytest.mark.parametrize(
     ("now", "seconds"),
-    [(0.0, 86_400), (86_399.5, 1), (86_400.0, 86_400), (1_700_000_000.0, 86_400 - 1_700_000_000 % 86_400)],
+    [
+        (0.0, 86_400),
+        (86_399.5, 1),
+        (86_400.0, 86_400),
+        (1_700_000_000.0, 86_400 - 1_700_000_000 % 86_400),
+    ],
 )
 def test_seconds_until_next_day(now: float, seconds: int) -> None:
     assert money.seconds_until_next_day(now) == seconds
 
 
-@pytest.mark.parametrize(("dollars", "micros"), [(1, 1_000_000), ("0.000001", 1), ("5000", 5_000_000_000)])
+@pytest.mark.parametrize(
+    ("dollars", "micros"), [(1, 1_000_000), ("0.000001", 1), ("5000", 5_000_000_000)]
+)
 def test_usd(dollars: object, micros: int) -> None:
     assert usd(dollars) == micros  # type: ignore[arg-type]
 

@@ -65,7 +65,8 @@ def test_bad_config_stops_the_command_with_one_line() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "meter: configuration error: METER_SHARDS='lots': invalid literal for int() with base 10: 'lots'"
+        "meter: configuration error: METER_SHARDS='lots':"
+        " invalid literal for int() with base 10: 'lots'"
     ]
 
 

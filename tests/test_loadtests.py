@@ -1,0 +1,485 @@
+"""The benchmark harness's pure parts: wrk parsing, the arithmetic, key picking, reports.
+
+No server is started and no load is sent here; `make bench` does that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+# loadtests/ is run from the checkout (`python -m loadtests.bench`), not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtests import bench, figures, keyspace, procstat, redis_side, report, servers, stats, wrk
+from meter import apikeys
+
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:40001/v1/bench
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.33ms    2.94ms  84.09ms   94.78%
+    Req/Sec     5.23k   598.87     6.07k    78.00%
+  Latency Distribution
+     50%    5.65ms
+     75%    5.95ms
+     90%    7.61ms
+     99%   16.14ms
+  52050 requests in 5.00s, 11.12MB read
+  Socket errors: connect 0, read 3, write 0, timeout 7
+  Non-2xx or 3xx responses: 50
+Requests/sec:  10402.61
+Transfer/sec:      2.22MB
+"""
+
+WRK_OUTPUT_FAST = """\
+Running 1s test @ http://127.0.0.1:40000/
+  1 threads and 1 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    26.00us   14.61us   1.20s    99.01%
+    Req/Sec    36.98k     1.53k   38.32k    90.00%
+  Latency Distribution
+     50%   19.00us
+     75%   22.00us
+     90%   31.00us
+     99%  592.00us
+  36800 requests in 1.00s, 5.30MB read
+Requests/sec:  36798.42
+Transfer/sec:      5.30MB
+"""
+
+
+# -- wrk output ---------------------------------------------------------------------
+
+
+def test_parse_wrk_report() -> None:
+    r = wrk.parse(WRK_OUTPUT)
+    assert r.requests == 52050
+    assert r.duration_s == 5.0
+    assert r.rps == pytest.approx(10402.61)
+    assert r.non_2xx == 50
+    assert r.ok == 52000
+    assert r.percentiles_ms == {50.0: 5.65, 75.0: 5.95, 90.0: 7.61, 99.0: 16.14}
+    assert (r.p50_ms, r.p99_ms) == (5.65, 16.14)
+    assert r.latency_avg_ms == 6.33 and r.latency_max_ms == 84.09
+    assert r.socket_errors == {"connect": 0, "read": 3, "write": 0, "timeout": 7}
+    assert r.errors == 10
+
+
+def test_parse_wrk_report_in_microseconds_without_errors() -> None:
+    r = wrk.parse(WRK_OUTPUT_FAST)
+    assert r.p50_ms == pytest.approx(0.019)
+    assert r.p99_ms == pytest.approx(0.592)
+    assert r.latency_max_ms == pytest.approx(1200.0)
+    assert r.non_2xx == 0 and r.socket_errors == {} and r.ok == 36800
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("850.00us", 0.85), ("1.23ms", 1.23), ("2.01s", 2010.0), ("1.50m", 90_000.0), ("7us", 0.007)],
+)
+def test_duration_units(text: str, ms: float) -> None:
+    assert wrk.duration_ms(text) == pytest.approx(ms)
+
+
+def test_unreadable_wrk_output_is_an_error() -> None:
+    with pytest.raises(wrk.WrkError):
+        wrk.parse("unable to connect to 127.0.0.1:1 Connection refused\n")
+    with pytest.raises(ValueError):
+        wrk.duration_ms("fast")
+
+
+def test_wrk_command_uses_one_thread_per_connection_at_most_two() -> None:
+    assert wrk.command("http://x/", 1, 5)[1:3] == ["-t1", "-c1"]
+    assert wrk.command("http://x/", 1024, 5)[1:3] == ["-t2", "-c1024"]
+    assert "--latency" in wrk.command("http://x/", 64, 2)
+
+
+def test_load_environment_for_the_lua_script() -> None:
+    env = wrk.Load(Path("/tmp/keys.txt"), "zipf", 1000, 1.1).environment()
+    assert env == {
+        "WRK_KEYS_FILE": "/tmp/keys.txt",
+        "WRK_KEYS_DIST": "zipf",
+        "WRK_KEYS_LIMIT": "1000",
+        "WRK_ZIPF_S": "1.1",
+    }
+    assert wrk.Load().environment()["WRK_KEYS_FILE"] == ""
+
+
+# -- arithmetic ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3.0, 1.0, 2.0], 2.0),
+        ([4.0, 1.0, 2.0, 3.0], 2.5),
+        ([None, 5.0, math.nan], 5.0),
+        ([], None),
+        ([None, math.nan], None),
+    ],
+)
+def test_median(values: list[Any], expected: float | None) -> None:
+    assert stats.median(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (30_000.0, 10_000.0, 3.0),
+        (5.0, 50.0, 0.1),
+        (None, 1.0, None),
+        (1.0, None, None),
+        (1.0, 0.0, None),
+    ],
+)
+def test_ratio(a: float | None, b: float | None, expected: float | None) -> None:
+    assert stats.ratio(a, b) == expected
+
+
+def test_per_call_costs() -> None:
+    assert stats.per_call_us(1.5, 30_000) == pytest.approx(50.0)
+    assert stats.per_call_us(1.0, 0) is None
+    assert stats.per_call(3_000, 30_000) == pytest.approx(0.1)
+    assert stats.difference(0.5, 0.2) == pytest.approx(0.3)
+    assert stats.difference(None, 0.2) is None
+
+
+@pytest.mark.parametrize(
+    ("measured", "op", "limit", "met"),
+    [
+        (3.1, ">=", 3.0, True),
+        (2.9, ">=", 3.0, False),
+        (0.2, "<=", 0.3, True),
+        (None, "<=", 0.3, None),
+    ],
+)
+def test_check_against_target(
+    measured: float | None, op: str, limit: float, met: bool | None
+) -> None:
+    assert stats.check(measured, op, limit) is met
+
+
+def test_summaries_take_medians_per_field_and_per_role() -> None:
+    samples = [
+        {"rps": 10.0, "cpu": {"proxy": 50.0, "redis": 5.0}},
+        {"rps": 30.0, "cpu": {"proxy": 70.0}},
+        {"rps": 20.0, "cpu": {"proxy": 60.0, "redis": 7.0}},
+    ]
+    assert stats.summarize(samples, ["rps", "missing"]) == {"rps": 20.0, "missing": None}
+    assert stats.summarize_nested(samples, "cpu") == {"proxy": 60.0, "redis": 6.0}
+    assert stats.within(90.0, 100.0, 0.1) is True
+    assert stats.within(89.0, 100.0, 0.1) is False
+    assert stats.growth_fraction(100.0, 105.0) == pytest.approx(0.05)
+
+
+# -- keys and picking ---------------------------------------------------------------
+
+
+def test_generated_keys_are_well_formed_unique_and_reproducible() -> None:
+    keys = keyspace.generate_keys(2000, seed=7)
+    assert all(apikeys.well_formed(k) for k in keys)
+    assert len(set(keys)) == 2000
+    assert keyspace.generate_keys(10, seed=7) == keys[:10]
+    assert keyspace.generate_keys(10, seed=8) != keys[:10]
+
+
+def test_accounts_carry_their_shard_and_ids() -> None:
+    accounts = list(keyspace.accounts(5, shards=16))
+    assert [a.index for a in accounts] == [0, 1, 2, 3, 4]
+    assert accounts[3].account_id == "acct_bench000000000003"
+    assert accounts[3].key_id == "key_bench000000000003"
+    assert all(0 <= a.shard < 16 for a in accounts)
+    assert [a.key for a in keyspace.accounts(5, 16, start=3)] == [a.key for a in accounts[3:]]
+
+
+def test_zipf_cdf_is_increasing_and_ends_at_one() -> None:
+    cdf = keyspace.zipf_cdf(1000, 0.99)
+    assert cdf[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in itertools.pairwise(cdf))
+    # rank 1 gets 1 / H(n, s) of the traffic
+    harmonic = sum(1 / k**0.99 for k in range(1, 1001))
+    assert cdf[0] == pytest.approx(1 / harmonic)
+    with pytest.raises(ValueError):
+        keyspace.zipf_cdf(0)
+
+
+@pytest.mark.parametrize(
+    ("u", "index"), [(0.0, 0), (0.5, 0), (0.5000001, 1), (0.75, 1), (0.76, 2), (0.9999, 2)]
+)
+def test_pick_finds_the_first_rank_reaching_u(u: float, index: int) -> None:
+    assert keyspace.pick([0.5, 0.75, 1.0], u) == index
+
+
+def test_pick_uniform_covers_every_index() -> None:
+    assert keyspace.pick_uniform(4, 0.0) == 0
+    assert keyspace.pick_uniform(4, 0.2499) == 0
+    assert keyspace.pick_uniform(4, 0.25) == 1
+    assert keyspace.pick_uniform(4, 0.999999) == 3
+    assert keyspace.pick_uniform(4, 1.0) == 3
+
+
+def test_zipf_picking_follows_the_distribution() -> None:
+    n, s, draws = 100, 1.0, 200_000
+    picker = keyspace.KeyPicker(n, "zipf", s, rng=random.Random(1))
+    counts = Counter(picker() for _ in range(draws))
+    harmonic = sum(1 / k**s for k in range(1, n + 1))
+    for rank in (1, 2, 10, 100):
+        expected = draws / (rank**s * harmonic)
+        assert counts[rank - 1] == pytest.approx(expected, rel=0.1)
+    assert counts[0] > 1.8 * counts[1] and counts[0] > 90 * counts[99]
+
+
+def test_uniform_picking_is_flat() -> None:
+    picker = keyspace.KeyPicker(10, "uniform", rng=random.Random(2))
+    counts = Counter(picker() for _ in range(100_000))
+    assert set(counts) == set(range(10))
+    assert max(counts.values()) / min(counts.values()) < 1.1
+    with pytest.raises(ValueError):
+        keyspace.KeyPicker(10, "pareto")
+
+
+def test_the_lua_script_mirrors_the_python_picker() -> None:
+    lua = wrk.LUA_SCRIPT.read_text()
+    for needle in (
+        "WRK_KEYS_FILE",
+        "WRK_KEYS_DIST",
+        "WRK_ZIPF_S",
+        "WRK_KEYS_LIMIT",
+        "1.0 / (k ^ s)",
+    ):
+        assert needle in lua
+    assert "if cdf[mid] < u then lo = mid + 1 else hi = mid end" in lua  # bisect_left
+
+
+# -- /proc and Redis parsing --------------------------------------------------------
+
+
+def test_parse_proc_stat_with_an_awkward_command_name() -> None:
+    text = "4242 (a b) c)) S 17 4242 4242 0 -1 4194560 1234 0 0 0 250 75 3 4 20 0 1 0 100 0 0"
+    assert procstat.parse_stat(text) == (17, 325)
+    assert procstat.parse_vmrss_kb("Name:\tx\nVmRSS:\t  51200 kB\nThreads:\t1\n") == 51200
+    assert procstat.parse_vmrss_kb("Name:\tzombie\n") == 0
+
+
+def test_commandstats_separate_scripts_external_and_executed() -> None:
+    info = {
+        "cmdstat_evalsha": {"calls": 100, "usec": 1},
+        "cmdstat_hmget": {"calls": 100, "usec": 1},
+        "cmdstat_xadd": {"calls": 100, "usec": 1},
+        "cmdstat_hgetall": {"calls": 5, "usec": 1},
+        "cmdstat_info": {"calls": 9, "usec": 1},
+        "errorstat_ERR": {"count": 1},
+    }
+    inside = frozenset({"hmget", "xadd"})
+    assert redis_side.parse_commandstats(info, inside) == (100, 105, 305)
+    assert {"hmget", "xadd", "hincrby"} <= redis_side.commands_inside_scripts()
+
+
+def test_counts_delta_leaves_out_the_harness_own_info_calls() -> None:
+    before = redis_side.CommandCounts(10, 12, 50, 100)
+    after = redis_side.CommandCounts(20, 23, 90, 112)
+    assert redis_side.counts_delta(before, after) == redis_side.CommandCounts(10, 11, 40, 10)
+
+
+def test_resp_encoding() -> None:
+    assert redis_side.resp("HGET", "k", 12) == b"*3\r\n$4\r\nHGET\r\n$1\r\nk\r\n$2\r\n12\r\n"
+    assert redis_side.resp(b"\x00") == b"*1\r\n$1\r\n\x00\r\n"
+
+
+def test_nginx_config_keeps_upstream_connections_alive() -> None:
+    conf = servers.nginx_config(Path("/tmp/n"), 8001, 9001, workers=2)
+    assert "worker_processes 2;" in conf
+    assert "server 127.0.0.1:9001;" in conf and "listen 127.0.0.1:8001" in conf
+    assert "keepalive 512;" in conf and 'proxy_set_header Connection "";' in conf
+    assert "proxy_http_version 1.1;" in conf and "access_log off;" in conf
+
+
+# -- the report ---------------------------------------------------------------------
+
+
+def _config(
+    rps: float, p99_c1: float, proxy_us: float | None = 50.0, **extra: Any
+) -> dict[str, Any]:
+    c64 = {"rps": rps, "p50_ms": 1.0, "p99_ms": 3.0, "cpu_us_per_call": {"proxy": proxy_us}}
+    c64.update(extra)
+    return {
+        "status": "ok",
+        "processes": 1,
+        "c64": c64,
+        "c1": {"rps": 5000.0, "p50_ms": 0.1, "p99_ms": p99_c1, "cpu_us_per_call": {}},
+        "rss_kb": {"start": 40_000, "after_warmup": 50_000, "end": 51_000, "samples": []},
+    }
+
+
+def _results() -> dict[str, Any]:
+    redis_figures = {
+        "calls_per_admission": 0.15,
+        "round_trips_per_admission": 0.12,
+        "scripts_per_admission": 0.1,
+        "executed_per_admission": 4.1,
+    }
+    gateway = _config(24_000.0, 0.45, redis=redis_figures)
+    gateway["exactness"] = {
+        "exact": True,
+        "checks": {"debited_equals_events_x_price": True},
+        "price_micros": 1000,
+        "usage_events": 10,
+        "debited_micros": 10_000,
+        "wrk_admitted": 9,
+        "in_flight_bound": 1,
+        "probe_calls": 1,
+        "probe_admitted": 1,
+    }
+    sweep_points = [
+        {"configuration": "gateway", "accounts": a, "distribution": d, "connections": c, "rps": r,
+         "p99_ms": 5.0}
+        for a, d, c, r in [
+            (1, "uniform", 64, 24_000.0), (1, "uniform", 256, 22_000.0),
+            (1, "uniform", 1024, 18_000.0), (1_000_000, "uniform", 64, 20_000.0),
+            (1_000_000, "zipf", 64, 23_000.0),
+        ]
+    ]  # fmt: skip
+    return {
+        "configurations": {
+            "upstream": _config(110_000.0, 0.2, None),
+            "nginx": _config(50_000.0, 0.3),
+            "aiohttp": _config(8_000.0, 0.5),
+            "gateway": gateway,
+            "gateway-2w": {"status": "failed", "error": "gateway-2w exited with 1\nTraceback"},
+        },
+        "sweep": {
+            "concurrency": [
+                {
+                    "configuration": "nginx",
+                    "accounts": 1,
+                    "connections": 64,
+                    "rps": 50_000.0,
+                    "p99_ms": 3.0,
+                }
+            ],
+            "gateway": sweep_points,
+            "exactness": [],
+        },
+        "date": "2026-01-01 00:00:00 UTC",
+        "machine": {"cores": 2, "cpu": "x", "memory_gib": 24, "kernel": "6"},
+        "versions": dict.fromkeys(
+            ("python", "aiohttp", "uvloop", "wrk", "nginx", "redis_server"), "1"
+        ),
+        "git": {"commit": "abc", "dirty": False},
+        "command": "python -m loadtests.bench",
+        "quick": False,
+        "duration_s": 900.0,
+    }
+
+
+def test_headline_ratios_and_targets() -> None:
+    h = figures.headline(_results())
+    assert h["gateway_vs_aiohttp"] == pytest.approx(3.0)
+    assert h["gateway_vs_nginx"] == pytest.approx(0.48)
+    assert h["gateway_2w_vs_aiohttp"] is None  # it failed
+    assert h["added_p99_ms_c1"] == pytest.approx(0.25)
+    assert h["redis_calls_per_admission"] == 0.15
+    assert h["redis_round_trips_per_admission"] == 0.12
+    assert h["sweep_c256_vs_c64"] == pytest.approx(22 / 24)
+    assert h["sweep_c1024_vs_c64"] == pytest.approx(0.75)
+    assert h["sweep_1m_zipf_vs_1"] == pytest.approx(23 / 24)
+    assert h["gateway_rss_growth_after_warmup"] == pytest.approx(0.02)
+    assert h["exact"] is True
+    met = {t["target"]: t["met"] for t in h["targets"]}
+    assert met["gateway / aiohttp throughput (goal)"] is True
+    assert met["throughput at c1024 / c64"] is False
+    assert met["1M accounts (uniform) / 1 account at c64"] is False
+
+
+def test_markdown_has_the_ratio_table_and_reports_failures() -> None:
+    results = _results()
+    results["headline"] = figures.headline(results)
+    text = report.markdown(results)
+    assert "| gateway / plain aiohttp proxy | 3.00x |" in text
+    assert "| gateway / nginx | 0.48x |" in text
+    assert "| gateway-2w | failed: gateway-2w exited with 1 |" in text
+    assert "| 1,000,000 | zipf |" in text
+
+
+def test_readme_section_is_replaced_between_the_markers(tmp_path: Path) -> None:
+    results = _results()
+    results["headline"] = figures.headline(results)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Load\n\nbefore\n{report.README_START}\nold\n{report.README_END}\nafter\n")
+    assert report.update_readme(results, readme)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# Load\n\nbefore\n") and text.endswith("after\n")
+    assert "| gateway / plain aiohttp proxy | 3.00x |" in text
+    assert "#### Ratios" in text
+    readme.write_text("no markers\n")
+    assert not report.update_readme(results, readme)
+
+
+def test_write_saves_latest_and_timestamped_files(tmp_path: Path) -> None:
+    results = _results()
+    for key in ("date", "machine", "versions", "git", "command", "quick"):
+        results.pop(key)
+    args = argparse.Namespace(quick=True, skip_sweep=False, skip_gateway=False, only="")
+    written = report.write(results, args, tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [p.name for p in written][:2] == ["latest.json", "latest.md"]
+    assert len([n for n in names if n.endswith(".json")]) == 2  # latest + timestamped
+    saved = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert saved["gateway_vs_aiohttp"] == pytest.approx(3.0)
+    assert saved["gateway_vs_nginx"] == pytest.approx(0.48)
+    assert saved["added_p99_ms_c1"] == pytest.approx(0.25)
+    assert saved["redis_calls_per_admission"] == 0.15
+    assert saved["machine"]["cores"] and "commit" in saved["git"]
+
+
+def test_exit_code_flags_failures_errors_and_inexact_metering() -> None:
+    args = argparse.Namespace()
+    ok = {"status": "ok", "errors": {"requests": 100, "non_2xx": 0, "socket": 0}}
+    assert bench.exit_code({"configurations": {"nginx": ok}}, args) == 0
+    failing = {"status": "failed", "error": "gateway did not answer\nlog tail"}
+    assert bench.exit_code({"configurations": {"gateway": failing}}, args) == 1
+    refused = {**ok, "errors": {"requests": 100, "non_2xx": 100, "socket": 0}}
+    assert bench.exit_code({"configurations": {"gateway": refused}}, args) == 1
+    inexact = {**ok, "exactness": {"exact": False, "checks": {"probe_debit_exact": False}}}
+    assert bench.exit_code({"configurations": {"gateway": inexact}}, args) == 1
+    swept = {"configurations": {}, "sweep": {"exactness": [{"accounts": 1000, "exact": False}]}}
+    assert bench.exit_code(swept, args) == 1
+    assert bench.exit_code({"configurations": {}, "aborted": "Traceback\nKeyError: x\n"}, args) == 1
+
+
+def test_machine_busy_time_counts_process_time_only() -> None:
+    text = "cpu  1000 50 400 9000 30 20 600 10 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    busy, total = procstat.parse_system_busy(text)
+    ticks = procstat.CLOCK_TICKS
+    assert busy == pytest.approx(1450 / ticks)  # user + nice + system; not irq, softirq, steal
+    assert total == pytest.approx(11110 / ticks)
+    with pytest.raises(ValueError):
+        procstat.parse_system_busy("intr 1 2 3\n")
+
+
+def test_variants_and_selection() -> None:
+    args = bench.parse_args(["--variant", "gateway-rp:METER_REDIS_CLIENT=redis-py,METER_X=1"])
+    assert args.variants["gateway-rp"] == {"METER_REDIS_CLIENT": "redis-py", "METER_X": "1"}
+    assert bench.selected(args)[-2:] == ["gateway-aiohttp", "gateway-rp"]
+    quick = bench.parse_args(["--quick"])
+    assert "gateway-aiohttp" not in bench.selected(quick)
+    assert bench.selected(bench.parse_args(["--quick", "--only", "gateway-aiohttp"])) == [
+        "gateway-aiohttp"
+    ]
+    assert bench.selected(bench.parse_args(["--skip-gateway"])) == [
+        "upstream", "nginx", "nginx-2w", "aiohttp"
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variant", "nginx:X=1"])
+    with pytest.raises(SystemExit):
+        bench.selected(bench.parse_args(["--only", "haproxy"]))
