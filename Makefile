@@ -32,7 +32,8 @@ mypy: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python -m loadtests.bench
+	$(BIN)/python -c 'import locust, matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[load]'
+	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 ledger-bench: install
 	$(BIN)/python -m loadtests.ledger_bench

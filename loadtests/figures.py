@@ -1,0 +1,115 @@
+"""The headline figures of a run and the issue's targets, computed from the results.
+
+``headline`` gives the ratios against the plain aiohttp proxy and nginx, the
+latency one hop adds at 1 connection, Redis calls per admission, the sweep's
+ratios and RSS growth; ``targets`` checks them against issue 4's targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import stats
+
+# The headline figures repeated at the top level of latest.json.
+TOP_LEVEL = (
+    "gateway_vs_aiohttp",
+    "gateway_vs_nginx",
+    "added_p99_ms_c1",
+    "redis_calls_per_admission",
+)
+
+
+def _config(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    r = results.get("configurations", {}).get(name)
+    return r if r and r.get("status") == "ok" else None
+
+
+def _get(results: dict[str, Any], name: str, *path: str) -> Any:
+    node: Any = _config(results, name)
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _sweep_rps(results: dict[str, Any], accounts: int, dist: str, connections: int) -> float | None:
+    for p in results.get("sweep", {}).get("gateway", []):
+        if (p["accounts"], p["distribution"], p["connections"]) == (accounts, dist, connections):
+            return p["rps"]  # type: ignore[no-any-return]
+    return None
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    rps = {name: _get(results, name, "c64", "rps") for name in results.get("configurations", {})}
+    names = list(results.get("configurations", {}))
+    p99_c1 = {name: _get(results, name, "c1", "p99_ms") for name in names}
+    p50_c1 = {name: _get(results, name, "c1", "p50_ms") for name in names}
+    redis_figures = _get(results, "gateway", "c64", "redis") or {}
+    rss = _get(results, "gateway", "rss_kb") or {}
+    out: dict[str, Any] = {
+        "gateway_vs_aiohttp": stats.ratio(rps.get("gateway"), rps.get("aiohttp")),
+        "gateway_vs_nginx": stats.ratio(rps.get("gateway"), rps.get("nginx")),
+        "gateway_2w_vs_aiohttp": stats.ratio(rps.get("gateway-2w"), rps.get("aiohttp")),
+        "gateway_2w_vs_nginx_2w": stats.ratio(rps.get("gateway-2w"), rps.get("nginx-2w")),
+        "aiohttp_vs_nginx": stats.ratio(rps.get("aiohttp"), rps.get("nginx")),
+        "added_p99_ms_c1": stats.difference(p99_c1.get("gateway"), p99_c1.get("upstream")),
+        "added_p99_ms_c1_nginx": stats.difference(p99_c1.get("nginx"), p99_c1.get("upstream")),
+        "added_p99_ms_c1_aiohttp": stats.difference(p99_c1.get("aiohttp"), p99_c1.get("upstream")),
+        # the median is far steadier than p99 at one connection on a VM (wake-up latency)
+        "added_p50_ms_c1": stats.difference(p50_c1.get("gateway"), p50_c1.get("upstream")),
+        "added_p50_ms_c1_nginx": stats.difference(p50_c1.get("nginx"), p50_c1.get("upstream")),
+        "added_p50_ms_c1_aiohttp": stats.difference(p50_c1.get("aiohttp"), p50_c1.get("upstream")),
+        "redis_calls_per_admission": redis_figures.get("calls_per_admission"),
+        "redis_round_trips_per_admission": redis_figures.get("round_trips_per_admission"),
+        "redis_scripts_per_admission": redis_figures.get("scripts_per_admission"),
+        "redis_commands_executed_per_admission": redis_figures.get("executed_per_admission"),
+        "gateway_cpu_us_per_call": _get(results, "gateway", "c64", "cpu_us_per_call", "proxy"),
+        "gateway_rss_growth_after_warmup": stats.growth_fraction(
+            rss.get("after_warmup"), rss.get("end")
+        ),
+    }
+    out["variants_vs_aiohttp"] = {
+        name: stats.ratio(rps[name], rps.get("aiohttp"))
+        for name in names
+        if name.startswith("gateway-") and name != "gateway-2w" and rps.get(name)
+    }
+    c64 = _sweep_rps(results, 1, "uniform", 64)
+    out["sweep_c256_vs_c64"] = stats.ratio(_sweep_rps(results, 1, "uniform", 256), c64)
+    out["sweep_c1024_vs_c64"] = stats.ratio(_sweep_rps(results, 1, "uniform", 1024), c64)
+    out["sweep_1m_uniform_vs_1"] = stats.ratio(_sweep_rps(results, 1_000_000, "uniform", 64), c64)
+    out["sweep_1m_zipf_vs_1"] = stats.ratio(_sweep_rps(results, 1_000_000, "zipf", 64), c64)
+    exact = [
+        r["exactness"]["exact"]
+        for r in results.get("configurations", {}).values()
+        if "exactness" in r
+    ]
+    exact += [e.get("exact", False) for e in results.get("sweep", {}).get("exactness", [])]
+    out["exact"] = all(exact) if exact else None
+    out["targets"] = targets(out)
+    return out
+
+
+def targets(h: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with what this run measured."""
+    rows = [
+        ("gateway / aiohttp throughput (goal)", "gateway_vs_aiohttp", ">=", 3.0),
+        ("gateway / aiohttp throughput (floor)", "gateway_vs_aiohttp", ">=", 2.0),
+        ("gateway / nginx throughput", "gateway_vs_nginx", ">=", 0.3),
+        ("p99 added at 1 connection (ms)", "added_p99_ms_c1", "<=", 0.3),
+        ("Redis round trips per admission at c64", "redis_round_trips_per_admission", "<=", 0.2),
+        ("throughput at c256 / c64", "sweep_c256_vs_c64", ">=", 0.85),
+        ("throughput at c1024 / c64", "sweep_c1024_vs_c64", ">=", 0.85),
+        ("1M accounts (uniform) / 1 account at c64", "sweep_1m_uniform_vs_1", ">=", 0.9),
+        ("1M accounts (Zipf) / 1 account at c64", "sweep_1m_zipf_vs_1", ">=", 0.9),
+        ("RSS growth after warm-up", "gateway_rss_growth_after_warmup", "<=", 0.1),
+    ]
+    out = [
+        {"target": label, "figure": key, "op": op, "limit": limit, "measured": h.get(key),
+         "met": stats.check(h.get(key), op, limit)}
+        for label, key, op, limit in rows
+    ]  # fmt: skip
+    out.append({"target": "metering exact in every gateway run", "figure": "exact", "op": "==",
+                "limit": True, "measured": h.get("exact"), "met": h.get("exact")})  # fmt: skip
+    return out

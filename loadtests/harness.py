@@ -1,0 +1,389 @@
+"""The measuring session behind `make bench`: its servers, its runs, its sweep.
+
+A ``Bench`` owns one Redis (temporary folder), the echo upstream, the API keys
+and what has been provisioned. ``main_comparison`` starts every configuration
+at once and measures them interleaved, round by round (warm-up, runs at 64
+connections and at 1, RSS, exactness for each gateway, which has a Redis
+database of its own); ``sweep`` measures throughput and p99 against
+concurrency and, for the gateway, against the number of accounts and their key
+distribution. A run during which other programs used the CPU is run again
+(within a budget), and the machine is given time to go quiet before each round
+and sweep point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+
+from meter import local_servers
+
+from . import keyspace, measure, procstat, redis_side, servers, wrk
+from .servers import Server, ServerFailed
+
+SHARDS = 16
+MAIN_CONFIGS = ("upstream", "nginx", "nginx-2w", "aiohttp", "gateway", "gateway-2w")
+# Gateway variants (1 worker, extra settings) measured by the full plan: the issue keeps
+# the aiohttp server as a mode so that what the raw server gains stays measurable.
+DEFAULT_VARIANTS = {"gateway-aiohttp": {"METER_GATEWAY_SERVER": "aiohttp"}}
+RERUNS_PER_RUN = 2  # a noisy run is run again at most this often (then kept, marked noisy)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    warmup_s: int
+    run_s: int
+    runs: int
+    c1_run_s: int
+    c1_runs: int
+    sweep_concurrency: tuple[int, ...]
+    sweep_accounts: tuple[int, ...]
+    sweep_baselines: tuple[str, ...]
+    sweep_warmup_s: int
+    sweep_run_s: int
+    sweep_runs: int
+
+
+FULL = Plan(
+    warmup_s=3, run_s=5, runs=3, c1_run_s=3, c1_runs=5,
+    sweep_concurrency=(1, 16, 64, 256, 1024), sweep_accounts=(1, 1_000, 1_000_000),
+    sweep_baselines=("upstream", "nginx", "aiohttp"),
+    sweep_warmup_s=1, sweep_run_s=3, sweep_runs=3,
+)  # fmt: skip
+QUICK = Plan(
+    warmup_s=1, run_s=2, runs=3, c1_run_s=1, c1_runs=3,
+    sweep_concurrency=(1, 64, 1024), sweep_accounts=(1, 1_000, 100_000),
+    sweep_baselines=("nginx", "aiohttp"),
+    sweep_warmup_s=1, sweep_run_s=2, sweep_runs=1,
+)  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def gateway_environment(redis_url: str, upstream_url: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
+    env.update(
+        {
+            "METER_REDIS_URL": redis_url,
+            # never used by the gateway: it does not touch Postgres
+            "METER_DATABASE_URL": "postgresql://bench@127.0.0.1:1/unused",
+            "METER_UPSTREAM_URL": upstream_url,
+            "METER_SHARDS": str(SHARDS),
+            # like nginx's access_log off: no per-call log lines in the measured path
+            "METER_LOG_LEVEL": "warning",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def describe(profile: dict[str, Any]) -> str:
+    """One log line for a configuration's profile."""
+    c64, c1, errors = profile["c64"], profile["c1"], profile["errors"]
+    us = c64["cpu_us_per_call"].get("proxy")
+    text = (
+        f"{c64['rps']:,.0f} req/s at c64 (p99 {c64['p99_ms']:.2f} ms), "
+        f"p99 {c1['p99_ms']:.3f} ms at c1" + (f", {us:.0f} us/call" if us is not None else "")
+    )
+    if errors["non_2xx"] or errors["socket"]:
+        text += f"; ERRORS: {errors['non_2xx']:,} non-2xx, {errors['socket']:,} socket"
+    if "exactness" in profile:
+        text += f"; exact: {profile['exactness']['exact']}"
+    return text
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, plan: Plan, folder: Path) -> None:
+        self.args, self.plan, self.folder = args, plan, folder
+        self.path: str = args.path
+        self.redis = local_servers.start_redis(folder / "redis")
+        self.client = redis_sync.Redis.from_url(self.redis.url)
+        try:
+            self.upstream = servers.start_upstream(folder)
+        except BaseException:
+            self.redis.stop()
+            raise
+        needed = max([args.main_accounts, *(plan.sweep_accounts if not args.skip_sweep else ())])
+        log(f"making {needed:,} API keys ...")
+        self.accounts = list(keyspace.accounts(needed, SHARDS))
+        self.keys_file = keyspace.write_keys_file(
+            folder / "keys.txt", [a.key for a in self.accounts]
+        )
+        self.provisioned = 0
+        self.provisioning_s: dict[str, float] = {}
+        self.retries_left = args.noise_retries
+        self.noisy_reruns = 0
+        self.quiet_waited_s = 0.0
+        self.gateway_env = gateway_environment(self.redis.url, self.upstream.url, args.gateway_env)
+
+    def close(self) -> None:
+        self.upstream.stop()
+        self.client.close()
+        self.redis.stop()
+
+    def provision(self, count: int) -> None:
+        if count <= self.provisioned:
+            return
+        log(f"provisioning accounts {self.provisioned:,} .. {count:,} in Redis ...")
+        took = redis_side.provision(self.redis.url, self.accounts[self.provisioned : count])
+        self.provisioning_s[str(count)] = round(took, 2)
+        log(f"  {count - self.provisioned:,} accounts in {took:.1f}s")
+        self.provisioned = count
+
+    def load(self, accounts: int, distribution: str = "uniform") -> wrk.Load:
+        return wrk.Load(self.keys_file, distribution, accounts, self.args.zipf_s)
+
+    # -- servers ----------------------------------------------------------------------
+
+    def start(self, name: str, db: int = 0) -> Server:
+        """Start a configuration; a gateway talks to Redis database ``db``."""
+        if name == "upstream":
+            return self.upstream
+        if name in ("nginx", "nginx-2w"):
+            return servers.start_nginx(self.folder, self.upstream.url, 1 if name == "nginx" else 2)
+        if name == "aiohttp":
+            return servers.start_plain_proxy(self.folder, self.upstream.url)
+        env = {**self.gateway_env, "METER_REDIS_URL": self.redis_url(db)}
+        if name in ("gateway", "gateway-2w"):
+            workers = 1 if name == "gateway" else self.args.workers
+            return servers.start_gateway(self.folder, env, workers, name)
+        if name in self.args.variants:
+            return servers.start_gateway(self.folder, {**env, **self.args.variants[name]}, 1, name)
+        raise ValueError(name)
+
+    @contextlib.contextmanager
+    def running(self, name: str) -> Iterator[Server]:
+        server = self.start(name)
+        try:
+            yield server
+        finally:
+            if server is not self.upstream:
+                server.stop()
+
+    def probe(self, server: Server) -> measure.Probe:
+        roles = {"upstream": self.upstream.pid, "redis": self.redis.proc.pid}
+        if server is not self.upstream:
+            roles = {"proxy": server.pid, **roles}
+        return measure.Probe(roles, rss_root=server.pid)
+
+    # -- measuring --------------------------------------------------------------------
+
+    def run(
+        self,
+        server: Server,
+        connections: int,
+        seconds: int,
+        load: wrk.Load,
+        ledger: measure.Ledger | None,
+        *,
+        warmup: bool = False,
+    ) -> dict[str, Any]:
+        """One wrk run; again (within the run's retry budget) when other work shared the CPU."""
+        is_gateway = server.name.startswith("gateway")
+        limit = self.args.noise_threshold
+        again = RERUNS_PER_RUN
+        while True:
+            sample = measure.run_once(
+                server.url + self.path, connections, seconds, load, self.probe(server),
+                self.client if is_gateway else None,
+            )  # fmt: skip
+            if ledger is not None:
+                ledger.saw(sample["ok"], connections, int(sample["socket_errors"]))
+            if not server.alive():
+                raise ServerFailed(f"{server.name} died during the run; see {server.log}")
+            sample["noisy"] = sample["foreign_cores"] > limit
+            if warmup or not sample["noisy"] or self.retries_left <= 0 or again <= 0:
+                return sample
+            self.retries_left -= 1
+            self.noisy_reruns += 1
+            again -= 1
+            busy = sample["foreign_cores"]
+            log(f"  {server.name} c{connections}: {busy:.2f} cores busy elsewhere; again")
+            self.wait_quiet()
+
+    def wait_quiet(self) -> None:
+        """Before a configuration: wait until the machine is idle (within the run's budget)."""
+        budget = min(self.args.quiet_wait, self.args.quiet_budget - self.quiet_waited_s)
+        if budget <= 0:
+            return
+        started = time.monotonic()
+        busy = procstat.machine_busy_cores(0.5)
+        while busy > self.args.noise_threshold and time.monotonic() - started < budget:
+            log(f"  waiting for the machine to go quiet ({busy:.2f} cores busy elsewhere)")
+            time.sleep(5.0)
+            busy = procstat.machine_busy_cores(0.5)
+        self.quiet_waited_s += time.monotonic() - started
+
+    def redis_url(self, db: int) -> str:
+        return self.redis.url.rsplit("/", 1)[0] + f"/{db}"
+
+    def ledger(self, accounts: int, db: int = 0) -> measure.Ledger:
+        book = measure.Ledger(self.redis_url(db), SHARDS, self.accounts[:accounts])
+        book.start()
+        return book
+
+    def main_comparison(self, names: list[str], out: dict[str, Any]) -> None:
+        """Profile every configuration into ``out``, interleaved.
+
+        All of them are started at once (idle, they cost nothing) and measured in
+        rounds: each round runs each configuration once, in a rotating order, so
+        a change in the machine's background load between minutes falls on all of
+        them alike and the ratios stay honest. Each gateway has a Redis database
+        of its own (its accounts, its usage streams), so that its exactness check
+        sees its calls only.
+        """
+        p, accounts = self.plan, self.args.main_accounts
+        load = self.load(accounts)
+        live: dict[str, tuple[Server, measure.Ledger | None]] = {}
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        try:
+            gateways = 0
+            for name in names:
+                log(f"{name}: starting")
+                db = 0
+                if name.startswith("gateway"):
+                    gateways += 1
+                    db = gateways
+                    redis_side.provision(self.redis_url(db), self.accounts[:accounts])
+                try:
+                    server = self.start(name, db)
+                except ServerFailed as exc:
+                    log(f"{name}: FAILED: {exc}")
+                    out[name] = {"status": "failed", "error": str(exc)}
+                    continue
+                book = self.ledger(accounts, db) if db else None
+                live[name] = (server, book)
+                samples[name] = {"c64": [], "c1": []}
+                out[name] = {"status": "ok", "rss_kb": {"start": procstat.rss_kb(server.pid)}}
+            self.wait_quiet()
+            for name in list(live):
+                self.step(name, live, out, 64, p.warmup_s, load, None)
+                if name in live:
+                    out[name]["rss_kb"]["after_warmup"] = procstat.rss_kb(live[name][0].pid)
+            for connections, runs, seconds in ((64, p.runs, p.run_s), (1, p.c1_runs, p.c1_run_s)):
+                for round_ in range(runs):
+                    self.wait_quiet()
+                    order = list(live)
+                    for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                        into = samples[name]["c64" if connections == 64 else "c1"]
+                        self.step(name, live, out, connections, seconds, load, into)
+            for name, (server, book) in live.items():
+                c64, c1 = samples[name]["c64"], samples[name]["c1"]
+                out[name].update(
+                    processes=procstat.process_count(server.pid),
+                    c64=measure.summary(c64),
+                    c1=measure.summary(c1),
+                    errors=measure.error_totals(c64 + c1),
+                    samples=samples[name],
+                )
+                rss = out[name]["rss_kb"]
+                rss["end"] = procstat.rss_kb(server.pid)
+                rss["samples"] = [s.get("rss_kb") for s in c64 + c1]
+                if book is not None:
+                    out[name]["exactness"] = book.verify(server.url, self.path)
+                log(f"{name}: {describe(out[name])}")
+        finally:
+            for server, _ in live.values():
+                if server is not self.upstream:
+                    server.stop()
+
+    def step(
+        self,
+        name: str,
+        live: dict[str, tuple[Server, measure.Ledger | None]],
+        out: dict[str, Any],
+        connections: int,
+        seconds: int,
+        load: wrk.Load,
+        into: list[dict[str, Any]] | None,
+    ) -> None:
+        """One run of a live configuration; a failure takes it out of the comparison."""
+        server, book = live[name]
+        try:
+            sample = self.run(server, connections, seconds, load, book, warmup=into is None)
+        except (ServerFailed, wrk.WrkError, OSError) as exc:
+            log(f"{name}: FAILED: {exc}")
+            out[name] = {"status": "failed", "error": str(exc)}
+            del live[name]
+            if server is not self.upstream:
+                server.stop()
+            return
+        if into is not None:
+            into.append(sample)
+
+    # -- the sweep --------------------------------------------------------------------
+
+    def sweep_point(
+        self, server: Server, connections: int, load: wrk.Load, ledger: measure.Ledger | None
+    ) -> dict[str, Any]:
+        p = self.plan
+        self.wait_quiet()
+        self.run(server, connections, p.sweep_warmup_s, load, ledger, warmup=True)
+        samples = [
+            self.run(server, connections, p.sweep_run_s, load, ledger) for _ in range(p.sweep_runs)
+        ]
+        point = measure.summary(samples)
+        point["connections"] = connections
+        point["rss_kb"] = samples[-1].get("rss_kb")
+        return point
+
+    def sweep(self, failed: set[str], out: dict[str, Any]) -> None:
+        """Sweep concurrency and accounts into ``out`` (filled as it goes)."""
+        p = self.plan
+        concurrency: list[dict[str, Any]] = out.setdefault("concurrency", [])
+        for name in p.sweep_baselines:
+            if name in failed:
+                continue
+            try:
+                with self.running(name) as server:
+                    for c in p.sweep_concurrency:
+                        point = self.sweep_point(server, c, self.load(1), None)
+                        concurrency.append({"configuration": name, "accounts": 1, **point})
+                        rps, p99 = point["rps"], point["p99_ms"]
+                        log(f"sweep {name} c{c}: {rps:,.0f} req/s, p99 {p99:.2f} ms")
+            except (ServerFailed, wrk.WrkError, OSError) as exc:
+                log(f"sweep {name}: FAILED: {exc}")
+        gateway: list[dict[str, Any]] = out.setdefault("gateway", [])
+        exactness: list[dict[str, Any]] = out.setdefault("exactness", [])
+        if "gateway" not in failed and not self.args.skip_gateway:
+            for accounts in p.sweep_accounts:
+                self.provision(accounts)
+                try:
+                    with self.running("gateway") as server:
+                        book = self.ledger(accounts)
+                        rss_start = procstat.rss_kb(server.pid)
+                        for dist in ("uniform",) if accounts == 1 else ("uniform", "zipf"):
+                            for c in p.sweep_concurrency:
+                                point = self.sweep_point(server, c, self.load(accounts, dist), book)
+                                gateway.append(
+                                    {"configuration": "gateway", "accounts": accounts,
+                                     "distribution": dist, **point}
+                                )  # fmt: skip
+                                log(
+                                    f"sweep gateway {accounts:,} accounts {dist} c{c}: "
+                                    f"{point['rps']:,.0f} req/s, p99 {point['p99_ms']:.2f} ms"
+                                )
+                        rss_end = procstat.rss_kb(server.pid)
+                        check = book.verify(server.url, self.path)
+                        exactness.append(
+                            {
+                                "accounts": accounts,
+                                "rss_kb_start": rss_start,
+                                "rss_kb_end": rss_end,
+                                **check,
+                            }
+                        )
+                        log(f"sweep gateway {accounts:,} accounts: exact: {check['exact']}")
+                except (ServerFailed, wrk.WrkError, OSError) as exc:
+                    log(f"sweep gateway {accounts:,} accounts: FAILED: {exc}")
+                    exactness.append({"accounts": accounts, "error": str(exc), "exact": False})

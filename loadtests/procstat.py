@@ -1,0 +1,108 @@
+"""CPU time and memory of a process and its descendants, read from /proc.
+
+A multi-worker gateway runs its workers as children: their CPU is counted by
+walking the process tree at each sample (``cutime`` would only count children
+that have exited). Parsing is split from reading so it can be tested on text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROC = Path("/proc")
+
+
+def parse_stat(text: str) -> tuple[int, int]:
+    """``/proc/<pid>/stat`` -> (ppid, utime + stime in clock ticks)."""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = text[text.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    return int(rest[1]), int(rest[11]) + int(rest[12])
+
+
+def parse_vmrss_kb(status_text: str) -> int:
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0  # a zombie has no VmRSS
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and every live descendant."""
+    children: dict[int, list[int]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        text = _read(entry / "stat")
+        if text is None:
+            continue
+        ppid, _ = parse_stat(text)
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    """user + system CPU of ``root`` and its live descendants, in seconds."""
+    ticks = 0
+    for pid in tree(root):
+        text = _read(PROC / str(pid) / "stat")
+        if text is not None:
+            ticks += parse_stat(text)[1]
+    return ticks / CLOCK_TICKS
+
+
+def rss_kb(root: int) -> int:
+    """Resident memory of ``root`` and its live descendants, summed (KiB)."""
+    total = 0
+    for pid in tree(root):
+        text = _read(PROC / str(pid) / "status")
+        if text is not None:
+            total += parse_vmrss_kb(text)
+    return total
+
+
+def process_count(root: int) -> int:
+    return len(tree(root))
+
+
+def parse_system_busy(stat_text: str) -> tuple[float, float]:
+    """The ``cpu`` line of ``/proc/stat`` -> (process time, total) in seconds, all cores.
+
+    Process time is user + nice + system: what processes are charged. Interrupt
+    and softirq time (loopback networking under load runs there: about a core at
+    one connection here) and steal are left out, so that what is left over after
+    subtracting the processes under test is other programs' work.
+    """
+    for line in stat_text.splitlines():
+        if line.startswith("cpu "):
+            ticks = [int(v) for v in line.split()[1:]]
+            return sum(ticks[:3]) / CLOCK_TICKS, sum(ticks[:8]) / CLOCK_TICKS
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all processes together have been charged since boot."""
+    return parse_system_busy((PROC / "stat").read_text())[0]
+
+
+def machine_busy_cores(interval: float) -> float:
+    """How many cores the machine kept busy over the next ``interval`` seconds."""
+    import time
+
+    before, t0 = system_busy_seconds(), time.monotonic()
+    time.sleep(interval)
+    return (system_busy_seconds() - before) / (time.monotonic() - t0)

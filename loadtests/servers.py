@@ -1,0 +1,241 @@
+"""The processes under test: echo upstream, nginx, the plain aiohttp proxy, the gateway.
+
+Each is started as its own process (the gateway exactly as an operator runs it,
+``python -m meter gateway`` configured by METER_* variables) and handed back as
+a ``Server``: its URL, the root pid whose process tree is measured, and a
+``stop``. A server that does not come up raises ``ServerFailed`` with the tail
+of its log, so the harness can report it and go on with the others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meter.local_servers import free_port
+
+from .procstat import process_count
+
+HERE = Path(__file__).parent
+GATEWAY_HEALTH = "/_meter/readyz"
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _spawn(
+    name: str, args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent
+        )
+    finally:
+        out.close()
+
+
+def wait_http(server: Server, path: str, timeout: float = 30.0) -> None:
+    """Until ``path`` answers 2xx, or fail with the server's log tail."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerFailed(
+                f"{server.name} exited with {server.proc.returncode} while starting; "
+                f"its log ({server.log}):\n{log_tail(server.log)}"
+            )
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=1) as resp:
+                if resp.status < 300:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    server.stop()
+    raise ServerFailed(
+        f"{server.name} did not answer {path} within {timeout:.0f}s ({last}); "
+        f"its log ({server.log}):\n{log_tail(server.log)}"
+    )
+
+
+def start_upstream(folder: Path) -> Server:
+    port = free_port()
+    log = folder / "upstream.log"
+    proc = _spawn(
+        "upstream", [sys.executable, "-m", "meter.echo_upstream", "--port", str(port)], log
+    )
+    server = Server("upstream", f"http://127.0.0.1:{port}", proc, log)
+    wait_http(server, "/healthz")
+    return server
+
+
+def start_plain_proxy(folder: Path, upstream_url: str) -> Server:
+    port = free_port()
+    log = folder / "plain_proxy.log"
+    args = [
+        sys.executable,
+        "-m",
+        "loadtests.plain_proxy",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream_url,
+    ]
+    server = Server("aiohttp", f"http://127.0.0.1:{port}", _spawn("aiohttp", args, log), log)
+    wait_http(server, "/healthz")
+    return server
+
+
+# -- nginx ---------------------------------------------------------------------------
+
+
+def ensure_debian_package(binary: str, package: str) -> str | None:
+    """``binary``'s path, installing Debian's ``package`` first when missing and we are root."""
+    found = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None
+    )
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    print(f"bench: installing {package} from Debian ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-qq", package]
+    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        subprocess.run(cmd, env=env, capture_output=True)
+    return shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None
+    )
+
+
+def nginx_config(folder: Path, port: int, upstream_port: int, workers: int) -> str:
+    """A plain reverse proxy with upstream keep-alive, no logging, everything in ``folder``."""
+    return f"""\
+worker_processes {workers};
+daemon off;
+master_process on;
+pid {folder}/nginx.pid;
+error_log {folder}/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{
+    worker_connections 16384;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/client_body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    upstream echo {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 512;
+        keepalive_requests 100000000;
+        keepalive_timeout 75s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(folder: Path, upstream_url: str, workers: int = 1) -> Server:
+    binary = ensure_debian_package("nginx", "nginx")
+    if binary is None:
+        raise ServerFailed("nginx is not installed (apt-get install nginx)")
+    conf_dir = folder / f"nginx-{workers}w"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(conf_dir, 0o755)  # workers may run as nobody
+    port = free_port()
+    upstream_port = int(upstream_url.rsplit(":", 1)[1])
+    conf = conf_dir / "nginx.conf"
+    conf.write_text(nginx_config(conf_dir, port, upstream_port, workers))
+    log = conf_dir / "nginx.out"
+    args = [binary, "-p", str(conf_dir), "-e", str(conf_dir / "nginx-error.log"), "-c", str(conf)]
+    name = "nginx" if workers == 1 else f"nginx-{workers}w"
+    server = Server(name, f"http://127.0.0.1:{port}", _spawn(name, args, log), log)
+    wait_http(server, "/healthz")
+    return server
+
+
+# -- the gateway ---------------------------------------------------------------------
+
+
+def start_gateway(folder: Path, env: dict[str, str], workers: int, name: str) -> Server:
+    """``python -m meter gateway`` with ``env`` (METER_* settings) and ``workers`` workers."""
+    port = free_port()
+    env = {
+        **env,
+        "METER_GATEWAY_HOST": "127.0.0.1",
+        "METER_GATEWAY_PORT": str(port),
+        "METER_GATEWAY_WORKERS": str(workers),
+    }
+    log = folder / f"{name}.log"
+    if not (HERE.parent / "gateway" / "service.py").exists():
+        raise ServerFailed("gateway/service.py does not exist yet: the gateway is not built")
+    proc = _spawn(name, [sys.executable, "-m", "meter", "gateway"], log, env)
+    server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+    wait_http(server, GATEWAY_HEALTH)
+    if workers > 1:  # the supervisor and every worker must be up before the load starts
+        deadline = time.monotonic() + 30
+        while process_count(server.pid) < workers + 1:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise ServerFailed(f"{name}: fewer than {workers} workers after 30s")
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the last worker bind
+    return server
