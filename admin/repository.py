@@ -11,21 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
 from admin.records import Account, ApiKey, LedgerEntry, Project
-from meter import entry_kinds
+from meter import entry_kinds, postgres_errors
 
 Conn = Any  # asyncpg.Connection | asyncpg.Pool (asyncpg ships no type hints)
 
 # Errors that mean "Postgres is unreachable", not "this query is wrong".
-CONNECTION_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
+CONNECTION_ERRORS = postgres_errors.UNAVAILABLE
 
 # Ledger kinds written here first and then credited in Redis. Usage and refunds
 # start in Redis (the gateway's scripts) and reach Postgres already applied.

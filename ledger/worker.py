@@ -33,6 +33,7 @@ from ledger.events import MS_PER_DAY
 from ledger.metrics import LedgerMetrics
 from ledger.ownership import plan_ownership
 from ledger.reconcile import reconcile_and_export
+from meter import postgres_errors
 from meter.settings import Settings
 
 log = logging.getLogger("meter.ledger")
@@ -41,13 +42,7 @@ Connect = Callable[[str], Awaitable[asyncpg.Connection]]
 
 # What a lost or broken connection raises (asyncpg's InternalClientError shows up when a
 # connection died in the middle of an operation).
-PG_ERRORS = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
+PG_ERRORS = postgres_errors.UNAVAILABLE
 MAINTENANCE_SECONDS = 600.0
 
 

@@ -280,3 +280,28 @@ async def test_a_partition_dropped_behind_its_back_is_made_again(
         await wait_for(lambda: caught_up(db, live_state, SHARDS), what="catch up again")
     assert await db.fetchval("select sum(amount) from usage_events") == 7
     assert await db.fetchval("select -sum(amount) from ledger_entries where kind = 'usage'") == 12
+
+
+async def test_the_worker_rides_out_postgres_terminating_its_connections(
+    db: asyncpg.Connection, live_state: LiveState, redis_url: str, database_url: str
+) -> None:
+    """An administrator shutdown (57P01, what a restarting server sends) is an outage to ride
+    out: the worker reconnects, takes its shards back and books what came meanwhile."""
+    accts = await accounts(db, live_state, 6)
+    settings = ledger_settings(redis_url, database_url)
+    async with running_worker(settings) as worker:
+        await wait_for(lambda: _owns_all(worker), what="the worker owning every shard")
+        killed = await db.fetchval(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+            " where datname = current_database() and pid <> pg_backend_pid()"
+        )
+        assert killed >= SHARDS  # one per owned shard, plus the control connection
+        traffic = await make_traffic(live_state, accts, 200, rng=random.Random(9))
+        await wait_for(lambda: _owns_all(worker), seconds=20, what="the shards taken back")
+        await wait_for(lambda: caught_up(db, live_state, SHARDS), what="catch up")
+    t = await totals(db)
+    assert t.duplicates == 0 and t.usage == traffic.charged == await redis_debited(db, live_state)
+
+
+async def _owns_all(worker: object) -> bool:
+    return len(worker.owned) == SHARDS  # type: ignore[attr-defined]
