@@ -11,11 +11,11 @@ both raise ``StateUnavailable`` (503) when Redis cannot answer.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from meter import keys
 from meter.admission_batcher import AdmissionBatcher
-from meter.live_state import Admission, Call, KeyRecord, StateUnavailable
+from meter.live_state import Admission, Call, KeyRecord, StateUnavailable, settle_arguments
 from meter.redis_pipe import RedisPipe
 from meter.scripts import SETTLE
 
@@ -40,29 +40,6 @@ class HotPathState(Protocol):
     def ping(self) -> Awaitable[None]: ...
 
     def close(self) -> Awaitable[None]: ...
-
-
-def settle_arguments(
-    call: Call, admitted: Admission, refund: int, admitted_day: int
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of settle.lua (the same as ``LiveState.settle`` sends)."""
-    return (
-        [
-            keys.account(call.shard, call.account_id),
-            keys.usage_stream(call.shard),
-            keys.settled(call.shard, admitted.event_id),
-        ],
-        [
-            refund,
-            admitted_day,
-            keys.SETTLED_TTL_SECONDS,
-            call.key_id,
-            call.project_id,
-            call.account_id,
-            call.route,
-            admitted.event_id,
-        ],
-    )
 
 
 class PipelinedState:

@@ -161,24 +161,7 @@ class LiveState:
         """Refund ``refund`` micros of an admitted call, once. Returns 1, 0 (already) or -1."""
         if refund <= 0:
             return 0
-        reply = await self._run(
-            SETTLE,
-            [
-                keys.account(call.shard, call.account_id),
-                keys.usage_stream(call.shard),
-                keys.settled(call.shard, admitted.event_id),
-            ],
-            [
-                refund,
-                admitted_day,
-                keys.SETTLED_TTL_SECONDS,
-                call.key_id,
-                call.project_id,
-                call.account_id,
-                call.route,
-                admitted.event_id,
-            ],
-        )
+        reply = await self._run(SETTLE, *settle_arguments(call, admitted, refund, admitted_day))
         return int(reply[0])
 
     # -- admin writes (each idempotent) ------------------------------------------------
@@ -265,6 +248,29 @@ def account_state_from_hash(raw: dict[bytes, bytes]) -> AccountState:
         notify_fired_day=num(b"nfd", NONE),
         limit_fired_day=num(b"lfd", NONE),
         low_fired=raw.get(b"low") == b"1",
+    )
+
+
+def settle_arguments(
+    call: Call, admitted: Admission, refund: int, admitted_day: int
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of settle.lua, for every adapter."""
+    return (
+        [
+            keys.account(call.shard, call.account_id),
+            keys.usage_stream(call.shard),
+            keys.settled(call.shard, admitted.event_id),
+        ],
+        [
+            refund,
+            admitted_day,
+            keys.SETTLED_TTL_SECONDS,
+            call.key_id,
+            call.project_id,
+            call.account_id,
+            call.route,
+            admitted.event_id,
+        ],
     )
 
 
