@@ -85,6 +85,14 @@ async def database_url(postgres_server: local_servers.PostgresServer) -> AsyncIt
 
 
 @pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
 async def live_state(redis_url: str) -> AsyncIterator[LiveState]:
     state = LiveState.from_url(redis_url)
     yield state

@@ -248,6 +248,10 @@ async def running_worker(settings: Settings, **kwargs: object) -> AsyncIterator[
         await client.aclose()
 
 
+async def owns_all(worker: LedgerWorker, shards: int) -> bool:
+    return len(worker.owned) == shards
+
+
 async def stream_lengths(state: LiveState, shards: int) -> int:
     return sum([await state.redis.xlen(keys.usage_stream(s)) for s in range(shards)])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -42,13 +41,6 @@ def clock() -> Clock:
 @pytest.fixture
 async def client(aiohttp_client: Any, redis_url: str, database_url: str, clock: Clock) -> Any:
     return await start(aiohttp_client, redis_url, database_url, clock)
-
-
-@pytest.fixture
-async def db(database_url: str) -> Any:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
 
 
 def a_call(account: dict[str, Any], key: dict[str, Any], price: int) -> Call:

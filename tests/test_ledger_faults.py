@@ -25,6 +25,7 @@ from ledger_fixtures import (
     fast_stop,
     ledger_settings,
     make_traffic,
+    owns_all,
     provision,
     redis_debited,
     running_worker,
@@ -36,7 +37,6 @@ from ledger_fixtures import (
 
 from ledger import store
 from ledger.reconcile import reconcile
-from ledger.worker import LedgerWorker
 from meter import keys, local_servers
 from meter.live_state import LiveState
 from meter.migrate import migrate
@@ -44,13 +44,6 @@ from meter.money import usd
 from meter.settings import CRASH_POINTS, Settings
 
 SHARDS = 4
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
 
 
 async def accounts(db: asyncpg.Connection, state: LiveState, n: int) -> list[Account]:
@@ -245,7 +238,7 @@ async def test_postgres_down_under_traffic_then_the_worker_catches_up(
     settings: Settings = ledger_settings(redis_url, database_url)
     async with running_worker(settings) as worker:
         async with flowing(live_state, accts, seed=31) as tally:
-            await wait_for(lambda: _owns_all(worker), what="the worker owning every shard")
+            await wait_for(lambda: owns_all(worker, SHARDS), what="the worker owning every shard")
             fast_stop(own_postgres)
             down_at, served = time.monotonic(), tally.admitted
             backlog_start = await stream_lengths(live_state, SHARDS)
@@ -262,7 +255,7 @@ async def test_postgres_down_under_traffic_then_the_worker_catches_up(
             await wait_for(backlog_grew, what="calls served and a backlog while Postgres is down")
             own_postgres.restart()
             await wait_for(
-                lambda: _owns_all(worker), seconds=20, what="the worker back on every shard"
+                lambda: owns_all(worker, SHARDS), seconds=20, what="the worker back on every shard"
             )
         db = await asyncpg.connect(database_url)
         try:
@@ -270,7 +263,3 @@ async def test_postgres_down_under_traffic_then_the_worker_catches_up(
             await assert_book_equals_redis(db, live_state, tally)
         finally:
             await db.close()
-
-
-async def _owns_all(worker: LedgerWorker) -> bool:
-    return len(worker.owned) == SHARDS

@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 from ledger_fixtures import (
     Account,
     caught_up,
     ledger_settings,
     make_traffic,
+    owns_all,
     provision,
     redis_debited,
     running_worker,
@@ -32,13 +31,6 @@ from meter.live_state import LiveState
 from meter.money import usd, utc_day
 
 SHARDS = 4
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
 
 
 async def accounts(
@@ -290,18 +282,14 @@ async def test_the_worker_rides_out_postgres_terminating_its_connections(
     accts = await accounts(db, live_state, 6)
     settings = ledger_settings(redis_url, database_url)
     async with running_worker(settings) as worker:
-        await wait_for(lambda: _owns_all(worker), what="the worker owning every shard")
+        await wait_for(lambda: owns_all(worker, SHARDS), what="the worker owning every shard")
         killed = await db.fetchval(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity"
             " where datname = current_database() and pid <> pg_backend_pid()"
         )
         assert killed >= SHARDS  # one per owned shard, plus the control connection
         traffic = await make_traffic(live_state, accts, 200, rng=random.Random(9))
-        await wait_for(lambda: _owns_all(worker), seconds=20, what="the shards taken back")
+        await wait_for(lambda: owns_all(worker, SHARDS), seconds=20, what="the shards taken back")
         await wait_for(lambda: caught_up(db, live_state, SHARDS), what="catch up")
     t = await totals(db)
     assert t.duplicates == 0 and t.usage == traffic.charged == await redis_debited(db, live_state)
-
-
-async def _owns_all(worker: object) -> bool:
-    return len(worker.owned) == SHARDS  # type: ignore[attr-defined]

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 from ledger_fixtures import (
     Account,
     add_credit,
@@ -30,13 +28,6 @@ from meter.live_state import LiveState
 from meter.money import usd
 
 SHARDS = 4
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
 
 
 async def accounts(db: asyncpg.Connection, state: LiveState, n: int) -> list[Account]:
