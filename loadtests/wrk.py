@@ -106,9 +106,11 @@ class Load:
     distribution: str = "uniform"
     keys_limit: int = 0
     zipf_s: float = 0.99
+    dynamic: bool = False  # build every request in Lua, even with one key (see wrk_keys.lua)
 
     def environment(self) -> dict[str, str]:
         return {
+            "WRK_KEYS_DYNAMIC": "1" if self.dynamic else "0",
             "WRK_KEYS_FILE": str(self.keys_file or ""),
             "WRK_KEYS_DIST": self.distribution,
             "WRK_KEYS_LIMIT": str(self.keys_limit),

@@ -6,6 +6,8 @@
 --   WRK_KEYS_DIST   uniform (default) or zipf
 --   WRK_ZIPF_S      Zipf exponent (default 0.99): key of rank k gets a share ~ 1/k^s
 --   WRK_KEYS_LIMIT  use only the first N keys of the file (default: all)
+--   WRK_KEYS_DYNAMIC  1: build each request in request() even for one key, so that
+--                     a one-key run costs wrk what a million-key run does
 --
 -- With zero or one key the request is static (wrk sends the same bytes each
 -- time, its fastest path); with more, request() picks a key per call by a
@@ -18,6 +20,7 @@ local path = os.getenv("WRK_KEYS_FILE") or ""
 local dist = os.getenv("WRK_KEYS_DIST") or "uniform"
 local s = tonumber(os.getenv("WRK_ZIPF_S") or "0.99")
 local limit = tonumber(os.getenv("WRK_KEYS_LIMIT") or "0")
+local dynamic = os.getenv("WRK_KEYS_DYNAMIC") == "1"
 
 if dist ~= "uniform" and dist ~= "zipf" then
   error("WRK_KEYS_DIST must be uniform or zipf, not " .. dist)
@@ -31,12 +34,13 @@ if path ~= "" then
     if #first == 2 then break end
   end
 end
+local many = #first == 2 and limit ~= 1
 
-if #first == 1 or (#first > 0 and limit == 1) then
+if not dynamic and not many and #first > 0 then
   wrk.headers["Authorization"] = "Bearer " .. first[1]
 end
 
-if #first == 2 and limit ~= 1 then
+if many or (dynamic and #first > 0) then
   local keys, n, cdf = nil, 0, nil
 
   local function load()

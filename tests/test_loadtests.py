@@ -1,13 +1,17 @@
-"""The benchmark harness's pure parts: wrk parsing, the arithmetic, key picking, reports.
+"""The benchmark harness: wrk parsing, the arithmetic, key picking, reports.
 
-No server is started and no load is sent here; `make bench` does that.
+Its pure parts are tested on captured output; the one piece that only wrk can
+run, ``wrk_keys.lua``, is driven through real wrk against a local server that
+counts the keys it receives. No gateway is measured here; `make bench` does that.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import math
+import os
 import random
 import sys
 from collections import Counter
@@ -16,6 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 # loadtests/ is run from the checkout (`python -m loadtests.bench`), not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -113,6 +118,53 @@ def test_load_environment_for_the_lua_script() -> None:
         "WRK_ZIPF_S": "1.1",
     }
     assert wrk.Load().environment()["WRK_KEYS_FILE"] == ""
+    assert wrk.Load(dynamic=True).environment()["WRK_KEYS_DYNAMIC"] == "1"
+
+
+async def keys_wrk_sends(tmp_path: Path, load: wrk.Load) -> Counter[str]:
+    """Run real wrk with ``wrk_keys.lua`` for a second; the Authorization headers it sent."""
+    seen: Counter[str] = Counter()
+
+    async def count(request: web.Request) -> web.Response:
+        seen[request.headers.get("Authorization", "")] += 1
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", count)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *wrk.command(f"http://127.0.0.1:{port}/v1/bench", 2, 1),
+            env={**os.environ, **load.environment()},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        assert wrk.parse(out.decode()).requests >= sum(seen.values()) - 2 > 0
+    finally:
+        await runner.cleanup()
+    return seen
+
+
+async def test_wrk_sends_the_keys_of_the_file(tmp_path: Path) -> None:
+    keys = [apikeys.generate() for _ in range(3)]
+    path = keyspace.write_keys_file(tmp_path / "keys.txt", keys)
+    bearer = {f"Bearer {k}" for k in keys}
+
+    one_static = await keys_wrk_sends(tmp_path, wrk.Load(path, keys_limit=1))
+    one_dynamic = await keys_wrk_sends(tmp_path, wrk.Load(path, keys_limit=1, dynamic=True))
+    three = await keys_wrk_sends(tmp_path, wrk.Load(path, keys_limit=3))
+    none = await keys_wrk_sends(tmp_path, wrk.Load())
+
+    assert set(one_static) == set(one_dynamic) == {f"Bearer {keys[0]}"}
+    assert set(three) == bearer  # uniform over the three: each is picked
+    assert min(three.values()) > sum(three.values()) / 10
+    assert set(none) == {""}
 
 
 # -- arithmetic ---------------------------------------------------------------------
