@@ -18,6 +18,7 @@ well-formed key is ever put in it, so a hit proves the shape, and the checksum
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,6 +28,7 @@ from gateway import errors
 from gateway.metrics import GatewayMetrics
 from meter import apikeys, live_state
 from meter.live_state import KeyRecord
+from meter.live_state import StateUnavailable as StateUnavailableError
 
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -112,7 +114,7 @@ class Identifier:
         self.lookup = lookup
         self.cache = cache
         self.metrics = metrics
-        self._pending: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._pending: dict[str, list[asyncio.Future[KeyRecord | None]]] = {}
 
     def cached(self, key: str | None) -> KeyRecord | None:
         """The record of a key the cache holds (a hit), without awaiting anything."""
@@ -144,25 +146,48 @@ class Identifier:
         return record
 
     async def _resolve(self, digest: str) -> KeyRecord | None:
-        # One lookup per digest however many calls wait on it; a caller that goes
-        # away (cancelled) does not cancel the lookup the others wait for.
-        lookup = self._pending.get(digest)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._fetch(digest))
-            self._pending[digest] = lookup
-            lookup.add_done_callback(lambda _: self._pending.pop(digest, None))
-        return await asyncio.shield(lookup)
-
-    async def _fetch(self, digest: str) -> KeyRecord | None:
-        started = time.perf_counter()
-        try:
-            record = await self.lookup.get_api_key(digest)
-        except live_state.StateUnavailable as exc:
-            raise errors.StateUnavailable(str(exc)) from exc
-        finally:
-            self.metrics.redis_key.observe(time.perf_counter() - started)
-        if record is None:
-            self.cache.put_unknown(digest)
+        # One lookup per digest however many calls wait on it. Each caller waits on
+        # its own future, so one that goes away (cancelled) cancels only its wait. No
+        # task per miss: the lookup's own future calls back (a task costs ~5 us).
+        waiting: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
+        waiters = self._pending.get(digest)
+        if waiters is not None:
+            waiters.append(waiting)
         else:
-            self.cache.put(digest, record)
-        return record
+            started = time.perf_counter()
+            try:
+                lookup = asyncio.ensure_future(self.lookup.get_api_key(digest))
+            except StateUnavailableError as exc:
+                raise errors.StateUnavailable(str(exc)) from exc
+            self._pending[digest] = [waiting]
+            lookup.add_done_callback(functools.partial(self._looked_up, digest, started))
+        return await waiting
+
+    def _looked_up(
+        self, digest: str, started: float, lookup: asyncio.Future[KeyRecord | None]
+    ) -> None:
+        self.metrics.redis_key.observe(time.perf_counter() - started)
+        waiters = self._pending.pop(digest, ())
+        error: BaseException | None
+        if lookup.cancelled():
+            error = StateUnavailableError("key lookup cancelled")
+        else:
+            error = lookup.exception()
+        if error is None:
+            record = lookup.result()
+            if record is None:
+                self.cache.put_unknown(digest)
+            else:
+                self.cache.put(digest, record)
+            for waiting in waiters:
+                if not waiting.done():
+                    waiting.set_result(record)
+            return
+        for waiting in waiters:
+            if not waiting.done():
+                # A fresh exception each: a shared one would collect every waiter's traceback.
+                waiting.set_exception(
+                    errors.StateUnavailable(str(error))
+                    if isinstance(error, live_state.StateUnavailable)
+                    else error
+                )

@@ -48,7 +48,13 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -230,6 +236,9 @@ class GatewayMetrics:
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self._families))
+        # The process's own: RSS, CPU, open files; and the cyclic GC's collections and pauses.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def _family(
         self, kind: str, name: str, doc: str, labels: Sequence[str] = (), **kw: Any

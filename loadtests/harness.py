@@ -140,8 +140,12 @@ class Bench:
         log(f"  {count - self.provisioned:,} accounts in {took:.1f}s")
         self.provisioned = count
 
-    def load(self, accounts: int, distribution: str = "uniform") -> wrk.Load:
-        return wrk.Load(self.keys_file, distribution, accounts, self.args.zipf_s)
+    def load(
+        self, accounts: int, distribution: str = "uniform", *, sweep: bool = False
+    ) -> wrk.Load:
+        """The sweep builds every request in wrk's Lua, one key or a million, so that
+        its points differ in the work of the proxy and not in that of wrk."""
+        return wrk.Load(self.keys_file, distribution, accounts, self.args.zipf_s, dynamic=sweep)
 
     # -- servers ----------------------------------------------------------------------
 
@@ -347,7 +351,7 @@ class Bench:
             try:
                 with self.running(name) as server:
                     for c in p.sweep_concurrency:
-                        point = self.sweep_point(server, c, self.load(1), None)
+                        point = self.sweep_point(server, c, self.load(1, sweep=True), None)
                         concurrency.append({"configuration": name, "accounts": 1, **point})
                         rps, p99 = point["rps"], point["p99_ms"]
                         log(f"sweep {name} c{c}: {rps:,.0f} req/s, p99 {p99:.2f} ms")
@@ -364,7 +368,9 @@ class Bench:
                         rss_start = procstat.rss_kb(server.pid)
                         for dist in ("uniform",) if accounts == 1 else ("uniform", "zipf"):
                             for c in p.sweep_concurrency:
-                                point = self.sweep_point(server, c, self.load(accounts, dist), book)
+                                point = self.sweep_point(
+                                    server, c, self.load(accounts, dist, sweep=True), book
+                                )
                                 gateway.append(
                                     {"configuration": "gateway", "accounts": accounts,
                                      "distribution": dist, **point}

@@ -239,6 +239,12 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
     if not sweep:
         return []
     out = ["", "## Sweep: concurrency (1 account)", ""]
+    out += [
+        "In the sweeps wrk builds every request in Lua, for one key as for a million, so "
+        "their points differ in the proxy's work only (the side-by-side table above uses "
+        "wrk's static request, its fastest path).",
+        "",
+    ]
     points = [*sweep["concurrency"], *[p for p in sweep["gateway"] if p["accounts"] == 1]]
     conns = sorted({p["connections"] for p in points})
     names = list(dict.fromkeys(p["configuration"] for p in points))

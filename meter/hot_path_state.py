@@ -10,18 +10,43 @@ both raise ``StateUnavailable`` (503) when Redis cannot answer.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from meter import keys
 from meter.admission_batcher import AdmissionBatcher
-from meter.live_state import Admission, Call, KeyRecord, StateUnavailable, settle_arguments
-from meter.redis_pipe import RedisPipe
+from meter.live_state import (
+    API_KEY_FIELDS,
+    Admission,
+    Call,
+    KeyRecord,
+    StateUnavailable,
+    key_record,
+    settle_arguments,
+)
+from meter.redis_pipe import RedisPipe, RedisReplyError, Reply
 from meter.scripts import SETTLE
 
-if TYPE_CHECKING:
-    import asyncio
 
+def _to_key_record(record: asyncio.Future[KeyRecord | None], reply: asyncio.Future[Reply]) -> None:
+    if record.done():
+        return
+    if reply.cancelled():
+        record.set_exception(StateUnavailable("key lookup cancelled"))
+        return
+    error = reply.exception()
+    if error is None:
+        try:
+            record.set_result(key_record(cast(list[Any], reply.result())))
+        except (ValueError, TypeError) as exc:
+            record.set_exception(RedisReplyError(f"unexpected HMGET reply: {exc}"))
+    else:
+        record.set_exception(error)
+
+
+if TYPE_CHECKING:
     from meter.live_state import LiveState
     from meter.settings import Settings
 
@@ -95,17 +120,12 @@ class PipelinedState:
         reply = await self.pipe.evalsha(SETTLE, key_names, args)
         return int(reply[0])
 
-    async def get_api_key(self, key_hash_hex: str) -> KeyRecord | None:
-        flat = await self.pipe.submit("HGETALL", keys.api_key(key_hash_hex))
-        if not flat:
-            return None
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return KeyRecord(
-            key_id=raw[b"id"].decode(),
-            project_id=raw[b"project"].decode(),
-            account_id=raw[b"account"].decode(),
-            shard=int(raw[b"shard"]),
-        )
+    def get_api_key(self, key_hash_hex: str) -> asyncio.Future[KeyRecord | None]:
+        """A future, not a coroutine: a key-cache miss costs no task (see ``identity.py``)."""
+        reply = self.pipe.submit("HMGET", keys.api_key(key_hash_hex), *API_KEY_FIELDS)
+        record: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
+        reply.add_done_callback(functools.partial(_to_key_record, record))
+        return record
 
     async def ping(self) -> None:
         reply = await self.pipe.submit("PING")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -47,8 +47,10 @@ class Call:
     price: int
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
+    """admit.lua's answer for one call (a named tuple: one is built per call, in 0.2 us
+    where a frozen dataclass takes 0.9 us)."""
+
     outcome: Outcome
     balance: int
     available: int
@@ -79,6 +81,17 @@ class KeyRecord:
     project_id: str
     account_id: str
     shard: int
+
+
+API_KEY_FIELDS = ("id", "project", "account", "shard")  # of an API key's hash
+
+
+def key_record(values: Sequence[Any]) -> KeyRecord | None:
+    """An API key's record from HMGET of ``API_KEY_FIELDS``; None when the key is unknown."""
+    key_id, project, account, shard = values
+    if key_id is None or project is None or account is None or shard is None:
+        return None
+    return KeyRecord(_str(key_id), _str(project), _str(account), int(shard))
 
 
 def _opt(value: int | None) -> str:
@@ -214,14 +227,8 @@ class LiveState:
     # -- reads ------------------------------------------------------------------------
 
     async def get_api_key(self, key_hash_hex: str) -> KeyRecord | None:
-        raw = await self._translated(self.redis.hgetall(keys.api_key(key_hash_hex)))
-        if not raw:
-            return None
-        return KeyRecord(
-            key_id=_str(raw[b"id"]),
-            project_id=_str(raw[b"project"]),
-            account_id=_str(raw[b"account"]),
-            shard=int(raw[b"shard"]),
+        return key_record(
+            await self._translated(self.redis.hmget(keys.api_key(key_hash_hex), *API_KEY_FIELDS))
         )
 
     async def read_account(self, shard: int, account_id: str) -> AccountState | None:

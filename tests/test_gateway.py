@@ -804,6 +804,8 @@ async def test_ops_endpoints_are_served_not_proxied(make_gateway: MakeGateway) -
     assert samples[("meter_gateway_overhead_seconds_count", ())] == 2
     assert samples[("meter_gateway_upstream_seconds_count", ())] == 1
     assert samples[("meter_gateway_in_flight", ())] == 0
+    assert samples[("process_resident_memory_bytes", ())] > 1 << 20
+    assert ("python_gc_collections_total", (("generation", "0"),)) in samples
     assert gw.echo.received == 1
 
 

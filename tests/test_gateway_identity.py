@@ -10,6 +10,7 @@ from gateway import errors
 from gateway.identity import Identifier, KeyCache, presented_key
 from gateway.metrics import GatewayMetrics
 from meter import apikeys
+from meter.hot_path_state import PipelinedState
 from meter.live_state import KeyRecord, LiveState
 
 
@@ -144,5 +145,43 @@ async def test_redis_down_is_a_503_refusal() -> None:
         with pytest.raises(errors.StateUnavailable) as info:
             await identifier.identify(apikeys.generate())
         assert info.value.status == 503
+    finally:
+        await state.close()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_lookup_others_wait_for(
+    live_state: LiveState, redis_url: str
+) -> None:
+    key = apikeys.generate()
+    await live_state.put_api_key(apikeys.digest(key), record(9))
+    state = PipelinedState.from_url(redis_url, timeout=5.0)
+    try:
+        identifier = Identifier(state, KeyCache(10, 1.0), GatewayMetrics())
+        callers = [asyncio.ensure_future(identifier.identify(key)) for _ in range(20)]
+        await asyncio.sleep(0)  # one loop pass: each caller runs up to its wait
+        assert [len(w) for w in identifier._pending.values()] == [20]  # one lookup, 20 waiting
+        for gone in callers[:5]:
+            gone.cancel()
+        done = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in done[:5])
+        assert done[5:] == [record(9)] * 15
+        assert identifier.cached(key) == record(9)
+    finally:
+        await state.close()
+
+
+async def test_redis_down_fails_every_waiting_caller_with_a_503() -> None:
+    from meter.local_servers import free_port
+
+    state = PipelinedState.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        identifier = Identifier(state, KeyCache(10, 1.0), GatewayMetrics())
+        key = apikeys.generate()
+        done = await asyncio.gather(
+            *(identifier.identify(key) for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, errors.StateUnavailable) for r in done)
+        assert len({id(r) for r in done}) == 3  # each caller its own exception
+        assert identifier.cached(key) is None
     finally:
         await state.close()

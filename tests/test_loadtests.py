@@ -112,6 +112,7 @@ def test_wrk_command_uses_one_thread_per_connection_at_most_two() -> None:
 def test_load_environment_for_the_lua_script() -> None:
     env = wrk.Load(Path("/tmp/keys.txt"), "zipf", 1000, 1.1).environment()
     assert env == {
+        "WRK_KEYS_DYNAMIC": "0",
         "WRK_KEYS_FILE": "/tmp/keys.txt",
         "WRK_KEYS_DIST": "zipf",
         "WRK_KEYS_LIMIT": "1000",
