@@ -9,11 +9,19 @@ client and the ``Proxy`` built on them, opened and closed as a pair.
     METER_REDIS_CLIENT=redis-py  meter.live_state.LiveState on redis.asyncio (one call each)
     METER_UPSTREAM_CLIENT=pool   gateway.upstream_pool.UpstreamPool (default)
     METER_UPSTREAM_CLIENT=aiohttp  gateway.upstream.AiohttpUpstream
+
+With the pipe, ``METER_ADMIT_CROSS_SHARD=auto`` (the default) asks Redis once
+(``INFO cluster``, retried in the background while Redis is away) whether it is
+a cluster node: if not, the admissions of every shard go into one script call
+per loop pass instead of one per shard. Until Redis has answered, batches are
+per shard, which works on both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,8 +36,10 @@ from gateway.proxy import Proxy
 from gateway.upstream import AiohttpUpstream
 from gateway.upstream_pool import UpstreamPool
 from meter.hot_path_state import HotPathState, PipelinedState
-from meter.live_state import LiveState
+from meter.live_state import LiveState, StateUnavailable
 from meter.settings import Settings
+
+log = logging.getLogger("gateway.runtime")
 
 # redis-py mode: Redis is single-threaded, a few dozen connections keep it busy.
 # Waiting for a free one is load, not an outage (the per-command timeout detects
@@ -46,6 +56,7 @@ class Runtime:
     metrics: GatewayMetrics
     state: HotPathState | None = None
     proxy: Proxy | None = None
+    batching: asyncio.Task[bool] | None = None  # METER_ADMIT_CROSS_SHARD=auto deciding
     draining: bool = False
 
 
@@ -64,7 +75,21 @@ def open_live_state(settings: Settings) -> LiveState:
 def open_state(settings: Settings) -> HotPathState:
     if settings.redis_client == "redis-py":
         return open_live_state(settings)
-    return PipelinedState.from_settings(settings, cross_shard=settings.admit_cross_shard)
+    return PipelinedState.from_settings(settings, cross_shard=settings.admit_cross_shard == "true")
+
+
+async def choose_batching(state: PipelinedState, retry_every: float) -> bool:
+    """``METER_ADMIT_CROSS_SHARD=auto``: ask Redis until it answers; whether batches
+    now span shards."""
+    while True:
+        try:
+            across = await state.choose_batching()
+        except StateUnavailable as exc:
+            log.warning("redis did not say whether it is a cluster", extra={"error": str(exc)})
+            await asyncio.sleep(retry_every)
+            continue
+        log.info("admission batches chosen", extra={"cross_shard": across})
+        return across
 
 
 @contextlib.asynccontextmanager
@@ -96,6 +121,10 @@ async def open_runtime(
             metrics=metrics,
         )
     await upstream.open()
+    if settings.admit_cross_shard == "auto" and isinstance(state, PipelinedState):
+        runtime.batching = asyncio.ensure_future(
+            choose_batching(state, max(settings.redis_timeout, 0.1))
+        )
     try:
         runtime.state = state
         runtime.proxy = Proxy(
@@ -113,5 +142,9 @@ async def open_runtime(
         yield runtime
     finally:
         runtime.proxy = None
+        if runtime.batching is not None:
+            runtime.batching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runtime.batching
         await upstream.close()
         await state.close()

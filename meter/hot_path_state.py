@@ -106,6 +106,14 @@ class PipelinedState:
             cross_shard=cross_shard,
         )
 
+    async def choose_batching(self) -> bool:
+        """Batch the admissions of every shard into one script call unless Redis is a
+        cluster node (which refuses keys of several slots in one call); the choice."""
+        info = await self.pipe.submit("INFO", "cluster")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        self.batcher.cross_shard = "cluster_enabled:1" not in text
+        return self.batcher.cross_shard
+
     def admit(self, call: Call, day: int) -> asyncio.Future[Admission]:
         return self.batcher.admit(call, day)
 

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,10 @@ class RedisServer:
             self.proc.wait(10)
 
 
-def start_redis(folder: Path, port: int | None = None, *, persist: bool = False) -> RedisServer:
+def start_redis(
+    folder: Path, port: int | None = None, *, persist: bool = False, extra: Sequence[str] = ()
+) -> RedisServer:
+    """``extra``: more redis-server arguments, e.g. ``("--cluster-enabled", "yes")``."""
     binary = find_redis_server()
     if binary is None:
         raise ServerError("redis-server not found (apt-get install redis-server)")
@@ -114,6 +117,7 @@ def start_redis(folder: Path, port: int | None = None, *, persist: bool = False)
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
     args += ["--save", "", "--appendonly", "no"] if not persist else ["--appendonly", "yes"]
     args += ["--daemonize", "no", "--loglevel", "warning", "--logfile", str(folder / "redis.log")]
+    args += extra
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_port(port, proc, 10, "redis-server")
     return RedisServer(port, proc, folder)

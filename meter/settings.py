@@ -175,7 +175,9 @@ class Settings:
     redis_client: str = _env("METER_REDIS_CLIENT", "pipe", _choice("pipe", "redis-py"))
     # "pipe": one script call per loop pass for all shards (a single Redis only: Redis
     # Cluster refuses it with CROSSSLOT and every call fails closed, 503).
-    admit_cross_shard: bool = _env("METER_ADMIT_CROSS_SHARD", "false", _bool)
+    admit_cross_shard: str = _env(
+        "METER_ADMIT_CROSS_SHARD", "auto", _choice("auto", "true", "false")
+    )
     # Raw server limits: idle keep-alive connections are closed after METER_KEEPALIVE_TIMEOUT;
     # a request head, each wait for request body bytes and each stalled response write get
     # METER_CLIENT_TIMEOUT (408 for a slow head, the connection cut otherwise).

@@ -34,6 +34,7 @@ from gateway.raw_server import RawServer
 from gateway.runtime import Runtime, open_runtime
 from gateway.testing import ECHO, EchoState, Provisioned, echo_app, pattern_bytes, provision
 from meter import keys
+from meter.hot_path_state import PipelinedState
 from meter.live_state import AccountConfig, LiveState
 from meter.local_servers import free_port
 from meter.money import SECONDS_PER_DAY
@@ -807,6 +808,20 @@ async def test_ops_endpoints_are_served_not_proxied(make_gateway: MakeGateway) -
     assert samples[("process_resident_memory_bytes", ())] > 1 << 20
     assert ("python_gc_collections_total", (("generation", "0"),)) in samples
     assert gw.echo.received == 1
+
+
+async def test_admissions_batch_across_shards_unless_told_not_to(
+    make_gateway: MakeGateway,
+) -> None:
+    auto = await make_gateway()
+    assert isinstance(auto.runtime.state, PipelinedState)
+    assert auto.runtime.batching is not None and await auto.runtime.batching is True
+    assert auto.runtime.state.batcher.cross_shard
+    per_shard = await make_gateway(admit_cross_shard="false", balance=0)
+    assert per_shard.runtime.batching is None
+    assert isinstance(per_shard.runtime.state, PipelinedState)
+    assert not per_shard.runtime.state.batcher.cross_shard
+    assert (await auto.call()).status == 200
 
 
 async def test_key_cache_hits_after_the_first_call(make_gateway: MakeGateway) -> None:

@@ -183,3 +183,42 @@ async def test_redis_killed_mid_traffic(own_redis: local_servers.RedisServer) ->
             task.cancel()
         admin.close()
         await fast.close()
+
+
+async def test_batches_span_shards_unless_redis_is_a_cluster_node(
+    fast: PipelinedState, tmp_path: Path
+) -> None:
+    assert not fast.batcher.cross_shard  # until Redis has answered
+    assert await fast.choose_batching() is True
+    assert fast.batcher.cross_shard
+    node = local_servers.start_redis(
+        tmp_path / "cluster",
+        extra=("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")),
+    )
+    state = PipelinedState.from_url(node.url, timeout=5.0)
+    try:
+        assert await state.choose_batching() is False
+        assert not state.batcher.cross_shard
+    finally:
+        await state.close()
+        node.stop(kill=True)
+
+
+async def test_the_batching_choice_waits_for_redis_to_come_back(tmp_path: Path) -> None:
+    from gateway.runtime import choose_batching
+
+    port = local_servers.free_port()
+    state = PipelinedState.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    try:
+        deciding = asyncio.ensure_future(choose_batching(state, 0.05))
+        with pytest.raises(StateUnavailable):
+            await state.ping()  # Redis is away: the choice cannot be made yet
+        assert not deciding.done()
+        server = local_servers.start_redis(tmp_path / "late", port)
+        try:
+            assert await asyncio.wait_for(deciding, 10) is True
+            assert state.batcher.cross_shard
+        finally:
+            server.stop(kill=True)
+    finally:
+        await state.close()
