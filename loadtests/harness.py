@@ -4,7 +4,7 @@ A ``Bench`` owns one Redis (temporary folder), the echo upstream, the API keys
 and what has been provisioned. ``main_comparison`` starts every configuration
 at once and measures them interleaved, round by round (warm-up, runs at 64
 connections and at 1, RSS, exactness for each gateway, which has a Redis
-database of its own); ``sweep`` measures throughput and p99 against
+database of its own); ``sweep`` measures, in rounds, throughput and p99 against
 concurrency and, for the gateway, against the number of accounts and their key
 distribution. A run during which other programs used the CPU is run again
 (within a budget), and the machine is given time to go quiet before each round
@@ -17,7 +17,7 @@ import argparse
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,7 @@ class Bench:
         limit = self.args.noise_threshold
         again = RERUNS_PER_RUN
         while True:
+            self.settle()
             sample = measure.run_once(
                 server.url + self.path, connections, seconds, load, self.probe(server),
                 self.client if is_gateway else None,
@@ -214,6 +215,14 @@ class Bench:
             busy = sample["foreign_cores"]
             log(f"  {server.name} c{connections}: {busy:.2f} cores busy elsewhere; again")
             self.wait_quiet()
+
+    def settle(self, limit_s: float = 5.0) -> None:
+        """Before a run: until the last one's connections are torn down (measured: a c1
+        run straight after c1024 saw p99 of 27 ms, the teardown still going on)."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if procstat.machine_busy_cores(0.2) <= self.args.noise_threshold:
+                return
 
     def wait_quiet(self) -> None:
         """Before a configuration: wait until the machine is idle (within the run's budget)."""
@@ -327,19 +336,29 @@ class Bench:
 
     # -- the sweep --------------------------------------------------------------------
 
-    def sweep_point(
-        self, server: Server, connections: int, load: wrk.Load, ledger: measure.Ledger | None
-    ) -> dict[str, Any]:
+    def sweep_points(
+        self,
+        server: Server,
+        connections: Sequence[int],
+        load: wrk.Load,
+        ledger: measure.Ledger | None,
+    ) -> Iterator[dict[str, Any]]:
+        """Each concurrency warmed up, then all measured in rounds (c1, c16, .., c1, c16, ..),
+        so that a change in the machine's speed falls on every point alike (their ratios
+        are targets); the points in the order of ``connections``."""
         p = self.plan
         self.wait_quiet()
-        self.run(server, connections, p.sweep_warmup_s, load, ledger, warmup=True)
-        samples = [
-            self.run(server, connections, p.sweep_run_s, load, ledger) for _ in range(p.sweep_runs)
-        ]
-        point = measure.summary(samples)
-        point["connections"] = connections
-        point["rss_kb"] = samples[-1].get("rss_kb")
-        return point
+        for c in connections:
+            self.run(server, c, p.sweep_warmup_s, load, ledger, warmup=True)
+        samples: dict[int, list[dict[str, Any]]] = {c: [] for c in connections}
+        for _ in range(p.sweep_runs):
+            for c in connections:
+                samples[c].append(self.run(server, c, p.sweep_run_s, load, ledger))
+        for c in connections:
+            point = measure.summary(samples[c])
+            point["connections"] = c
+            point["rss_kb"] = samples[c][-1].get("rss_kb")
+            yield point
 
     def sweep(self, failed: set[str], out: dict[str, Any]) -> None:
         """Sweep concurrency and accounts into ``out`` (filled as it goes)."""
@@ -350,10 +369,10 @@ class Bench:
                 continue
             try:
                 with self.running(name) as server:
-                    for c in p.sweep_concurrency:
-                        point = self.sweep_point(server, c, self.load(1, sweep=True), None)
+                    load = self.load(1, sweep=True)
+                    for point in self.sweep_points(server, p.sweep_concurrency, load, None):
                         concurrency.append({"configuration": name, "accounts": 1, **point})
-                        rps, p99 = point["rps"], point["p99_ms"]
+                        rps, p99, c = point["rps"], point["p99_ms"], point["connections"]
                         log(f"sweep {name} c{c}: {rps:,.0f} req/s, p99 {p99:.2f} ms")
             except (ServerFailed, wrk.WrkError, OSError) as exc:
                 log(f"sweep {name}: FAILED: {exc}")
@@ -367,17 +386,16 @@ class Bench:
                         book = self.ledger(accounts)
                         rss_start = procstat.rss_kb(server.pid)
                         for dist in ("uniform",) if accounts == 1 else ("uniform", "zipf"):
-                            for c in p.sweep_concurrency:
-                                point = self.sweep_point(
-                                    server, c, self.load(accounts, dist, sweep=True), book
-                                )
+                            load = self.load(accounts, dist, sweep=True)
+                            for point in self.sweep_points(server, p.sweep_concurrency, load, book):
                                 gateway.append(
                                     {"configuration": "gateway", "accounts": accounts,
                                      "distribution": dist, **point}
                                 )  # fmt: skip
                                 log(
-                                    f"sweep gateway {accounts:,} accounts {dist} c{c}: "
-                                    f"{point['rps']:,.0f} req/s, p99 {point['p99_ms']:.2f} ms"
+                                    f"sweep gateway {accounts:,} accounts {dist} "
+                                    f"c{point['connections']}: {point['rps']:,.0f} req/s, "
+                                    f"p99 {point['p99_ms']:.2f} ms"
                                 )
                         rss_end = procstat.rss_kb(server.pid)
                         check = book.verify(server.url, self.path)
