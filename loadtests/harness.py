@@ -216,7 +216,7 @@ class Bench:
             log(f"  {server.name} c{connections}: {busy:.2f} cores busy elsewhere; again")
             self.wait_quiet()
 
-    def settle(self, limit_s: float = 5.0) -> None:
+    def settle(self, limit_s: float = 2.0) -> None:
         """Before a run: until the last one's connections are torn down (measured: a c1
         run straight after c1024 saw p99 of 27 ms, the teardown still going on)."""
         deadline = time.monotonic() + limit_s
