@@ -16,6 +16,7 @@ TOP_LEVEL = (
     "gateway_vs_aiohttp",
     "gateway_vs_nginx",
     "added_p99_ms_c1",
+    "added_p99_ms_c1_one_core",
     "redis_calls_per_admission",
 )
 
@@ -41,11 +42,26 @@ def _sweep_rps(results: dict[str, Any], accounts: int, dist: str, connections: i
     return None
 
 
+def _added_latency(results: dict[str, Any], names: list[str]) -> dict[str, float | None]:
+    """``added_p99_ms_c1`` (gateway), ``added_p50_ms_c1_nginx``, ...: proxy - upstream at
+    one connection, across cores as the machine schedules (``c1``) and on one core
+    (``c1_one_core``: the hop's own work, see ``measure.pinned``). The medians are
+    far steadier than p99 on a VM."""
+    out: dict[str, float | None] = {}
+    for phase in ("c1", "c1_one_core"):
+        for pct in ("p99", "p50"):
+            of = {name: _get(results, name, phase, f"{pct}_ms") for name in names}
+            for name in ("gateway", "nginx", "aiohttp"):
+                suffix = phase[2:] + ("" if name == "gateway" else f"_{name}")
+                out[f"added_{pct}_ms_c1{suffix}"] = stats.difference(
+                    of.get(name), of.get("upstream")
+                )
+    return out
+
+
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     rps = {name: _get(results, name, "c64", "rps") for name in results.get("configurations", {})}
     names = list(results.get("configurations", {}))
-    p99_c1 = {name: _get(results, name, "c1", "p99_ms") for name in names}
-    p50_c1 = {name: _get(results, name, "c1", "p50_ms") for name in names}
     redis_figures = _get(results, "gateway", "c64", "redis") or {}
     rss = _get(results, "gateway", "rss_kb") or {}
     out: dict[str, Any] = {
@@ -54,13 +70,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "gateway_2w_vs_aiohttp": stats.ratio(rps.get("gateway-2w"), rps.get("aiohttp")),
         "gateway_2w_vs_nginx_2w": stats.ratio(rps.get("gateway-2w"), rps.get("nginx-2w")),
         "aiohttp_vs_nginx": stats.ratio(rps.get("aiohttp"), rps.get("nginx")),
-        "added_p99_ms_c1": stats.difference(p99_c1.get("gateway"), p99_c1.get("upstream")),
-        "added_p99_ms_c1_nginx": stats.difference(p99_c1.get("nginx"), p99_c1.get("upstream")),
-        "added_p99_ms_c1_aiohttp": stats.difference(p99_c1.get("aiohttp"), p99_c1.get("upstream")),
-        # the median is far steadier than p99 at one connection on a VM (wake-up latency)
-        "added_p50_ms_c1": stats.difference(p50_c1.get("gateway"), p50_c1.get("upstream")),
-        "added_p50_ms_c1_nginx": stats.difference(p50_c1.get("nginx"), p50_c1.get("upstream")),
-        "added_p50_ms_c1_aiohttp": stats.difference(p50_c1.get("aiohttp"), p50_c1.get("upstream")),
+        **_added_latency(results, names),
         "redis_calls_per_admission": redis_figures.get("calls_per_admission"),
         "redis_round_trips_per_admission": redis_figures.get("round_trips_per_admission"),
         "redis_scripts_per_admission": redis_figures.get("scripts_per_admission"),
@@ -97,7 +107,8 @@ def targets(h: dict[str, Any]) -> list[dict[str, Any]]:
         ("gateway / aiohttp throughput (goal)", "gateway_vs_aiohttp", ">=", 3.0),
         ("gateway / aiohttp throughput (floor)", "gateway_vs_aiohttp", ">=", 2.0),
         ("gateway / nginx throughput", "gateway_vs_nginx", ">=", 0.3),
-        ("p99 added at 1 connection (ms)", "added_p99_ms_c1", "<=", 0.3),
+        ("p99 added at 1 connection, one core (ms)", "added_p99_ms_c1_one_core", "<=", 0.3),
+        ("p99 added at 1 connection, across cores (ms)", "added_p99_ms_c1", "<=", 0.3),
         ("Redis round trips per admission at c64", "redis_round_trips_per_admission", "<=", 0.2),
         ("throughput at c256 / c64", "sweep_c256_vs_c64", ">=", 0.85),
         ("throughput at c1024 / c64", "sweep_c1024_vs_c64", ">=", 0.85),

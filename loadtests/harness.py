@@ -66,6 +66,12 @@ QUICK = Plan(
 )  # fmt: skip
 
 
+# The side-by-side comparison's phases: connections, and whether wrk and the
+# processes under test share one CPU (``measure.pinned``: the latency one hop
+# adds, without the VM's cross-core wake-ups).
+PHASES = {"c64": (64, False), "c1": (1, False), "c1_one_core": (1, True)}
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -93,7 +99,9 @@ def describe(profile: dict[str, Any]) -> str:
     us = c64["cpu_us_per_call"].get("proxy")
     text = (
         f"{c64['rps']:,.0f} req/s at c64 (p99 {c64['p99_ms']:.2f} ms), "
-        f"p99 {c1['p99_ms']:.3f} ms at c1" + (f", {us:.0f} us/call" if us is not None else "")
+        f"p99 {c1['p99_ms']:.3f} ms at c1"
+        + (f" ({one['p99_ms']:.3f} on one core)" if (one := profile.get("c1_one_core")) else "")
+        + (f", {us:.0f} us/call" if us is not None else "")
     )
     if errors["non_2xx"] or errors["socket"]:
         text += f"; ERRORS: {errors['non_2xx']:,} non-2xx, {errors['socket']:,} socket"
@@ -191,8 +199,10 @@ class Bench:
         ledger: measure.Ledger | None,
         *,
         warmup: bool = False,
+        one_core: bool = False,
     ) -> dict[str, Any]:
-        """One wrk run; again (within the run's retry budget) when other work shared the CPU."""
+        """One wrk run; again (within the run's retry budget) when other work shared the CPU.
+        ``one_core``: wrk and the processes under test on the last CPU alone."""
         is_gateway = server.name.startswith("gateway")
         limit = self.args.noise_threshold
         again = RERUNS_PER_RUN
@@ -201,6 +211,7 @@ class Bench:
             sample = measure.run_once(
                 server.url + self.path, connections, seconds, load, self.probe(server),
                 self.client if is_gateway else None,
+                max(os.sched_getaffinity(0)) if one_core else None,
             )  # fmt: skip
             if ledger is not None:
                 ledger.saw(sample["ok"], connections, int(sample["socket_errors"]))
@@ -276,32 +287,32 @@ class Bench:
                     continue
                 book = self.ledger(accounts, db) if db else None
                 live[name] = (server, book)
-                samples[name] = {"c64": [], "c1": []}
+                samples[name] = {phase: [] for phase in PHASES}
                 out[name] = {"status": "ok", "rss_kb": {"start": procstat.rss_kb(server.pid)}}
             self.wait_quiet()
             for name in list(live):
                 self.step(name, live, out, 64, p.warmup_s, load, None)
                 if name in live:
                     out[name]["rss_kb"]["after_warmup"] = procstat.rss_kb(live[name][0].pid)
-            for connections, runs, seconds in ((64, p.runs, p.run_s), (1, p.c1_runs, p.c1_run_s)):
+            for phase, (connections, one_core) in PHASES.items():
+                runs, seconds = (p.runs, p.run_s) if connections == 64 else (p.c1_runs, p.c1_run_s)
                 for round_ in range(runs):
                     self.wait_quiet()
                     order = list(live)
                     for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
-                        into = samples[name]["c64" if connections == 64 else "c1"]
-                        self.step(name, live, out, connections, seconds, load, into)
+                        into = samples[name][phase]
+                        self.step(name, live, out, connections, seconds, load, into, one_core)
             for name, (server, book) in live.items():
-                c64, c1 = samples[name]["c64"], samples[name]["c1"]
+                every = [s for phase in PHASES for s in samples[name][phase]]
                 out[name].update(
                     processes=procstat.process_count(server.pid),
-                    c64=measure.summary(c64),
-                    c1=measure.summary(c1),
-                    errors=measure.error_totals(c64 + c1),
+                    **{phase: measure.summary(samples[name][phase]) for phase in PHASES},
+                    errors=measure.error_totals(every),
                     samples=samples[name],
                 )
                 rss = out[name]["rss_kb"]
                 rss["end"] = procstat.rss_kb(server.pid)
-                rss["samples"] = [s.get("rss_kb") for s in c64 + c1]
+                rss["samples"] = [s.get("rss_kb") for s in every]
                 if book is not None:
                     out[name]["exactness"] = book.verify(server.url, self.path)
                 log(f"{name}: {describe(out[name])}")
@@ -319,11 +330,14 @@ class Bench:
         seconds: int,
         load: wrk.Load,
         into: list[dict[str, Any]] | None,
+        one_core: bool = False,
     ) -> None:
         """One run of a live configuration; a failure takes it out of the comparison."""
         server, book = live[name]
         try:
-            sample = self.run(server, connections, seconds, load, book, warmup=into is None)
+            sample = self.run(
+                server, connections, seconds, load, book, warmup=into is None, one_core=one_core
+            )
         except (ServerFailed, wrk.WrkError, OSError) as exc:
             log(f"{name}: FAILED: {exc}")
             out[name] = {"status": "failed", "error": str(exc)}

@@ -7,6 +7,7 @@ that have exited). Parsing is split from reading so it can be tested on text.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -53,6 +54,18 @@ def tree(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, ()))
     return out
+
+
+def pin(root: int, cpus: set[int]) -> None:
+    """Run every thread of ``root`` and its descendants on ``cpus`` only."""
+    for pid in tree(root):
+        try:
+            tasks = [int(t.name) for t in (PROC / str(pid) / "task").iterdir()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for tid in tasks:
+            with contextlib.suppress(ProcessLookupError):  # the thread has just ended
+                os.sched_setaffinity(tid, cpus)
 
 
 def cpu_seconds(root: int) -> float:

@@ -47,6 +47,7 @@ def _row(*cells: Any) -> str:
 
 MAIN_COLUMNS = (
     "configuration", "procs", "req/s c64", "p50 c64", "p99 c64", "p50 c1", "p99 c1",
+    "p50 c1 one core", "p99 c1 one core",
     "CPU us/call: proxy", "upstream", "redis", "wrk",
     "Redis calls/adm", "round trips/adm", "RSS MiB start / warm / end", "other CPU",
     "errors",
@@ -58,10 +59,12 @@ def _main_row(name: str, r: dict[str, Any]) -> str:
         error = (r.get("error") or "failed").splitlines()[0][:160]
         return _row(name, f"failed: {error}", *[""] * (len(MAIN_COLUMNS) - 2))
     c64, c1, cpu = r["c64"], r["c1"], r["c64"]["cpu_us_per_call"]
+    one = r.get("c1_one_core") or {}
     red, rss = c64.get("redis", {}), r["rss_kb"]
     return _row(
         name, r["processes"], _f(c64["rps"]), _f(c64["p50_ms"], 2), _f(c64["p99_ms"], 2),
         _f(c1["p50_ms"], 3), _f(c1["p99_ms"], 3),
+        _f(one.get("p50_ms"), 3), _f(one.get("p99_ms"), 3),
         _f(cpu.get("proxy"), 1), _f(cpu.get("upstream"), 1), _f(cpu.get("redis"), 1),
         _f(cpu.get("wrk"), 1),
         _f(red.get("calls_per_admission"), 3), _f(red.get("round_trips_per_admission"), 3),
@@ -69,6 +72,25 @@ def _main_row(name: str, r: dict[str, Any]) -> str:
         _f(c64.get("foreign_cores"), 2),
         _errors(r.get("errors")),
     )  # fmt: skip
+
+
+ADDED_LATENCY = (
+    ("_one_core", "on one core (wrk, proxy, upstream and Redis pinned to one CPU: the hop's "
+     "own work, without the VM's cross-core wake-ups)"),
+    ("", "across cores, as the machine schedules them"),
+)  # fmt: skip
+
+
+def _added_latency(h: dict[str, Any], phase: str, where: str) -> str:
+    def pair(name: str) -> str:
+        suffix = phase + ("" if name == "gateway" else f"_{name}")
+        p99, p50 = h.get(f"added_p99_ms_c1{suffix}"), h.get(f"added_p50_ms_c1{suffix}")
+        return f"{_f(p99, 3)} / {_f(p50, 3)} ms"
+
+    return (
+        f"- Latency one hop adds at 1 connection (proxy - upstream), p99 / p50, {where}: "
+        f"gateway **{pair('gateway')}**, nginx {pair('nginx')}, aiohttp {pair('aiohttp')}."
+    )
 
 
 def _errors(errors: dict[str, int] | None) -> str:
@@ -116,11 +138,9 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
             for name, ratio in h.get("variants_vs_aiohttp", {}).items()
         ),
         "",
-        "Latency one hop adds at 1 connection (proxy - upstream), p99 / p50: gateway "
-        f"**{_f(h['added_p99_ms_c1'], 3)} / {_f(h.get('added_p50_ms_c1'), 3)} ms**, "
-        f"nginx {_f(h['added_p99_ms_c1_nginx'], 3)} / {_f(h.get('added_p50_ms_c1_nginx'), 3)} ms, "
-        f"aiohttp {_f(h['added_p99_ms_c1_aiohttp'], 3)} / "
-        f"{_f(h.get('added_p50_ms_c1_aiohttp'), 3)} ms. Redis per admitted call at c64: "
+        *(_added_latency(h, phase, where) for phase, where in ADDED_LATENCY),
+        "",
+        "Redis per admitted call at c64: "
         f"{_f(h['redis_calls_per_admission'], 3)} calls, "
         f"{_f(h['redis_round_trips_per_admission'], 3)} round trips, "
         f"{_f(h['redis_scripts_per_admission'], 3)} script calls, "

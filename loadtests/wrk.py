@@ -118,9 +118,13 @@ class Load:
         }
 
 
-def command(url: str, connections: int, duration_s: float, timeout_s: float = 10.0) -> list[str]:
+def command(
+    url: str, connections: int, duration_s: float, timeout_s: float = 10.0, cpu: int | None = None
+) -> list[str]:
+    """wrk's command line; with ``cpu``, wrk runs on that CPU only (through taskset)."""
     threads = max(1, min(2, connections))
     return [
+        *(("taskset", "-c", str(cpu)) if cpu is not None else ()),
         "wrk",
         f"-t{threads}",
         f"-c{connections}",
@@ -133,9 +137,11 @@ def command(url: str, connections: int, duration_s: float, timeout_s: float = 10
     ]
 
 
-def run(url: str, connections: int, duration_s: float, load: Load = Load()) -> WrkResult:
+def run(
+    url: str, connections: int, duration_s: float, load: Load = Load(), cpu: int | None = None
+) -> WrkResult:
     proc = subprocess.Popen(
-        command(url, connections, duration_s),
+        command(url, connections, duration_s, cpu=cpu),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, **load.environment()},

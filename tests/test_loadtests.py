@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import random
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,18 @@ from aiohttp import web
 # loadtests/ is run from the checkout (`python -m loadtests.bench`), not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests import bench, figures, keyspace, procstat, redis_side, report, servers, stats, wrk
+from loadtests import (
+    bench,
+    figures,
+    keyspace,
+    measure,
+    procstat,
+    redis_side,
+    report,
+    servers,
+    stats,
+    wrk,
+)
 from meter import apikeys
 
 WRK_OUTPUT = """\
@@ -109,6 +121,50 @@ def test_wrk_command_uses_one_thread_per_connection_at_most_two() -> None:
     assert "--latency" in wrk.command("http://x/", 64, 2)
 
 
+def test_wrk_command_runs_wrk_on_one_cpu_through_taskset() -> None:
+    assert wrk.command("http://x/", 1, 5, cpu=1)[:4] == ["taskset", "-c", "1", "wrk"]
+    assert wrk.command("http://x/", 1, 5)[0] == "wrk"
+
+
+def _affinities(root: int) -> set[frozenset[int]]:
+    return {
+        frozenset(os.sched_getaffinity(int(tid)))
+        for pid in procstat.tree(root)
+        for tid in os.listdir(f"/proc/{pid}/task")
+    }
+
+
+def test_pinned_puts_every_thread_of_each_tree_on_one_cpu_then_back() -> None:
+    # A process with a second thread and a child of its own, like a gateway's workers.
+    script = (
+        "import subprocess, sys, threading\n"
+        "threading.Thread(target=sys.stdin.read, daemon=True).start()\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'],"
+        " stdin=subprocess.PIPE)\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "child.stdin.close(); child.wait()\n"
+    )
+    everywhere = frozenset(os.sched_getaffinity(0))
+    cpu = max(everywhere)
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        tasks = sum(len(os.listdir(f"/proc/{pid}/task")) for pid in procstat.tree(proc.pid))
+        assert len(procstat.tree(proc.pid)) == 2 and tasks >= 3
+        assert _affinities(proc.pid) == {everywhere}
+        with measure.pinned(measure.Probe({"proxy": proc.pid}), cpu):
+            assert _affinities(proc.pid) == {frozenset({cpu})}
+        assert _affinities(proc.pid) == {everywhere}
+        with measure.pinned(measure.Probe({"proxy": proc.pid}), None):
+            assert _affinities(proc.pid) == {everywhere}
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+
+
 def test_load_environment_for_the_lua_script() -> None:
     env = wrk.Load(Path("/tmp/keys.txt"), "zipf", 1000, 1.1).environment()
     assert env == {
@@ -122,7 +178,7 @@ def test_load_environment_for_the_lua_script() -> None:
     assert wrk.Load(dynamic=True).environment()["WRK_KEYS_DYNAMIC"] == "1"
 
 
-async def keys_wrk_sends(tmp_path: Path, load: wrk.Load) -> Counter[str]:
+async def keys_wrk_sends(tmp_path: Path, load: wrk.Load, cpu: int | None = None) -> Counter[str]:
     """Run real wrk with ``wrk_keys.lua`` for a second; the Authorization headers it sent."""
     seen: Counter[str] = Counter()
 
@@ -139,7 +195,7 @@ async def keys_wrk_sends(tmp_path: Path, load: wrk.Load) -> Counter[str]:
     port = runner.addresses[0][1]
     try:
         proc = await asyncio.create_subprocess_exec(
-            *wrk.command(f"http://127.0.0.1:{port}/v1/bench", 2, 1),
+            *wrk.command(f"http://127.0.0.1:{port}/v1/bench", 2, 1, cpu=cpu),
             env={**os.environ, **load.environment()},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -158,7 +214,9 @@ async def test_wrk_sends_the_keys_of_the_file(tmp_path: Path) -> None:
     bearer = {f"Bearer {k}" for k in keys}
 
     one_static = await keys_wrk_sends(tmp_path, wrk.Load(path, keys_limit=1))
-    one_dynamic = await keys_wrk_sends(tmp_path, wrk.Load(path, keys_limit=1, dynamic=True))
+    one_dynamic = await keys_wrk_sends(
+        tmp_path, wrk.Load(path, keys_limit=1, dynamic=True), cpu=max(os.sched_getaffinity(0))
+    )
     three = await keys_wrk_sends(tmp_path, wrk.Load(path, keys_limit=3))
     none = await keys_wrk_sends(tmp_path, wrk.Load())
 
@@ -370,6 +428,7 @@ def _config(
         "processes": 1,
         "c64": c64,
         "c1": {"rps": 5000.0, "p50_ms": 0.1, "p99_ms": p99_c1, "cpu_us_per_call": {}},
+        "c1_one_core": {"rps": 9000.0, "p50_ms": 0.05, "p99_ms": p99_c1 / 2, "cpu_us_per_call": {}},
         "rss_kb": {"start": 40_000, "after_warmup": 50_000, "end": 51_000, "samples": []},
     }
 
@@ -441,6 +500,9 @@ def test_headline_ratios_and_targets() -> None:
     assert h["gateway_vs_nginx"] == pytest.approx(0.48)
     assert h["gateway_2w_vs_aiohttp"] is None  # it failed
     assert h["added_p99_ms_c1"] == pytest.approx(0.25)
+    assert h["added_p99_ms_c1_one_core"] == pytest.approx(0.125)
+    assert h["added_p99_ms_c1_nginx"] == pytest.approx(0.1)
+    assert h["added_p50_ms_c1_one_core_aiohttp"] == pytest.approx(0.0)
     assert h["redis_calls_per_admission"] == 0.15
     assert h["redis_round_trips_per_admission"] == 0.12
     assert h["sweep_c256_vs_c64"] == pytest.approx(22 / 24)
@@ -451,6 +513,8 @@ def test_headline_ratios_and_targets() -> None:
     met = {t["target"]: t["met"] for t in h["targets"]}
     assert met["gateway / aiohttp throughput (goal)"] is True
     assert met["throughput at c1024 / c64"] is False
+    assert met["p99 added at 1 connection, one core (ms)"] is True
+    assert met["p99 added at 1 connection, across cores (ms)"] is True
     assert met["1M accounts (uniform) / 1 account at c64"] is False
 
 
@@ -462,6 +526,8 @@ def test_markdown_has_the_ratio_table_and_reports_failures() -> None:
     assert "| gateway / nginx | 0.48x |" in text
     assert "| gateway-2w | failed: gateway-2w exited with 1 |" in text
     assert "| 1,000,000 | zipf |" in text
+    assert "on one core (wrk, proxy, upstream and Redis pinned" in text
+    assert "gateway **0.125 / 0.000 ms**, nginx 0.050 / 0.000 ms" in text
 
 
 def test_readme_section_is_replaced_between_the_markers(tmp_path: Path) -> None:
