@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests import (
     bench,
     figures,
+    key_lookup_bench,
     keyspace,
     measure,
     procstat,
@@ -602,3 +603,20 @@ def test_variants_and_selection() -> None:
         bench.parse_args(["--variant", "nginx:X=1"])
     with pytest.raises(SystemExit):
         bench.selected(bench.parse_args(["--only", "haproxy"]))
+
+
+def test_key_lookup_bench_resolves_every_key_and_reports_what_a_miss_costs(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--keys", "256", "--concurrency", "8", "--rounds", "1", "--redis-url", redis_url]
+    assert key_lookup_bench.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "256 keys, concurrency 8, median of 1 rounds" in table
+    rows = {
+        cells[0]: cells[1:]
+        for line in table.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+    miss, hit = float(rows["miss"][0]), float(rows["hit"][0])
+    assert miss > hit > 0  # a miss waits on Redis; a hit does not
+    assert float(rows["miss"][1]) > 0  # Redis did the lookups
