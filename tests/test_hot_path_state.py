@@ -191,10 +191,11 @@ async def test_batches_span_shards_unless_redis_is_a_cluster_node(
     assert not fast.batcher.cross_shard  # until Redis has answered
     assert await fast.choose_batching() is True
     assert fast.batcher.cross_shard
-    node = local_servers.start_redis(
-        tmp_path / "cluster",
-        extra=("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")),
-    )
+    # The cluster bus port is given: by default it is the port + 10,000, and Redis
+    # refuses to start when a free port above 55,535 was picked.
+    cluster = ("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"))
+    bus = ("--cluster-port", str(local_servers.free_port()))
+    node = local_servers.start_redis(tmp_path / "cluster", extra=cluster + bus)
     state = PipelinedState.from_url(node.url, timeout=5.0)
     try:
         assert await state.choose_batching() is False
