@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests import (
     bench,
     figures,
+    harness,
     key_lookup_bench,
     keyspace,
     measure,
@@ -585,6 +586,15 @@ def test_machine_busy_time_counts_process_time_only() -> None:
     assert total == pytest.approx(11110 / ticks)
     with pytest.raises(ValueError):
         procstat.parse_system_busy("intr 1 2 3\n")
+
+
+def test_sweep_rounds_turn_back_and_forth_so_c1_never_follows_the_highest() -> None:
+    warmup = [1, 16, 64, 256, 1024]
+    order = harness.sweep_order(warmup, 3)
+    assert order == [1024, 256, 64, 16, 1, 1, 16, 64, 256, 1024, 1024, 256, 64, 16, 1]
+    runs = warmup + order
+    assert all(not (a == 1024 and b < 64) for a, b in itertools.pairwise(runs))
+    assert Counter(order) == dict.fromkeys(warmup, 3)
 
 
 def test_variants_and_selection() -> None:
