@@ -42,18 +42,25 @@ def _sweep_rps(results: dict[str, Any], accounts: int, dist: str, connections: i
     return None
 
 
+# Where the latency one hop adds at one connection is measured: phase -> key suffix.
+ADDED_LATENCY_PHASES = {"c1": "", "c1_one_core": "_one_core"}
+
+
+def added_latency_key(pct: str, suffix: str, name: str = "gateway") -> str:
+    """``added_p99_ms_c1`` (the gateway), ``added_p50_ms_c1_one_core_nginx``, ..."""
+    return f"added_{pct}_ms_c1{suffix}" + ("" if name == "gateway" else f"_{name}")
+
+
 def _added_latency(results: dict[str, Any], names: list[str]) -> dict[str, float | None]:
-    """``added_p99_ms_c1`` (gateway), ``added_p50_ms_c1_nginx``, ...: proxy - upstream at
-    one connection, across cores as the machine schedules (``c1``) and on one core
-    (``c1_one_core``: the hop's own work, see ``measure.pinned``). The medians are
-    far steadier than p99 on a VM."""
+    """Proxy - upstream at one connection, across cores as the machine schedules
+    (``c1``) and on one core (``c1_one_core``: the hop's own work, see
+    ``measure.pinned``). The medians are far steadier than p99 on a VM."""
     out: dict[str, float | None] = {}
-    for phase in ("c1", "c1_one_core"):
+    for phase, suffix in ADDED_LATENCY_PHASES.items():
         for pct in ("p99", "p50"):
             of = {name: _get(results, name, phase, f"{pct}_ms") for name in names}
             for name in ("gateway", "nginx", "aiohttp"):
-                suffix = phase[2:] + ("" if name == "gateway" else f"_{name}")
-                out[f"added_{pct}_ms_c1{suffix}"] = stats.difference(
+                out[added_latency_key(pct, suffix, name)] = stats.difference(
                     of.get(name), of.get("upstream")
                 )
     return out

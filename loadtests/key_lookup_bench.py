@@ -42,11 +42,6 @@ from .harness import SHARDS
 from .keyspace import BenchAccount
 
 
-def redis_cpu_s(admin: redis_sync.Redis) -> float:
-    cpu = admin.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-
 async def one_round(
     url: str, accounts: list[BenchAccount], concurrency: int
 ) -> dict[str, tuple[float, float]]:
@@ -66,11 +61,11 @@ async def one_round(
                     raise SystemExit(f"{account.key} resolved to {record.account_id}")
 
         for mode in ("miss", "hit"):
-            redis0, cpu0 = redis_cpu_s(admin), time.process_time()
+            redis0, cpu0 = redis_side.cpu_seconds(admin), time.process_time()
             await asyncio.gather(
                 *(worker(accounts[i * share : (i + 1) * share]) for i in range(concurrency))
             )
-            cpu, redis = time.process_time() - cpu0, redis_cpu_s(admin) - redis0
+            cpu, redis = time.process_time() - cpu0, redis_side.cpu_seconds(admin) - redis0
             calls = share * concurrency
             out[mode] = (cpu / calls * 1e6, redis / calls * 1e6)
         if len(identifier.cache) != share * concurrency:

@@ -1,6 +1,6 @@
 """Micro-benchmark of the hot path's Redis client: N admissions at concurrency C, three ways.
 
-    .venv/bin/python loadtests/redis_client_bench.py [--calls 60000] [--concurrency 64]
+    .venv/bin/python -m loadtests.redis_client_bench [--calls 60000] [--concurrency 64]
 
 * ``redis-asyncio``: ``LiveState.admit``, one EVALSHA per call through redis.asyncio
   (a connection pool; what the gateway had before issue 4).
@@ -41,6 +41,8 @@ from meter.live_state import parse_admit_reply as parse
 from meter.redis_pipe import RedisPipe
 from meter.scripts import ADMIT
 
+from . import redis_side
+
 DAY = 20_400
 PRICE = 1
 MODES = ("redis-asyncio", "pipe-per-call", "batched", "batched-cross-shard")
@@ -58,10 +60,9 @@ class Round:
 
 
 def redis_counters(admin: redis_sync.Redis) -> tuple[float, int]:
-    cpu = admin.info("cpu")
     stats = admin.info("commandstats")
     evalsha = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), evalsha
+    return redis_side.cpu_seconds(admin), evalsha
 
 
 def total_balance(admin: redis_sync.Redis, calls: list[Call]) -> int:

@@ -275,6 +275,12 @@ def command_counts(client: Any) -> CommandCounts:
     return CommandCounts(scripts, external, executed, int(stats.get("total_reads_processed", 0)))
 
 
+def cpu_seconds(client: Any) -> float:
+    """Redis's user + system CPU so far, from a redis-py (sync) client's INFO."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def counts_delta(before: CommandCounts, after: CommandCounts) -> CommandCounts:
     return CommandCounts(
         after.scripts - before.scripts,

@@ -75,16 +75,18 @@ def _main_row(name: str, r: dict[str, Any]) -> str:
 
 
 ADDED_LATENCY = (
-    ("_one_core", "on one core (wrk, proxy, upstream and Redis pinned to one CPU: the hop's "
+    ("c1_one_core", "on one core (wrk, proxy, upstream and Redis pinned to one CPU: the hop's "
      "own work, without the VM's cross-core wake-ups)"),
-    ("", "across cores, as the machine schedules them"),
+    ("c1", "across cores, as the machine schedules them"),
 )  # fmt: skip
 
 
 def _added_latency(h: dict[str, Any], phase: str, where: str) -> str:
+    suffix = figures.ADDED_LATENCY_PHASES[phase]
+
     def pair(name: str) -> str:
-        suffix = phase + ("" if name == "gateway" else f"_{name}")
-        p99, p50 = h.get(f"added_p99_ms_c1{suffix}"), h.get(f"added_p50_ms_c1{suffix}")
+        p99 = h.get(figures.added_latency_key("p99", suffix, name))
+        p50 = h.get(figures.added_latency_key("p50", suffix, name))
         return f"{_f(p99, 3)} / {_f(p50, 3)} ms"
 
     return (
