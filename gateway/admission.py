@@ -17,12 +17,19 @@ from typing import Protocol
 from gateway import errors
 from gateway.metrics import GatewayMetrics
 from meter import live_state
-from meter.live_state import Admission, Call
+from meter.live_state import Admission, Call, KeyCall
 
 
 class Admitter(Protocol):
-    async def admit(self, call: Call, day: int) -> Admission:
-        """Check and debit ``call.price`` atomically; raises errors.StateUnavailable."""
+    @property
+    def resolves_keys(self) -> bool:
+        """Whether ``admit`` takes a ``KeyCall`` (a call whose key the script resolves)."""
+        ...
+
+    async def admit(self, call: Call | KeyCall, day: int) -> Admission:
+        """Check and debit ``call.price`` atomically; raises errors.StateUnavailable.
+
+        A ``KeyCall``'s admission carries its key's record (``key``; None: no such key)."""
         ...
 
     async def settle(self, call: Call, admission: Admission, refund: int, day: int) -> bool:
@@ -33,7 +40,10 @@ class Admitter(Protocol):
 class AdmissionScripts(Protocol):
     """The two script calls, as ``LiveState`` (or a pipelined equivalent) runs them."""
 
-    def admit(self, call: Call, day: int) -> Awaitable[Admission]: ...
+    @property
+    def resolves_keys(self) -> bool: ...
+
+    def admit(self, call: Call | KeyCall, day: int) -> Awaitable[Admission]: ...
 
     def settle(
         self, call: Call, admitted: Admission, refund: int, admitted_day: int
@@ -47,7 +57,11 @@ class DirectAdmitter:
         self.state = state
         self.metrics = metrics
 
-    async def admit(self, call: Call, day: int) -> Admission:
+    @property
+    def resolves_keys(self) -> bool:
+        return self.state.resolves_keys
+
+    async def admit(self, call: Call | KeyCall, day: int) -> Admission:
         started = time.perf_counter()
         try:
             return await self.state.admit(call, day)

@@ -232,4 +232,6 @@ def for_outcome(admission: Admission, price: int, now: float) -> Refusal | None:
         return AccountSuspended()
     if outcome is Outcome.KEY_REVOKED:
         return KeyRevoked()
+    if outcome is Outcome.UNKNOWN_KEY:
+        return UnknownKey()
     return AccountStateMissing()

@@ -10,6 +10,11 @@ so a stream of calls with a deleted key costs one Redis lookup per TTL. A
 mistyped key fails its checksum and is refused before any lookup. Concurrent
 misses for one key share a single lookup.
 
+On a single Redis there is no separate lookup: the proxy hands the admission
+script the digest of a key it has not cached (``unresolved``), the script reads
+the key's hash and admits in the same step, and its answer fills the cache
+(``learn``). A miss then costs no extra round trip.
+
 The cache is consulted by digest before the checksum is verified: only a
 well-formed key is ever put in it, so a hit proves the shape, and the checksum
 (6 us in pure Python, measured) is paid on misses only; the digest costs 1 us.
@@ -134,16 +139,35 @@ class Identifier:
         if record is not None:
             self.metrics.key_hit.inc()
             return record
+        self._vet(key, digest)
+        record = await self._resolve(digest)
+        if record is None:
+            raise errors.UnknownKey()
+        return record
+
+    def unresolved(self, key: str | None) -> str:
+        """The digest of a key ``cached`` does not hold, for the admission script to resolve
+        (then ``learn``); the 401 refusal when it is missing, malformed or known unknown."""
+        if not key:
+            raise errors.MissingKey()
+        digest = apikeys.digest(key)
+        self._vet(key, digest)
+        return digest
+
+    def learn(self, digest: str, record: KeyRecord | None) -> None:
+        """What the admission script found for a key (None: no such key)."""
+        if record is None:
+            self.cache.put_unknown(digest)
+        else:
+            self.cache.put(digest, record)
+
+    def _vet(self, key: str, digest: str) -> None:
         if not apikeys.well_formed(key):
             raise errors.MalformedKey()
         if self.cache.known_unknown(digest):
             self.metrics.key_negative_hit.inc()
             raise errors.UnknownKey()
         self.metrics.key_miss.inc()
-        record = await self._resolve(digest)
-        if record is None:
-            raise errors.UnknownKey()
-        return record
 
     async def _resolve(self, digest: str) -> KeyRecord | None:
         # One lookup per digest however many calls wait on it. Each caller waits on
@@ -175,10 +199,7 @@ class Identifier:
             error = lookup.exception()
         if error is None:
             record = lookup.result()
-            if record is None:
-                self.cache.put_unknown(digest)
-            else:
-                self.cache.put(digest, record)
+            self.learn(digest, record)
             for waiting in waiters:
                 if not waiting.done():
                     waiting.set_result(record)

@@ -38,7 +38,7 @@ from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable, Route, RouteCache, units_cost
 from gateway.upstream import Upstream, UpstreamResponse
-from meter.live_state import Admission, Call, KeyRecord
+from meter.live_state import Admission, Call, KeyCall, KeyRecord
 from meter.money import utc_day
 from meter.problems import PROBLEM_CONTENT_TYPE, render
 
@@ -175,13 +175,13 @@ class Proxy:
         try:
             self.check_declared_size(exchange.content_length)
             key = self.identity.cached(exchange.api_key)  # the hot case: nothing to await
-            if key is None:
-                key = await self.identity.identify(exchange.api_key)
-            route = self.price(exchange.method, exchange.target)
-            metered = await self.admit(key, route)
+            if key is not None:
+                metered = await self.admit(key, self.price(exchange.method, exchange.target))
+            else:
+                metered = await self.admit_unresolved(exchange)
             upstream, waited = await self.forward(exchange, metered)
             try:
-                if upstream.status >= 500 or route.unit_price is not None:
+                if upstream.status >= 500 or metered.route.unit_price is not None:
                     await self.settle(metered, upstream)
                 await self.relay(exchange, metered, upstream, started, waited)
             finally:
@@ -213,6 +213,40 @@ class Proxy:
         day = utc_day(now)
         call, upstream_headers = self.call_for(key, route)
         admission = await self.admitter.admit(call, day)
+        return self.metered(call, route, admission, now, day, upstream_headers)
+
+    async def admit_unresolved(self, exchange: Exchange) -> Metered:
+        """``admit`` for a key the cache does not hold: looked up first, or, on a single
+        Redis, resolved by the admission script in the same step (no extra round trip)."""
+        if not self.admitter.resolves_keys:
+            known = await self.identity.identify(exchange.api_key)
+            return await self.admit(known, self.price(exchange.method, exchange.target))
+        digest = self.identity.unresolved(exchange.api_key)
+        try:
+            route = self.price(exchange.method, exchange.target)
+        except errors.Refusal:
+            await self.identity.identify(exchange.api_key)  # an unknown caller learns no routes
+            raise
+        now = self.clock()
+        day = utc_day(now)
+        admission = await self.admitter.admit(KeyCall(digest, route.name, route.price), day)
+        key = admission.key
+        self.identity.learn(digest, key)
+        if key is None:
+            raise errors.UnknownKey()
+        call, upstream_headers = self.call_for(key, route)
+        return self.metered(call, route, admission, now, day, upstream_headers)
+
+    def metered(
+        self,
+        call: Call,
+        route: Route,
+        admission: Admission,
+        now: float,
+        day: int,
+        upstream_headers: Pairs,
+    ) -> Metered:
+        """The admitted call, or the refusal that says why not and what is left."""
         if admission.admitted:
             return Metered(call, route, admission, day, upstream_headers)
         refusal = errors.for_outcome(admission, route.price, now)

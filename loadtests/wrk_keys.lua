@@ -13,8 +13,8 @@
 -- time, its fastest path); with more, request() picks a key per call by a
 -- binary search in the cumulative distribution, the same as
 -- loadtests/keyspace.py `pick`. Each wrk thread has its own Lua state: the
--- keys are loaded in init() (a million in ~0.2 s), not in wrk's main state,
--- and each thread seeds its generator differently.
+-- keys are loaded in init(), not in wrk's main state, and each thread seeds its
+-- generator differently. All lines must be equally long (API keys are).
 
 local path = os.getenv("WRK_KEYS_FILE") or ""
 local dist = os.getenv("WRK_KEYS_DIST") or "uniform"
@@ -41,21 +41,25 @@ if not dynamic and not many and #first > 0 then
 end
 
 if many or (dynamic and #first > 0) then
-  local keys, n, cdf = nil, 0, nil
+  -- The keys stay in the file's one string, read at fixed offsets: a million
+  -- separate Lua strings would cost each wrk thread ~0.5 s to build, inside the
+  -- measured run (wrk starts a thread's load before it inits the next one), and
+  -- a ~100 MB heap that wrk's garbage collector keeps walking.
+  local data, width, n, cdf = nil, 0, 0, nil
 
   local function load()
     local f = assert(io.open(path, "rb"))
-    local data = f:read("*a")
+    data = f:read("*a")
     f:close()
-    keys = {}
-    local pos, len = 1, #data
-    while pos <= len and (limit <= 0 or n < limit) do
-      local stop = data:find("\n", pos, true) or (len + 1)
-      if stop > pos then
-        n = n + 1
-        keys[n] = data:sub(pos, stop - 1)
+    width = (data:find("\n", 1, true) or (#data + 1))  -- a key and its newline
+    if width < 2 then error("WRK_KEYS_FILE: the first line is empty") end
+    n = math.floor((#data + 1) / width)
+    if limit > 0 and n > limit then n = limit end
+    for k = 1, n do
+      local nl = k * width
+      if nl <= #data and data:byte(nl) ~= 10 then
+        error("WRK_KEYS_FILE: every line must be as long as the first (line " .. k .. ")")
       end
-      pos = stop + 1
     end
     if dist == "zipf" then
       cdf = {}
@@ -86,19 +90,20 @@ if many or (dynamic and #first > 0) then
   local head, tail = nil, "\r\n\r\n"
 
   function request()
-    if keys == nil then load() end
+    if data == nil then load() end
     if head == nil then
       -- wrk.format() ends with the blank line; put the header before it
       local base = wrk.format()
       head = base:sub(1, #base - 2) .. "Authorization: Bearer "
     end
-    return head .. keys[pick()] .. tail
+    local at = (pick() - 1) * width + 1
+    return head .. data:sub(at, at + width - 2) .. tail
   end
 
   function init(args)
     math.randomseed(os.time() * 1000 + (thread_number or 0) * 7919)
     for _ = 1, 10 do math.random() end
-    if keys == nil then load() end
+    if data == nil then load() end
   end
 end
 

@@ -29,11 +29,19 @@ import asyncio
 import functools
 from collections.abc import Sequence
 
-from meter.live_state import Admission, Call, StateUnavailable, admit_arguments, parse_admit_reply
+from meter.live_state import (
+    Admission,
+    Call,
+    KeyCall,
+    StateUnavailable,
+    admit_arguments,
+    parse_admit_reply,
+    resolved_flags,
+)
 from meter.redis_pipe import RedisPipe, RedisReplyError, Reply
 from meter.scripts import ADMIT
 
-_Queued = tuple[Call, int, "asyncio.Future[Admission]"]
+_Queued = tuple[Call | KeyCall, int, "asyncio.Future[Admission]"]
 
 
 class AdmissionBatcher:
@@ -46,8 +54,11 @@ class AdmissionBatcher:
         self._queue: list[_Queued] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def admit(self, call: Call, day: int) -> asyncio.Future[Admission]:
-        """Queue ``call``; the future resolves with its own admission, decided atomically."""
+    def admit(self, call: Call | KeyCall, day: int) -> asyncio.Future[Admission]:
+        """Queue ``call``; the future resolves with its own admission, decided atomically.
+
+        A ``KeyCall`` is grouped with every shard (its shard is not known yet): it needs
+        ``cross_shard``, or its batch fails on a cluster like any cross-slot batch."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -57,7 +68,7 @@ class AdmissionBatcher:
         self._queue.append((call, day, fut))
         return fut
 
-    async def admit_many(self, calls: Sequence[Call], day: int) -> list[Admission]:
+    async def admit_many(self, calls: Sequence[Call | KeyCall], day: int) -> list[Admission]:
         return list(await asyncio.gather(*[self.admit(call, day) for call in calls]))
 
     def _flush(self) -> None:
@@ -77,23 +88,29 @@ class AdmissionBatcher:
                 chunk = items[start : start + size]
                 futures = [fut for _, _, fut in chunk]
                 try:
-                    key_names, args = admit_arguments([call for call, _, _ in chunk], day, shard)
+                    calls = [call for call, _, _ in chunk]
+                    key_names, args = admit_arguments(calls, day, shard)
+                    resolved = None if shard is not None else resolved_flags(calls)
                     reply = self.pipe.evalsha(ADMIT, key_names, args)
                 except Exception as exc:  # a bug must not leave callers waiting forever
                     _fail(futures, StateUnavailable(f"admission batch not sent: {exc!r}"))
                     continue
-                reply.add_done_callback(functools.partial(_deliver, futures))
+                reply.add_done_callback(functools.partial(_deliver, futures, resolved))
         self.pipe.flush()
 
 
-def _deliver(futures: list[asyncio.Future[Admission]], reply: asyncio.Future[Reply]) -> None:
+def _deliver(
+    futures: list[asyncio.Future[Admission]],
+    resolved: list[bool] | None,
+    reply: asyncio.Future[Reply],
+) -> None:
     if reply.cancelled():
         _fail(futures, StateUnavailable("admission batch cancelled"))
         return
     error = reply.exception()
     if error is None:
         try:
-            admissions = parse_admit_reply(reply.result())
+            admissions = parse_admit_reply(reply.result(), resolved)
             if len(admissions) != len(futures):
                 raise ValueError(f"{len(admissions)} admissions for {len(futures)} calls")
         except (ValueError, TypeError, IndexError) as exc:

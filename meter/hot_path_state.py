@@ -21,6 +21,7 @@ from meter.live_state import (
     API_KEY_FIELDS,
     Admission,
     Call,
+    KeyCall,
     KeyRecord,
     StateUnavailable,
     key_record,
@@ -52,9 +53,16 @@ if TYPE_CHECKING:
 
 
 class HotPathState(Protocol):
-    def admit(self, call: Call, day: int) -> Awaitable[Admission]: ...
+    @property
+    def resolves_keys(self) -> bool:
+        """Whether the gateway may hand ``admit`` a ``KeyCall`` (a single Redis only)."""
+        ...
 
-    def admit_many(self, calls: Sequence[Call], day: int) -> Awaitable[list[Admission]]: ...
+    def admit(self, call: Call | KeyCall, day: int) -> Awaitable[Admission]: ...
+
+    def admit_many(
+        self, calls: Sequence[Call | KeyCall], day: int
+    ) -> Awaitable[list[Admission]]: ...
 
     def settle(
         self, call: Call, admitted: Admission, refund: int, admitted_day: int
@@ -114,10 +122,15 @@ class PipelinedState:
         self.batcher.cross_shard = "cluster_enabled:1" not in text
         return self.batcher.cross_shard
 
-    def admit(self, call: Call, day: int) -> asyncio.Future[Admission]:
+    @property
+    def resolves_keys(self) -> bool:
+        """As ``cross_shard`` (``choose_batching``): a ``KeyCall`` is a cross-slot call."""
+        return self.batcher.cross_shard
+
+    def admit(self, call: Call | KeyCall, day: int) -> asyncio.Future[Admission]:
         return self.batcher.admit(call, day)
 
-    async def admit_many(self, calls: Sequence[Call], day: int) -> list[Admission]:
+    async def admit_many(self, calls: Sequence[Call | KeyCall], day: int) -> list[Admission]:
         return await self.batcher.admit_many(calls, day)
 
     async def settle(self, call: Call, admitted: Admission, refund: int, admitted_day: int) -> int:

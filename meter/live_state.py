@@ -47,6 +47,25 @@ class Call:
     price: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    project_id: str
+    account_id: str
+    shard: int
+
+
+class KeyCall(NamedTuple):
+    """A call whose API key the gateway has not resolved: admit.lua reads the key's hash
+    itself (one step instead of a lookup and then the admission) and answers with the
+    key's record. Its keys are not declared, so only a single (non-cluster) Redis runs it."""
+
+    digest: str  # SHA-256 hex of the API key
+    route: str
+    price: int
+    shard: None = None  # batched with every shard's calls
+
+
 class Admission(NamedTuple):
     """admit.lua's answer for one call (a named tuple: one is built per call, in 0.2 us
     where a frozen dataclass takes 0.9 us)."""
@@ -57,6 +76,7 @@ class Admission(NamedTuple):
     limit_remaining: int | None
     signals: Signal
     event_id: str  # the usage event's stream id ("" when none was written)
+    key: KeyRecord | None = None  # a KeyCall's key, as admit.lua read it (None: unknown)
 
     @property
     def admitted(self) -> bool:
@@ -73,14 +93,6 @@ class AccountConfig:
     daily_notify_threshold: int | None
     low_balance_threshold: int | None
     suspended: bool
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    key_id: str
-    project_id: str
-    account_id: str
-    shard: int
 
 
 API_KEY_FIELDS = ("id", "project", "account", "shard")  # of an API key's hash
@@ -154,20 +166,26 @@ class LiveState:
 
     # -- the hot path -----------------------------------------------------------------
 
-    async def admit_many(self, calls: Sequence[Call], day: int) -> list[Admission]:
+    # The gateway does not hand this adapter ``KeyCall`` s (it cannot tell a single Redis
+    # from a cluster node); it runs them all the same, for tests and tools.
+    resolves_keys = False
+
+    async def admit_many(self, calls: Sequence[Call | KeyCall], day: int) -> list[Admission]:
         """Admit each call (atomically each); one script call per shard."""
-        by_shard: dict[int, list[int]] = {}
+        by_shard: dict[int | None, list[int]] = {}
         for i, call in enumerate(calls):
             by_shard.setdefault(call.shard, []).append(i)
         results: list[Admission | None] = [None] * len(calls)
         for shard, indexes in by_shard.items():
-            key_names, args = admit_arguments([calls[i] for i in indexes], day, shard)
+            group = [calls[i] for i in indexes]
+            key_names, args = admit_arguments(group, day, shard)
             reply = await self._run(ADMIT, key_names, args)
-            for i, admission in zip(indexes, parse_admit_reply(reply), strict=True):
+            resolved = None if shard is not None else resolved_flags(group)
+            for i, admission in zip(indexes, parse_admit_reply(reply, resolved), strict=True):
                 results[i] = admission
         return results  # type: ignore[return-value]
 
-    async def admit(self, call: Call, day: int) -> Admission:
+    async def admit(self, call: Call | KeyCall, day: int) -> Admission:
         return (await self.admit_many([call], day))[0]
 
     async def settle(self, call: Call, admitted: Admission, refund: int, admitted_day: int) -> int:
@@ -282,17 +300,22 @@ def settle_arguments(
 
 
 def admit_arguments(
-    calls: Sequence[Call], day: int, shard: int | None
+    calls: Sequence[Call | KeyCall], day: int, shard: int | None
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of admit.lua for calls that all live on ``shard`` (one cluster slot).
 
     ``shard=None``: each call on its own shard, with its shard's stream; the keys
-    then span slots, which only a single (non-cluster) Redis accepts.
+    then span slots, which only a single (non-cluster) Redis accepts. So do
+    ``KeyCall`` s, whose account admit.lua finds from the key's hash.
     """
     key_names: list[str] = []
     index: dict[str, int] = {}
     args: list[Any] = [day, len(calls)]
     for call in calls:
+        if type(call) is KeyCall:
+            args += [0, 0, call.price, call.digest, "", "", call.route]
+            continue
+        assert type(call) is Call
         on = call.shard if shard is None else shard
         skey = keys.usage_stream(on)
         if skey not in index:
@@ -318,28 +341,63 @@ _OUTCOMES = {o.value: o for o in Outcome}
 _SIGNALS = {bits: Signal(bits) for bits in range(16)}
 
 
-def parse_admit_reply(reply: Sequence[Any]) -> list[Admission]:
-    """One Admission per group of admit.lua's reply (hot: table lookups, not enum calls)."""
-    if len(reply) % ADMIT_REPLY_PER_CALL:
-        raise ValueError(f"admit.lua reply of {len(reply)} items")
+def resolved_flags(calls: Sequence[Call | KeyCall]) -> list[bool] | None:
+    """Which calls are ``KeyCall`` s, for ``parse_admit_reply`` (None when none is)."""
+    flags = [type(call) is KeyCall for call in calls]
+    return flags if True in flags else None
+
+
+def parse_admit_reply(
+    reply: Sequence[Any], resolved: Sequence[bool] | None = None
+) -> list[Admission]:
+    """One Admission per group of admit.lua's reply (hot: table lookups, not enum calls).
+
+    ``resolved[i]``: call i is a ``KeyCall``, whose group carries its key's record.
+    """
+    if resolved is None:
+        if len(reply) % ADMIT_REPLY_PER_CALL:
+            raise ValueError(f"admit.lua reply of {len(reply)} items")
+        it = iter(reply)
+        return [_admission(*group) for group in zip(it, it, it, it, it, it, strict=True)]
     out = []
-    it = iter(reply)
-    for code, balance, available, left, bits, event_id in zip(it, it, it, it, it, it, strict=True):
-        outcome = _OUTCOMES.get(int(code))
-        if outcome is None:
-            raise ValueError(f"unknown admission outcome {code!r}")
-        signals = _SIGNALS.get(int(bits))
-        if signals is None:
-            signals = Signal(int(bits))
-        left = int(left)
-        out.append(
-            Admission(
-                outcome,
-                int(balance),
-                int(available),
-                None if left < 0 else left,
-                signals,
-                _str(event_id),
-            )
-        )
+    at = 0
+    for with_key in resolved:
+        code, balance, available, left, bits, event_id = reply[at : at + ADMIT_REPLY_PER_CALL]
+        at += ADMIT_REPLY_PER_CALL
+        key = None
+        if with_key:
+            key_id, project, account, shard = reply[at : at + 4]
+            at += 4
+            if key_id:
+                key = KeyRecord(_str(key_id), _str(project), _str(account), int(shard))
+        out.append(_admission(code, balance, available, left, bits, event_id, key))
+    if at != len(reply):
+        raise ValueError(f"admit.lua reply of {len(reply)} items for {len(resolved)} calls")
     return out
+
+
+def _admission(
+    code: Any,
+    balance: Any,
+    available: Any,
+    left: Any,
+    bits: Any,
+    event_id: Any,
+    key: KeyRecord | None = None,
+) -> Admission:
+    outcome = _OUTCOMES.get(int(code))
+    if outcome is None:
+        raise ValueError(f"unknown admission outcome {code!r}")
+    signals = _SIGNALS.get(int(bits))
+    if signals is None:
+        signals = Signal(int(bits))
+    left = int(left)
+    return Admission(
+        outcome,
+        int(balance),
+        int(available),
+        None if left < 0 else left,
+        signals,
+        _str(event_id),
+        key,
+    )

@@ -37,6 +37,7 @@ class Outcome(IntEnum):
     SUSPENDED = 3
     KEY_REVOKED = 4
     UNKNOWN_ACCOUNT = 5
+    UNKNOWN_KEY = 6  # a call admitted by its key's hash, and no key has that hash
 
 
 class Signal(IntFlag):

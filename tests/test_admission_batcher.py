@@ -10,7 +10,15 @@ import pytest
 
 from meter import keys
 from meter.admission_batcher import AdmissionBatcher
-from meter.live_state import AccountConfig, Call, LiveState, StateUnavailable, admit_arguments
+from meter.live_state import (
+    AccountConfig,
+    Call,
+    KeyCall,
+    KeyRecord,
+    LiveState,
+    StateUnavailable,
+    admit_arguments,
+)
 from meter.money import Outcome
 from meter.redis_pipe import RedisPipe, RedisReplyError
 
@@ -141,6 +149,31 @@ async def test_race_admits_exactly_what_the_account_covers(
     # Each caller's reply is its own: balances after each admission are all distinct.
     admitted_balances = sorted(r.balance for r in results if r.admitted)
     assert admitted_balances == [balance - 700 + 7 * i for i in range(100)]
+
+
+async def test_race_with_keys_resolved_by_the_script_admits_exactly_what_is_covered(
+    live_state: LiveState, redis_url: str
+) -> None:
+    """As above with a cold key cache: half the callers send only their key's digest."""
+    shard, account = 6, "acct_keyrace"
+    await provision(live_state, shard, account, 700)
+    record = KeyRecord("key_1", "proj_1", account, shard)
+    await live_state.put_api_key("ee" * 32, record)
+    pipes = [RedisPipe(redis_url), RedisPipe(redis_url)]
+    batchers = [AdmissionBatcher(p, max_batch=128, cross_shard=True) for p in pipes]
+    known, by_key = call(account, shard, price=7), KeyCall("ee" * 32, "chat", 7)
+    try:
+        results = await asyncio.gather(
+            *(batchers[i % 2].admit(by_key if i % 3 else known, DAY) for i in range(2000))
+        )
+    finally:
+        for p in pipes:
+            await p.close()
+    assert [r.outcome for r in results].count(Outcome.ADMITTED) == 100
+    assert {r.key for i, r in enumerate(results) if i % 3} == {record}
+    assert {r.key for i, r in enumerate(results) if not i % 3} == {None}
+    assert sorted(r.balance for r in results if r.admitted) == [7 * i for i in range(100)]
+    assert await live_state.redis.xlen(keys.usage_stream(shard)) == 100
 
 
 @pytest.mark.parametrize(("cross_shard", "script_calls"), [(False, 4), (True, 1)])

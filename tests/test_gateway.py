@@ -467,13 +467,48 @@ async def test_401_without_a_usable_key(
     assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 0
 
 
-async def test_401_unknown_key(make_gateway: MakeGateway) -> None:
+@pytest.mark.parametrize("cross_shard", ["auto", "false"])
+async def test_401_unknown_key_then_remembered(make_gateway: MakeGateway, cross_shard: str) -> None:
+    """Resolved by the admission script (auto, a single Redis) or by a lookup first, an
+    unknown key is refused, changes nothing and is not asked about again within the TTL."""
     from meter import apikeys
 
-    gw = await make_gateway()
-    for _ in range(2):
-        problem(await gw.call(key=apikeys.generate()), 401, "unknown-api-key")
+    gw = await make_gateway(admit_cross_shard=cross_shard)
+    if gw.runtime.batching is not None:
+        await gw.runtime.batching
+    stranger = apikeys.generate()
+    for _ in range(3):
+        problem(await gw.call(key=stranger), 401, "unknown-api-key")
     assert gw.echo.received == 0
+    assert await gw.events() == []
+    assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 1
+    assert await gw.metric("meter_gateway_key_cache_total", result="negative_hit") == 2
+    asked = await gw.metric("meter_gateway_redis_seconds_count", op="admit")
+    asked += await gw.metric("meter_gateway_redis_seconds_count", op="key")
+    assert asked == 1
+    assert (await gw.call()).status == 200  # the account's own key still works
+
+
+@pytest.mark.parametrize("cross_shard", ["auto", "false"])
+async def test_an_unknown_route_is_a_401_for_an_unknown_key_and_a_404_for_a_known_one(
+    make_gateway: MakeGateway, tmp_path: Path, cross_shard: str
+) -> None:
+    """Whether the key is cached or not, a caller learns nothing of the routes until
+    its key is known."""
+    from meter import apikeys
+
+    strict = tmp_path / "strict.toml"
+    strict.write_text(
+        '[default]\nrefuse = true\n[[routes]]\nname = "a"\nmatch = "GET /a"\nprice = 5'
+    )
+    gw = await make_gateway(prices_path=str(strict), admit_cross_shard=cross_shard)
+    if gw.runtime.batching is not None:
+        await gw.runtime.batching
+    problem(await gw.call("/b", key=apikeys.generate()), 401, "unknown-api-key")
+    problem(await gw.call("/b"), 404, "no-such-route")  # a cold cache: looked up
+    problem(await gw.call("/b"), 404, "no-such-route")  # now cached
+    assert gw.echo.received == 0
+    assert await gw.events() == []
 
 
 async def test_403_revoked_key_at_once_even_when_cached(make_gateway: MakeGateway) -> None:
@@ -801,7 +836,8 @@ async def test_ops_endpoints_are_served_not_proxied(make_gateway: MakeGateway) -
     assert samples[("meter_gateway_charged_micros_total", (("route", "default"),))] == PRICE
     assert samples[("meter_gateway_key_cache_total", (("result", "miss"),))] == 1
     assert samples[("meter_gateway_redis_seconds_count", (("op", "admit"),))] == 1
-    assert samples[("meter_gateway_redis_seconds_count", (("op", "key"),))] == 1
+    # on a single Redis the admission script resolved the key: no lookup of its own
+    assert samples[("meter_gateway_redis_seconds_count", (("op", "key"),))] == 0
     assert samples[("meter_gateway_overhead_seconds_count", ())] == 2
     assert samples[("meter_gateway_upstream_seconds_count", ())] == 1
     assert samples[("meter_gateway_in_flight", ())] == 0
@@ -824,10 +860,19 @@ async def test_admissions_batch_across_shards_unless_told_not_to(
     assert (await auto.call()).status == 200
 
 
-async def test_key_cache_hits_after_the_first_call(make_gateway: MakeGateway) -> None:
-    gw = await make_gateway()
+@pytest.mark.parametrize("cross_shard", ["auto", "false"])
+async def test_key_cache_hits_after_the_first_call(
+    make_gateway: MakeGateway, cross_shard: str
+) -> None:
+    """On a single Redis (auto) the first call's admission resolves the key; with
+    per-shard batches (as on a cluster) the key is looked up first."""
+    gw = await make_gateway(admit_cross_shard=cross_shard)
+    if gw.runtime.batching is not None:
+        await gw.runtime.batching
     for _ in range(3):
         assert (await gw.call()).status == 200
     assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 1
     assert await gw.metric("meter_gateway_key_cache_total", result="hit") == 2
-    assert await gw.metric("meter_gateway_redis_seconds_count", op="key") == 1
+    lookups = await gw.metric("meter_gateway_redis_seconds_count", op="key")
+    assert lookups == (0 if cross_shard == "auto" else 1)
+    assert await gw.metric("meter_gateway_redis_seconds_count", op="admit") == 3

@@ -12,7 +12,7 @@ import redis as redis_sync
 
 from meter import keys, local_servers
 from meter.hot_path_state import HotPathState, PipelinedState
-from meter.live_state import AccountConfig, Call, KeyRecord, LiveState, StateUnavailable
+from meter.live_state import AccountConfig, Call, KeyCall, KeyRecord, LiveState, StateUnavailable
 from meter.money import Outcome
 from meter.redis_pipe import RedisTimeout
 from meter.settings import Settings
@@ -54,11 +54,12 @@ def own_redis(tmp_path: Path) -> Iterator[local_servers.RedisServer]:
 
 
 def test_both_adapters_offer_the_hot_path() -> None:
-    wanted = {"admit", "admit_many", "settle", "get_api_key", "ping", "close"}
+    wanted = {"resolves_keys", "admit", "admit_many", "settle", "get_api_key", "ping", "close"}
     declared = {name for name in vars(HotPathState) if not name.startswith("_")}
     assert declared == wanted
     for cls in (LiveState, PipelinedState):
-        assert all(callable(getattr(cls, name)) for name in wanted), cls
+        assert all(callable(getattr(cls, name)) for name in wanted - {"resolves_keys"}), cls
+        assert hasattr(cls, "resolves_keys"), cls
 
 
 async def test_from_settings(redis_url: str) -> None:
@@ -188,9 +189,9 @@ async def test_redis_killed_mid_traffic(own_redis: local_servers.RedisServer) ->
 async def test_batches_span_shards_unless_redis_is_a_cluster_node(
     fast: PipelinedState, tmp_path: Path
 ) -> None:
-    assert not fast.batcher.cross_shard  # until Redis has answered
+    assert not fast.batcher.cross_shard and not fast.resolves_keys  # until Redis answered
     assert await fast.choose_batching() is True
-    assert fast.batcher.cross_shard
+    assert fast.batcher.cross_shard and fast.resolves_keys
     # The cluster bus port is given: by default it is the port + 10,000, and Redis
     # refuses to start when a free port above 55,535 was picked.
     cluster = ("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"))
@@ -199,7 +200,10 @@ async def test_batches_span_shards_unless_redis_is_a_cluster_node(
     state = PipelinedState.from_url(node.url, timeout=5.0)
     try:
         assert await state.choose_batching() is False
-        assert not state.batcher.cross_shard
+        assert not state.batcher.cross_shard and not state.resolves_keys
+        # a KeyCall handed to it anyway fails closed: the node refuses undeclared keys
+        with pytest.raises(StateUnavailable):
+            await state.admit(KeyCall("ab" * 32, "chat", 1), 20_400)
     finally:
         await state.close()
         node.stop(kill=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from dataclasses import replace
 
 import pytest
 
 from meter import keys, money
-from meter.live_state import AccountConfig, Call, LiveState
+from meter.live_state import AccountConfig, Call, KeyCall, KeyRecord, LiveState
 from meter.money import AccountState, Outcome, Signal, usd
 
 DAY = 20_400
@@ -177,6 +178,99 @@ async def test_batch_with_many_accounts_and_shards(live_state: LiveState) -> Non
     assert [r.balance for r in results] == [6, 6, 2, 2, 2, 2]
 
 
+# -- calls whose key the script resolves (KeyCall: a single Redis) -----------------------
+
+
+async def key_of(state: LiveState, account: str, key_id: str, shard: int = SHARD) -> KeyCall:
+    """Store an API key for ``account``; a KeyCall of price 5 on route chat for it."""
+    digest = hashlib.sha256(f"{account}/{key_id}".encode()).hexdigest()
+    await state.put_api_key(digest, KeyRecord(key_id, "proj_k", account, shard))
+    return KeyCall(digest, "chat", 5)
+
+
+async def test_a_key_call_admits_on_the_account_its_key_names(live_state: LiveState) -> None:
+    await provision(live_state, 12)
+    by_key = await key_of(live_state, ACCOUNT, "key_k")
+
+    first = await live_state.admit(by_key, DAY)
+
+    assert first.outcome is Outcome.ADMITTED and first.balance == 7 and first.available == 7
+    assert first.key == KeyRecord("key_k", "proj_k", ACCOUNT, SHARD)
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and (state.balance, state.spent_today) == (7, 5)
+    [event] = await stream_events(live_state)
+    assert {k: event[k] for k in "tapkrmd"} == {
+        "t": "d", "a": ACCOUNT, "p": "proj_k", "k": "key_k", "r": "chat", "m": "5", "d": str(DAY),
+    }  # fmt: skip
+    # decided exactly as the same call with its key known
+    second = await live_state.admit(Call(SHARD, ACCOUNT, "proj_k", "key_k", "chat", 5), DAY)
+    third = await live_state.admit(by_key, DAY)
+    assert (second.outcome, second.balance) == (Outcome.ADMITTED, 2)
+    assert (third.outcome, third.balance, third.key) == (Outcome.NO_CREDIT, 2, first.key)
+
+
+async def test_a_key_call_for_an_unknown_key_changes_nothing(live_state: LiveState) -> None:
+    await provision(live_state, 12)
+    before = await live_state.read_account(SHARD, ACCOUNT)
+
+    result = await live_state.admit(KeyCall("ab" * 32, "chat", 5), DAY)
+
+    assert result.outcome is Outcome.UNKNOWN_KEY and result.key is None
+    assert (result.balance, result.available, result.limit_remaining) == (0, 0, None)
+    assert await live_state.read_account(SHARD, ACCOUNT) == before
+    assert await stream_events(live_state) == []
+
+
+async def test_a_key_call_is_refused_for_a_revoked_key_or_a_suspended_account(
+    live_state: LiveState,
+) -> None:
+    await provision(live_state, 100)
+    revoked = await key_of(live_state, ACCOUNT, "key_gone")
+    await live_state.revoke_key(SHARD, ACCOUNT, "key_gone")
+    other = await key_of(live_state, "acct_off", "key_off")
+    assert await live_state.sync_account(SHARD, "acct_off", config(suspended=True))
+    orphan = await key_of(live_state, "acct_never_made", "key_orphan")
+
+    results = await live_state.admit_many([revoked, other, orphan], DAY)
+
+    assert [r.outcome for r in results] == [
+        Outcome.KEY_REVOKED,
+        Outcome.SUSPENDED,
+        Outcome.UNKNOWN_ACCOUNT,
+    ]
+    assert [r.key.key_id if r.key else None for r in results] == [
+        "key_gone",
+        "key_off",
+        "key_orphan",
+    ]
+    assert await stream_events(live_state) == []
+
+
+async def test_key_calls_and_known_calls_share_a_batch_across_shards(live_state: LiveState) -> None:
+    for shard, account in [(1, "acct_a"), (2, "acct_b")]:
+        assert await live_state.sync_account(shard, account, config())
+        await live_state.credit(shard, account, "seed", 10)
+    a_by_key = await key_of(live_state, "acct_a", "key_a", shard=1)
+    unknown = KeyCall("cd" * 32, "chat", 5)
+    b_known = call(4, account="acct_b", shard=2)
+
+    results = await live_state.admit_many([a_by_key, b_known, unknown, a_by_key, b_known], DAY)
+
+    assert [r.outcome for r in results] == [Outcome.ADMITTED] * 2 + [Outcome.UNKNOWN_KEY] + [
+        Outcome.ADMITTED
+    ] * 2
+    assert [r.balance for r in results] == [5, 6, 0, 0, 2]
+    assert [r.key.account_id if r.key else None for r in results] == [
+        "acct_a",
+        None,
+        None,
+        "acct_a",
+        None,
+    ]
+    assert len(await stream_events(live_state, 1)) == 2
+    assert len(await stream_events(live_state, 2)) == 2
+
+
 def _to_config(state: AccountState, version: int) -> AccountConfig:
     return AccountConfig(
         version=version,
@@ -242,6 +336,27 @@ async def test_concurrent_admissions_never_overspend(live_state: LiveState, redi
 
         async def hammer(state: LiveState) -> list[Outcome]:
             return [(await state.admit(call(7), DAY)).outcome for _ in range(25)]
+
+        outcomes = [o for batch in await asyncio.gather(*map(hammer, clients)) for o in batch]
+    finally:
+        for c in clients:
+            await c.close()
+    assert outcomes.count(Outcome.ADMITTED) == 100
+    assert outcomes.count(Outcome.NO_CREDIT) == 400
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and state.balance == 0
+    assert await live_state.redis.xlen(keys.usage_stream(SHARD)) == 100
+
+
+async def test_concurrent_key_calls_never_overspend(live_state: LiveState, redis_url: str) -> None:
+    """As above, with every caller's key resolved by the script (a cold key cache)."""
+    await provision(live_state, 100 * 5)
+    by_key = await key_of(live_state, ACCOUNT, "key_race")
+    clients = [LiveState.from_url(redis_url) for _ in range(20)]
+    try:
+
+        async def hammer(state: LiveState) -> list[Outcome]:
+            return [(await state.admit(by_key, DAY)).outcome for _ in range(25)]
 
         outcomes = [o for batch in await asyncio.gather(*map(hammer, clients)) for o in batch]
     finally:

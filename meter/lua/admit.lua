@@ -7,11 +7,18 @@
 -- ARGV[2]: n, the number of calls; then n groups of 7:
 --          account key index, stream key index, price (micros), api key id,
 --          project id, account id, route name
+--          A call whose caller is not known yet has account key index 0 and the
+--          SHA-256 (hex) of its API key in place of the key id: the script reads
+--          the key's hash (meter:apikey:<hex>) and admits on the account it names.
+--          Those keys are not in KEYS, which only a single (non-cluster) Redis
+--          accepts; the key shapes are those of meter/keys.py.
 -- Reply:   n groups of 6:
 --          outcome (0 admitted, 1 no credit, 2 daily limit, 3 suspended,
---          4 key revoked, 5 unknown account), balance after, available after,
---          daily limit remaining (-1 = no limit), signals (bit flags),
---          usage event id ("" when no event was written)
+--          4 key revoked, 5 unknown account, 6 unknown key), balance after,
+--          available after, daily limit remaining (-1 = no limit), signals (bit
+--          flags), usage event id ("" when no event was written)
+--          then, for a call resolved by its key's hash, 4 more: key id, project
+--          id, account id, shard (all "" when the key is unknown)
 --
 -- How it works: one HMGET reads everything the decision needs, including the
 -- revocation flag of the calling key; counters change only through HINCRBY
@@ -34,13 +41,9 @@ local function available(bal, ovl, lim, spt)
   return money, left
 end
 
-for i = 0, n - 1 do
-  local b = 3 + i * 7
-  local akey = KEYS[tonumber(ARGV[b])]
-  local skey = KEYS[tonumber(ARGV[b + 1])]
-  local price_s = ARGV[b + 2]
+-- one call, decided and answered (6 items appended to out)
+local function decide(akey, skey, price_s, keyid, project, account, route)
   local price = tonumber(price_s)
-  local keyid = ARGV[b + 3]
   local f = redis.call('HMGET', akey, 'bal', 'ovl', 'lim', 'ntf', 'rth', 'st', 'day', 'spt',
     'nfd', 'lfd', 'low', 'rk:' .. keyid)
   if not f[1] then
@@ -98,12 +101,33 @@ for i = 0, n - 1 do
     if outcome == 0 or signals ~= 0 then
       local t = 'd'
       if outcome ~= 0 then t = 'x'; price_s = '0' end
-      eid = redis.call('XADD', skey, '*', 't', t, 'a', ARGV[b + 5], 'p', ARGV[b + 4], 'k', keyid,
-        'r', ARGV[b + 6], 'm', price_s, 'd', tostring(sday), 'g', tostring(signals))
+      eid = redis.call('XADD', skey, '*', 't', t, 'a', account, 'p', project, 'k', keyid,
+        'r', route, 'm', price_s, 'd', tostring(sday), 'g', tostring(signals))
     end
     local avail, left = available(bal, ovl, lim, spt)
     out[#out + 1] = outcome; out[#out + 1] = bal; out[#out + 1] = avail
     out[#out + 1] = left; out[#out + 1] = signals; out[#out + 1] = eid
+  end
+end
+
+for i = 0, n - 1 do
+  local b = 3 + i * 7
+  if ARGV[b] ~= '0' then
+    decide(KEYS[tonumber(ARGV[b])], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3],
+      ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
+  else
+    local k = redis.call('HMGET', 'meter:apikey:' .. ARGV[b + 3], 'id', 'project', 'account',
+      'shard')
+    if k[1] and k[2] and k[3] and k[4] then
+      local tag = '{s' .. k[4] .. '}'
+      decide('meter:acct:' .. tag .. ':' .. k[3], 'meter:usage:' .. tag, ARGV[b + 2], k[1], k[2],
+        k[3], ARGV[b + 6])
+      out[#out + 1] = k[1]; out[#out + 1] = k[2]; out[#out + 1] = k[3]; out[#out + 1] = k[4]
+    else
+      out[#out + 1] = 6; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = -1
+      out[#out + 1] = 0; out[#out + 1] = ''
+      out[#out + 1] = ''; out[#out + 1] = ''; out[#out + 1] = ''; out[#out + 1] = ''
+    end
   end
 end
 return out
