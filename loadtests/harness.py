@@ -70,6 +70,9 @@ QUICK = Plan(
 # processes under test share one CPU (``measure.pinned``: the latency one hop
 # adds, without the VM's cross-core wake-ups).
 PHASES = {"c64": (64, False), "c1": (1, False), "c1_one_core": (1, True)}
+# The sweep's blocks of many accounts also measure one key at this concurrency,
+# interleaved with their own runs (``Bench.sweep_points``).
+REFERENCE_CONNECTIONS = 64
 
 
 def sweep_order(connections: Sequence[int], rounds: int) -> list[int]:
@@ -368,21 +371,38 @@ class Bench:
         connections: Sequence[int],
         load: wrk.Load,
         ledger: measure.Ledger | None,
+        reference: wrk.Load | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Each concurrency warmed up, then all measured in rounds (``sweep_order``), so
         that a change in the machine's speed falls on every point alike (their ratios
-        are targets); the points in the order of ``connections``."""
+        are targets); the points in the order of ``connections``.
+
+        ``reference``: after each measured run at 64 connections, one more with this
+        load (one key), on the same server; the c64 point carries its median as
+        ``reference_rps``, so "many accounts / one account" compares runs seconds
+        apart, not blocks minutes apart."""
         p = self.plan
         self.wait_quiet()
         for c in connections:
             self.run(server, c, p.sweep_warmup_s, load, ledger, warmup=True)
+        if reference is not None and REFERENCE_CONNECTIONS in connections:
+            self.run(
+                server, REFERENCE_CONNECTIONS, p.sweep_warmup_s, reference, ledger, warmup=True
+            )
+        else:
+            reference = None
         samples: dict[int, list[dict[str, Any]]] = {c: [] for c in connections}
+        references: list[dict[str, Any]] = []
         for c in sweep_order(connections, p.sweep_runs):
             samples[c].append(self.run(server, c, p.sweep_run_s, load, ledger))
+            if reference is not None and c == REFERENCE_CONNECTIONS:
+                references.append(self.run(server, c, p.sweep_run_s, reference, ledger))
         for c in connections:
             point = measure.summary(samples[c])
             point["connections"] = c
             point["rss_kb"] = samples[c][-1].get("rss_kb")
+            if references and c == REFERENCE_CONNECTIONS:
+                point["reference_rps"] = measure.summary(references)["rps"]
             yield point
 
     def sweep(self, failed: set[str], out: dict[str, Any]) -> None:
@@ -412,7 +432,11 @@ class Bench:
                         rss_start = procstat.rss_kb(server.pid)
                         for dist in ("uniform",) if accounts == 1 else ("uniform", "zipf"):
                             load = self.load(accounts, dist, sweep=True)
-                            for point in self.sweep_points(server, p.sweep_concurrency, load, book):
+                            one = self.load(1, sweep=True) if accounts > 1 else None
+                            points = self.sweep_points(
+                                server, p.sweep_concurrency, load, book, reference=one
+                            )
+                            for point in points:
                                 gateway.append(
                                     {"configuration": "gateway", "accounts": accounts,
                                      "distribution": dist, **point}

@@ -301,6 +301,18 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
                 )
                 + " |"
             )
+        references = [p for p in sweep["gateway"] if p.get("reference_rps")]
+        if references:
+            out.append(
+                "\nOne key, measured at c64 between the runs of the same block (the reference of "
+                "the many-accounts targets): "
+                + ", ".join(
+                    f"{_accounts(p['accounts'])} {p['distribution']}: "
+                    f"{_f(p['reference_rps'])} req/s"
+                    for p in references
+                )
+                + "."
+            )
         for e in sweep.get("exactness", []):
             if "rss_kb_start" in e:
                 out.append(
