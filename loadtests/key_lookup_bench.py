@@ -1,22 +1,26 @@
-"""Micro-benchmark of the gateway's API key lookup: what a key-cache miss costs.
+"""Micro-benchmark of identify + admit: what a key-cache miss costs a call.
 
     .venv/bin/python -m loadtests.key_lookup_bench [--keys 20000] [--concurrency 64]
 
-The gateway's own ``Identifier`` over ``PipelinedState`` (one pipelined hiredis
-connection), against a real Redis (started here unless ``--redis-url`` is
-given) holding ``--keys`` accounts with one API key each. ``--concurrency``
-workers, like request handlers, each identify their share of the keys one
-after the other:
+The gateway's own ``Identifier`` and ``PipelinedState`` (one pipelined hiredis
+connection, admissions batched per loop pass across shards), against a real
+Redis (started here unless ``--redis-url`` is given) holding ``--keys``
+accounts with one API key each. ``--concurrency`` workers, like request
+handlers, each identify and admit one call per key of their share, one after
+the other, in three ways:
 
-* ``miss``: an empty cache, so every call checks the key's checksum, sends one
-  HMGET (the calls of one loop pass share a socket write) and caches the record;
-* ``hit``: the same keys again, all cached.
+* ``miss, looked up``: an empty cache; the key's checksum, one HMGET (the calls
+  of one loop pass share a socket write), then the admission (as on a cluster);
+* ``miss, resolved by admit.lua``: an empty cache; the checksum, then the
+  admission of a ``KeyCall``, whose key the script reads in the same step (as
+  the gateway does on a single Redis); the answer fills the cache;
+* ``hit``: the same keys again, all cached; the admission only.
 
-Reported per identify, median of ``--rounds``: client CPU (``time.process_time``)
-and Redis CPU (INFO), and the difference a miss makes. Every round checks that
-each key resolved to its own account. The full benchmark's sweep shows what
-the misses cost a whole call (1,000,000 uniform keys miss a 100,000-key cache
-about 90 % of the time).
+Reported per call, median of ``--rounds``: client CPU (``time.process_time``)
+and Redis CPU (INFO), and what each miss adds to a hit. Every round checks that
+each key resolved to its own account and that every call was admitted. The
+full benchmark's sweep shows what misses cost a whole proxied call (1,000,000
+uniform keys miss a 100,000-key cache about 90 % of the time).
 """
 
 from __future__ import annotations
@@ -36,40 +40,70 @@ from gateway.identity import Identifier, KeyCache
 from gateway.metrics import GatewayMetrics
 from meter import local_servers
 from meter.hot_path_state import PipelinedState
+from meter.live_state import Admission, Call, KeyCall, KeyRecord
+from meter.money import utc_day
 
 from . import keyspace, redis_side
 from .harness import SHARDS
 from .keyspace import BenchAccount
 
+MODES = ("miss, looked up", "miss, resolved by admit.lua", "hit")
+ROUTE, PRICE = "bench", 1
+
+
+def call_of(record: KeyRecord) -> Call:
+    return Call(record.shard, record.account_id, record.project_id, record.key_id, ROUTE, PRICE)
+
 
 async def one_round(
     url: str, accounts: list[BenchAccount], concurrency: int
 ) -> dict[str, tuple[float, float]]:
-    """{"miss" | "hit": (client CPU us, Redis CPU us) per identify}."""
+    """{mode: (client CPU us, Redis CPU us) per identified and admitted call}."""
     state = PipelinedState.from_url(url)
-    identifier = Identifier(state, KeyCache(len(accounts), 30.0), GatewayMetrics())
     admin = redis_sync.Redis.from_url(url)
     share = len(accounts) // concurrency
+    day = utc_day(time.time())
     out: dict[str, tuple[float, float]] = {}
     try:
-        await state.ping()
+        if not await state.choose_batching():
+            raise SystemExit("a single Redis is needed (this one is a cluster node)")
 
-        async def worker(mine: list[BenchAccount]) -> None:
+        async def one_call(identifier: Identifier, mode: str, key: str) -> Admission:
+            if mode == "miss, resolved by admit.lua":
+                digest = identifier.unresolved(key)
+                admission = await state.admit(KeyCall(digest, ROUTE, PRICE), day)
+                identifier.learn(digest, admission.key)
+                return admission
+            record = identifier.cached(key) if mode == "hit" else None
+            if record is None:
+                record = await identifier.identify(key)
+            return (await state.admit(call_of(record), day))._replace(key=record)
+
+        async def worker(identifier: Identifier, mode: str, mine: list[BenchAccount]) -> None:
             for account in mine:
-                record = await identifier.identify(account.key)
-                if record.account_id != account.account_id:
-                    raise SystemExit(f"{account.key} resolved to {record.account_id}")
+                admission = await one_call(identifier, mode, account.key)
+                if admission.key is None or admission.key.account_id != account.account_id:
+                    raise SystemExit(f"{account.key} resolved to {admission.key}")
+                if not admission.admitted:
+                    raise SystemExit(f"{account.account_id}: {admission.outcome!r}")
 
-        for mode in ("miss", "hit"):
+        identifier = None
+        for mode in MODES:
+            if mode != "hit":  # each miss mode starts from an empty cache
+                identifier = Identifier(state, KeyCache(len(accounts), 30.0), GatewayMetrics())
+            assert identifier is not None
             redis0, cpu0 = redis_side.cpu_seconds(admin), time.process_time()
             await asyncio.gather(
-                *(worker(accounts[i * share : (i + 1) * share]) for i in range(concurrency))
+                *(
+                    worker(identifier, mode, accounts[i * share : (i + 1) * share])
+                    for i in range(concurrency)
+                )
             )
             cpu, redis = time.process_time() - cpu0, redis_side.cpu_seconds(admin) - redis0
             calls = share * concurrency
             out[mode] = (cpu / calls * 1e6, redis / calls * 1e6)
-        if len(identifier.cache) != share * concurrency:
-            raise SystemExit(f"the cache holds {len(identifier.cache)} keys")
+            if len(identifier.cache) != calls:
+                raise SystemExit(f"the cache holds {len(identifier.cache)} keys")
     finally:
         admin.close()
         await state.close()
@@ -104,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n{opts.keys:,} keys, concurrency {opts.concurrency}, median of {opts.rounds} rounds\n\n"
-        "| per identify | client CPU us | Redis CPU us |\n|---|---:|---:|"
+        "| per call (identify + admit) | client CPU us | Redis CPU us |\n|---|---:|---:|"
     )
-    for mode in ("miss", "hit"):
+    for mode in MODES:
         print(f"| {mode} | {median(mode, 0):.1f} | {median(mode, 1):.1f} |")
-    extra = [median("miss", i) - median("hit", i) for i in (0, 1)]
-    print(f"| a miss costs | {extra[0]:.1f} more | {extra[1]:.1f} more |")
+    for mode in MODES[:2]:
+        extra = [median(mode, i) - median("hit", i) for i in (0, 1)]
+        print(f"| {mode}: more than a hit | {extra[0]:+.1f} | {extra[1]:+.1f} |")
     return 0
 
 

@@ -618,7 +618,7 @@ def test_variants_and_selection() -> None:
         bench.selected(bench.parse_args(["--only", "haproxy"]))
 
 
-def test_key_lookup_bench_resolves_every_key_and_reports_what_a_miss_costs(
+def test_key_lookup_bench_resolves_and_admits_every_key_and_reports_what_a_miss_costs(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--keys", "256", "--concurrency", "8", "--rounds", "1", "--redis-url", redis_url]
@@ -630,6 +630,8 @@ def test_key_lookup_bench_resolves_every_key_and_reports_what_a_miss_costs(
         for line in table.splitlines()
         if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
     }
-    miss, hit = float(rows["miss"][0]), float(rows["hit"][0])
-    assert miss > hit > 0  # a miss waits on Redis; a hit does not
-    assert float(rows["miss"][1]) > 0  # Redis did the lookups
+    # (the bench itself exits non-zero unless every key resolved and every call was admitted)
+    for mode in key_lookup_bench.MODES:
+        assert float(rows[mode][0]) > 0 and float(rows[mode][1]) > 0  # client and Redis CPU
+    for mode in key_lookup_bench.MODES[:2]:
+        assert f"{mode}: more than a hit" in rows
