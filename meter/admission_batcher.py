@@ -16,6 +16,14 @@ span cluster slots, which a single Redis accepts and Redis Cluster refuses
 shards and 64 calls per pass it is the difference between ~0.25 and ~0.02
 script calls per admission.
 
+A ``KeyCall`` (a call whose API key the gateway has not cached) carries only
+the key's digest: admit.lua reads the key's hash and admits on the account it
+names, in the same step, and its reply group carries the key's record. Its
+shard is not known in advance, so it always goes out in a cross-slot script
+call (with every shard's calls under ``cross_shard``, else in a group of its
+own), which only a single Redis accepts: on a cluster the gateway looks keys
+up first (``PipelinedState.resolves_keys``).
+
 admit.lua decides the calls of a batch one after the other, each exactly as a
 single call would be decided (the whole script is atomic), so batching changes
 how many round trips there are, never an outcome: reply group i is call i's

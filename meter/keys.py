@@ -13,6 +13,8 @@ meter:usage:{sN}                    stream  usage events; trimmed only up to wha
                                             committed
 meter:settled:{sN}:<request>        string  marks a settled/refunded call; expires after 1 day
 meter:apikey:<sha256 hex>           hash    API key -> key id, project, account, shard; no TTL
+                                            (admit.lua reads it for a KeyCall, and then
+                                            builds the account and stream key names itself)
 meter:ledger:{sN}:trimmed           string  last stream id the ledger trimmed through; no TTL
 meter:ledger:{sN}:holds             zset    reconcile passes that pause trimming (score: expiry ms)
 """
