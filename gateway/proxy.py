@@ -221,12 +221,12 @@ class Proxy:
         if not self.admitter.resolves_keys:
             known = await self.identity.identify(exchange.api_key)
             return await self.admit(known, self.price(exchange.method, exchange.target))
-        digest = self.identity.unresolved(exchange.api_key)
         try:
             route = self.price(exchange.method, exchange.target)
         except errors.Refusal:
             await self.identity.identify(exchange.api_key)  # an unknown caller learns no routes
             raise
+        digest = self.identity.unresolved(exchange.api_key)
         now = self.clock()
         day = utc_day(now)
         admission = await self.admitter.admit(KeyCall(digest, route.name, route.price), day)

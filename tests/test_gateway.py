@@ -505,10 +505,14 @@ async def test_an_unknown_route_is_a_401_for_an_unknown_key_and_a_404_for_a_know
     if gw.runtime.batching is not None:
         await gw.runtime.batching
     problem(await gw.call("/b", key=apikeys.generate()), 401, "unknown-api-key")
+    problem(await gw.call("/b", key=None), 401, "missing-api-key")
     problem(await gw.call("/b"), 404, "no-such-route")  # a cold cache: looked up
     problem(await gw.call("/b"), 404, "no-such-route")  # now cached
     assert gw.echo.received == 0
     assert await gw.events() == []
+    # each call counted once: two misses (the stranger's key, then the account's), one hit
+    assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 2
+    assert await gw.metric("meter_gateway_key_cache_total", result="hit") == 1
 
 
 async def test_403_revoked_key_at_once_even_when_cached(make_gateway: MakeGateway) -> None:
