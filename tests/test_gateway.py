@@ -762,6 +762,24 @@ async def test_503_when_redis_goes_away_after_the_key_is_cached(
     assert await gw.balance() == 100_000 - PRICE  # read through the fixture's own connection
 
 
+async def test_503_when_redis_goes_away_before_the_key_is_cached(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    """The admission script would have resolved the key (a single Redis): with Redis
+    gone the call fails closed, and nothing is learned about the key."""
+    relay = TcpRelay(URL(redis_url).port or 6379)
+    port = await relay.start()
+    gw = await make_gateway(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.5)
+    assert gw.runtime.batching is not None and await gw.runtime.batching is True
+    await relay.cut()
+    for _ in range(2):
+        problem(await gw.call(), 503, "state-unavailable")
+    assert gw.echo.received == 0
+    assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 2
+    assert await gw.metric("meter_gateway_key_cache_total", result="negative_hit") == 0
+    assert await gw.balance() == 100_000  # read through the fixture's own connection
+
+
 async def test_503_when_the_account_state_is_missing(make_gateway: MakeGateway) -> None:
     from gateway.testing import add_key
     from meter.live_state import KeyRecord

@@ -166,6 +166,7 @@ NOON = 20_000 * SECONDS_PER_DAY + 43_200.5
         (Outcome.SUSPENDED, 403, "account-suspended"),
         (Outcome.KEY_REVOKED, 403, "api-key-revoked"),
         (Outcome.UNKNOWN_ACCOUNT, 503, "account-state-missing"),
+        (Outcome.UNKNOWN_KEY, 401, "unknown-api-key"),
     ],
 )
 def test_refusal_for_each_outcome(outcome: Outcome, status: int, slug: str) -> None:
