@@ -328,35 +328,19 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int) 
     assert stored.low_fired == model.low_fired
 
 
-async def test_concurrent_admissions_never_overspend(live_state: LiveState, redis_url: str) -> None:
-    """Many clients on separate connections race one balance worth exactly 100 calls."""
-    await provision(live_state, 100 * 7)
-    clients = [LiveState.from_url(redis_url) for _ in range(20)]
-    try:
-
-        async def hammer(state: LiveState) -> list[Outcome]:
-            return [(await state.admit(call(7), DAY)).outcome for _ in range(25)]
-
-        outcomes = [o for batch in await asyncio.gather(*map(hammer, clients)) for o in batch]
-    finally:
-        for c in clients:
-            await c.close()
-    assert outcomes.count(Outcome.ADMITTED) == 100
-    assert outcomes.count(Outcome.NO_CREDIT) == 400
-    state = await live_state.read_account(SHARD, ACCOUNT)
-    assert state is not None and state.balance == 0
-    assert await live_state.redis.xlen(keys.usage_stream(SHARD)) == 100
-
-
-async def test_concurrent_key_calls_never_overspend(live_state: LiveState, redis_url: str) -> None:
-    """As above, with every caller's key resolved by the script (a cold key cache)."""
+@pytest.mark.parametrize("by_key", [False, True], ids=["known", "resolved_by_script"])
+async def test_concurrent_admissions_never_overspend(
+    live_state: LiveState, redis_url: str, by_key: bool
+) -> None:
+    """Many clients on separate connections race one balance worth exactly 100 calls;
+    ``by_key``: every caller's key resolved by the script (a cold key cache)."""
     await provision(live_state, 100 * 5)
-    by_key = await key_of(live_state, ACCOUNT, "key_race")
+    one = await key_of(live_state, ACCOUNT, "key_race") if by_key else call(5)
     clients = [LiveState.from_url(redis_url) for _ in range(20)]
     try:
 
         async def hammer(state: LiveState) -> list[Outcome]:
-            return [(await state.admit(by_key, DAY)).outcome for _ in range(25)]
+            return [(await state.admit(one, DAY)).outcome for _ in range(25)]
 
         outcomes = [o for batch in await asyncio.gather(*map(hammer, clients)) for o in batch]
     finally:
