@@ -98,7 +98,7 @@ class AdmissionBatcher:
                 try:
                     calls = [call for call, _, _ in chunk]
                     key_names, args = admit_arguments(calls, day, shard)
-                    resolved = None if shard is not None else resolved_flags(calls)
+                    resolved = resolved_flags(calls)
                     reply = self.pipe.evalsha(ADMIT, key_names, args)
                 except Exception as exc:  # a bug must not leave callers waiting forever
                     _fail(futures, StateUnavailable(f"admission batch not sent: {exc!r}"))

@@ -180,7 +180,7 @@ class LiveState:
             group = [calls[i] for i in indexes]
             key_names, args = admit_arguments(group, day, shard)
             reply = await self._run(ADMIT, key_names, args)
-            resolved = None if shard is not None else resolved_flags(group)
+            resolved = resolved_flags(group)
             for i, admission in zip(indexes, parse_admit_reply(reply, resolved), strict=True):
                 results[i] = admission
         return results  # type: ignore[return-value]
@@ -366,10 +366,8 @@ def parse_admit_reply(
         at += ADMIT_REPLY_PER_CALL
         key = None
         if with_key:
-            key_id, project, account, shard = reply[at : at + 4]
-            at += 4
-            if key_id:
-                key = KeyRecord(_str(key_id), _str(project), _str(account), int(shard))
+            key = key_record(reply[at : at + len(API_KEY_FIELDS)])
+            at += len(API_KEY_FIELDS)
         out.append(_admission(code, balance, available, left, bits, event_id, key))
     if at != len(reply):
         raise ValueError(f"admit.lua reply of {len(reply)} items for {len(resolved)} calls")

@@ -9,7 +9,8 @@
 --          project id, account id, route name
 --          A call whose caller is not known yet has account key index 0 and the
 --          SHA-256 (hex) of its API key in place of the key id: the script reads
---          the key's hash (meter:apikey:<hex>) and admits on the account it names.
+--          the key's hash (meter:apikey:<hex>, the fields of live_state.API_KEY_FIELDS)
+--          and admits on the account it names.
 --          Those keys are not in KEYS, which only a single (non-cluster) Redis
 --          accepts; the key shapes are those of meter/keys.py.
 -- Reply:   n groups of 6:
@@ -18,7 +19,7 @@
 --          available after, daily limit remaining (-1 = no limit), signals (bit
 --          flags), usage event id ("" when no event was written)
 --          then, for a call resolved by its key's hash, 4 more: key id, project
---          id, account id, shard (all "" when the key is unknown)
+--          id, account id, shard (all nil when the key is unknown)
 --
 -- How it works: one HMGET reads everything the decision needs, including the
 -- revocation flag of the calling key; counters change only through HINCRBY
@@ -41,14 +42,19 @@ local function available(bal, ovl, lim, spt)
   return money, left
 end
 
+-- a call refused before anything was read of its account (6 items appended to out)
+local function unknown(outcome)
+  out[#out + 1] = outcome; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = -1
+  out[#out + 1] = 0; out[#out + 1] = ''
+end
+
 -- one call, decided and answered (6 items appended to out)
 local function decide(akey, skey, price_s, keyid, project, account, route)
   local price = tonumber(price_s)
   local f = redis.call('HMGET', akey, 'bal', 'ovl', 'lim', 'ntf', 'rth', 'st', 'day', 'spt',
     'nfd', 'lfd', 'low', 'rk:' .. keyid)
   if not f[1] then
-    out[#out + 1] = 5; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = -1
-    out[#out + 1] = 0; out[#out + 1] = ''
+    unknown(5)
   else
     local bal, ovl, lim = tonumber(f[1]), tonumber(f[2] or 0), tonumber(f[3] or -1)
     local ntf, rth = tonumber(f[4] or -1), tonumber(f[5] or -1)
@@ -124,9 +130,9 @@ for i = 0, n - 1 do
         k[3], ARGV[b + 6])
       out[#out + 1] = k[1]; out[#out + 1] = k[2]; out[#out + 1] = k[3]; out[#out + 1] = k[4]
     else
-      out[#out + 1] = 6; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = -1
-      out[#out + 1] = 0; out[#out + 1] = ''
-      out[#out + 1] = ''; out[#out + 1] = ''; out[#out + 1] = ''; out[#out + 1] = ''
+      unknown(6)
+      out[#out + 1] = false; out[#out + 1] = false; out[#out + 1] = false
+      out[#out + 1] = false
     end
   end
 end
