@@ -100,9 +100,9 @@ def to_upstream(
     *,
     client_ip: str | None,
     proto: bytes,
-    call: Pairs,
+    call: Call,
 ) -> Pairs:
-    """The request headers for the upstream; ``call`` is ``call_headers(call)``.
+    """The request headers for the upstream, ending with ``call_headers(call)``.
 
     One pass; a second one only when a Connection header names more headers to drop.
     """
@@ -135,7 +135,7 @@ def to_upstream(
     out.append((b"X-Forwarded-Proto", proto))
     if host:
         out.append((b"X-Forwarded-Host", host))
-    out += call
+    out += call_headers(call)
     return out
 
 

@@ -46,7 +46,7 @@ def test_to_upstream_strips_hop_by_hop_key_and_spoofed_meter_headers() -> None:
         ("Accept", "c/d"),
     ]
     out = headers.to_upstream(
-        b(incoming), client_ip="10.0.0.7", proto=b"http", call=headers.call_headers(CALL)
+        b(incoming), client_ip="10.0.0.7", proto=b"http", call=CALL
     )
     assert out == b([
         ("Content-Type", "application/json"),
@@ -67,7 +67,7 @@ def test_forwarded_for_appends_to_the_incoming_chain() -> None:
         [(b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2")],
         client_ip="3.3.3.3",
         proto=b"http",
-        call=headers.call_headers(CALL),
+        call=CALL,
     )
     assert (b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2, 3.3.3.3") in out
     assert b"x-forwarded-host" not in names(out)

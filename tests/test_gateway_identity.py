@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -34,6 +35,24 @@ def test_lru_is_bounded_and_keeps_the_recently_used() -> None:
     cache.put("c", record(3))
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (record(1), None, record(3))
     assert len(cache) == 2
+
+
+def test_cached_records_cost_the_garbage_collector_nothing() -> None:
+    # A full collection scans every tracked object: a million cached named tuples made
+    # each one take 0.7 s. The cache keeps plain tuples, which the collector untracks.
+    cache = KeyCache(5000, 1.0)
+    for n in range(1000):
+        cache.put(f"d{n}", KeyRecord(f"gc_probe_{n}", "proj", "acct", 1))
+    gc.collect()
+    tracked = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, tuple) and o and isinstance(o[0], str) and o[0].startswith("gc_probe_")
+    ]
+    assert tracked == []
+    found = cache.get("d7")
+    assert found == KeyRecord("gc_probe_7", "proj", "acct", 1)
+    assert type(found) is KeyRecord
 
 
 def test_negative_entries_expire() -> None:
