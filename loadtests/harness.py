@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import re
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +111,14 @@ def gateway_environment(redis_url: str, upstream_url: str, extra: dict[str, str]
     return env
 
 
+def key_cache_counts(server: Server) -> dict[str, float]:
+    """The gateway's key-cache lookups so far (``meter_gateway_key_cache_total``) by result."""
+    with urllib.request.urlopen(server.url + "/_meter/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(r'^meter_gateway_key_cache_total\{result="(\w+)"\} (\S+)$', text, re.M)
+    return {result: float(value) for result, value in found}
+
+
 def describe(profile: dict[str, Any]) -> str:
     """One log line for a configuration's profile."""
     c64, c1, errors = profile["c64"], profile["c1"], profile["errors"]
@@ -147,7 +158,11 @@ class Bench:
         self.retries_left = args.noise_retries
         self.noisy_reruns = 0
         self.quiet_waited_s = 0.0
-        self.gateway_env = gateway_environment(self.redis.url, self.upstream.url, args.gateway_env)
+        # An operator sizes the key cache for the keys in use: here, every key there is.
+        cache = {"METER_KEY_CACHE_SIZE": str(needed)}
+        self.gateway_env = gateway_environment(
+            self.redis.url, self.upstream.url, {**cache, **args.gateway_env}
+        )
 
     def close(self) -> None:
         self.upstream.stop()
@@ -405,6 +420,36 @@ class Bench:
                 point["reference_rps"] = measure.summary(references)["rps"]
             yield point
 
+    def fill_key_cache(
+        self, server: Server, accounts: int, ledger: measure.Ledger
+    ) -> dict[str, Any]:
+        """Every key once, in order, before a block of many accounts is measured: a
+        gateway that has served these accounts for a while holds their keys (its cache
+        sized for them), and the block measures that, not a cache filling up (uniform
+        picks would take ~14 million calls to bring all of a million keys).
+
+        The pass's first run is measured on its own when each of its calls brings a key
+        the gateway has not seen yet (``first_sight_rps``): what a cold start costs."""
+        p = self.plan
+        load = self.load(accounts, "sequence", sweep=True)
+        self.wait_quiet()
+        first = self.run(server, REFERENCE_CONNECTIONS, p.sweep_run_s, load, ledger)
+        out: dict[str, Any] = {}
+        if first["requests"] <= accounts:
+            out["first_sight_rps"] = first["rps"]
+        # The rest of the pass (it starts again at the first key, cached now, so at
+        # least as fast), with a margin for a machine that slows down meanwhile.
+        rest = max(0, accounts - first["requests"])
+        seconds = math.ceil(1.3 * rest / first["rps"]) if rest else 0
+        if seconds:
+            self.run(server, REFERENCE_CONNECTIONS, seconds, load, ledger, warmup=True)
+        out["fill_s"] = p.sweep_run_s + seconds
+        log(
+            f"sweep gateway {accounts:,} accounts: key cache filled in {out['fill_s']} s"
+            + (f" (first sight: {first['rps']:,.0f} req/s)" if "first_sight_rps" in out else "")
+        )
+        return out
+
     def sweep(self, failed: set[str], out: dict[str, Any]) -> None:
         """Sweep concurrency and accounts into ``out`` (filled as it goes)."""
         p = self.plan
@@ -429,7 +474,10 @@ class Bench:
                 try:
                     with self.running("gateway") as server:
                         book = self.ledger(accounts)
+                        rss_cold = procstat.rss_kb(server.pid)
+                        warm = self.fill_key_cache(server, accounts, book) if accounts > 1 else {}
                         rss_start = procstat.rss_kb(server.pid)
+                        cache_before = key_cache_counts(server)
                         for dist in ("uniform",) if accounts == 1 else ("uniform", "zipf"):
                             load = self.load(accounts, dist, sweep=True)
                             one = self.load(1, sweep=True) if accounts > 1 else None
@@ -446,13 +494,19 @@ class Bench:
                                     f"c{point['connections']}: {point['rps']:,.0f} req/s, "
                                     f"p99 {point['p99_ms']:.2f} ms"
                                 )
+                        cache_after = key_cache_counts(server)
                         rss_end = procstat.rss_kb(server.pid)
                         check = book.verify(server.url, self.path)
                         exactness.append(
                             {
                                 "accounts": accounts,
+                                "rss_kb_cold": rss_cold,
                                 "rss_kb_start": rss_start,
                                 "rss_kb_end": rss_end,
+                                **warm,
+                                "key_cache": {
+                                    k: cache_after[k] - cache_before[k] for k in cache_after
+                                },
                                 **check,
                             }
                         )

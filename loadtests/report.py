@@ -314,6 +314,8 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
                 + "."
             )
         for e in sweep.get("exactness", []):
+            if "fill_s" in e:
+                out.append(_key_cache_fill(e))
             if "rss_kb_start" in e:
                 out.append(
                     f"\nGateway RSS with {_accounts(e['accounts'])}: "
@@ -321,6 +323,29 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
                     "over the sweep."
                 )
     return out
+
+
+def _key_cache_fill(block: dict[str, Any]) -> str:
+    """How a block of many accounts found the gateway's key cache (harness.fill_key_cache)."""
+    text = (
+        f"\nBefore the runs with {_accounts(block['accounts'])}, one pass sent every key "
+        f"once ({block['fill_s']} s) to fill the key cache"
+    )
+    if "rss_kb_cold" in block:
+        text += (
+            f" (RSS {block['rss_kb_cold'] / 1024:.1f} -> {block['rss_kb_start'] / 1024:.1f} MiB)"
+        )
+    if "first_sight_rps" in block:
+        text += (
+            f"; its first run, every call a key the gateway had not seen: "
+            f"{_f(block['first_sight_rps'])} req/s at c64"
+        )
+    cache = block.get("key_cache") or {}
+    looked_up = cache.get("hit", 0) + cache.get("miss", 0)
+    if looked_up:
+        share = cache.get("hit", 0) / looked_up
+        text += f". During the runs, {share:.2%} of calls found their key cached"
+    return text + "."
 
 
 def write(results: dict[str, Any], args: argparse.Namespace, folder: Path) -> list[Path]:

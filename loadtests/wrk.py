@@ -108,8 +108,9 @@ class Load:
     zipf_s: float = 0.99
     dynamic: bool = False  # build every request in Lua, even with one key (see wrk_keys.lua)
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, connections: int) -> dict[str, str]:
         return {
+            "WRK_THREADS": str(threads_for(connections)),
             "WRK_KEYS_DYNAMIC": "1" if self.dynamic else "0",
             "WRK_KEYS_FILE": str(self.keys_file or ""),
             "WRK_KEYS_DIST": self.distribution,
@@ -118,11 +119,15 @@ class Load:
         }
 
 
+def threads_for(connections: int) -> int:
+    return max(1, min(2, connections))
+
+
 def command(
     url: str, connections: int, duration_s: float, timeout_s: float = 10.0, cpu: int | None = None
 ) -> list[str]:
     """wrk's command line; with ``cpu``, wrk runs on that CPU only (through taskset)."""
-    threads = max(1, min(2, connections))
+    threads = threads_for(connections)
     return [
         *(("taskset", "-c", str(cpu)) if cpu is not None else ()),
         "wrk",
@@ -144,7 +149,7 @@ def run(
         command(url, connections, duration_s, cpu=cpu),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **load.environment()},
+        env={**os.environ, **load.environment(connections)},
     )
     assert proc.stdout is not None
     text = proc.stdout.read().decode(errors="replace")

@@ -3,7 +3,10 @@
 -- Configured by environment variables (wrk decides before init() whether a
 -- script builds each request itself, so the choice is made at load time):
 --   WRK_KEYS_FILE   one API key per line; unset or empty: no Authorization header
---   WRK_KEYS_DIST   uniform (default) or zipf
+--   WRK_KEYS_DIST   uniform (default), zipf, or sequence: thread t of T sends keys t,
+--                   t + T, t + 2T, ... so that the first N calls together send each of
+--                   the N keys once (a cold cache warmed by one pass), then again
+--   WRK_THREADS     T, wrk's -t (set by loadtests/wrk.py)
 --   WRK_ZIPF_S      Zipf exponent (default 0.99): key of rank k gets a share ~ 1/k^s
 --   WRK_KEYS_LIMIT  use only the first N keys of the file (default: all)
 --   WRK_KEYS_DYNAMIC  1: build each request in request() even for one key, so that
@@ -21,9 +24,10 @@ local dist = os.getenv("WRK_KEYS_DIST") or "uniform"
 local s = tonumber(os.getenv("WRK_ZIPF_S") or "0.99")
 local limit = tonumber(os.getenv("WRK_KEYS_LIMIT") or "0")
 local dynamic = os.getenv("WRK_KEYS_DYNAMIC") == "1"
+local threads = tonumber(os.getenv("WRK_THREADS") or "1")
 
-if dist ~= "uniform" and dist ~= "zipf" then
-  error("WRK_KEYS_DIST must be uniform or zipf, not " .. dist)
+if dist ~= "uniform" and dist ~= "zipf" and dist ~= "sequence" then
+  error("WRK_KEYS_DIST must be uniform, zipf or sequence, not " .. dist)
 end
 
 -- The first two keys decide between the static and the dynamic request.
@@ -72,7 +76,13 @@ if many or (dynamic and #first > 0) then
     end
   end
 
+  local turn = 0
   local function pick()
+    if dist == "sequence" then
+      local i = ((thread_number or 1) - 1 + turn * threads) % n + 1
+      turn = turn + 1
+      return i
+    end
     local u = math.random()
     if cdf == nil then
       local i = math.floor(u * n) + 1
@@ -107,9 +117,9 @@ if many or (dynamic and #first > 0) then
   end
 end
 
-local threads = 0
+local started = 0
 
 function setup(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
+  started = started + 1
+  thread:set("thread_number", started)
 end

@@ -45,9 +45,7 @@ def test_to_upstream_strips_hop_by_hop_key_and_spoofed_meter_headers() -> None:
         ("Accept", "a/b"),
         ("Accept", "c/d"),
     ]
-    out = headers.to_upstream(
-        b(incoming), client_ip="10.0.0.7", proto=b"http", call=CALL
-    )
+    out = headers.to_upstream(b(incoming), client_ip="10.0.0.7", proto=b"http", call=CALL)
     assert out == b([
         ("Content-Type", "application/json"),
         ("Accept", "a/b"),

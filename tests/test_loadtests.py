@@ -168,16 +168,18 @@ def test_pinned_puts_every_thread_of_each_tree_on_one_cpu_then_back() -> None:
 
 
 def test_load_environment_for_the_lua_script() -> None:
-    env = wrk.Load(Path("/tmp/keys.txt"), "zipf", 1000, 1.1).environment()
+    env = wrk.Load(Path("/tmp/keys.txt"), "zipf", 1000, 1.1).environment(64)
     assert env == {
+        "WRK_THREADS": "2",
         "WRK_KEYS_DYNAMIC": "0",
         "WRK_KEYS_FILE": "/tmp/keys.txt",
         "WRK_KEYS_DIST": "zipf",
         "WRK_KEYS_LIMIT": "1000",
         "WRK_ZIPF_S": "1.1",
     }
-    assert wrk.Load().environment()["WRK_KEYS_FILE"] == ""
-    assert wrk.Load(dynamic=True).environment()["WRK_KEYS_DYNAMIC"] == "1"
+    assert wrk.Load().environment(1)["WRK_KEYS_FILE"] == ""
+    assert wrk.Load().environment(1)["WRK_THREADS"] == "1"  # as wrk.command's -t
+    assert wrk.Load(dynamic=True).environment(1)["WRK_KEYS_DYNAMIC"] == "1"
 
 
 async def keys_wrk_sends(tmp_path: Path, load: wrk.Load, cpu: int | None = None) -> Counter[str]:
@@ -198,7 +200,7 @@ async def keys_wrk_sends(tmp_path: Path, load: wrk.Load, cpu: int | None = None)
     try:
         proc = await asyncio.create_subprocess_exec(
             *wrk.command(f"http://127.0.0.1:{port}/v1/bench", 2, 1, cpu=cpu),
-            env={**os.environ, **load.environment()},
+            env={**os.environ, **load.environment(2)},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -226,6 +228,18 @@ async def test_wrk_sends_the_keys_of_the_file(tmp_path: Path) -> None:
     assert set(three) == bearer  # uniform over the three: each is picked
     assert min(three.values()) > sum(three.values()) / 10
     assert set(none) == {""}
+
+
+async def test_wrk_sends_the_keys_in_sequence_each_once_per_pass(tmp_path: Path) -> None:
+    # Five keys, two threads: each thread sends all five in turn (5 and 2 share no
+    # factor), so however fast each thread goes, no key is sent twice more than another.
+    # Picked at random, the counts of a second's calls would spread by tens.
+    keys = [apikeys.generate() for _ in range(5)]
+    path = keyspace.write_keys_file(tmp_path / "keys.txt", keys)
+    seen = await keys_wrk_sends(tmp_path, wrk.Load(path, "sequence"))
+    assert set(seen) == {f"Bearer {k}" for k in keys}
+    assert sum(seen.values()) > 100
+    assert max(seen.values()) - min(seen.values()) <= 2
 
 
 # -- arithmetic ---------------------------------------------------------------------
@@ -483,7 +497,18 @@ def _results() -> dict[str, Any]:
                 }
             ],
             "gateway": sweep_points,
-            "exactness": [],
+            "exactness": [
+                {
+                    "accounts": 1_000_000,
+                    "rss_kb_cold": 50 * 1024,
+                    "rss_kb_start": 600 * 1024,
+                    "rss_kb_end": 601 * 1024,
+                    "first_sight_rps": 7_000.0,
+                    "fill_s": 140,
+                    "key_cache": {"hit": 999_000.0, "miss": 1_000.0, "negative_hit": 0.0},
+                    "exact": True,
+                }
+            ],
         },
         "date": "2026-01-01 00:00:00 UTC",
         "machine": {"cores": 2, "cpu": "x", "memory_gib": 24, "kernel": "6"},
@@ -530,6 +555,11 @@ def test_markdown_has_the_ratio_table_and_reports_failures() -> None:
     assert "| gateway / nginx | 0.48x |" in text
     assert "| gateway-2w | failed: gateway-2w exited with 1 |" in text
     assert "| 1,000,000 | zipf |" in text
+    assert (
+        "Before the runs with 1,000,000 accounts, one pass sent every key once (140 s) to fill the "
+        "key cache (RSS 50.0 -> 600.0 MiB); its first run, every call a key the gateway had "
+        "not seen: 7,000 req/s at c64. During the runs, 99.90% of calls found their key cached."
+    ) in text
     assert "many-accounts targets): 1,000,000 accounts uniform: 25,000 req/s." in text
     assert "on one core (wrk, proxy, upstream and Redis pinned" in text
     assert "gateway **0.125 / 0.000 ms**, nginx 0.050 / 0.000 ms" in text
