@@ -328,8 +328,8 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
 def _key_cache_fill(block: dict[str, Any]) -> str:
     """How a block of many accounts found the gateway's key cache (harness.fill_key_cache)."""
     text = (
-        f"\nBefore the runs with {_accounts(block['accounts'])}, one pass sent every key "
-        f"once ({block['fill_s']} s) to fill the key cache"
+        f"\nBefore the runs with {_accounts(block['accounts'])}, wrk sent the keys in turn "
+        f"for {block['fill_s']} s, until the gateway had cached {block['keys_seen']:,} of them"
     )
     if "rss_kb_cold" in block:
         text += (
