@@ -436,6 +436,10 @@ class Bench:
         p = self.plan
         load = self.load(accounts, "sequence", sweep=True)
         misses = key_cache_counts(server).get("miss", 0.0)
+
+        def seen() -> int:
+            return int(key_cache_counts(server).get("miss", 0.0) - misses)
+
         self.wait_quiet()
         first = self.run(server, REFERENCE_CONNECTIONS, p.sweep_run_s, load, ledger)
         out: dict[str, Any] = {"fill_s": p.sweep_run_s}
@@ -445,13 +449,11 @@ class Bench:
         # other key, so the margin covers one thread running slower than the other.
         seconds = math.ceil(1.3 * accounts / first["rps"])
         for _ in range(FILL_PASSES):
-            out["keys_seen"] = int(key_cache_counts(server).get("miss", 0.0) - misses)
-            if out["keys_seen"] >= accounts:
+            if seen() >= accounts:
                 break
             self.run(server, REFERENCE_CONNECTIONS, seconds, load, ledger, warmup=True)
             out["fill_s"] += seconds
-        else:
-            out["keys_seen"] = int(key_cache_counts(server).get("miss", 0.0) - misses)
+        out["keys_seen"] = seen()
         log(
             f"sweep gateway {accounts:,} accounts: {out['keys_seen']:,} keys cached in "
             f"{out['fill_s']} s"
