@@ -7,7 +7,10 @@ of a pass schedules ``_flush`` with ``loop.call_soon``, so it runs once every
 handler that is ready in this pass has queued its call. ``_flush`` groups the
 queue by (shard, day) -- one shard is one Redis Cluster slot and admit.lua
 takes one day -- splits groups larger than ``max_batch``, and sends one EVALSHA
-per group through the pipe, all written with one socket write.
+per group through the pipe, all written with one socket write. The pipe hands
+each reply to its batch inside ``data_received``, which resolves the callers'
+futures there: a future with a done callback would cost one more event-loop pass
+before the callers wake (at one connection, one pass per call).
 
 ``cross_shard=True`` groups by day only: one script call per pass whatever the
 shards (each call still uses its own shard's keys and stream). The keys then
@@ -34,7 +37,6 @@ of that batch fails with a ``StateUnavailable`` (503); none is guessed.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 
 from meter.live_state import (
@@ -94,43 +96,51 @@ class AdmissionBatcher:
         for (shard, day), items in groups.items():
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
-                futures = [fut for _, _, fut in chunk]
+                batch = _Batch([fut for _, _, fut in chunk])
                 try:
                     calls = [call for call, _, _ in chunk]
                     key_names, args = admit_arguments(calls, day, shard)
-                    resolved = resolved_flags(calls)
-                    reply = self.pipe.evalsha(ADMIT, key_names, args)
+                    batch.resolved = resolved_flags(calls)
                 except Exception as exc:  # a bug must not leave callers waiting forever
-                    _fail(futures, StateUnavailable(f"admission batch not sent: {exc!r}"))
+                    batch.set_exception(StateUnavailable(f"admission batch not sent: {exc!r}"))
                     continue
-                reply.add_done_callback(functools.partial(_deliver, futures, resolved))
+                self.pipe.evalsha_to(batch, ADMIT, key_names, args)
         self.pipe.flush()
 
 
-def _deliver(
-    futures: list[asyncio.Future[Admission]],
-    resolved: list[bool] | None,
-    reply: asyncio.Future[Reply],
-) -> None:
-    if reply.cancelled():
-        _fail(futures, StateUnavailable("admission batch cancelled"))
-        return
-    error = reply.exception()
-    if error is None:
+class _Batch:
+    """One admit.lua call's callers; the pipe hands it the reply inside ``data_received``,
+    and each caller's future gets its own admission there (no loop pass in between)."""
+
+    __slots__ = ("delivered", "futures", "resolved")
+
+    def __init__(self, futures: list[asyncio.Future[Admission]]) -> None:
+        self.futures = futures
+        self.resolved: list[bool] | None = None
+        self.delivered = False
+
+    def done(self) -> bool:
+        return self.delivered
+
+    def set_result(self, reply: Reply) -> None:
+        futures = self.futures
         try:
-            admissions = parse_admit_reply(reply.result(), resolved)
+            admissions = parse_admit_reply(reply, self.resolved)
             if len(admissions) != len(futures):
                 raise ValueError(f"{len(admissions)} admissions for {len(futures)} calls")
-        except (ValueError, TypeError, IndexError) as exc:
-            error = RedisReplyError(f"unexpected admit.lua reply: {exc}")
-        else:
-            for fut, admission in zip(futures, admissions, strict=True):
-                if not fut.done():
-                    fut.set_result(admission)
+        except Exception as exc:  # raised here, it would break the pipe's reply loop
+            self.set_exception(RedisReplyError(f"unexpected admit.lua reply: {exc!r}"))
             return
-    if not isinstance(error, StateUnavailable):
-        error = StateUnavailable(f"redis error: {error!r}")
-    _fail(futures, error)
+        self.delivered = True
+        for fut, admission in zip(futures, admissions, strict=True):
+            if not fut.done():
+                fut.set_result(admission)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.delivered = True
+        if not isinstance(error, StateUnavailable):
+            error = StateUnavailable(f"redis error: {error!r}")
+        _fail(self.futures, error)
 
 
 def _fail(futures: list[asyncio.Future[Admission]], error: StateUnavailable) -> None:

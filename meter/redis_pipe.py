@@ -7,7 +7,8 @@ hot path needs a handful. This client does only what the hot path needs:
 
 * Each connection is an ``asyncio.Protocol``. A command is encoded once (by
   ``hiredis.pack_command``: measured 2x faster than encoding by hand in Python),
-  appended to a write buffer, and gets a future and a deadline in a FIFO. The
+  appended to a write buffer, and gets a reply sink (a future, or an object that
+  acts on the reply at once: ``ReplySink``) and a deadline in a FIFO. The
   buffer is written with one ``transport.write`` per loop pass (``call_soon``),
   or at once when a caller (the admission batcher) calls ``flush()``.
 * Redis answers a connection's commands in order, so ``data_received`` feeds
@@ -41,7 +42,7 @@ import collections
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -55,6 +56,18 @@ Reply = Any
 Arg = bytes | str | int
 
 pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+
+
+class ReplySink(Protocol):
+    """Where a command's reply goes: an ``asyncio.Future``, or an object that acts on the
+    reply at once, inside ``data_received`` (the admission batcher's batches: a future's
+    done callback would cost one more event-loop pass before the callers wake)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Reply, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class RedisPipeError(StateUnavailable):
@@ -134,7 +147,7 @@ _NOT_ENOUGH_DATA = object()
 # A deadline this close counts as passed (event loop timers may fire a little early).
 _TIMER_SLACK = 0.001
 
-_Entry = tuple["asyncio.Future[Reply] | None", float, int, Any]
+_Entry = tuple[ReplySink | None, float, int, Any]
 
 
 class _Connection(asyncio.Protocol):
@@ -175,17 +188,13 @@ class _Connection(asyncio.Protocol):
 
     # -- sending ----------------------------------------------------------------------
 
-    def send(self, payload: bytes, script: LuaScript | None = None) -> asyncio.Future[Reply]:
-        fut: asyncio.Future[Reply] = self.loop.create_future()
+    def send(self, payload: bytes, sink: ReplySink, script: LuaScript | None = None) -> None:
         if script is None:
-            self._push(fut, payload, _PLAIN, None)
+            self._push(sink, payload, _PLAIN, None)
         else:
-            self._push(fut, payload, _EVALSHA, (script, payload))
-        return fut
+            self._push(sink, payload, _EVALSHA, (script, payload))
 
-    def _push(
-        self, fut: asyncio.Future[Reply] | None, payload: bytes, kind: int, extra: Any
-    ) -> None:
+    def _push(self, fut: ReplySink | None, payload: bytes, kind: int, extra: Any) -> None:
         self._pending.append((fut, self.loop.time() + self.timeout, kind, extra))
         self._wbuf.append(payload)
         if self._timer is None:
@@ -240,7 +249,7 @@ class _Connection(asyncio.Protocol):
                 self._loading.discard(extra)
 
     def _error_reply(
-        self, fut: asyncio.Future[Reply] | None, kind: int, extra: Any, error: RedisReplyError
+        self, fut: ReplySink | None, kind: int, extra: Any, error: RedisReplyError
     ) -> None:
         if kind == _EVALSHA and str(error).startswith("NOSCRIPT"):
             assert fut is not None
@@ -331,16 +340,17 @@ class RedisPipe:
             conn.open()
         return conn
 
-    def _closed_future(self) -> asyncio.Future[Reply]:
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        fut.set_exception(RedisUnreachable("the redis pipe is closed"))
-        return fut
+    def _send(self, payload: bytes, sink: ReplySink, script: LuaScript | None = None) -> None:
+        if self._closed:
+            sink.set_exception(RedisUnreachable("the redis pipe is closed"))
+        else:
+            self._connection().send(payload, sink, script)
 
     def submit(self, *args: Arg) -> asyncio.Future[Reply]:
         """Send one command; the future resolves with its reply (sent within this loop pass)."""
-        if self._closed:
-            return self._closed_future()
-        return self._connection().send(pack_command(args))
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._send(pack_command(args), fut)
+        return fut
 
     async def execute(self, *args: Arg) -> Reply:
         return await self.submit(*args)
@@ -349,11 +359,15 @@ class RedisPipe:
         self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]
     ) -> asyncio.Future[Reply]:
         """Run ``script``; loaded into Redis and sent again if Redis does not have it."""
-        if self._closed:
-            return self._closed_future()
-        return self._connection().send(
-            pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)), script
-        )
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.evalsha_to(fut, script, keys, args)
+        return fut
+
+    def evalsha_to(
+        self, sink: ReplySink, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> None:
+        """``evalsha`` whose reply (or failure) goes straight to ``sink``."""
+        self._send(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)), sink, script)
 
     def flush(self) -> None:
         """Write the commands sent so far now instead of at the end of this loop pass."""

@@ -182,6 +182,52 @@ async def test_script_errors_are_reply_errors(pipe: RedisPipe) -> None:
     assert await pipe.execute("PING") == b"PONG"
 
 
+class Sink:
+    """A reply sink that is not a future: what the admission batcher's batches are."""
+
+    def __init__(self) -> None:
+        self.results: list[object] = []
+        self.errors: list[BaseException] = []
+        self.arrived = asyncio.Event()
+
+    def done(self) -> bool:
+        return self.arrived.is_set()
+
+    def set_result(self, result: object) -> None:
+        self.results.append(result)
+        self.arrived.set()
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.errors.append(exception)
+        self.arrived.set()
+
+
+async def test_a_reply_sink_gets_each_reply_once(pipe: RedisPipe, redis_url: str) -> None:
+    sinks = [Sink() for _ in range(3)]
+    for sink in sinks:
+        pipe.evalsha_to(sink, COUNTER, ["s"], [])
+    for sink in sinks:
+        await sink.arrived.wait()
+    assert [(s.results, s.errors) for s in sinks] == [([1], []), ([2], []), ([3], [])]
+    with sync_client(redis_url) as client:
+        client.script_flush()
+    after_flush = Sink()  # NOSCRIPT is not an answer: the script is loaded and run, once
+    pipe.evalsha_to(after_flush, COUNTER, ["s"], [])
+    await after_flush.arrived.wait()
+    assert (after_flush.results, after_flush.errors) == ([4], [])
+
+
+async def test_a_reply_sink_gets_errors(pipe: RedisPipe) -> None:
+    broken = Sink()
+    pipe.evalsha_to(broken, lua("broken", "return redis.call('NOPE')"), [], [])
+    await broken.arrived.wait()
+    assert broken.results == [] and isinstance(broken.errors[0], RedisReplyError)
+    await pipe.close()
+    late = Sink()
+    pipe.evalsha_to(late, COUNTER, ["s"], [])
+    assert late.results == [] and isinstance(late.errors[0], RedisUnreachable)  # at once
+
+
 # -- connecting, failing, reconnecting ----------------------------------------------
 
 
