@@ -6,7 +6,9 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
+import hiredis
 import pytest
+from fake_redis import fake_server
 
 from meter import keys
 from meter.admission_batcher import AdmissionBatcher
@@ -295,3 +297,34 @@ def test_cross_shard_arguments_keep_each_call_on_its_own_shard() -> None:
     assert groups == [[2, 1], [4, 3], [2, 1], [5, 3]]
     one_shard, _ = admit_arguments(calls[:1] * 2, DAY, 1)
     assert one_shard == [keys.usage_stream(1), keys.account(1, "a")]
+
+
+async def test_a_reply_the_batch_cannot_read_fails_its_callers_not_the_pipe() -> None:
+    """The pipe hands admit.lua's reply to the batch inside ``data_received``: a reply
+    of the wrong shape fails that batch's callers (503) and the connection goes on."""
+
+    hung_up = asyncio.Event()
+
+    async def short_replies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        commands = hiredis.Reader()
+        try:
+            while data := await reader.read(65536):
+                commands.feed(data)
+                while (command := commands.gets()) is not False:
+                    reply = b"+PONG\r\n" if command[0] == b"PING" else b"*2\r\n:1\r\n:2\r\n"
+                    writer.write(reply)
+        finally:
+            writer.close()
+            hung_up.set()
+
+    async with fake_server(short_replies) as url:
+        pipe = RedisPipe(url, timeout=5.0)
+        batcher = AdmissionBatcher(pipe)
+        try:
+            for _ in range(2):  # the second batch goes over the same connection
+                with pytest.raises(RedisReplyError, match=r"unexpected admit\.lua reply"):
+                    await asyncio.wait_for(batcher.admit(call("acct", 1), DAY), 5)
+            assert await pipe.execute("PING") == b"PONG"
+        finally:
+            await pipe.close()
+            await hung_up.wait()

@@ -6,15 +6,15 @@ Destructive tests (pause, kill, passwords, sockets) run on a Redis of their own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis as redis_sync
+from fake_redis import fake_server
 
 from meter import local_servers
 from meter.live_state import StateUnavailable
@@ -362,19 +362,6 @@ async def test_close_fails_what_is_in_flight_and_what_comes_after(
 
 
 # -- a server that speaks nonsense ----------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def fake_server(
-    answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> AsyncIterator[str]:
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def _read_then(
