@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import math
 import os
-import re
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import redis as redis_sync
+from prometheus_client.parser import text_string_to_metric_families
 
 from meter import local_servers
 
@@ -115,9 +115,18 @@ def gateway_environment(redis_url: str, upstream_url: str, extra: dict[str, str]
 def key_cache_counts(server: Server) -> dict[str, float]:
     """The gateway's key-cache lookups so far (``meter_gateway_key_cache_total``) by result."""
     with urllib.request.urlopen(server.url + "/_meter/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found = re.findall(r'^meter_gateway_key_cache_total\{result="(\w+)"\} (\S+)$', text, re.M)
-    return {result: float(value) for result, value in found}
+        return key_cache_results(response.read().decode())
+
+
+def key_cache_results(exposition: str) -> dict[str, float]:
+    """``key_cache_counts`` read from a Prometheus text exposition."""
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "meter_gateway_key_cache"
+        for sample in family.samples
+        if sample.name == "meter_gateway_key_cache_total"
+    }
 
 
 def describe(profile: dict[str, Any]) -> str:

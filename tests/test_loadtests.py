@@ -23,6 +23,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway.metrics import GatewayMetrics
+
 # loadtests/ is run from the checkout (`python -m loadtests.bench`), not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -416,6 +418,14 @@ def test_counts_delta_leaves_out_the_harness_own_info_calls() -> None:
     before = redis_side.CommandCounts(10, 12, 50, 100)
     after = redis_side.CommandCounts(20, 23, 90, 112)
     assert redis_side.counts_delta(before, after) == redis_side.CommandCounts(10, 11, 40, 10)
+
+
+def test_key_cache_counts_come_from_the_gateway_exposition() -> None:
+    metrics = GatewayMetrics()
+    metrics.key_hit.inc(7)
+    metrics.key_miss.inc(1_000_000)
+    counts = harness.key_cache_results(metrics.exposition().decode())
+    assert counts == {"hit": 7.0, "miss": 1_000_000.0, "negative_hit": 0.0}
 
 
 def test_resp_encoding() -> None:
