@@ -72,6 +72,7 @@ class RawConnection(asyncio.Protocol):
         "transport",
         "unparsed",
         "url",
+        "wakeup",
         "write_paused",
         "x_api_key",
     )
@@ -106,6 +107,7 @@ class RawConnection(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None  # answering the queue
+        self.wakeup: asyncio.Future[None] | None = None  # the task, waiting for a request
         self.head_deadline = _INF
         self.io_deadline = _INF
         self.idle_deadline = _INF
@@ -132,6 +134,7 @@ class RawConnection(asyncio.Protocol):
             self.current.end_body(ConnectionResetError("the client went away"))
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_exception(ConnectionResetError("the client went away"))
+        self._wake()
         if server.draining and not server.connections:
             server.all_closed.set()
 
@@ -267,7 +270,7 @@ class RawConnection(asyncio.Protocol):
         queue = self.queue
         queue.append(request)
         if len(queue) == 1:
-            self.task = self.loop.create_task(self._serve())
+            self._kick()
         elif len(queue) > _MAX_PIPELINE:
             self.update_reading()
 
@@ -288,42 +291,64 @@ class RawConnection(asyncio.Protocol):
 
     # -- answering ----------------------------------------------------------------------------
 
+    def _kick(self) -> None:
+        """A request was queued on an empty queue: wake the answering task, or start it."""
+        if self.wakeup is not None:
+            self._wake()
+        else:
+            self.task = self.loop.create_task(self._serve())
+
+    def _wake(self) -> None:
+        wakeup = self.wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
     async def _serve(self) -> None:
-        """Answer the queued requests in order; one task per burst of keep-alive requests."""
+        """Answer the queued requests in order, then wait for more: one task per connection
+        (a task per keep-alive call cost ~1.5 us more than waking this one)."""
         queue = self.queue
         proxy = self.proxy
-        while queue:
-            request = queue[0]
-            try:
-                if request.refusal is not None:
-                    await request.refuse(request.refusal)
-                elif request.target.startswith(ops.PREFIX):
-                    status, pairs, body = await ops.answer(
-                        self.server.runtime, request.method, request.target
-                    )
-                    await request.respond(status, "", pairs, body)
-                else:
-                    await proxy.handle(request)
-                if not request.started:
-                    raise RuntimeError("the proxy did not answer")
-            except Exception:
-                log.exception("raw server failure", extra={"target": request.target[:200]})
-                if request.started:
-                    self.abort()
-                else:
-                    await request.refuse(errors.Internal())
-            queue.popleft()
+        while True:
+            while queue:
+                request = queue[0]
+                try:
+                    if request.refusal is not None:
+                        await request.refuse(request.refusal)
+                    elif request.target.startswith(ops.PREFIX):
+                        status, pairs, body = await ops.answer(
+                            self.server.runtime, request.method, request.target
+                        )
+                        await request.respond(status, "", pairs, body)
+                    else:
+                        await proxy.handle(request)
+                    if not request.started:
+                        raise RuntimeError("the proxy did not answer")
+                except Exception:
+                    log.exception("raw server failure", extra={"target": request.target[:200]})
+                    if request.started:
+                        self.abort()
+                    else:
+                        await request.refuse(errors.Internal())
+                queue.popleft()
+                if self.lost:
+                    return
+                if not request.keep_alive:
+                    self.close()
+                    return
+                if self.read_paused:
+                    self.update_reading()
             if self.lost:
                 return
-            if not request.keep_alive:
+            if self.input_closed or self.server.draining:
                 self.close()
                 return
-            if self.read_paused:
-                self.update_reading()
-        if self.input_closed or self.server.draining:
-            self.close()
-        elif not self.in_head:
-            self.idle_deadline = self.server.now + self.server.keepalive_timeout
+            if not self.in_head:
+                self.idle_deadline = self.server.now + self.server.keepalive_timeout
+            self.wakeup = self.loop.create_future()
+            try:
+                await self.wakeup  # a request (``_kick``) or the connection's end
+            finally:
+                self.wakeup = None
 
     def _refuse_input(self, refusal: errors.Refusal, reason: str | None) -> None:
         """Read no more; a body in progress fails, a broken head is answered in turn."""
@@ -342,7 +367,7 @@ class RawConnection(asyncio.Protocol):
         marker.refusal = refusal
         self.queue.append(marker)
         if len(self.queue) == 1:
-            self.task = self.loop.create_task(self._serve())
+            self._kick()
 
     def _close_input(self) -> None:
         self.input_closed = True

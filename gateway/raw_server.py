@@ -11,8 +11,9 @@ How this works
 * ``RawConnection`` (``raw_connection.py``) feeds every read to
   ``httptools.HttpRequestParser``. When a request head is complete it becomes a
   ``RawRequest`` (``raw_request.py``: the ``Exchange``) and is queued; requests
-  are answered one at a time, in order (pipelining), by one task per burst of
-  requests, so a keep-alive call costs one task.
+  are answered one at a time, in order (pipelining), by one task per
+  connection, which waits on a future while the queue is empty: a keep-alive
+  call wakes it instead of creating a task.
 * Bodies: ``on_body`` chunks queue on their request; the proxy reads them
   through ``RawRequest.__anext__``. More than ``HIGH_WATER`` bytes waiting, or
   more than ``_MAX_PIPELINE`` requests queued, pause reading from the client.

@@ -118,6 +118,32 @@ async def test_keep_alive_serves_many_calls_on_one_connection(make_gateway: Make
     assert await gw.balance() == 100_000 - 5 * PRICE
 
 
+def _answering_tasks() -> set[asyncio.Task[object]]:
+    return {t for t in asyncio.all_tasks() if "RawConnection._serve" in repr(t.get_coro())}
+
+
+@RAW_ONLY
+async def test_one_task_answers_a_connection_and_ends_with_it(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(keepalive_timeout=0.2)
+    async with connect(gw) as (reader, writer):
+        tasks = set()
+        for i in range(3):
+            writer.write(request(gw, f"/t/{i}"))
+            assert (await read_response(reader)).status == 200
+            tasks |= _answering_tasks()
+        assert len(tasks) == 1  # each call woke the connection's task, none made a new one
+    (task,) = tasks
+    await asyncio.wait_for(task, 5)  # the client went away: the waiting task ended
+    assert task.exception() is None
+    async with connect(gw) as (reader, writer):
+        writer.write(request(gw, "/idle"))
+        assert (await read_response(reader)).status == 200
+        (task,) = _answering_tasks()
+        assert await closed_by_server(reader)  # the idle timeout closed it ...
+        await asyncio.wait_for(task, 5)  # ... and its task ended too
+    assert await gw.balance() == 100_000 - 4 * PRICE
+
+
 async def test_pipelined_requests_are_answered_in_order(make_gateway: MakeGateway) -> None:
     gw = await make_gateway()
     paths = [f"/p/{i}" for i in range(8)]
