@@ -219,4 +219,4 @@ def exit_code(results: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    servers.run_command(main)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from ledger import store  # noqa: E402
 from ledger.history import transactions, usage  # noqa: E402
 from ledger.history_query import TransactionsQuery, UsageQuery, to_day  # noqa: E402
+from loadtests.servers import run_command  # noqa: E402
 from meter import local_servers  # noqa: E402
 from meter.migrate import migrate  # noqa: E402
 
@@ -184,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from meter.money import utc_day
 from . import keyspace, redis_side
 from .harness import SHARDS
 from .keyspace import BenchAccount
+from .servers import run_command
 
 MODES = ("miss, looked up", "miss, resolved by admit.lua", "hit")
 ROUTE, PRICE = "bench", 1
@@ -149,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadtests.servers import run_command  # noqa: E402
 from meter import keys, local_servers  # noqa: E402
 from meter.migrate import migrate  # noqa: E402
 
@@ -309,4 +310,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

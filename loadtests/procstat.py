@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -54,6 +56,34 @@ def tree(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, ()))
     return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie has ended: it only waits for its parent to read its status)."""
+    text = _read(PROC / str(pid) / "stat")
+    return text is not None and text[text.rindex(")") + 2] != "Z"
+
+
+def end_descendants(grace_s: float = 10.0) -> list[int]:
+    """Stop every process this one started that still runs: SIGTERM, SIGKILL after
+    ``grace_s``; children are reaped. Returns the pids that had to be stopped."""
+    me = os.getpid()
+    left = [pid for pid in tree(me) if pid != me and alive(pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while True:
+            for pid in left:
+                with contextlib.suppress(ChildProcessError):  # not ours to reap, or reaped
+                    os.waitpid(pid, os.WNOHANG)
+            if not any(alive(pid) for pid in left) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not any(alive(pid) for pid in left):
+            break
+    return left
 
 
 def pin(root: int, cpus: set[int]) -> None:

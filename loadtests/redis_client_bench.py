@@ -42,6 +42,7 @@ from meter.redis_pipe import RedisPipe
 from meter.scripts import ADMIT
 
 from . import redis_side
+from .servers import run_command
 
 DAY = 20_400
 PRICE = 1
@@ -195,4 +196,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

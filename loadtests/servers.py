@@ -17,12 +17,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from meter.local_servers import free_port
 
-from .procstat import process_count
+from .procstat import end_descendants, process_count
 
 HERE = Path(__file__).parent
 GATEWAY_HEALTH = "/_meter/readyz"
@@ -55,6 +57,30 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def run_command(main: Callable[[], int | None]) -> NoReturn:
+    """Run a load-test command so that no server it started outlives it.
+
+    Python's default SIGTERM ends the process without running ``finally`` blocks,
+    which is where the servers are stopped: here SIGTERM (``kill``, a CI timeout,
+    ``make`` passing it on) unwinds like Ctrl-C, and whatever still runs after
+    the unwinding (a wrk run, a server being started) is stopped too. Exit 130.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    code: int | None = 130
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted: stopping what was started", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        end_descendants()
+    sys.exit(code)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

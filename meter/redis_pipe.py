@@ -194,8 +194,8 @@ class _Connection(asyncio.Protocol):
         else:
             self._push(sink, payload, _EVALSHA, (script, payload))
 
-    def _push(self, fut: ReplySink | None, payload: bytes, kind: int, extra: Any) -> None:
-        self._pending.append((fut, self.loop.time() + self.timeout, kind, extra))
+    def _push(self, sink: ReplySink | None, payload: bytes, kind: int, extra: Any) -> None:
+        self._pending.append((sink, self.loop.time() + self.timeout, kind, extra))
         self._wbuf.append(payload)
         if self._timer is None:
             self._timer = self.loop.call_at(self._pending[0][1], self._check_deadline)
@@ -237,35 +237,35 @@ class _Connection(asyncio.Protocol):
             if not pending:
                 self.fail(RedisUnreachable, "redis sent a reply nobody asked for")
                 return
-            fut, _, kind, extra = pending.popleft()
+            sink, _, kind, extra = pending.popleft()
             if type(reply) is RedisReplyError:
-                self._error_reply(fut, kind, extra, reply)
+                self._error_reply(sink, kind, extra, reply)
                 if self.closed:
                     return
-            elif fut is not None:
-                if not fut.done():  # the caller may have given up (cancelled)
-                    fut.set_result(reply)
+            elif sink is not None:
+                if not sink.done():  # the caller may have given up (cancelled)
+                    sink.set_result(reply)
             elif kind == _LOAD:
                 self._loading.discard(extra)
 
     def _error_reply(
-        self, fut: ReplySink | None, kind: int, extra: Any, error: RedisReplyError
+        self, sink: ReplySink | None, kind: int, extra: Any, error: RedisReplyError
     ) -> None:
         if kind == _EVALSHA and str(error).startswith("NOSCRIPT"):
-            assert fut is not None
-            if fut.done():
+            assert sink is not None
+            if sink.done():
                 return  # the script did not run and nobody waits for it
             script, payload = extra
             if script.sha not in self._loading:
                 self._loading.add(script.sha)
                 self._push(None, pack_command(("SCRIPT", "LOAD", script.source)), _LOAD, script.sha)
-            self._push(fut, payload, _PLAIN, None)  # once: a second NOSCRIPT is an error
+            self._push(sink, payload, _PLAIN, None)  # once: a second NOSCRIPT is an error
         elif kind == _HANDSHAKE:
             self.fail(RedisUnreachable, f"redis refused {extra} for {self.address}: {error}")
         elif kind == _LOAD:
             self._loading.discard(extra)  # the retried EVALSHA reports the problem
-        elif fut is not None and not fut.done():
-            fut.set_exception(error)
+        elif sink is not None and not sink.done():
+            sink.set_exception(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -310,9 +310,9 @@ class _Connection(asyncio.Protocol):
             self._connecting.cancel()
         pending, self._pending = self._pending, collections.deque()
         self._wbuf = []
-        for fut, _, _, _ in pending:
-            if fut is not None and not fut.done():
-                fut.set_exception(error(message))
+        for sink, _, _, _ in pending:
+            if sink is not None and not sink.done():
+                sink.set_exception(error(message))
 
 
 class RedisPipe:

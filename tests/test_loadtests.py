@@ -13,8 +13,10 @@ import itertools
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -677,3 +679,78 @@ def test_key_lookup_bench_resolves_and_admits_every_key_and_reports_what_a_miss_
         assert float(rows[mode][0]) > 0 and float(rows[mode][1]) > 0  # client and Redis CPU
     for mode in key_lookup_bench.MODES[:2]:
         assert f"{mode}: more than a hit" in rows
+
+
+# -- stopping -------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _comm(pid: int) -> str:
+    try:
+        return (procstat.PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _wait_for(condition: Any, proc: subprocess.Popen[bytes], what: str, limit_s: float) -> None:
+    """Poll ``condition`` (a process table: nothing to await) while ``proc`` runs."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert proc.poll() is None, f"exited with {proc.returncode} before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {limit_s:.0f} s"
+        time.sleep(0.05)
+
+
+def test_a_bench_stopped_with_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
+    log = tmp_path / "bench.log"
+    argv = ["--quick", "--only", "upstream", "--skip-sweep", "--quiet-budget", "0"]
+    argv += ["--noise-retries", "0", "--results-dir", str(tmp_path / "results")]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.bench", *argv], cwd=ROOT, stdout=out, stderr=out
+        )
+    try:
+        # Stopped while it measures: Redis, the upstream and wrk run under it.
+        _wait_for(
+            lambda: "wrk" in {_comm(p) for p in procstat.tree(proc.pid)}, proc, "wrk run", 120
+        )
+        started = [p for p in procstat.tree(proc.pid) if p != proc.pid]
+        assert {"redis-server", "wrk"} <= {_comm(p) for p in started}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = [(p, _comm(p)) for p in started if procstat.alive(p)]
+    for pid, _ in left:  # not to leave them running when this fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert "interrupted: stopping what was started" in log.read_text()
+    assert not (tmp_path / "results").exists()  # an interrupted run reports nothing
+
+
+def test_end_descendants_stops_children_that_ignore_sigterm() -> None:
+    # In a process of its own: here it would stop the test session's servers.
+    script = """
+import subprocess, sys
+from loadtests import procstat
+stubborn = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(1, flush=True); time.sleep(60)"
+)
+kids = [
+    subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE) for _ in range(2)
+]
+kids.append(subprocess.Popen(["sleep", "60"]))
+for kid in kids[:2]:
+    kid.stdout.readline()  # SIGTERM is ignored from here on
+stopped = procstat.end_descendants(grace_s=0.5)
+print(sorted(stopped) == sorted(k.pid for k in kids), [procstat.alive(k.pid) for k in kids])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True [False, False, False]"  # SIGKILL ended the stubborn two
