@@ -56,6 +56,17 @@ def _vs_one_account(results: dict[str, Any], accounts: int, dist: str) -> float 
     return stats.ratio(point.get("rps"), one)
 
 
+def _per_round(results: dict[str, Any], name: str, reference: str) -> list[float]:
+    """``name``'s requests/s at 64 connections over ``reference``'s, round by round: each
+    round measures both within a minute, so the machine's speed moves less between them
+    than between rounds (the plain aiohttp proxy's cost per call moved 143-317 us between
+    the rounds of one day, the gateway's 65-111 us)."""
+    ours = _get(results, name, "samples", "c64") or []
+    theirs = _get(results, reference, "samples", "c64") or []
+    ratios = [stats.ratio(a.get("rps"), b.get("rps")) for a, b in zip(ours, theirs, strict=False)]
+    return [r for r in ratios if r is not None]
+
+
 # Where the latency one hop adds at one connection is measured: phase -> key suffix.
 ADDED_LATENCY_PHASES = {"c1": "", "c1_one_core": "_one_core"}
 
@@ -87,6 +98,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     rss = _get(results, "gateway", "rss_kb") or {}
     out: dict[str, Any] = {
         "gateway_vs_aiohttp": stats.ratio(rps.get("gateway"), rps.get("aiohttp")),
+        "gateway_vs_aiohttp_rounds": _per_round(results, "gateway", "aiohttp"),
         "gateway_vs_nginx": stats.ratio(rps.get("gateway"), rps.get("nginx")),
         "gateway_2w_vs_aiohttp": stats.ratio(rps.get("gateway-2w"), rps.get("aiohttp")),
         "gateway_2w_vs_nginx_2w": stats.ratio(rps.get("gateway-2w"), rps.get("nginx-2w")),

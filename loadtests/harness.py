@@ -56,7 +56,7 @@ class Plan:
 
 
 FULL = Plan(
-    warmup_s=3, run_s=5, runs=3, c1_run_s=3, c1_runs=5,
+    warmup_s=3, run_s=5, runs=7, c1_run_s=3, c1_runs=5,
     sweep_concurrency=(1, 16, 64, 256, 1024), sweep_accounts=(1, 1_000, 1_000_000),
     sweep_baselines=("upstream", "nginx", "aiohttp"),
     sweep_warmup_s=1, sweep_run_s=3, sweep_runs=3,

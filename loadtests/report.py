@@ -54,6 +54,13 @@ MAIN_COLUMNS = (
 )  # fmt: skip
 
 
+def _spread(ratios: list[float] | None) -> str:
+    """`` (rounds 2.54-3.43x)``: the ratio in each round, lowest to highest."""
+    if not ratios:
+        return ""
+    return f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+
+
 def _main_row(name: str, r: dict[str, Any]) -> str:
     if r.get("status") != "ok":
         error = (r.get("error") or "failed").splitlines()[0][:160]
@@ -130,7 +137,10 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
         "",
         _row("", "throughput ratio at 64 connections"),
         "|---|---:|",
-        _row("gateway / plain aiohttp proxy", _f(h["gateway_vs_aiohttp"], 2, "x")),
+        _row(
+            "gateway / plain aiohttp proxy",
+            _f(h["gateway_vs_aiohttp"], 2, "x") + _spread(h.get("gateway_vs_aiohttp_rounds")),
+        ),
         _row("gateway / nginx", _f(h["gateway_vs_nginx"], 2, "x")),
         _row("gateway-2w / plain aiohttp proxy", _f(h["gateway_2w_vs_aiohttp"], 2, "x")),
         _row("gateway-2w / nginx-2w", _f(h["gateway_2w_vs_nginx_2w"], 2, "x")),

@@ -490,11 +490,14 @@ def _results() -> dict[str, Any]:
         ]
     ]  # fmt: skip
     sweep_points[3]["reference_rps"] = 25_000.0  # one key, interleaved in the 1M block
+    gateway["samples"] = {"c64": [{"rps": r} for r in (24_000.0, 20_000.0, 27_000.0)]}
+    aiohttp = _config(8_000.0, 0.5)
+    aiohttp["samples"] = {"c64": [{"rps": r} for r in (8_000.0, 10_000.0, 7_500.0)]}
     return {
         "configurations": {
             "upstream": _config(110_000.0, 0.2, None),
             "nginx": _config(50_000.0, 0.3),
-            "aiohttp": _config(8_000.0, 0.5),
+            "aiohttp": aiohttp,
             "gateway": gateway,
             "gateway-2w": {"status": "failed", "error": "gateway-2w exited with 1\nTraceback"},
         },
@@ -538,6 +541,7 @@ def _results() -> dict[str, Any]:
 def test_headline_ratios_and_targets() -> None:
     h = figures.headline(_results())
     assert h["gateway_vs_aiohttp"] == pytest.approx(3.0)
+    assert h["gateway_vs_aiohttp_rounds"] == pytest.approx([3.0, 2.0, 3.6])  # round by round
     assert h["gateway_vs_nginx"] == pytest.approx(0.48)
     assert h["gateway_2w_vs_aiohttp"] is None  # it failed
     assert h["added_p99_ms_c1"] == pytest.approx(0.25)
@@ -564,7 +568,7 @@ def test_markdown_has_the_ratio_table_and_reports_failures() -> None:
     results = _results()
     results["headline"] = figures.headline(results)
     text = report.markdown(results)
-    assert "| gateway / plain aiohttp proxy | 3.00x |" in text
+    assert "| gateway / plain aiohttp proxy | 3.00x (rounds 2.00-3.60x) |" in text
     assert "| gateway / nginx | 0.48x |" in text
     assert "| gateway-2w | failed: gateway-2w exited with 1 |" in text
     assert "| 1,000,000 | zipf |" in text
@@ -587,7 +591,7 @@ def test_readme_section_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert report.update_readme(results, readme)
     text = readme.read_text()
     assert "old" not in text and text.startswith("# Load\n\nbefore\n") and text.endswith("after\n")
-    assert "| gateway / plain aiohttp proxy | 3.00x |" in text
+    assert "| gateway / plain aiohttp proxy | 3.00x (rounds 2.00-3.60x) |" in text
     assert "#### Ratios" in text
     readme.write_text("no markers\n")
     assert not report.update_readme(results, readme)
