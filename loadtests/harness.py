@@ -69,6 +69,9 @@ QUICK = Plan(
 )  # fmt: skip
 
 
+# A variant's setting that is not a METER_* one: the checkout whose gateway it runs.
+SOURCE = "SOURCE"
+
 # The side-by-side comparison's phases: connections, and whether wrk and the
 # processes under test share one CPU (``measure.pinned``: the latency one hop
 # adds, without the VM's cross-core wake-ups).
@@ -210,7 +213,11 @@ class Bench:
             workers = 1 if name == "gateway" else self.args.workers
             return servers.start_gateway(self.folder, env, workers, name)
         if name in self.args.variants:
-            return servers.start_gateway(self.folder, {**env, **self.args.variants[name]}, 1, name)
+            settings = dict(self.args.variants[name])
+            source = settings.pop(SOURCE, None)
+            return servers.start_gateway(
+                self.folder, {**env, **settings}, 1, name, Path(source) if source else None
+            )
         raise ValueError(name)
 
     @contextlib.contextmanager

@@ -91,13 +91,15 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 def _spawn(
-    name: str, args: list[str], log: Path, env: dict[str, str] | None = None
+    name: str,
+    args: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = HERE.parent,
 ) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent
-        )
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     finally:
         out.close()
 
@@ -241,19 +243,25 @@ def start_nginx(folder: Path, upstream_url: str, workers: int = 1) -> Server:
 # -- the gateway ---------------------------------------------------------------------
 
 
-def start_gateway(folder: Path, env: dict[str, str], workers: int, name: str) -> Server:
-    """``python -m meter gateway`` with ``env`` (METER_* settings) and ``workers`` workers."""
+def start_gateway(
+    folder: Path, env: dict[str, str], workers: int, name: str, source: Path | None = None
+) -> Server:
+    """``python -m meter gateway`` with ``env`` (METER_* settings) and ``workers`` workers;
+    ``source``: the gateway of another checkout (an A/B of a change), same Python."""
     port = free_port()
+    tree = HERE.parent if source is None else source.resolve()
     env = {
         **env,
         "METER_GATEWAY_HOST": "127.0.0.1",
         "METER_GATEWAY_PORT": str(port),
         "METER_GATEWAY_WORKERS": str(workers),
     }
+    if source is not None:  # ahead of the installed checkout (python -m: the cwd first)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(tree), env.get("PYTHONPATH"))))
     log = folder / f"{name}.log"
-    if not (HERE.parent / "gateway" / "service.py").exists():
-        raise ServerFailed("gateway/service.py does not exist yet: the gateway is not built")
-    proc = _spawn(name, [sys.executable, "-m", "meter", "gateway"], log, env)
+    if not (tree / "gateway" / "service.py").exists():
+        raise ServerFailed(f"{tree}/gateway/service.py does not exist: no gateway to run")
+    proc = _spawn(name, [sys.executable, "-m", "meter", "gateway"], log, env, cwd=tree)
     server = Server(name, f"http://127.0.0.1:{port}", proc, log)
     wait_http(server, GATEWAY_HEALTH)
     if workers > 1:  # the supervisor and every worker must be up before the load starts

@@ -13,10 +13,12 @@ import itertools
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -664,6 +666,27 @@ def test_variants_and_selection() -> None:
         bench.parse_args(["--variant", "nginx:X=1"])
     with pytest.raises(SystemExit):
         bench.selected(bench.parse_args(["--only", "haproxy"]))
+
+
+def test_a_variant_can_run_the_gateway_of_another_checkout(redis_url: str, tmp_path: Path) -> None:
+    args = bench.parse_args(["--variant", f"gateway-old:SOURCE={tmp_path / 'old'}"])
+    assert args.variants["gateway-old"] == {harness.SOURCE: str(tmp_path / "old")}
+    for package in ("meter", "gateway", "ledger", "admin"):
+        shutil.copytree(ROOT / package, tmp_path / "old" / package)
+    http11 = tmp_path / "old" / "gateway" / "http11.py"
+    http11.write_text(http11.read_text().replace('SERVER = b"meter"', 'SERVER = b"meter-old"'))
+    upstream = servers.start_upstream(tmp_path)
+    env = harness.gateway_environment(redis_url, upstream.url, {})
+    try:
+        for source, expected in ((None, "meter"), (tmp_path / "old", "meter-old")):
+            gateway = servers.start_gateway(tmp_path, env, 1, "gateway-old", source)
+            try:
+                with urllib.request.urlopen(gateway.url + "/_meter/healthz", timeout=5) as resp:
+                    assert resp.headers["Server"] == expected
+            finally:
+                gateway.stop()
+    finally:
+        upstream.stop()
 
 
 def test_key_lookup_bench_resolves_and_admits_every_key_and_reports_what_a_miss_costs(
