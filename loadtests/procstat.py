@@ -73,17 +73,23 @@ def end_descendants(grace_s: float = 10.0) -> list[int]:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while True:
-            for pid in left:
-                with contextlib.suppress(ChildProcessError):  # not ours to reap, or reaped
-                    os.waitpid(pid, os.WNOHANG)
-            if not any(alive(pid) for pid in left) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        if not any(alive(pid) for pid in left):
+        if _ended(left, grace_s):
             break
     return left
+
+
+def _ended(pids: list[int], within_s: float) -> bool:
+    """Whether all of ``pids`` end within ``within_s``, reaping those that are children."""
+    deadline = time.monotonic() + within_s
+    while True:
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):  # not ours to reap, or reaped
+                os.waitpid(pid, os.WNOHANG)
+        if not any(alive(pid) for pid in pids):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def pin(root: int, cpus: set[int]) -> None:
