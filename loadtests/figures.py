@@ -59,8 +59,7 @@ def _vs_one_account(results: dict[str, Any], accounts: int, dist: str) -> float 
 def _per_round(results: dict[str, Any], name: str, reference: str) -> list[float]:
     """``name``'s requests/s at 64 connections over ``reference``'s, round by round: each
     round measures both within a minute, so the machine's speed moves less between them
-    than between rounds (the plain aiohttp proxy's cost per call moved 143-317 us between
-    the rounds of one day, the gateway's 65-111 us)."""
+    than between rounds (how much it moves: loadtests/README.md, "What is measured")."""
     ours = _get(results, name, "samples", "c64") or []
     theirs = _get(results, reference, "samples", "c64") or []
     ratios = [stats.ratio(a.get("rps"), b.get("rps")) for a, b in zip(ours, theirs, strict=False)]

@@ -48,6 +48,7 @@ from loadtests import (
 )
 from meter import apikeys
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: where load-test commands run
 WRK_OUTPUT = """\
 Running 5s test @ http://127.0.0.1:40001/v1/bench
   2 threads and 64 connections
@@ -709,8 +710,6 @@ def test_key_lookup_bench_resolves_and_admits_every_key_and_reports_what_a_miss_
 
 
 # -- stopping -------------------------------------------------------------------------
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _comm(pid: int) -> str:
