@@ -6,10 +6,16 @@ default, which batches the admissions of one loop pass into one script call
 (each still decided atomically), or ``LiveState`` (one script call each,
 ``METER_REDIS_CLIENT=redis-py``); batching never touches the proxy. Redis
 failures are translated here, once, into the 503 refusal.
+
+An admission is started (``start``: queued, sent with the loop pass's others)
+apart from being waited for (``wait``), so that the raw server can start it as
+soon as a request's head is parsed, before the task that answers the request
+runs (``Proxy.begin``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Protocol
@@ -19,17 +25,24 @@ from gateway.metrics import GatewayMetrics
 from meter import live_state
 from meter.live_state import Admission, Call, KeyCall
 
+# An admission on its way: its reply, and when it was sent (for the latency metric).
+Started = tuple["asyncio.Future[Admission]", float]
+
 
 class Admitter(Protocol):
     @property
     def resolves_keys(self) -> bool:
-        """Whether ``admit`` takes a ``KeyCall`` (a call whose key the script resolves)."""
+        """Whether ``start`` takes a ``KeyCall`` (a call whose key the script resolves)."""
         ...
 
-    async def admit(self, call: Call | KeyCall, day: int) -> Admission:
-        """Check and debit ``call.price`` atomically; raises errors.StateUnavailable.
+    def start(self, call: Call | KeyCall, day: int) -> Started:
+        """Send the admission now (it goes out with this loop pass's others); ``wait`` for it."""
+        ...
 
-        A ``KeyCall``'s admission carries its key's record (``key``; None: no such key)."""
+    async def wait(self, started: Started) -> Admission:
+        """The started admission: ``call.price`` checked and debited atomically; raises
+        errors.StateUnavailable. A ``KeyCall``'s admission carries its key's record
+        (``key``; None: no such key)."""
         ...
 
     async def settle(self, call: Call, admission: Admission, refund: int, day: int) -> bool:
@@ -61,14 +74,18 @@ class DirectAdmitter:
     def resolves_keys(self) -> bool:
         return self.state.resolves_keys
 
-    async def admit(self, call: Call | KeyCall, day: int) -> Admission:
-        started = time.perf_counter()
+    def start(self, call: Call | KeyCall, day: int) -> Started:
+        # A future stays as it is; LiveState's coroutine becomes a task, so it starts too.
+        return asyncio.ensure_future(self.state.admit(call, day)), time.perf_counter()
+
+    async def wait(self, started: Started) -> Admission:
+        pending, at = started
         try:
-            return await self.state.admit(call, day)
+            return await pending
         except live_state.StateUnavailable as exc:
             raise errors.StateUnavailable(str(exc)) from exc
         finally:
-            self.metrics.redis_admit.observe(time.perf_counter() - started)
+            self.metrics.redis_admit.observe(time.perf_counter() - at)
 
     async def settle(self, call: Call, admission: Admission, refund: int, day: int) -> bool:
         started = time.perf_counter()

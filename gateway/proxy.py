@@ -32,7 +32,7 @@ from time import perf_counter
 from typing import Protocol
 
 from gateway import errors, headers
-from gateway.admission import Admitter
+from gateway.admission import Admitter, Started
 from gateway.headers import Pairs
 from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
@@ -59,6 +59,7 @@ class Exchange(Protocol):
     scheme: bytes  # b"http" or b"https": X-Forwarded-Proto
     content_length: int | None  # declared; None when chunked or absent
     has_body: bool
+    early: Early | None  # the admission ``Proxy.begin`` started when the head was parsed
 
     def body(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (answers ``Expect: 100-continue`` on first read)."""
@@ -90,6 +91,17 @@ class Exchange(Protocol):
     def abort(self) -> None:
         """Cut the connection: the client sees a truncated body, not a short complete one."""
         ...
+
+
+@dataclass(slots=True)
+class Early:
+    """An admission on its way: what was sent, for which route, on which day."""
+
+    call: Call
+    route: Route
+    now: float
+    day: int
+    started: Started
 
 
 @dataclass(slots=True)
@@ -177,10 +189,14 @@ class Proxy:
         in_flight = self.metrics.in_flight
         in_flight.value += 1
         try:
-            self.check_declared_size(exchange.content_length)
-            key = self.identity.cached(exchange.api_key)  # the hot case: nothing to await
-            if key is not None:
-                metered = await self.admit(key, self.price(exchange.method, exchange.target))
+            early = exchange.early
+            if early is None:
+                self.check_declared_size(exchange.content_length)
+                key = self.identity.cached(exchange.api_key)  # the hot case: nothing to await
+                if key is not None:
+                    early = self.start(key, self.price(exchange.method, exchange.target))
+            if early is not None:
+                metered = await self.admitted(early)
             else:
                 metered = await self.admit_unresolved(exchange)
             upstream, waited = await self.forward(exchange, metered)
@@ -198,6 +214,21 @@ class Proxy:
         finally:
             in_flight.value -= 1
 
+    def begin(self, exchange: Exchange) -> Early | None:
+        """Start the admission of a call as soon as its head is parsed, before the task
+        that answers it runs (the raw server calls this): the admissions of one loop pass
+        then go to Redis in that same pass, not the next one. Only the hot case starts:
+        a key the cache holds, a priced route, a declared size within the limit; for
+        anything else (None) ``handle`` does every step itself, refusals included."""
+        length = exchange.content_length
+        if length is not None and length > self.max_body_bytes:
+            return None
+        route = self.routes.lookup(exchange.method, exchange.target)
+        if not route:
+            return None
+        key = self.identity.cached(exchange.api_key)
+        return None if key is None else self.start(key, route)
+
     # -- the steps --------------------------------------------------------------------
 
     def check_declared_size(self, content_length: int | None) -> None:
@@ -212,19 +243,23 @@ class Proxy:
             raise errors.BadPath()
         return route
 
-    async def admit(self, key: KeyRecord, route: Route) -> Metered:
+    def start(self, key: KeyRecord, route: Route) -> Early:
         now = self.clock()
         day = utc_day(now)
         call = _call(key, route)
-        admission = await self.admitter.admit(call, day)
-        return self.metered(call, route, admission, now, day)
+        return Early(call, route, now, day, self.admitter.start(call, day))
+
+    async def admitted(self, early: Early) -> Metered:
+        admission = await self.admitter.wait(early.started)
+        return self.metered(early.call, early.route, admission, early.now, early.day)
 
     async def admit_unresolved(self, exchange: Exchange) -> Metered:
         """``admit`` for a key the cache does not hold: looked up first, or, on a single
         Redis, resolved by the admission script in the same step (no extra round trip)."""
         if not self.admitter.resolves_keys:
             known = await self.identity.identify(exchange.api_key)
-            return await self.admit(known, self.price(exchange.method, exchange.target))
+            route = self.price(exchange.method, exchange.target)
+            return await self.admitted(self.start(known, route))
         try:
             route = self.price(exchange.method, exchange.target)
         except errors.Refusal:
@@ -233,7 +268,8 @@ class Proxy:
         digest = self.identity.unresolved(exchange.api_key)
         now = self.clock()
         day = utc_day(now)
-        admission = await self.admitter.admit(KeyCall(digest, route.name, route.price), day)
+        call = KeyCall(digest, route.name, route.price)
+        admission = await self.admitter.wait(self.admitter.start(call, day))
         key = admission.key
         self.identity.learn(digest, key)
         if key is None:

@@ -270,6 +270,12 @@ class RawConnection(asyncio.Protocol):
         queue = self.queue
         queue.append(request)
         if len(queue) == 1:
+            # First in line: its admission goes out now, with this pass's others.
+            if not request.target.startswith(ops.PREFIX):
+                try:
+                    request.early = self.proxy.begin(request)
+                except Exception:  # not inside the parser: the task's handle() answers it
+                    log.exception("admission not started", extra={"target": request.target[:200]})
             self._kick()
         elif len(queue) > _MAX_PIPELINE:
             self.update_reading()

@@ -17,6 +17,7 @@ from gateway.headers import Pairs
 from meter.problems import PROBLEM_CONTENT_TYPE, render
 
 if TYPE_CHECKING:
+    from gateway.proxy import Early
     from gateway.raw_connection import RawConnection
 
 HIGH_WATER = 1 << 18  # request body bytes waiting for the proxy before reading pauses
@@ -37,6 +38,7 @@ class RawRequest:
         "client_ip",
         "conn",
         "content_length",
+        "early",
         "expect_continue",
         "has_body",
         "headers",
@@ -85,6 +87,7 @@ class RawRequest:
         self.wire = 0
         self.waiter: asyncio.Future[None] | None = None
         self.started = False  # the response head is out (or was given up on)
+        self.early: Early | None = None  # its admission, started when the head was parsed
         self.chunked = False
         self.no_body = False
 

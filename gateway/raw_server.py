@@ -14,6 +14,12 @@ How this works
   are answered one at a time, in order (pipelining), by one task per
   connection, which waits on a future while the queue is empty: a keep-alive
   call wakes it instead of creating a task.
+* The first request in line starts its admission as its head is parsed
+  (``Proxy.begin``: a cached key, a priced route), so the admissions whose
+  heads arrive in one loop pass go to Redis in that pass; the task then waits
+  for the reply instead of sending it one pass later. A request queued behind
+  another (pipelined) is admitted when its turn comes: the connection may close
+  before it is answered, and it must not have been debited then.
 * Bodies: ``on_body`` chunks queue on their request; the proxy reads them
   through ``RawRequest.__anext__``. More than ``HIGH_WATER`` bytes waiting, or
   more than ``_MAX_PIPELINE`` requests queued, pause reading from the client.

@@ -157,6 +157,29 @@ async def test_pipelined_requests_are_answered_in_order(make_gateway: MakeGatewa
     assert await gw.balance() == 100_000 - 9 * PRICE
 
 
+@RAW_ONLY
+async def test_a_pipelined_request_is_not_debited_before_its_turn(
+    make_gateway: MakeGateway,
+) -> None:
+    """The raw server starts a call's admission as its head is parsed, but only for the
+    first request in line: one behind it may never be answered (the connection can close
+    first), so it is admitted when its turn comes, and each call is debited once."""
+    gw = await make_gateway()
+    assert (await gw.call("/warm")).status == 200  # the key is cached: the fast path
+    gw.echo.arrived.clear()
+    pipelined = request(gw, "/first", headers=["X-Echo-Hang: 1"]) + request(gw, "/second")
+    async with connect(gw) as (reader, writer):
+        writer.write(pipelined)  # one write: both heads parsed in the same pass
+        await asyncio.wait_for(gw.echo.arrived.wait(), 5)  # /first is at the upstream
+        assert await gw.balance() == 100_000 - 2 * PRICE  # /warm and /first, not /second
+        gw.echo.hang.set()
+        replies = [await read_response(reader) for _ in range(2)]
+    assert [r.json()["path"] for r in replies] == ["/first", "/second"]
+    assert [r.headers["x-meter-charged"] for r in replies] == [str(PRICE)] * 2
+    assert await gw.balance() == 100_000 - 3 * PRICE
+    assert len(await gw.events()) == 3
+
+
 async def test_http10_client_gets_its_answer_and_the_connection_closes(
     make_gateway: MakeGateway,
 ) -> None:
