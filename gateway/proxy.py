@@ -184,12 +184,13 @@ class Proxy:
         self.clock = clock
 
     async def handle(self, exchange: Exchange) -> None:
-        started = perf_counter()
+        early = exchange.early
+        # The overhead metric counts from the admission started with the head, if it was.
+        started = perf_counter() if early is None else early.started[1]
         metered: Metered | None = None
         in_flight = self.metrics.in_flight
         in_flight.value += 1
         try:
-            early = exchange.early
             if early is None:
                 self.check_declared_size(exchange.content_length)
                 key = self.identity.cached(exchange.api_key)  # the hot case: nothing to await
