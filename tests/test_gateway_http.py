@@ -542,6 +542,33 @@ async def test_a_stalled_body_is_400_and_refunded(make_gateway: MakeGateway) -> 
 
 
 @RAW_ONLY
+@pytest.mark.parametrize("case", ["chunked_over_limit", "stalled", "declared_over_limit"])
+async def test_a_body_refused_after_an_early_admission_is_refunded(
+    make_gateway: MakeGateway, case: str
+) -> None:
+    """With the key cached, the admission starts as the head is parsed (``Proxy.begin``):
+    a body refused after that is refunded as on the slow path, and a declared size over
+    the limit is refused before anything is admitted."""
+    gw = await make_gateway(max_body_bytes=50_000, client_timeout=0.3)
+    assert (await gw.call("/warm")).status == 200  # the key is cached: the fast path
+    async with connect(gw) as (reader, writer):
+        if case == "chunked_over_limit":
+            writer.write(request(gw, method="POST", headers=["Transfer-Encoding: chunked"]))
+            for _ in range(10):
+                writer.write(b"%x\r\n%s\r\n" % (10_000, b"c" * 10_000))
+        elif case == "stalled":
+            writer.write(request(gw, method="POST", headers=["Content-Length: 1000"]) + b"x" * 10)
+        else:
+            writer.write(request(gw, method="POST", headers=["Content-Length: 60000"]))
+        reply = await asyncio.wait_for(read_response(reader), 3)
+    assert reply.status == (400 if case == "stalled" else 413)
+    assert reply.headers.get("x-meter-charged", "0") == "0"
+    assert await gw.balance() == 100_000 - PRICE  # the warm-up call only
+    kinds = [e["t"] for e in await gw.events()]
+    assert kinds == (["d"] if case == "declared_over_limit" else ["d", "d", "r"])
+
+
+@RAW_ONLY
 async def test_idle_keep_alive_connections_are_closed(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(keepalive_timeout=0.2, client_timeout=0.5)
     async with connect(gw) as (reader, writer):
