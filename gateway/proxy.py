@@ -221,12 +221,11 @@ class Proxy:
         then go to Redis in that same pass, not the next one. Only the hot case starts:
         a key the cache holds, a priced route, a declared size within the limit; for
         anything else (None) ``handle`` does every step itself, refusals included."""
-        length = exchange.content_length
-        if length is not None and length > self.max_body_bytes:
-            return None
-        route = self.routes.lookup(exchange.method, exchange.target)
-        if not route:
-            return None
+        try:
+            self.check_declared_size(exchange.content_length)
+            route = self.price(exchange.method, exchange.target)
+        except errors.Refusal:
+            return None  # handle() refuses it, in its turn
         key = self.identity.cached(exchange.api_key)
         return None if key is None else self.start(key, route)
 
@@ -255,7 +254,7 @@ class Proxy:
         return self.metered(early.call, early.route, admission, early.now, early.day)
 
     async def admit_unresolved(self, exchange: Exchange) -> Metered:
-        """``admit`` for a key the cache does not hold: looked up first, or, on a single
+        """The admission of a key the cache does not hold: looked up first, or, on a single
         Redis, resolved by the admission script in the same step (no extra round trip)."""
         if not self.admitter.resolves_keys:
             known = await self.identity.identify(exchange.api_key)
