@@ -23,7 +23,7 @@ from gateway.headers import Pairs, text
 from gateway.identity import presented_key
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable, load_prices
-from gateway.proxy import Early
+from gateway.proxy import Early, Lane
 from gateway.runtime import Runtime, open_runtime
 from meter.settings import Settings
 
@@ -95,6 +95,7 @@ class _AiohttpExchange:
         self.content_length = request.content_length
         self.has_body = request.body_exists
         self.early: Early | None = None  # aiohttp hands the request over whole: no sooner
+        self.lane: Lane | None = None  # nor a lane
         self.response: web.StreamResponse | None = None
 
     async def body(self) -> AsyncIterator[bytes]:

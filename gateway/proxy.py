@@ -37,7 +37,8 @@ from gateway.headers import Pairs
 from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable, Route, RouteCache, units_cost
-from gateway.upstream import Upstream, UpstreamResponse
+from gateway.upstream import Sent, Upstream, UpstreamResponse
+from meter.admission_batcher import Listener
 from meter.live_state import Admission, Call, KeyCall, KeyRecord
 from meter.money import utc_day
 from meter.problems import PROBLEM_CONTENT_TYPE, render
@@ -60,6 +61,7 @@ class Exchange(Protocol):
     content_length: int | None  # declared; None when chunked or absent
     has_body: bool
     early: Early | None  # the admission ``Proxy.begin`` started when the head was parsed
+    lane: Lane | None  # sent upstream by ``Proxy.forward_now``: ``handle`` takes it from there
 
     def body(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (answers ``Expect: 100-continue`` on first read)."""
@@ -93,6 +95,27 @@ class Exchange(Protocol):
         ...
 
 
+class LaneExchange(Exchange, Protocol):
+    """An exchange the lane can answer without awaiting (the raw server's ``RawRequest``)."""
+
+    def whole_body(self) -> bytes | None:
+        """The body if it has all arrived (``b""``: none), else None; left in place."""
+        ...
+
+    def respond_now(
+        self,
+        status: int,
+        reason: str,
+        headers: Pairs,
+        body: bytes,
+        *,
+        length: int | None = None,
+        close: bool = False,
+    ) -> None:
+        """``respond`` in one write that does not wait."""
+        ...
+
+
 @dataclass(slots=True)
 class Early:
     """An admission on its way: what was sent, for which route, on which day."""
@@ -102,6 +125,16 @@ class Early:
     now: float
     day: int
     started: Started
+
+
+@dataclass(slots=True)
+class Lane:
+    """An admitted call ``forward_now`` sent upstream: what was debited, the call in
+    flight, and when it was sent."""
+
+    metered: Metered
+    sent: Sent
+    at: float
 
 
 @dataclass(slots=True)
@@ -191,16 +224,21 @@ class Proxy:
         in_flight = self.metrics.in_flight
         in_flight.value += 1
         try:
-            if early is None:
-                self.check_declared_size(exchange.content_length)
-                key = self.identity.cached(exchange.api_key)  # the hot case: nothing to await
-                if key is not None:
-                    early = self.start(key, self.price(exchange.method, exchange.target))
-            if early is not None:
-                metered = await self.admitted(early)
+            lane = exchange.lane
+            if lane is not None:  # the lane sent it and handed it over: its answer is not plain
+                metered = lane.metered
+                upstream, waited = await self.resume(lane)
             else:
-                metered = await self.admit_unresolved(exchange)
-            upstream, waited = await self.forward(exchange, metered)
+                if early is None:
+                    self.check_declared_size(exchange.content_length)
+                    key = self.identity.cached(exchange.api_key)  # the hot case: no await
+                    if key is not None:
+                        early = self.start(key, self.price(exchange.method, exchange.target))
+                if early is not None:
+                    metered = await self.admitted(early)
+                else:
+                    metered = await self.admit_unresolved(exchange)
+                upstream, waited = await self.forward(exchange, metered)
             try:
                 if upstream.status >= 500 or metered.route.unit_price is not None:
                     await self.settle(metered, upstream)
@@ -215,19 +253,86 @@ class Proxy:
         finally:
             in_flight.value -= 1
 
-    def begin(self, exchange: Exchange) -> Early | None:
+    def begin(self, exchange: Exchange, listener: Listener | None = None) -> Early | None:
         """Start the admission of a call as soon as its head is parsed, before the task
         that answers it runs (the raw server calls this): the admissions of one loop pass
         then go to Redis in that same pass, not the next one. Only the hot case starts:
         a key the cache holds, a priced route, a declared size within the limit; for
-        anything else (None) ``handle`` does every step itself, refusals included."""
+        anything else (None) ``handle`` does every step itself, refusals included.
+        ``listener`` is called as soon as the admission's reply is in."""
         try:
             self.check_declared_size(exchange.content_length)
             route = self.price(exchange.method, exchange.target)
         except errors.Refusal:
             return None  # handle() refuses it, in its turn
         key = self.identity.cached(exchange.api_key)
-        return None if key is None else self.start(key, route)
+        return None if key is None else self.start(key, route, listener)
+
+    # -- the lane: the plain case, answered in callbacks ---------------------------------
+    #
+    # The raw server runs a call whose admission ``begin`` started through two callbacks
+    # instead of its connection's task: ``forward_now`` when the admission's reply is in,
+    # ``relay_now`` when the upstream's answer is. Each does its step only in the plain
+    # case and otherwise does nothing and returns None / False: the task then runs
+    # ``handle``, which goes on from where the lane stopped (``Exchange.lane``). Same steps,
+    # same order, same money; no task wake-ups, futures or coroutines in between.
+
+    def forward_now(self, exchange: LaneExchange, then: Callable[[], object]) -> Lane | None:
+        """The admission is in: an admitted call whose body has all arrived goes upstream
+        now, on an idle connection; ``then`` is called when its answer (or failure) is in.
+        None (nothing done) for anything else."""
+        early = exchange.early
+        assert early is not None
+        admission = self.admitter.arrived(early.started)
+        if admission is None or not admission.admitted:
+            return None
+        body = exchange.whole_body()
+        if body is None:
+            return None
+        metered = Metered(early.call, early.route, admission, early.day)
+        to_send = headers.to_upstream(
+            exchange.headers,
+            client_ip=exchange.client_ip,
+            proto=exchange.scheme,
+            call=metered.call,
+        )
+        at = perf_counter()
+        sent = self.upstream.send_now(
+            exchange.method, exchange.target, to_send, exchange.content_length, body, then
+        )
+        if sent is None:
+            return None
+        self.admitter.replied(early.started)
+        self.metrics.in_flight.value += 1
+        return Lane(metered, sent, at)
+
+    def relay_now(self, exchange: LaneExchange, lane: Lane) -> bool:
+        """The upstream answered a call ``forward_now`` sent: a whole answer below 500 to a
+        fixed-price call goes to the client now. False (nothing done) for anything else."""
+        self.metrics.in_flight.value -= 1  # handle() counts it again if it takes over
+        waiter = lane.sent.waiter
+        if waiter.cancelled() or waiter.exception() is not None:
+            return False
+        upstream: UpstreamResponse = waiter.result()
+        metered = lane.metered
+        if upstream.status >= 500 or metered.route.unit_price is not None:
+            return False
+        body = upstream.complete_body()
+        if body is None:
+            return False
+        waited = perf_counter() - lane.at
+        self.metrics.upstream_latency.observe(waited)
+        try:
+            out = self.answer(metered, upstream)
+            exchange.respond_now(
+                upstream.status, upstream.reason, out, body, length=upstream.content_length
+            )
+            early = exchange.early
+            assert early is not None
+            self.metrics.overhead.observe(perf_counter() - early.started[1] - waited)
+        finally:
+            upstream.close()
+        return True
 
     # -- the steps --------------------------------------------------------------------
 
@@ -243,11 +348,11 @@ class Proxy:
             raise errors.BadPath()
         return route
 
-    def start(self, key: KeyRecord, route: Route) -> Early:
+    def start(self, key: KeyRecord, route: Route, listener: Listener | None = None) -> Early:
         now = self.clock()
         day = utc_day(now)
         call = _call(key, route)
-        return Early(call, route, now, day, self.admitter.start(call, day))
+        return Early(call, route, now, day, self.admitter.start(call, day, listener))
 
     async def admitted(self, early: Early) -> Metered:
         admission = await self.admitter.wait(early.started)
@@ -325,6 +430,13 @@ class Proxy:
             raise body.failure
         return response, waited
 
+    async def resume(self, lane: Lane) -> tuple[UpstreamResponse, float]:
+        """``forward`` of a call the lane sent: the response, seconds waited for it."""
+        try:
+            return await self.upstream.resume(lane.sent), perf_counter() - lane.at
+        finally:
+            self.metrics.upstream_latency.observe(perf_counter() - lane.at)
+
     async def settle(self, metered: Metered, response: UpstreamResponse) -> None:
         route = metered.route
         if response.status >= 500 and self.refund_upstream_errors:
@@ -347,9 +459,7 @@ class Proxy:
     ) -> None:
         """Send the upstream's answer to the client, with the metering headers; record."""
         status = upstream.status
-        out = headers.to_client(upstream.header_pairs(), metered.headers())
-        outcome = "upstream_failed" if status >= 500 else "forwarded"
-        self.record(metered.route.name, outcome, metered.charged)
+        out = self.answer(metered, upstream)
         try:
             body = upstream.complete_body()
             if body is not None:  # it all came with the head: one write
@@ -374,6 +484,12 @@ class Proxy:
             else:
                 log.exception("relay failed", extra={"route": metered.route.name})
             exchange.abort()
+
+    def answer(self, metered: Metered, upstream: UpstreamResponse) -> Pairs:
+        """The headers of the answer to the client (the metering ones added); recorded."""
+        outcome = "upstream_failed" if upstream.status >= 500 else "forwarded"
+        self.record(metered.route.name, outcome, metered.charged)
+        return headers.to_client(upstream.header_pairs(), metered.headers())
 
     async def refuse(
         self,

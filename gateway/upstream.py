@@ -28,9 +28,10 @@ and no redirect is followed: bytes pass through as the upstream sent them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from typing import Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
@@ -88,7 +89,32 @@ class Upstream(Protocol):
         """
         ...
 
+    def send_now(
+        self,
+        method: str,
+        target: str,
+        headers: Pairs,
+        length: int | None,
+        body: bytes,
+        listener: Callable[[], object],
+    ) -> Sent | None:
+        """Write a call whose body is all here (``b""``: none) without awaiting, if a
+        connection is free at once; None otherwise (``send`` it then). ``listener`` is
+        called when ``Sent.waiter`` is done, in the callback that completed it."""
+        ...
+
+    async def resume(self, sent: Sent) -> UpstreamResponse:
+        """The response to a call ``send_now`` wrote, as ``send`` would have returned it."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class Sent(Protocol):
+    """A call ``Upstream.send_now`` wrote; ``waiter`` completes with its response head."""
+
+    @property
+    def waiter(self) -> asyncio.Future[Any]: ...
 
 
 @contextlib.contextmanager
@@ -191,3 +217,17 @@ class AiohttpUpstream:
                 compress=None,
             )
         return _AiohttpResponse(response)
+
+    def send_now(
+        self,
+        method: str,
+        target: str,
+        headers: Pairs,
+        length: int | None,
+        body: bytes,
+        listener: Callable[[], object],
+    ) -> Sent | None:
+        return None  # a ClientSession call has to be awaited: the proxy sends it with send()
+
+    async def resume(self, sent: Sent) -> UpstreamResponse:
+        raise TypeError("AiohttpUpstream.send_now never sends, so nothing can be resumed")

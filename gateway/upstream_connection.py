@@ -11,7 +11,7 @@ one is kept, and sweeps the deadlines; see its docstring for how it all works.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -56,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "informational",
         "keep_alive",
+        "listener",
         "loop",
         "parser",
         "pool",
@@ -108,6 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()  # paused for a slow client; the body is done
         self.read_paused = False
         self.head_waiter: asyncio.Future[PooledResponse] | None = None
+        self.listener: Callable[[], object] | None = None
         self.body_waiter: asyncio.Future[None] | None = None
 
     # -- the exchange -------------------------------------------------------------------
@@ -119,14 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
         chunked: bool,
         head_only: bool,
     ) -> PooledResponse:
-        assert self.transport is not None
-        self.busy = True
-        self.head_only = head_only
-        waiter: asyncio.Future[PooledResponse] = self.loop.create_future()
-        self.head_waiter = waiter
-        timeout = self.pool.timeout
-        self.deadline = self.pool.now + timeout
-        self.transport.write(head)
+        waiter = self.start(head, head_only)
         if body is not None:
             try:
                 await self._send_body(body, chunked)
@@ -136,8 +131,25 @@ class UpstreamConnection(asyncio.Protocol):
                 raise
         self.sent = True
         if not waiter.done():
-            self.deadline = self.pool.now + timeout
+            self.deadline = self.pool.now + self.pool.timeout
         return await waiter
+
+    def start(
+        self, head: bytes, head_only: bool, listener: Callable[[], object] | None = None
+    ) -> asyncio.Future[PooledResponse]:
+        """Write ``head`` (a whole request when it has no body to stream); the response
+        head comes to the future. ``listener`` is called once the future is done: at the
+        end of the read that completed the head (whatever of the body came with it is
+        in), or as the exchange fails; not a loop pass later, as a done callback would."""
+        assert self.transport is not None
+        self.busy = True
+        self.head_only = head_only
+        waiter: asyncio.Future[PooledResponse] = self.loop.create_future()
+        self.head_waiter = waiter
+        self.listener = listener
+        self.deadline = self.pool.now + self.pool.timeout
+        self.transport.write(head)
+        return waiter
 
     async def _send_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
         timeout = self.pool.timeout
@@ -213,6 +225,13 @@ class UpstreamConnection(asyncio.Protocol):
             # llhttp keeps an unfinished header line itself: bound what it may hold.
             if not self.head_done and self.head_wire > _MAX_HEAD:
                 self._garbage("response head too large")
+        if self.head_done and self.listener is not None:
+            self._tell()
+
+    def _tell(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener()
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -284,6 +303,7 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self.head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+            self._tell()
         elif isinstance(error, errors.Refusal) and not self.done:
             if self.error is None:
                 self.error = (

@@ -15,7 +15,10 @@ How this works
 * The request head is built as one bytes object and written at once; a body is
   streamed as it comes from the client: ``Content-Length`` when the length is
   known, chunked otherwise. Writing waits while the upstream's socket buffer is
-  full (``pause_writing``/``resume_writing``).
+  full (``pause_writing``/``resume_writing``). ``send_now`` is the synchronous
+  twin for a call whose body has all arrived, on an idle connection: head and
+  body in one write, the response head to a future (the raw server's lane,
+  ``proxy.py``); ``resume`` then awaits it as ``send`` would have, retry included.
 * The response is parsed by ``httptools.HttpResponseParser`` in
   ``data_received``. ``send`` returns at the end of the head; a small body has
   usually arrived in the same read, and then ``complete_body()`` hands it over
@@ -52,7 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
@@ -63,6 +66,27 @@ from gateway.upstream_connection import PooledResponse, StaleConnection, Upstrea
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
+
+
+class InFlight:
+    """A call ``send_now`` wrote: its connection, the future of its response head, and
+    what a retry on a new connection would send again."""
+
+    __slots__ = ("conn", "data", "head_only", "replayable", "waiter")
+
+    def __init__(
+        self,
+        conn: UpstreamConnection,
+        waiter: asyncio.Future[PooledResponse],
+        replayable: bool,
+        data: bytes,
+        head_only: bool,
+    ) -> None:
+        self.conn = conn
+        self.waiter = waiter
+        self.replayable = replayable
+        self.data = data
+        self.head_only = head_only
 
 
 class UpstreamPool:
@@ -137,10 +161,56 @@ class UpstreamPool:
         head = self._head(method, target, headers, length, chunked)
         head_only = method == "HEAD"
         conn = self._take_idle() or await self._acquire()
+        replayable = method in IDEMPOTENT and body is None
+        pending = conn.exchange(head, body, chunked, head_only)
+        return await self._answer(conn, pending, replayable, head, body, chunked, head_only)
+
+    def send_now(
+        self,
+        method: str,
+        target: str,
+        headers: Pairs,
+        length: int | None,
+        body: bytes,
+        listener: Callable[[], object],
+    ) -> InFlight | None:
+        """Write a call whose body is all here (``b""``: none) on an idle connection, now,
+        without awaiting anything; None when no connection is idle. ``listener`` is called
+        when the response head is in, or the exchange failed (``UpstreamConnection.start``);
+        ``resume`` then gives the response."""
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        head = self._head(method, target, headers, length, False)
+        data = head + body if body else head
+        waiter = conn.start(data, method == "HEAD", listener)
+        conn.sent = True
+        return InFlight(conn, waiter, method in IDEMPOTENT and not body, data, method == "HEAD")
+
+    async def resume(self, sent: Sent) -> PooledResponse:
+        """The response to a call ``send_now`` wrote, as ``send`` would have given it."""
+        assert isinstance(sent, InFlight)
+        return await self._answer(
+            sent.conn, sent.waiter, sent.replayable, sent.data, None, False, sent.head_only
+        )
+
+    async def _answer(
+        self,
+        conn: UpstreamConnection,
+        pending: Awaitable[PooledResponse],
+        replayable: bool,
+        head: bytes,
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+        head_only: bool,
+    ) -> PooledResponse:
+        """The response head of an exchange under way on ``conn``; a kept-alive connection
+        that died before any response byte is tried once more, on a new connection, when
+        the call may be sent again (idempotent, no streamed body)."""
         try:
-            return await conn.exchange(head, body, chunked, head_only)
+            return await pending
         except StaleConnection:
-            if method not in IDEMPOTENT or body is not None:
+            if not replayable:
                 self.release(conn)
                 raise errors.UpstreamUnreachable(
                     "the kept-alive connection closed as the call was sent"
@@ -310,7 +380,7 @@ class UpstreamPool:
 
 
 if TYPE_CHECKING:
-    from gateway.upstream import Upstream
+    from gateway.upstream import Sent, Upstream
 
     def _fits(pool: UpstreamPool) -> Upstream:
         return pool

@@ -37,7 +37,8 @@ of that batch fails with a ``StateUnavailable`` (503); none is guessed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 from meter.live_state import (
     Admission,
@@ -51,7 +52,10 @@ from meter.live_state import (
 from meter.redis_pipe import RedisPipe, RedisReplyError, Reply
 from meter.scripts import ADMIT
 
-_Queued = tuple[Call | KeyCall, int, "asyncio.Future[Admission]"]
+log = logging.getLogger("meter.admission")
+
+Listener = Callable[[], object]
+_Queued = tuple[Call | KeyCall, int, "asyncio.Future[Admission]", Listener | None]
 
 
 class AdmissionBatcher:
@@ -64,8 +68,12 @@ class AdmissionBatcher:
         self._queue: list[_Queued] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def admit(self, call: Call | KeyCall, day: int) -> asyncio.Future[Admission]:
+    def admit(
+        self, call: Call | KeyCall, day: int, listener: Listener | None = None
+    ) -> asyncio.Future[Admission]:
         """Queue ``call``; the future resolves with its own admission, decided atomically.
+        ``listener`` is called as soon as the future is done (with a result or not), in
+        the pipe's ``data_received``: a done callback would run a loop pass later.
 
         A ``KeyCall`` is grouped with every shard (its shard is not known yet): it needs
         ``cross_shard``, or its batch fails on a cluster like any cross-slot batch."""
@@ -75,7 +83,7 @@ class AdmissionBatcher:
         fut: asyncio.Future[Admission] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._flush)
-        self._queue.append((call, day, fut))
+        self._queue.append((call, day, fut, listener))
         return fut
 
     async def admit_many(self, calls: Sequence[Call | KeyCall], day: int) -> list[Admission]:
@@ -96,9 +104,9 @@ class AdmissionBatcher:
         for (shard, day), items in groups.items():
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
-                batch = _Batch([fut for _, _, fut in chunk])
+                batch = _Batch(chunk)
                 try:
-                    calls = [call for call, _, _ in chunk]
+                    calls = [item[0] for item in chunk]
                     key_names, args = admit_arguments(calls, day, shard)
                     batch.resolved = resolved_flags(calls)
                 except Exception as exc:  # a bug must not leave callers waiting forever
@@ -112,10 +120,10 @@ class _Batch:
     """One admit.lua call's callers; the pipe hands it the reply inside ``data_received``,
     and each caller's future gets its own admission there (no loop pass in between)."""
 
-    __slots__ = ("delivered", "futures", "resolved")
+    __slots__ = ("delivered", "items", "resolved")
 
-    def __init__(self, futures: list[asyncio.Future[Admission]]) -> None:
-        self.futures = futures
+    def __init__(self, items: list[_Queued]) -> None:
+        self.items = items
         self.resolved: list[bool] | None = None
         self.delivered = False
 
@@ -123,27 +131,38 @@ class _Batch:
         return self.delivered
 
     def set_result(self, reply: Reply) -> None:
-        futures = self.futures
+        items = self.items
         try:
             admissions = parse_admit_reply(reply, self.resolved)
-            if len(admissions) != len(futures):
-                raise ValueError(f"{len(admissions)} admissions for {len(futures)} calls")
+            if len(admissions) != len(items):
+                raise ValueError(f"{len(admissions)} admissions for {len(items)} calls")
         except Exception as exc:  # raised here, it would break the pipe's reply loop
             self.set_exception(RedisReplyError(f"unexpected admit.lua reply: {exc!r}"))
             return
         self.delivered = True
-        for fut, admission in zip(futures, admissions, strict=True):
+        for (_, _, fut, listener), admission in zip(items, admissions, strict=True):
             if not fut.done():
                 fut.set_result(admission)
+                if listener is not None:
+                    _tell(listener)
 
     def set_exception(self, error: BaseException) -> None:
         self.delivered = True
         if not isinstance(error, StateUnavailable):
             error = StateUnavailable(f"redis error: {error!r}")
-        _fail(self.futures, error)
+        _fail(self.items, error)
 
 
-def _fail(futures: list[asyncio.Future[Admission]], error: StateUnavailable) -> None:
-    for fut in futures:
+def _fail(items: list[_Queued], error: StateUnavailable) -> None:
+    for _, _, fut, listener in items:
         if not fut.done():
             fut.set_exception(type(error)(*error.args))
+            if listener is not None:
+                _tell(listener)
+
+
+def _tell(listener: Listener) -> None:
+    try:
+        listener()
+    except Exception:  # one caller's bug must not keep the batch's others waiting
+        log.exception("admission listener failed")

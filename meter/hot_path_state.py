@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from meter import keys
-from meter.admission_batcher import AdmissionBatcher
+from meter.admission_batcher import AdmissionBatcher, Listener
 from meter.live_state import (
     API_KEY_FIELDS,
     Admission,
@@ -127,8 +127,10 @@ class PipelinedState:
         """As ``cross_shard`` (``choose_batching``): a ``KeyCall`` is a cross-slot call."""
         return self.batcher.cross_shard
 
-    def admit(self, call: Call | KeyCall, day: int) -> asyncio.Future[Admission]:
-        return self.batcher.admit(call, day)
+    def admit(
+        self, call: Call | KeyCall, day: int, listener: Listener | None = None
+    ) -> asyncio.Future[Admission]:
+        return self.batcher.admit(call, day, listener)
 
     async def admit_many(self, calls: Sequence[Call | KeyCall], day: int) -> list[Admission]:
         return await self.batcher.admit_many(calls, day)
