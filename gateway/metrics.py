@@ -29,6 +29,13 @@ meter_gateway_upstream_retries_total                            calls sent again
 meter_gateway_upstream_connections            state             upstream pool: open, idle
 meter_gateway_in_flight                                         calls being handled
 meter_gateway_connections                                       client connections open (raw server)
+meter_gateway_lane_total                      result            raw server calls answered in
+                                                                callbacks (answered) or handed to
+                                                                the task: refused, redis_failed,
+                                                                request_body, no_idle_connection,
+                                                                upstream_failed, upstream_5xx,
+                                                                variable_cost, response_streamed,
+                                                                error
 meter_gateway_http_errors_total               reason            requests the server layer refused
                                                                 or cut: malformed, url_too_long,
                                                                 headers_too_large, too_many_headers,
@@ -228,6 +235,14 @@ class GatewayMetrics:
         self.connections: Count = f(
             "gauge", "meter_gateway_connections", "Client connections open (raw server)"
         ).labels()
+        self.lane = f(
+            "counter",
+            "meter_gateway_lane",
+            "Calls the raw server's lane answered in callbacks (answered), or handed to the"
+            " connection's task, by why",
+            ["result"],
+        )
+        self.lane_answered: Count = self.lane.labels("answered")
         self.http_errors = f(
             "counter",
             "meter_gateway_http_errors",

@@ -285,9 +285,11 @@ class Proxy:
         assert early is not None
         admission = self.admitter.arrived(early.started)
         if admission is None or not admission.admitted:
+            self.hand_over("refused" if admission is not None else "redis_failed")
             return None
         body = exchange.whole_body()
         if body is None:
+            self.hand_over("request_body")
             return None
         metered = Metered(early.call, early.route, admission, early.day)
         to_send = headers.to_upstream(
@@ -301,6 +303,7 @@ class Proxy:
             exchange.method, exchange.target, to_send, exchange.content_length, body, then
         )
         if sent is None:
+            self.hand_over("no_idle_connection")
             return None
         self.admitter.replied(early.started)
         self.metrics.in_flight.value += 1
@@ -312,13 +315,19 @@ class Proxy:
         self.metrics.in_flight.value -= 1  # handle() counts it again if it takes over
         waiter = lane.sent.waiter
         if waiter.cancelled() or waiter.exception() is not None:
+            self.hand_over("upstream_failed")
             return False
         upstream: UpstreamResponse = waiter.result()
         metered = lane.metered
-        if upstream.status >= 500 or metered.route.unit_price is not None:
+        if upstream.status >= 500:
+            self.hand_over("upstream_5xx")
+            return False
+        if metered.route.unit_price is not None:
+            self.hand_over("variable_cost")
             return False
         body = upstream.complete_body()
         if body is None:
+            self.hand_over("response_streamed")
             return False
         waited = perf_counter() - lane.at
         self.metrics.upstream_latency.observe(waited)
@@ -332,7 +341,12 @@ class Proxy:
             self.metrics.overhead.observe(perf_counter() - early.started[1] - waited)
         finally:
             upstream.close()
+        self.metrics.lane_answered.inc()
         return True
+
+    def hand_over(self, why: str) -> None:
+        """The lane declines a call, for ``why``: the connection's task takes it on."""
+        self.metrics.lane.labels(why).inc()
 
     # -- the steps --------------------------------------------------------------------
 

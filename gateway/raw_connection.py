@@ -313,12 +313,12 @@ class RawConnection(asyncio.Protocol):
     def lane_admitted(self, request: RawRequest) -> None:
         if not request.in_lane:
             return  # begin() failed after the admission started: the task has it
-        lane = None
-        if not self.lost:
-            try:
-                lane = self.proxy.forward_now(request, request.lane_answered)
-            except Exception:
-                log.exception("lane failure", extra={"target": request.target[:200]})
+        try:
+            lane = self.proxy.forward_now(request, request.lane_answered)
+        except Exception:
+            log.exception("lane failure", extra={"target": request.target[:200]})
+            self.proxy.hand_over("error")
+            lane = None
         if lane is None:
             self._hand_over(request)
             return
@@ -331,6 +331,7 @@ class RawConnection(asyncio.Protocol):
             answered = self.proxy.relay_now(request, lane)
         except Exception:
             log.exception("lane failure", extra={"target": request.target[:200]})
+            self.proxy.hand_over("error")
             answered = False
         if not answered:
             self._hand_over(request)  # handle() goes on from the lane (a started answer stays)

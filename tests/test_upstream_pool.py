@@ -630,6 +630,96 @@ async def test_a_connection_closed_while_idle_is_not_used(
     assert pool.metrics.upstream_retries.value == 0
 
 
+# -- send_now: a call written without awaiting (the raw server's lane) ----------------------
+
+
+def listening(record: list[str]) -> Callable[[], None]:
+    return lambda: record.append("told")
+
+
+async def test_send_now_writes_on_an_idle_connection_and_tells_once_the_answer_is_in(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+) -> None:
+    async def keeps_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader, upstream.requests)
+            writer.write(OK)
+            await writer.drain()
+
+    upstream = await scripted(keeps_answering)
+    pool = await pools(upstream.url)
+    told: list[str] = []
+    assert pool.send_now("GET", "/0", [], None, b"", listening(told)) is None  # none idle
+    (await pool.send("GET", "/1", [], None)).close()
+
+    seen: list[tuple[bool, bytes | None]] = []
+
+    def listener() -> None:  # at the end of the read: the head is in, and the body with it
+        response = sent.waiter.result()
+        seen.append((sent.waiter.done(), response.complete_body()))
+
+    sent = pool.send_now("POST", "/2", [(b"X-B", b"2")], 4, b"body", listener)
+    assert sent is not None
+    response = await pool.resume(sent)
+    assert response.status == 200
+    response.close()
+    assert seen == [(True, b"ok")]  # once
+    assert upstream.requests[1].startswith(b"POST /2 HTTP/1.1\r\n")
+    assert upstream.requests[1].endswith(b"X-B: 2\r\nContent-Length: 4\r\n\r\nbody")
+    assert upstream.connections == 1  # the idle connection
+    assert pool.idle_connections == 1  # and back in the pool
+    assert told == []
+
+
+async def test_send_now_on_a_stale_connection_is_sent_again_only_when_harmless(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+) -> None:
+    requests: list[bytes] = []
+    upstream = await scripted(closes_after_first(requests))
+    pool = await pools(upstream.url)
+    told: list[str] = []
+    (await pool.send("GET", "/1", [], None)).close()
+    sent = pool.send_now("GET", "/2", [], None, b"", listening(told))
+    assert sent is not None
+    response = await pool.resume(sent)  # the connection died: sent again, on a new one
+    assert response.status == 200
+    response.close()
+    assert told == ["told"]  # the failure was told, once
+    # The new connection answered its first; it dies on its second, a POST: not sent again.
+    sent = pool.send_now("POST", "/3", [], 14, b"charge me once", listening(told))
+    assert sent is not None
+    with pytest.raises(errors.UpstreamUnreachable):
+        await pool.resume(sent)
+    assert [r.split(b" ")[1] for r in requests] == [b"/1", b"/2", b"/2", b"/3"]
+    assert told == ["told", "told"]
+    assert pool.metrics.upstream_retries.value == 1
+
+
+async def test_send_now_times_out_as_send_does(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+) -> None:
+    async def then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    upstream = await scripted(then_silent)
+    pool = await pools(upstream.url, timeout=0.2)
+    told: list[str] = []
+    (await pool.send("GET", "/1", [], None)).close()
+    sent = pool.send_now("GET", "/2", [], None, b"", listening(told))
+    assert sent is not None
+    with pytest.raises(errors.UpstreamTimeout):
+        await pool.resume(sent)
+    assert told == ["told"]
+    await asyncio.sleep(0.01)
+    assert pool.open_connections == 0
+
+
 # -- the pool ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,216 @@
+"""The raw server's lane: a call whose key is cached is forwarded and answered in callbacks.
+
+Once a key is cached, a call's admission starts with its head (``Proxy.begin``);
+when the admission's reply is in, ``Proxy.forward_now`` sends it upstream, and
+when the upstream's answer is in, ``Proxy.relay_now`` answers the client: no
+task of the connection runs. Anything but the plain case is handed to that
+task, whose ``handle`` goes on from where the lane stopped. These tests warm
+the key with one call, then drive each way through: the plain case, and each
+reason to hand over, with the money, the answer and the lane metric
+(``meter_gateway_lane_total{result}``) checked every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+
+import pytest
+from test_gateway import (
+    CHAT_UNIT,
+    PRICE,
+    Gateway,
+    MakeGateway,
+    make_gateway,
+    problem,
+    server_mode,
+    upstream,
+)
+from test_gateway_http import _answering_tasks, connect, read_response, request
+
+from gateway.testing import pattern_bytes
+
+FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
+
+pytestmark = pytest.mark.parametrize("server_mode", ["raw"])
+
+RESULTS = (
+    "answered",
+    "refused",
+    "redis_failed",
+    "request_body",
+    "no_idle_connection",
+    "upstream_failed",
+    "upstream_5xx",
+    "variable_cost",
+    "response_streamed",
+    "error",
+)
+
+
+async def lane(gw: Gateway) -> dict[str, float]:
+    """The lane counter by result, the zeros left out."""
+    counts = {r: await gw.metric("meter_gateway_lane_total", result=r) for r in RESULTS}
+    return {r: n for r, n in counts.items() if n}
+
+
+async def until(condition: Callable[[], object], within: float = 5.0) -> None:
+    """Wait for something the gateway does in its own time (after a client went away)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the gateway did not get there in time"
+        await asyncio.sleep(0.005)
+
+
+async def warmed(gw: Gateway) -> None:
+    """One call caches the key (its admission resolves the key: not the lane's case)."""
+    assert (await gw.call("/warm")).status == 200
+    assert await lane(gw) == {}
+
+
+async def test_a_plain_call_is_answered_by_the_lane(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway()
+    await warmed(gw)
+    got = await gw.call("/v1/plain?x=1")
+    body = pattern_bytes(3_000)
+    posted = await gw.call("/v1/posted", method="POST", data=body)
+    for reply in (got, posted):
+        assert reply.status == 200
+        assert reply.header("X-Meter-Charged") == PRICE
+    assert got.json()["path"] == "/v1/plain?x=1"
+    assert posted.json()["body_bytes"] == len(body)
+    assert posted.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert posted.header("X-Credits-Available") == 100_000 - 3 * PRICE
+    assert await lane(gw) == {"answered": 2}
+    assert await gw.balance() == 100_000 - 3 * PRICE
+    assert [e["m"] for e in await gw.events()] == [str(PRICE)] * 3
+    assert await gw.metric("meter_gateway_calls_total", route="default", outcome="forwarded") == 3
+    assert await gw.metric("meter_gateway_overhead_seconds_count") == 3
+    assert await gw.metric("meter_gateway_upstream_seconds_count") == 3
+    assert await gw.metric("meter_gateway_redis_seconds_count", op="admit") == 3
+    assert await gw.metric("meter_gateway_in_flight") == 0
+    assert len(_answering_tasks()) == 1  # the warm-up's (its key was not cached): no other
+
+
+async def test_a_5xx_is_handed_over_and_refunded(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway()
+    await warmed(gw)
+    reply = await gw.call(headers={"X-Echo-Status": "503"})
+    assert reply.status == 503
+    assert reply.header("X-Meter-Charged") == 0
+    assert await lane(gw) == {"upstream_5xx": 1}
+    assert await gw.balance() == 100_000 - PRICE
+    assert await gw.metric("meter_gateway_refunds_total", reason="upstream_5xx") == 1
+    assert await gw.metric("meter_gateway_in_flight") == 0
+
+
+async def test_a_variable_cost_call_is_handed_over_and_settled(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway()
+    await warmed(gw)
+    reply = await gw.call("/v1/chat/x", method="POST", headers={"X-Echo-Units": "7"}, data=b"{}")
+    assert reply.status == 200
+    assert reply.header("X-Meter-Charged") == 7 * CHAT_UNIT
+    assert await lane(gw) == {"variable_cost": 1}
+    assert await gw.balance() == 100_000 - PRICE - 7 * CHAT_UNIT
+
+
+async def test_a_streamed_answer_is_handed_over_whole(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway()
+    await warmed(gw)
+    reply = await gw.call(headers={"X-Echo-Stream": "300000"})
+    assert reply.status == 200
+    assert reply.body == pattern_bytes(300_000)
+    assert reply.header("X-Meter-Charged") == PRICE
+    assert await lane(gw) == {"response_streamed": 1}
+    assert await gw.balance() == 100_000 - 2 * PRICE
+
+
+async def test_an_upstream_timeout_is_handed_over_and_refunded(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(upstream_timeout=0.3)
+    await warmed(gw)
+    reply = await gw.call(headers={"X-Echo-Hang": "1"})
+    problem(reply, 504, "upstream-timeout")
+    assert reply.header("X-Meter-Charged") == 0
+    assert await lane(gw) == {"upstream_failed": 1}
+    assert await gw.balance() == 100_000 - PRICE
+    assert await gw.metric("meter_gateway_in_flight") == 0
+
+
+async def test_a_refused_admission_is_handed_over(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(balance=1_500)
+    await warmed(gw)
+    reply = await gw.call()
+    problem(reply, 402, "insufficient-credits")
+    assert reply.header("X-Credits-Available") == 500
+    assert await lane(gw) == {"refused": 1}
+    assert gw.echo.received == 1
+    assert await gw.balance() == 500
+
+
+async def test_a_body_still_coming_is_handed_over(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway()
+    await warmed(gw)
+    body = b"0123456789"
+    async with connect(gw) as (reader, writer):
+        whole = request(gw, "/late", method="POST", body=body)
+        writer.write(whole[: -len(body) // 2])  # the head and half the body
+        await until(lambda: gw.runtime.metrics.lane.labels("request_body").value == 1)
+        writer.write(whole[-len(body) // 2 :])
+        reply = await read_response(reader)
+    assert reply.status == 200
+    assert reply.json()["body_bytes"] == len(body)
+    assert await lane(gw) == {"request_body": 1}
+    assert await gw.balance() == 100_000 - 2 * PRICE
+
+
+async def test_no_idle_upstream_connection_is_handed_over(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(upstream_pool_size=1)
+    await warmed(gw)
+    gw.echo.arrived.clear()
+    hanging = asyncio.create_task(gw.call("/a", headers={"X-Echo-Hang": "1"}))
+    await gw.echo.arrived.wait()  # the lane sent it on the one connection
+    waiting = asyncio.create_task(gw.call("/b"))
+    await until(lambda: gw.runtime.metrics.lane.labels("no_idle_connection").value == 1)
+    gw.echo.hang.set()
+    replies = [await hanging, await waiting]
+    assert [r.status for r in replies] == [200, 200]
+    assert [r.json()["path"] for r in replies] == ["/a", "/b"]
+    assert await lane(gw) == {"answered": 1, "no_idle_connection": 1}
+    assert await gw.balance() == 100_000 - 3 * PRICE
+
+
+async def test_a_client_gone_before_the_answer_is_still_charged_once(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway()
+    await warmed(gw)
+    open_before = gw.runtime.metrics.connections.value  # the warm-up's, kept alive
+    gw.echo.arrived.clear()
+    async with connect(gw) as (_, writer):
+        writer.write(request(gw, "/gone", headers=["X-Echo-Hang: 1"]))
+        await gw.echo.arrived.wait()
+    # The upstream has the call: it counts, as it would without the lane.
+    gw.echo.hang.set()
+    await until(lambda: gw.runtime.metrics.lane_answered.value == 1)
+    assert await gw.balance() == 100_000 - 2 * PRICE
+    assert len(await gw.events()) == 2
+    assert await gw.metric("meter_gateway_in_flight") == 0
+    await until(lambda: gw.runtime.metrics.connections.value == open_before)
+
+
+async def test_redis_gone_is_handed_over_and_fails_closed(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    from test_gateway import TcpRelay
+    from yarl import URL
+
+    relay = TcpRelay(URL(redis_url).port or 6379)
+    port = await relay.start()
+    gw = await make_gateway(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.5)
+    await warmed(gw)
+    await relay.cut()
+    problem(await gw.call(), 503, "state-unavailable")
+    assert await lane(gw) == {"redis_failed": 1}
+    assert gw.echo.received == 1
