@@ -331,16 +331,15 @@ class Proxy:
             return False
         waited = perf_counter() - lane.at
         self.metrics.upstream_latency.observe(waited)
-        try:
-            out = self.answer(metered, upstream)
-            exchange.respond_now(
-                upstream.status, upstream.reason, out, body, length=upstream.content_length
-            )
-            early = exchange.early
-            assert early is not None
-            self.metrics.overhead.observe(perf_counter() - early.started[1] - waited)
-        finally:
-            upstream.close()
+        out = self.answer(metered, upstream)
+        exchange.respond_now(
+            upstream.status, upstream.reason, out, body, length=upstream.content_length
+        )
+        early = exchange.early
+        assert early is not None
+        self.metrics.overhead.observe(perf_counter() - early.started[1] - waited)
+        # Released only here: after a failure above, handle() still has the response.
+        upstream.close()
         self.metrics.lane_answered.inc()
         return True
 

@@ -16,10 +16,18 @@ How this works
   call wakes it instead of creating a task.
 * The first request in line starts its admission as its head is parsed
   (``Proxy.begin``: a cached key, a priced route), so the admissions whose
-  heads arrive in one loop pass go to Redis in that pass; the task then waits
-  for the reply instead of sending it one pass later. A request queued behind
+  heads arrive in one loop pass go to Redis in that pass. A request queued behind
   another (pipelined) is admitted when its turn comes: the connection may close
   before it is answered, and it must not have been debited then.
+* The lane: a request whose admission started with its head is answered by
+  callbacks, not by the task. When the admission's reply is in (in the Redis
+  pipe's read), ``Proxy.forward_now`` sends the admitted call upstream on an
+  idle connection, head and body in one write; when the upstream's answer is in
+  (in that connection's read), ``Proxy.relay_now`` writes it to the client. Any
+  other case (a refusal, a body still coming, no idle connection, a 5xx, a
+  variable-cost route, a streamed answer) is handed to the task, whose
+  ``Proxy.handle`` goes on from where the lane stopped. The plain call then
+  costs no task wake-up and no coroutine: -15 % gateway CPU at 64 connections.
 * Bodies: ``on_body`` chunks queue on their request; the proxy reads them
   through ``RawRequest.__anext__``. More than ``HIGH_WATER`` bytes waiting, or
   more than ``_MAX_PIPELINE`` requests queued, pause reading from the client.
