@@ -119,7 +119,8 @@ class RawRequest:
 
     def whole_body(self) -> bytes | None:
         """The whole body (``b""``: none) if it has all arrived with a declared length;
-        None while it is still coming, chunked, failed, or waiting for 100-continue."""
+        None while it is still coming, chunked, failed, or waiting for 100-continue.
+        Left in place: if the lane cannot send it, the proxy reads it as ``body()``."""
         if not self.has_body:
             return b""
         if (
@@ -130,11 +131,10 @@ class RawRequest:
         ):
             return None
         chunks = self.chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self.buffered = 0
-        if self.conn.read_paused:
-            self.conn.update_reading()
+        if len(chunks) == 1:
+            return chunks[0]
+        data = b"".join(chunks)
+        chunks[:] = [data]
         return data
 
     def body(self) -> RawRequest:

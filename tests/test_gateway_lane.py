@@ -171,12 +171,15 @@ async def test_no_idle_upstream_connection_is_handed_over(make_gateway: MakeGate
     gw.echo.arrived.clear()
     hanging = asyncio.create_task(gw.call("/a", headers={"X-Echo-Hang": "1"}))
     await gw.echo.arrived.wait()  # the lane sent it on the one connection
-    waiting = asyncio.create_task(gw.call("/b"))
+    body = pattern_bytes(5_000)
+    waiting = asyncio.create_task(gw.call("/b", method="POST", data=body))
     await until(lambda: gw.runtime.metrics.lane.labels("no_idle_connection").value == 1)
     gw.echo.hang.set()
     replies = [await hanging, await waiting]
     assert [r.status for r in replies] == [200, 200]
     assert [r.json()["path"] for r in replies] == ["/a", "/b"]
+    # The lane looked at the body and left it: the task sent all of it.
+    assert replies[1].json()["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert await lane(gw) == {"answered": 1, "no_idle_connection": 1}
     assert await gw.balance() == 100_000 - 3 * PRICE
 
