@@ -240,7 +240,7 @@ class Proxy:
                     metered = await self.admit_unresolved(exchange)
                 upstream, waited = await self.forward(exchange, metered)
             try:
-                if upstream.status >= 500 or metered.route.unit_price is not None:
+                if self.to_settle(metered, upstream) is not None:
                     await self.settle(metered, upstream)
                 await self.relay(exchange, metered, upstream, started, waited)
             finally:
@@ -291,7 +291,7 @@ class Proxy:
         if body is None:
             self.hand_over("request_body")
             return None
-        metered = Metered(early.call, early.route, admission, early.day)
+        metered = self.metered(early.call, early.route, admission, early.now, early.day)
         to_send = headers.to_upstream(
             exchange.headers,
             client_ip=exchange.client_ip,
@@ -319,11 +319,9 @@ class Proxy:
             return False
         upstream: UpstreamResponse = waiter.result()
         metered = lane.metered
-        if upstream.status >= 500:
-            self.hand_over("upstream_5xx")
-            return False
-        if metered.route.unit_price is not None:
-            self.hand_over("variable_cost")
+        why = self.to_settle(metered, upstream)
+        if why is not None:
+            self.hand_over(why)
             return False
         body = upstream.complete_body()
         if body is None:
@@ -446,9 +444,20 @@ class Proxy:
     async def resume(self, lane: Lane) -> tuple[UpstreamResponse, float]:
         """``forward`` of a call the lane sent: the response, seconds waited for it."""
         try:
-            return await self.upstream.resume(lane.sent), perf_counter() - lane.at
+            response = await self.upstream.resume(lane.sent)
         finally:
-            self.metrics.upstream_latency.observe(perf_counter() - lane.at)
+            waited = perf_counter() - lane.at
+            self.metrics.upstream_latency.observe(waited)
+        return response, waited
+
+    def to_settle(self, metered: Metered, response: UpstreamResponse) -> str | None:
+        """Why this answer may change what the call costs (``settle`` decides), or None:
+        a plain answer keeps the price that was debited."""
+        if response.status >= 500:
+            return "upstream_5xx"
+        if metered.route.unit_price is not None:
+            return "variable_cost"
+        return None
 
     async def settle(self, metered: Metered, response: UpstreamResponse) -> None:
         route = metered.route

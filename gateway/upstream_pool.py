@@ -183,9 +183,10 @@ class UpstreamPool:
             return None
         head = self._head(method, target, headers, length, False)
         data = head + body if body else head
-        waiter = conn.start(data, method == "HEAD", listener)
+        head_only = method == "HEAD"
+        waiter = conn.start(data, head_only, listener)
         conn.sent = True
-        return InFlight(conn, waiter, method in IDEMPOTENT and not body, data, method == "HEAD")
+        return InFlight(conn, waiter, method in IDEMPOTENT and not body, data, head_only)
 
     async def resume(self, sent: Sent) -> PooledResponse:
         """The response to a call ``send_now`` wrote, as ``send`` would have given it."""
