@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -28,7 +28,6 @@ class Scripted:
 
     handler: Handler
     connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
 
     @property
@@ -120,13 +119,14 @@ def answer(status_line: bytes, headers: list[bytes], body: bytes = b"") -> bytes
     return status_line + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
 
 
-def keep_answering(*responses: bytes) -> Handler:
-    """Answer each request on a connection with the next response, cycling."""
+def keep_answering(*responses: bytes, record: list[bytes] | None = None) -> Handler:
+    """Answer each request on a connection with the next response, cycling; the requests
+    go to ``record`` when one is given."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         i = 0
         while True:
-            await read_request(reader)
+            await read_request(reader, record)
             writer.write(responses[i % len(responses)])
             await writer.drain()
             i += 1
@@ -271,13 +271,7 @@ async def test_request_head_and_bodies_on_the_wire(
     pools: Callable[..., Awaitable[UpstreamPool]],
 ) -> None:
     seen: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader, seen)
-            writer.write(OK)
-
-    upstream = await scripted(handler)
+    upstream = await scripted(keep_answering(OK, record=seen))
     pool = await pools(upstream.url + "/base")
 
     async def body() -> AsyncIterator[bytes]:
@@ -641,13 +635,8 @@ async def test_send_now_writes_on_an_idle_connection_and_tells_once_the_answer_i
     scripted: Callable[[Handler], Awaitable[Scripted]],
     pools: Callable[..., Awaitable[UpstreamPool]],
 ) -> None:
-    async def keeps_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader, upstream.requests)
-            writer.write(OK)
-            await writer.drain()
-
-    upstream = await scripted(keeps_answering)
+    requests: list[bytes] = []
+    upstream = await scripted(keep_answering(OK, record=requests))
     pool = await pools(upstream.url)
     told: list[str] = []
     assert pool.send_now("GET", "/0", [], None, b"", listening(told)) is None  # none idle
@@ -665,8 +654,8 @@ async def test_send_now_writes_on_an_idle_connection_and_tells_once_the_answer_i
     assert response.status == 200
     response.close()
     assert seen == [(True, b"ok")]  # once
-    assert upstream.requests[1].startswith(b"POST /2 HTTP/1.1\r\n")
-    assert upstream.requests[1].endswith(b"X-B: 2\r\nContent-Length: 4\r\n\r\nbody")
+    assert requests[1].startswith(b"POST /2 HTTP/1.1\r\n")
+    assert requests[1].endswith(b"X-B: 2\r\nContent-Length: 4\r\n\r\nbody")
     assert upstream.connections == 1  # the idle connection
     assert pool.idle_connections == 1  # and back in the pool
     assert told == []
