@@ -32,7 +32,7 @@ meter_gateway_connections                                       client connectio
 meter_gateway_lane_total                      result            raw server calls answered in
                                                                 callbacks (answered) or handed to
                                                                 the task: refused, redis_failed,
-                                                                request_body, no_idle_connection,
+                                                                request_body, new_connection,
                                                                 upstream_failed, upstream_5xx,
                                                                 variable_cost, response_streamed,
                                                                 error

@@ -279,8 +279,9 @@ class Proxy:
 
     def forward_now(self, exchange: LaneExchange, then: Callable[[], object]) -> Lane | None:
         """The admission is in: an admitted call whose body has all arrived goes upstream
-        now, on an idle connection; ``then`` is called when its answer (or failure) is in.
-        None (nothing done) for anything else."""
+        now on an idle connection, or waits for one when the pool is full; ``then`` is
+        called when its answer (or failure) is in. None (nothing done) for anything else,
+        opening a new upstream connection included."""
         early = exchange.early
         assert early is not None
         admission = self.admitter.arrived(early.started)
@@ -303,7 +304,7 @@ class Proxy:
             exchange.method, exchange.target, to_send, exchange.content_length, body, then
         )
         if sent is None:
-            self.hand_over("no_idle_connection")
+            self.hand_over("new_connection")
             return None
         self.admitter.replied(early.started)
         self.metrics.in_flight.value += 1
@@ -313,11 +314,11 @@ class Proxy:
         """The upstream answered a call ``forward_now`` sent: a whole answer below 500 to a
         fixed-price call goes to the client now. False (nothing done) for anything else."""
         self.metrics.in_flight.value -= 1  # handle() counts it again if it takes over
-        waiter = lane.sent.waiter
-        if waiter.cancelled() or waiter.exception() is not None:
-            self.hand_over("upstream_failed")
+        sent = lane.sent
+        upstream: UpstreamResponse | None = sent.response()
+        if upstream is None:
+            self.hand_over("new_connection" if sent.connecting else "upstream_failed")
             return False
-        upstream: UpstreamResponse = waiter.result()
         metered = lane.metered
         why = self.to_settle(metered, upstream)
         if why is not None:

@@ -305,7 +305,7 @@ class RawConnection(asyncio.Protocol):
     # callbacks while the connection's task sleeps: when the admission's reply is in,
     # ``Proxy.forward_now`` sends the call upstream; when the upstream's answer is in,
     # ``Proxy.relay_now`` writes it to the client. Either may decline (a refusal, a body
-    # still coming, no idle upstream connection, a 5xx, a streamed answer, ...): the
+    # still coming, a new upstream connection to open, a 5xx, a streamed answer, ...): the
     # request is then handed to the task, whose ``Proxy.handle`` goes on from there. In
     # the plain case a call costs no task wake-up and no coroutine (measured: gateway CPU
     # per call 3-15 % lower at 64 connections). While ``in_lane``, the task leaves it alone.

@@ -24,7 +24,7 @@ How this works
   pipe's read), ``Proxy.forward_now`` sends the admitted call upstream on an
   idle connection, head and body in one write; when the upstream's answer is in
   (in that connection's read), ``Proxy.relay_now`` writes it to the client. Any
-  other case (a refusal, a body still coming, no idle connection, a 5xx, a
+  other case (a refusal, a body still coming, a new upstream connection to open, a 5xx, a
   variable-cost route, a streamed answer) is handed to the task, whose
   ``Proxy.handle`` goes on from where the lane stopped. The plain call then
   costs no task wake-up and no coroutine: 3-15 % less gateway CPU at 64

@@ -28,7 +28,6 @@ and no redirect is followed: bytes pass through as the upstream sent them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
@@ -98,23 +97,31 @@ class Upstream(Protocol):
         body: bytes,
         listener: Callable[[], object],
     ) -> Sent | None:
-        """Write a call whose body is all here (``b""``: none) without awaiting, if a
-        connection is free at once; None otherwise (``send`` it then). ``listener`` is
-        called when ``Sent.waiter`` is done, in the callback that completed it."""
+        """Take on a call whose body is all here (``b""``: none) without awaiting: write it
+        on a free connection, or queue it for one; None when that cannot be done without
+        awaiting (``send`` it then). ``listener`` is called, in the callback that decided
+        it, when ``Sent.response()`` is in or will never come from here."""
         ...
 
     async def resume(self, sent: Sent) -> UpstreamResponse:
-        """The response to a call ``send_now`` wrote, as ``send`` would have returned it."""
+        """The response to a call ``send_now`` took on, as ``send`` would have returned it."""
         ...
 
     async def close(self) -> None: ...
 
 
 class Sent(Protocol):
-    """A call ``Upstream.send_now`` wrote; ``waiter`` completes with its response head."""
+    """A call ``Upstream.send_now`` took on."""
 
     @property
-    def waiter(self) -> asyncio.Future[Any]: ...
+    def connecting(self) -> bool:
+        """No connection came free, but a new one may be opened: ``resume`` opens it."""
+        ...
+
+    def response(self) -> Any | None:
+        """The response head if it is in; None if the exchange failed or has yet to start
+        (``resume`` then raises, retries or connects)."""
+        ...
 
 
 @contextlib.contextmanager

@@ -16,9 +16,11 @@ How this works
   streamed as it comes from the client: ``Content-Length`` when the length is
   known, chunked otherwise. Writing waits while the upstream's socket buffer is
   full (``pause_writing``/``resume_writing``). ``send_now`` is the synchronous
-  twin for a call whose body has all arrived, on an idle connection: head and
-  body in one write, the response head to a future (the raw server's lane,
-  ``proxy.py``); ``resume`` then awaits it as ``send`` would have, retry included.
+  twin for a call whose body has all arrived (the raw server's lane,
+  ``proxy.py``): head and body in one write on an idle connection or, when the
+  pool is full, parked in the same queue until a connection is released and
+  written from ``release`` (no task wakes for it); ``resume`` then awaits the
+  response head as ``send`` would have, retry included.
 * The response is parsed by ``httptools.HttpResponseParser`` in
   ``data_received``. ``send`` returns at the end of the head; a small body has
   usually arrived in the same read, and then ``complete_body()`` hands it over
@@ -69,24 +71,100 @@ _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PAT
 
 
 class InFlight:
-    """A call ``send_now`` wrote: its connection, the future of its response head, and
-    what a retry on a new connection would send again."""
+    """A call ``send_now`` took on: written on a connection, or parked until one is free.
 
-    __slots__ = ("conn", "data", "head_only", "replayable", "waiter")
+    Written, it has its connection and the future of its response head. Parked (the
+    pool is full), it waits in the pool's queue among the tasks' futures, in order, and
+    answers to the same three calls: ``set_result(conn)`` writes it on a connection just
+    released, ``set_result(None)`` gives it a slot to open a connection in (which needs
+    awaiting: ``resume`` does it, in the task), ``set_exception`` fails it (no connection
+    in time, or shutdown). The listener hears of the last two at once and of the first
+    when the response head is in. ``data`` is what a retry on a new connection sends."""
+
+    __slots__ = (
+        "conn",
+        "connecting",
+        "data",
+        "error",
+        "head_only",
+        "listener",
+        "pool",
+        "replayable",
+        "waiter",
+        "wake",
+    )
 
     def __init__(
         self,
-        conn: UpstreamConnection,
-        waiter: asyncio.Future[PooledResponse],
-        replayable: bool,
+        pool: UpstreamPool,
         data: bytes,
+        replayable: bool,
         head_only: bool,
+        listener: Callable[[], object],
     ) -> None:
-        self.conn = conn
-        self.waiter = waiter
-        self.replayable = replayable
+        self.pool = pool
         self.data = data
+        self.replayable = replayable
         self.head_only = head_only
+        self.listener = listener
+        self.conn: UpstreamConnection | None = None
+        self.waiter: asyncio.Future[PooledResponse] | None = None
+        self.connecting = False  # parked, then given a slot: resume() opens the connection
+        self.error: BaseException | None = None  # parked, then failed
+        self.wake: asyncio.Future[None] | None = None  # resume() waits on it while parked
+
+    def write(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.waiter = conn.start(self.data, self.head_only, self.listener)
+        conn.sent = True
+
+    def response(self) -> PooledResponse | None:
+        """The response head if it came; None if the exchange failed or has yet to start
+        (``resume`` raises, retries or connects)."""
+        waiter = self.waiter
+        if waiter is None or waiter.cancelled() or waiter.exception() is not None:
+            return None
+        return waiter.result()
+
+    # -- parked: the pool's queue calls these, as it would a task's future -----------------
+
+    def done(self) -> bool:
+        return self.conn is not None or self.connecting or self.error is not None
+
+    def set_result(self, conn: UpstreamConnection | None) -> None:
+        if conn is None:
+            self.connecting = True
+            self.listener()
+        else:
+            self.pool._busy.add(conn)
+            self.write(conn)
+        self._woken()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.error = exc
+        self.listener()
+        self._woken()
+
+    def _woken(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    async def decided(self) -> None:
+        """Wait while parked. Cancelled meanwhile, the call is given up: the pool passes
+        it by, and a connection or slot it was given goes back."""
+        if self.done():
+            return
+        self.wake = self.pool.loop.create_future()
+        try:
+            await self.wake
+        except BaseException:
+            if self.conn is not None:
+                self.pool.release(self.conn)  # written, unanswered: not reusable, dropped
+            elif self.connecting:
+                self.pool._pass_on(None)
+            else:
+                self.error = errors.UpstreamUnreachable("the caller gave up")
+            raise
 
 
 class UpstreamPool:
@@ -119,8 +197,10 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._busy: set[UpstreamConnection] = set()
         self._open = 0  # open, connecting, or promised to a woken waiter
+        # Calls waiting for a connection, in order, with their deadlines: the tasks'
+        # futures (``_acquire``) and the lane's parked calls (``send_now``).
         self._waiters: collections.deque[
-            tuple[asyncio.Future[UpstreamConnection | None], float]
+            tuple[asyncio.Future[UpstreamConnection | None] | InFlight, float]
         ] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -174,25 +254,40 @@ class UpstreamPool:
         body: bytes,
         listener: Callable[[], object],
     ) -> InFlight | None:
-        """Write a call whose body is all here (``b""``: none) on an idle connection, now,
-        without awaiting anything; None when no connection is idle. ``listener`` is called
-        when the response head is in, or the exchange failed (``UpstreamConnection.start``);
-        ``resume`` then gives the response."""
+        """Take on a call whose body is all here (``b""``: none) without awaiting: write it
+        on an idle connection now or, when the pool is full, park it until one is released
+        (``InFlight``). None when no connection is idle but one may be opened: that takes
+        awaiting (``send``). ``listener`` is called when the response head is in, or the
+        exchange failed, or the parked call got a slot to connect in; ``resume`` then
+        gives the response."""
         conn = self._take_idle()
-        if conn is None:
+        if conn is None and (self._open < self.size or self._closed):
             return None
         head = self._head(method, target, headers, length, False)
         data = head + body if body else head
-        head_only = method == "HEAD"
-        waiter = conn.start(data, head_only, listener)
-        conn.sent = True
-        return InFlight(conn, waiter, method in IDEMPOTENT and not body, data, head_only)
+        sent = InFlight(self, data, method in IDEMPOTENT and not body, method == "HEAD", listener)
+        if conn is None:
+            self._waiters.append((sent, self.now + self.timeout))
+        else:
+            sent.write(conn)
+        return sent
 
     async def resume(self, sent: Sent) -> PooledResponse:
-        """The response to a call ``send_now`` wrote, as ``send`` would have given it."""
+        """The response to a call ``send_now`` took on, as ``send`` would have given it."""
         assert isinstance(sent, InFlight)
+        await sent.decided()
+        if sent.error is not None:
+            raise sent.error
+        pending: Awaitable[PooledResponse] | None
+        if sent.conn is None:
+            assert sent.connecting
+            conn = await self._connect(reserved=True)
+            pending = conn.exchange(sent.data, None, False, sent.head_only)
+        else:
+            conn, pending = sent.conn, sent.waiter
+            assert pending is not None
         return await self._answer(
-            sent.conn, sent.waiter, sent.replayable, sent.data, None, False, sent.head_only
+            conn, pending, sent.replayable, sent.data, None, False, sent.head_only
         )
 
     async def _answer(
@@ -280,18 +375,22 @@ class UpstreamPool:
             conn_or_slot = await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                handed = waiter.result()  # handed over as we were cancelled: pass it on
-                if handed is None:
-                    self._open -= 1
-                    self._wake_one()
-                else:
-                    self._busy.add(handed)
-                    self.release(handed)
+                self._pass_on(waiter.result())  # handed over as we were cancelled
             raise
         if conn_or_slot is None:
             return await self._connect(reserved=True)
         self._busy.add(conn_or_slot)
         return conn_or_slot
+
+    def _pass_on(self, handed: UpstreamConnection | None) -> None:
+        """A waiter gave up just as it was handed a connection (or a slot, None): the
+        next one gets it."""
+        if handed is None:
+            self._open -= 1
+            self._wake_one()
+        else:
+            self._busy.add(handed)
+            self.release(handed)
 
     async def _connect(self, *, reserved: bool) -> UpstreamConnection:
         """A new connection in a slot already counted in ``_open``."""

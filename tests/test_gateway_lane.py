@@ -41,7 +41,7 @@ RESULTS = (
     "refused",
     "redis_failed",
     "request_body",
-    "no_idle_connection",
+    "new_connection",
     "upstream_failed",
     "upstream_5xx",
     "variable_cost",
@@ -165,7 +165,7 @@ async def test_a_body_still_coming_is_handed_over(make_gateway: MakeGateway) -> 
     assert await gw.balance() == 100_000 - 2 * PRICE
 
 
-async def test_no_idle_upstream_connection_is_handed_over(make_gateway: MakeGateway) -> None:
+async def test_a_call_waits_in_the_lane_while_the_pool_is_full(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(upstream_pool_size=1)
     await warmed(gw)
     gw.echo.arrived.clear()
@@ -173,15 +173,54 @@ async def test_no_idle_upstream_connection_is_handed_over(make_gateway: MakeGate
     await gw.echo.arrived.wait()  # the lane sent it on the one connection
     body = pattern_bytes(5_000)
     waiting = asyncio.create_task(gw.call("/b", method="POST", data=body))
-    await until(lambda: gw.runtime.metrics.lane.labels("no_idle_connection").value == 1)
-    gw.echo.hang.set()
+    await until(lambda: gw.runtime.metrics.in_flight.value == 2)  # admitted, parked
+    assert gw.echo.received == 2  # the warm-up and /a
+    gw.echo.hang.set()  # /a's connection goes to /b as /a is answered
     replies = [await hanging, await waiting]
     assert [r.status for r in replies] == [200, 200]
     assert [r.json()["path"] for r in replies] == ["/a", "/b"]
-    # The lane looked at the body and left it: the task sent all of it.
     assert replies[1].json()["body_sha256"] == hashlib.sha256(body).hexdigest()
-    assert await lane(gw) == {"answered": 1, "no_idle_connection": 1}
+    assert await lane(gw) == {"answered": 2}
+    assert len(_answering_tasks()) == 1  # the warm-up's: both went through callbacks
     assert await gw.balance() == 100_000 - 3 * PRICE
+    assert await gw.metric("meter_gateway_upstream_connections", state="open") == 1
+
+
+async def test_a_new_upstream_connection_is_opened_by_the_task(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(upstream_pool_size=2)
+    await warmed(gw)
+    gw.echo.arrived.clear()
+    hanging = asyncio.create_task(gw.call("/a", headers={"X-Echo-Hang": "1"}))
+    await gw.echo.arrived.wait()  # on the warm-up's connection, the only one open
+    body = pattern_bytes(5_000)
+    reply = await gw.call("/b", method="POST", data=body)  # no idle connection, room for one
+    assert reply.status == 200
+    assert reply.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+    gw.echo.hang.set()
+    assert (await hanging).status == 200
+    assert await lane(gw) == {"answered": 1, "new_connection": 1}
+    assert await gw.balance() == 100_000 - 3 * PRICE
+    assert await gw.metric("meter_gateway_upstream_connections", state="open") == 2
+
+
+async def test_a_call_parked_too_long_is_handed_over_and_refunded(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(upstream_pool_size=1, upstream_timeout=0.3)
+    await warmed(gw)
+    body = b"0123456789"
+    async with connect(gw) as (reader, writer):
+        whole = request(gw, "/slow-client", method="POST", body=body)
+        writer.write(whole[: -len(body) // 2])  # holds the one connection, body unfinished
+        await until(lambda: gw.runtime.metrics.lane.labels("request_body").value == 1)
+        reply = await gw.call("/parked")
+        problem(reply, 504, "upstream-timeout")  # no connection came free in time
+        assert reply.header("X-Meter-Charged") == 0
+        writer.write(whole[-len(body) // 2 :])
+        assert (await read_response(reader)).status == 200
+    assert await lane(gw) == {"request_body": 1, "upstream_failed": 1}
+    assert await gw.balance() == 100_000 - 2 * PRICE
+    assert await gw.metric("meter_gateway_in_flight") == 0
 
 
 async def test_a_client_gone_before_the_answer_is_still_charged_once(

@@ -645,8 +645,8 @@ async def test_send_now_writes_on_an_idle_connection_and_tells_once_the_answer_i
     seen: list[tuple[bool, bytes | None]] = []
 
     def listener() -> None:  # at the end of the read: the head is in, and the body with it
-        response = sent.waiter.result()
-        seen.append((sent.waiter.done(), response.complete_body()))
+        response = sent.response()
+        seen.append((response is not None, response and response.complete_body()))
 
     sent = pool.send_now("POST", "/2", [(b"X-B", b"2")], 4, b"body", listener)
     assert sent is not None
@@ -707,6 +707,118 @@ async def test_send_now_times_out_as_send_does(
     assert told == ["told"]
     await asyncio.sleep(0.01)
     assert pool.open_connections == 0
+
+
+async def test_send_now_parks_calls_while_the_pool_is_full_and_writes_them_in_turn(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+) -> None:
+    requests: list[bytes] = []
+    upstream = await scripted(keep_answering(OK, record=requests))
+    pool = await pools(upstream.url, pool_size=1)
+    told: list[str] = []
+    held = await pool.send("GET", "/1", [], None)  # the one connection
+    waiting = asyncio.create_task(pool.send("GET", "/2", [], None))
+    await asyncio.sleep(0)  # its first step: it queues for the connection
+    first = pool.send_now("POST", "/3", [], 5, b"three", listening(told))
+    second = pool.send_now("GET", "/4", [], None, b"", listening(told))
+    assert first is not None and second is not None
+    assert first.response() is None and second.response() is None
+    assert not first.connecting and not second.connecting
+    held.close()  # to the task that queued first
+    (await waiting).close()  # to the first parked call, written from release()
+    response = await pool.resume(first)
+    assert (response.status, await read_all(response)) == (200, b"ok")
+    assert len(requests) == 3 and second.response() is None  # still parked
+    response.close()
+    response = await pool.resume(second)
+    response.close()
+    assert [r.split(b" ")[1] for r in requests] == [b"/1", b"/2", b"/3", b"/4"]
+    assert requests[2].endswith(b"Content-Length: 5\r\n\r\nthree")
+    assert told == ["told", "told"]  # each answer, once
+    assert upstream.connections == 1
+    assert pool.idle_connections == 1
+
+
+async def test_a_parked_call_given_up_is_passed_by(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+) -> None:
+    requests: list[bytes] = []
+    upstream = await scripted(keep_answering(OK, record=requests))
+    pool = await pools(upstream.url, pool_size=1)
+    told: list[str] = []
+    held = await pool.send("GET", "/1", [], None)
+    parked = pool.send_now("GET", "/2", [], None, b"", listening(told))
+    assert parked is not None
+    resuming = asyncio.create_task(pool.resume(parked))
+    await asyncio.sleep(0)  # it waits for the parked call to get a connection
+    resuming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await resuming
+    held.close()
+    response = await pool.send("GET", "/3", [], None)  # the connection was not given away
+    response.close()
+    assert [r.split(b" ")[1] for r in requests] == [b"/1", b"/3"]
+    assert told == [] and pool.idle_connections == 1
+
+
+async def test_a_parked_call_gets_the_slot_of_a_connection_that_died(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+) -> None:
+    async def half_then_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"HTTP/1.1 200 OK", [b"Content-Length: 10"], b"abc"))
+        await keep_answering(OK)(reader, writer)
+
+    upstream = await scripted(half_then_ok)
+    pool = await pools(upstream.url, pool_size=1)
+    told = asyncio.Event()
+    held = await pool.send("GET", "/1", [], None)
+    parked = pool.send_now("GET", "/2", [], None, b"", told.set)
+    assert parked is not None
+    held.close()  # its body was not read to the end: the connection is dropped
+    assert not told.is_set()  # the slot is free once the connection is gone
+    await asyncio.wait_for(told.wait(), 2)
+    assert parked.connecting and parked.response() is None
+    response = await pool.resume(parked)  # opens a connection in the freed slot
+    assert response.status == 200
+    response.close()
+    assert upstream.connections == 2
+    assert pool.open_connections == 1
+
+
+async def test_a_parked_call_times_out_and_fails_at_shutdown(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+) -> None:
+    upstream = await scripted(keep_answering(OK))
+    pool = await pools(upstream.url, pool_size=1, timeout=0.2)
+    told: list[str] = []
+    stalled = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:  # a client that stalls: not the upstream's fault
+        yield b"part"
+        await stalled.wait()
+        yield b"rest"
+
+    holding = asyncio.create_task(pool.send("POST", "/1", [], body(), 8))
+    await asyncio.sleep(0)  # it takes the one connection and sends its first part
+    parked = pool.send_now("GET", "/2", [], None, b"", listening(told))
+    assert parked is not None
+    with pytest.raises(errors.UpstreamTimeout):
+        await pool.resume(parked)  # no connection came free in time
+    assert told == ["told"]
+    late = pool.send_now("GET", "/3", [], None, b"", listening(told))
+    assert late is not None
+    await pool.close()
+    with pytest.raises(errors.UpstreamUnreachable):
+        await pool.resume(late)
+    assert told == ["told", "told"]
+    stalled.set()
+    with pytest.raises(errors.UpstreamFailure):
+        await holding
 
 
 # -- the pool ------------------------------------------------------------------------------
