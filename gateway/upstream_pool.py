@@ -79,7 +79,11 @@ class InFlight:
     released, ``set_result(None)`` gives it a slot to open a connection in (which needs
     awaiting: ``resume`` does it, in the task), ``set_exception`` fails it (no connection
     in time, or shutdown). The listener hears of the last two at once and of the first
-    when the response head is in. ``data`` is what a retry on a new connection sends."""
+    when the response head is in. ``data`` is what a retry on a new connection sends.
+
+    It holds the listener only while parked: the listener leads back to the request,
+    which holds this call, and a cycle would wait for the cycle collector (its pauses
+    were the p99 at one connection)."""
 
     __slots__ = (
         "conn",
@@ -100,22 +104,21 @@ class InFlight:
         data: bytes,
         replayable: bool,
         head_only: bool,
-        listener: Callable[[], object],
     ) -> None:
         self.pool = pool
         self.data = data
         self.replayable = replayable
         self.head_only = head_only
-        self.listener = listener
+        self.listener: Callable[[], object] | None = None  # while parked
         self.conn: UpstreamConnection | None = None
         self.waiter: asyncio.Future[PooledResponse] | None = None
         self.connecting = False  # parked, then given a slot: resume() opens the connection
         self.error: BaseException | None = None  # parked, then failed
         self.wake: asyncio.Future[None] | None = None  # resume() waits on it while parked
 
-    def write(self, conn: UpstreamConnection) -> None:
+    def write(self, conn: UpstreamConnection, listener: Callable[[], object]) -> None:
         self.conn = conn
-        self.waiter = conn.start(self.data, self.head_only, self.listener)
+        self.waiter = conn.start(self.data, self.head_only, listener)
         conn.sent = True
 
     def response(self) -> PooledResponse | None:
@@ -132,17 +135,21 @@ class InFlight:
         return self.conn is not None or self.connecting or self.error is not None
 
     def set_result(self, conn: UpstreamConnection | None) -> None:
+        listener, self.listener = self.listener, None
+        assert listener is not None
         if conn is None:
             self.connecting = True
-            self.listener()
+            listener()
         else:
             self.pool._busy.add(conn)
-            self.write(conn)
+            self.write(conn, listener)
         self._woken()
 
     def set_exception(self, exc: BaseException) -> None:
+        listener, self.listener = self.listener, None
+        assert listener is not None
         self.error = exc
-        self.listener()
+        listener()
         self._woken()
 
     def _woken(self) -> None:
@@ -164,6 +171,7 @@ class InFlight:
                 self.pool._pass_on(None)
             else:
                 self.error = errors.UpstreamUnreachable("the caller gave up")
+                self.listener = None
             raise
 
 
@@ -265,11 +273,12 @@ class UpstreamPool:
             return None
         head = self._head(method, target, headers, length, False)
         data = head + body if body else head
-        sent = InFlight(self, data, method in IDEMPOTENT and not body, method == "HEAD", listener)
+        sent = InFlight(self, data, method in IDEMPOTENT and not body, method == "HEAD")
         if conn is None:
+            sent.listener = listener
             self._waiters.append((sent, self.now + self.timeout))
         else:
-            sent.write(conn)
+            sent.write(conn, listener)
         return sent
 
     async def resume(self, sent: Sent) -> PooledResponse:
