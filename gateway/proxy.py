@@ -404,14 +404,7 @@ class Proxy:
         """The admitted call, or the refusal that says why not and what is left."""
         if admission.admitted:
             return Metered(call, route, admission, day)
-        refusal = errors.for_outcome(admission, route.price, now)
-        assert refusal is not None
-        if isinstance(refusal, errors.NoCredit | errors.DailyLimitReached):
-            # What is left, for the caller to act on; a revoked key learns nothing more.
-            refusal.headers.update(
-                headers.text(headers.metering(0, admission.available, admission.limit_remaining))
-            )
-        raise refusal
+        raise _refusal(admission, route, now)  # no local holds it: no cycle through this frame
 
     async def forward(self, exchange: Exchange, metered: Metered) -> tuple[UpstreamResponse, float]:
         """Send the call upstream; (response with its head read, seconds waited for it)."""
@@ -572,3 +565,15 @@ class Proxy:
         self.metrics.calls.labels(route, outcome).inc()
         if charged:
             self.metrics.charged_micros.labels(route).inc(charged)
+
+
+def _refusal(admission: Admission, route: Route, now: float) -> errors.Refusal:
+    """Why an admission was refused, with what is left for the caller to act on (a revoked
+    key learns nothing more)."""
+    refusal = errors.for_outcome(admission, route.price, now)
+    assert refusal is not None
+    if isinstance(refusal, errors.NoCredit | errors.DailyLimitReached):
+        refusal.headers.update(
+            headers.text(headers.metering(0, admission.available, admission.limit_remaining))
+        )
+    return refusal

@@ -95,26 +95,36 @@ async def test_a_plain_call_is_answered_by_the_lane(make_gateway: MakeGateway) -
     assert len(_answering_tasks()) == 1  # the warm-up's (its key was not cached): no other
 
 
-async def test_a_lane_call_leaves_no_reference_cycle(make_gateway: MakeGateway) -> None:
+@pytest.mark.parametrize(
+    ("balance", "status", "result"),
+    [(100_000, 200, "answered"), (1_500, 402, "refused"), (100_000, 503, "upstream_5xx")],
+)
+async def test_a_call_leaves_no_reference_cycle(
+    make_gateway: MakeGateway, balance: int, status: int, result: str
+) -> None:
     """Freed by reference counting alone: objects left in cycles wait for the cycle
     collector, whose pauses (milliseconds, with many of them) showed as the p99 at one
-    connection."""
-    gw = await make_gateway()
+    connection. Answered by the lane, refused (an exception raised from a frame that
+    held it made a cycle through its traceback) or handed over."""
+    gw = await make_gateway(balance=balance)
     await warmed(gw)
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
     try:
         for i in range(20):
-            assert (await gw.call(f"/v1/plain?{i}", method="POST", data=b"x")).status == 200
+            reply = await gw.call(
+                f"/v1/plain?{i}", method="POST", data=b"x", headers={"X-Echo-Status": str(status)}
+            )
+            assert reply.status == status
         gc.collect()
         cyclic = {type(o).__name__ for o in gc.garbage}
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-    assert await lane(gw) == {"answered": 20}
-    hot_path = {"RawRequest", "InFlight", "Lane", "Metered", "Early", "PooledResponse"}
+    assert await lane(gw) == {result: 20}
+    hot_path = {"RawRequest", "InFlight", "Lane", "Metered", "Early", "Admission", "Future"}
     assert cyclic & hot_path == set()
 
 
