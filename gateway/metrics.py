@@ -35,7 +35,7 @@ meter_gateway_lane_total                      result            raw server calls
                                                                 request_body, new_connection,
                                                                 upstream_failed, upstream_5xx,
                                                                 variable_cost, response_streamed,
-                                                                error
+                                                                upstream_client, error
 meter_gateway_http_errors_total               reason            requests the server layer refused
                                                                 or cut: malformed, url_too_long,
                                                                 headers_too_large, too_many_headers,

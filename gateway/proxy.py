@@ -280,8 +280,8 @@ class Proxy:
     def forward_now(self, exchange: LaneExchange, then: Callable[[], object]) -> Lane | None:
         """The admission is in: an admitted call whose body has all arrived goes upstream
         now on an idle connection, or waits for one when the pool is full; ``then`` is
-        called when its answer (or failure) is in. None (nothing done) for anything else,
-        opening a new upstream connection included."""
+        called when its answer (or failure) is in, or when it is the task's to open a new
+        connection for. None (nothing done) for anything else."""
         early = exchange.early
         assert early is not None
         admission = self.admitter.arrived(early.started)
@@ -303,8 +303,8 @@ class Proxy:
         sent = self.upstream.send_now(
             exchange.method, exchange.target, to_send, exchange.content_length, body, then
         )
-        if sent is None:
-            self.hand_over("new_connection")
+        if sent is None:  # a client that only sends awaited (METER_UPSTREAM_CLIENT=aiohttp)
+            self.hand_over("upstream_client")
             return None
         self.admitter.replied(early.started)
         self.metrics.in_flight.value += 1

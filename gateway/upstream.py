@@ -98,9 +98,9 @@ class Upstream(Protocol):
         listener: Callable[[], object],
     ) -> Sent | None:
         """Take on a call whose body is all here (``b""``: none) without awaiting: write it
-        on a free connection, or queue it for one; None when that cannot be done without
-        awaiting (``send`` it then). ``listener`` is called, in the callback that decided
-        it, when ``Sent.response()`` is in or will never come from here."""
+        on a free connection, or queue it for one; None from a client that only sends
+        awaited (``send`` it then). ``listener`` is called when ``Sent.response()`` is in,
+        in the callback that completed it, or when it will not come without ``resume``."""
         ...
 
     async def resume(self, sent: Sent) -> UpstreamResponse:

@@ -20,7 +20,8 @@ How this works
   ``proxy.py``): head and body in one write on an idle connection or, when the
   pool is full, parked in the same queue until a connection is released and
   written from ``release`` (no task wakes for it); ``resume`` then awaits the
-  response head as ``send`` would have, retry included.
+  response head as ``send`` would have, retry included, and opens a new
+  connection for a call that has a free slot and no idle connection.
 * The response is parsed by ``httptools.HttpResponseParser`` in
   ``data_received``. ``send`` returns at the end of the head; a small body has
   usually arrived in the same read, and then ``complete_body()`` hands it over
@@ -71,15 +72,17 @@ _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PAT
 
 
 class InFlight:
-    """A call ``send_now`` took on: written on a connection, or parked until one is free.
+    """A call ``send_now`` took on: written on a connection, to be written on a new one,
+    or parked until one is free.
 
-    Written, it has its connection and the future of its response head. Parked (the
-    pool is full), it waits in the pool's queue among the tasks' futures, in order, and
-    answers to the same three calls: ``set_result(conn)`` writes it on a connection just
-    released, ``set_result(None)`` gives it a slot to open a connection in (which needs
-    awaiting: ``resume`` does it, in the task), ``set_exception`` fails it (no connection
-    in time, or shutdown). The listener hears of the last two at once and of the first
-    when the response head is in. ``data`` is what a retry on a new connection sends.
+    Written, it has its connection and the future of its response head. To connect
+    (``connecting``: a slot is reserved for it), ``resume`` opens the connection, which
+    needs awaiting, in the task. Parked (the pool is full), it waits in the pool's queue
+    among the tasks' futures, in order, and answers to the same three calls:
+    ``set_result(conn)`` writes it on a connection just released, ``set_result(None)``
+    gives it a slot to connect in, ``set_exception`` fails it (no connection in time, or
+    shutdown). The listener hears of the last two at once and of the first when the
+    response head is in. ``data`` is what a retry on a new connection sends.
 
     It holds the listener only while parked: the listener leads back to the request,
     which holds this call, and a cycle would wait for the cycle collector (its pauses
@@ -261,24 +264,30 @@ class UpstreamPool:
         length: int | None,
         body: bytes,
         listener: Callable[[], object],
-    ) -> InFlight | None:
+    ) -> InFlight:
         """Take on a call whose body is all here (``b""``: none) without awaiting: write it
-        on an idle connection now or, when the pool is full, park it until one is released
-        (``InFlight``). None when no connection is idle but one may be opened: that takes
-        awaiting (``send``). ``listener`` is called when the response head is in, or the
-        exchange failed, or the parked call got a slot to connect in; ``resume`` then
+        on an idle connection now; else reserve a slot to open a connection in, which
+        needs awaiting (``resume`` does it, in the task); else, the pool being full, park
+        it until a connection is released (``InFlight``). ``listener`` is called when the
+        response head is in or the exchange failed, and, a loop pass later, for a call
+        that is to open a connection or that the closing pool refused; ``resume`` then
         gives the response."""
         conn = self._take_idle()
-        if conn is None and (self._open < self.size or self._closed):
-            return None
         head = self._head(method, target, headers, length, False)
         data = head + body if body else head
         sent = InFlight(self, data, method in IDEMPOTENT and not body, method == "HEAD")
-        if conn is None:
+        if conn is not None:
+            sent.write(conn, listener)
+        elif self._closed:
+            sent.error = errors.UpstreamUnreachable("the gateway is shutting down")
+            self.loop.call_soon(listener)
+        elif self._open < self.size:
+            self._open += 1  # the slot is the call's: resume() connects in it
+            sent.connecting = True
+            self.loop.call_soon(listener)
+        else:
             sent.listener = listener
             self._waiters.append((sent, self.now + self.timeout))
-        else:
-            sent.write(conn, listener)
         return sent
 
     async def resume(self, sent: Sent) -> PooledResponse:

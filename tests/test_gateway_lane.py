@@ -47,6 +47,7 @@ RESULTS = (
     "upstream_5xx",
     "variable_cost",
     "response_streamed",
+    "upstream_client",
     "error",
 )
 
@@ -218,6 +219,43 @@ async def test_a_call_waits_in_the_lane_while_the_pool_is_full(make_gateway: Mak
     assert len(_answering_tasks()) == 1  # the warm-up's: both went through callbacks
     assert await gw.balance() == 100_000 - 3 * PRICE
     assert await gw.metric("meter_gateway_upstream_connections", state="open") == 1
+
+
+async def test_many_calls_racing_through_a_small_pool_are_each_charged_once(
+    make_gateway: MakeGateway,
+) -> None:
+    """Sixty calls at once through two upstream connections: parked calls, the tasks'
+    waiters and a new connection share the pool's queue; every call is answered, a 5xx
+    is refunded, the rest are charged once, and nothing stays in flight."""
+    gw = await make_gateway(upstream_pool_size=2)
+    await warmed(gw)
+    body = pattern_bytes(2_000)
+
+    async def one(i: int) -> tuple[int, int, str]:
+        kind = i % 3
+        if kind == 0:
+            reply = await gw.call(f"/get/{i}")
+        elif kind == 1:
+            reply = await gw.call(f"/post/{i}", method="POST", data=body)
+            assert reply.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+        else:
+            reply = await gw.call(f"/fail/{i}", headers={"X-Echo-Status": "502"})
+        path = reply.json()["path"] if reply.status == 200 else ""
+        return reply.status, int(reply.header("X-Meter-Charged")), path
+
+    replies = await asyncio.gather(*(one(i) for i in range(60)))
+    assert [r[0] for r in replies] == [502 if i % 3 == 2 else 200 for i in range(60)]
+    assert [r[1] for r in replies] == [0 if i % 3 == 2 else int(PRICE) for i in range(60)]
+    assert [r[2] for r in replies if r[2]] == [
+        f"/{'get' if i % 3 == 0 else 'post'}/{i}" for i in range(60) if i % 3 != 2
+    ]
+    counts = await lane(gw)
+    assert sum(counts.values()) == 60
+    assert counts["upstream_5xx"] == 20
+    assert await gw.balance() == 100_000 - 41 * PRICE
+    assert len(await gw.events()) == 61 + 20  # the warm-up, 60 debits, 20 refunds
+    assert await gw.metric("meter_gateway_in_flight") == 0
+    assert await gw.metric("meter_gateway_upstream_connections", state="open") <= 2
 
 
 async def test_a_new_upstream_connection_is_opened_by_the_task(make_gateway: MakeGateway) -> None:

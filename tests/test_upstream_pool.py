@@ -631,7 +631,7 @@ def listening(record: list[str]) -> Callable[[], None]:
     return lambda: record.append("told")
 
 
-async def test_send_now_writes_on_an_idle_connection_and_tells_once_the_answer_is_in(
+async def test_send_now_opens_or_reuses_a_connection_and_tells_once_the_answer_is_in(
     scripted: Callable[[Handler], Awaitable[Scripted]],
     pools: Callable[..., Awaitable[UpstreamPool]],
 ) -> None:
@@ -639,8 +639,13 @@ async def test_send_now_writes_on_an_idle_connection_and_tells_once_the_answer_i
     upstream = await scripted(keep_answering(OK, record=requests))
     pool = await pools(upstream.url)
     told: list[str] = []
-    assert pool.send_now("GET", "/0", [], None, b"", listening(told)) is None  # none idle
-    (await pool.send("GET", "/1", [], None)).close()
+    opening = pool.send_now("GET", "/0", [], None, b"", listening(told))  # none idle yet
+    assert opening.connecting and opening.response() is None and told == []
+    response = await pool.resume(opening)  # the listener, a pass later; then the connect
+    assert told == ["told"]
+    response.close()
+    told.clear()
+    assert requests[0].startswith(b"GET /0 HTTP/1.1\r\n")
 
     seen: list[tuple[bool, bytes | None]] = []
 
@@ -816,6 +821,11 @@ async def test_a_parked_call_times_out_and_fails_at_shutdown(
     with pytest.raises(errors.UpstreamUnreachable):
         await pool.resume(late)
     assert told == ["told", "told"]
+    closed = pool.send_now("GET", "/4", [], None, b"", listening(told))
+    with pytest.raises(errors.UpstreamUnreachable):
+        await pool.resume(closed)
+    await asyncio.sleep(0)  # the listener is called in the next loop pass
+    assert told == ["told", "told", "told"]
     stalled.set()
     with pytest.raises(errors.UpstreamFailure):
         await holding
