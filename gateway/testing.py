@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -48,6 +50,15 @@ class EchoState:
 
 
 ECHO = web.AppKey("echo", EchoState)
+
+
+async def until(condition: Callable[[], object], within: float = 5.0) -> None:
+    """Wait for something a server does in its own time (a connection it closes, a
+    request it has read), checking every few milliseconds; fail after ``within`` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "it did not happen in time"
+        await asyncio.sleep(0.005)
 
 
 def echo_app() -> web.Application:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
-import time
-from collections.abc import Callable
 
 import pytest
 from test_gateway import (
@@ -31,7 +29,7 @@ from test_gateway import (
 )
 from test_gateway_http import _answering_tasks, connect, read_response, request
 
-from gateway.testing import pattern_bytes
+from gateway.testing import pattern_bytes, until
 
 FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
 
@@ -56,14 +54,6 @@ async def lane(gw: Gateway) -> dict[str, float]:
     """The lane counter by result, the zeros left out."""
     counts = {r: await gw.metric("meter_gateway_lane_total", result=r) for r in RESULTS}
     return {r: n for r, n in counts.items() if n}
-
-
-async def until(condition: Callable[[], object], within: float = 5.0) -> None:
-    """Wait for something the gateway does in its own time (after a client went away)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the gateway did not get there in time"
-        await asyncio.sleep(0.005)
 
 
 async def warmed(gw: Gateway) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from gateway import errors
 from gateway.metrics import GatewayMetrics
+from gateway.testing import until
 from gateway.upstream_pool import UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -259,8 +260,7 @@ async def test_connection_close_from_upstream_is_honoured(
         assert await read_all(response) == b"ok"
         response.close()
     assert upstream.connections == 3
-    await asyncio.sleep(0.01)
-    assert pool.open_connections == 0
+    await until(lambda: pool.open_connections == 0)
 
 
 # -- request bodies ------------------------------------------------------------------------
@@ -341,8 +341,7 @@ async def test_a_failing_request_body_drops_the_connection(
 
     with pytest.raises(ConnectionResetError):
         await pool.send("POST", "/", [], body(), 100)
-    await asyncio.sleep(0.01)
-    assert pool.open_connections == 0
+    await until(lambda: pool.open_connections == 0)
     response = await pool.send("GET", "/", [], None)  # a fresh connection serves the next
     assert response.status == 200
     response.close()
@@ -368,13 +367,13 @@ async def test_an_early_answer_stops_the_request_body(
     upstream = await scripted(refuses_early)
     pool = await pools(upstream.url)
     sending = asyncio.create_task(pool.send("POST", "/", [], body(), None))
-    await asyncio.sleep(0.1)
+    await until(lambda: any(conn.started for conn in pool._busy))  # the 413 is in
     released.set()
     response = await asyncio.wait_for(sending, 5)
     assert response.status == 413
     response.close()
-    await asyncio.sleep(0.01)
-    assert pool.idle_connections == 0  # the request never ended: not reusable
+    await until(lambda: pool.open_connections == 0)  # the request never ended: not reusable
+    assert pool.idle_connections == 0
 
 
 # -- response bodies -----------------------------------------------------------------------
@@ -467,8 +466,7 @@ async def test_garbage_is_a_bad_response(
         with pytest.raises(errors.UpstreamAborted):
             await read_all(response)
         response.close()
-    await asyncio.sleep(0.01)
-    assert pool.open_connections == 0
+    await until(lambda: pool.open_connections == 0)
 
 
 async def test_refused_connection_is_unreachable(
@@ -525,8 +523,7 @@ async def test_response_timeout_is_504(
     with pytest.raises(errors.UpstreamTimeout):
         await pool.send("GET", "/", [], None)
     assert 0.15 < asyncio.get_running_loop().time() - started < 3.0
-    await asyncio.sleep(0.01)
-    assert pool.open_connections == 0
+    await until(lambda: pool.open_connections == 0)
 
 
 async def test_a_stalled_body_times_out_as_aborted(
@@ -616,7 +613,7 @@ async def test_a_connection_closed_while_idle_is_not_used(
     upstream = await scripted(one_per_connection)
     pool = await pools(upstream.url)
     (await pool.send("GET", "/", [], None)).close()
-    await asyncio.sleep(0.1)  # the upstream has closed the idle connection by now
+    await until(lambda: pool.idle_connections == 0)  # the upstream closed the idle one
     response = await pool.send("POST", "/", [], None, 0)  # not a retry: a fresh connection
     assert response.status == 200
     response.close()
@@ -710,8 +707,7 @@ async def test_send_now_times_out_as_send_does(
     with pytest.raises(errors.UpstreamTimeout):
         await pool.resume(sent)
     assert told == ["told"]
-    await asyncio.sleep(0.01)
-    assert pool.open_connections == 0
+    await until(lambda: pool.open_connections == 0)
 
 
 async def test_send_now_parks_calls_while_the_pool_is_full_and_writes_them_in_turn(
@@ -869,13 +865,12 @@ async def test_waiting_for_a_slot_times_out_504(
     upstream = await scripted(silent)
     pool = await pools(upstream.url, pool_size=1, timeout=0.3)
     first = asyncio.create_task(pool.send("GET", "/", [], None))
-    await asyncio.sleep(0.05)
+    await until(lambda: pool.open_connections == 1)  # it holds the one slot
     with pytest.raises(errors.UpstreamTimeout):
         await pool.send("GET", "/", [], None)
     with pytest.raises(errors.UpstreamTimeout):
         await first
-    await asyncio.sleep(0.01)
-    assert pool.open_connections == 0
+    await until(lambda: pool.open_connections == 0)
 
 
 async def test_idle_connections_are_closed_after_the_idle_timeout(
@@ -886,8 +881,7 @@ async def test_idle_connections_are_closed_after_the_idle_timeout(
     pool = await pools(upstream.url, idle_timeout=0.1, timeout=0.1)
     (await pool.send("GET", "/", [], None)).close()
     assert pool.idle_connections == 1
-    await asyncio.sleep(0.4)
-    assert (pool.idle_connections, pool.open_connections) == (0, 0)
+    await until(lambda: (pool.idle_connections, pool.open_connections) == (0, 0))
 
 
 async def test_close_drops_every_connection(
