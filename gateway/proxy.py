@@ -293,12 +293,7 @@ class Proxy:
             self.hand_over("request_body")
             return None
         metered = self.metered(early.call, early.route, admission, early.now, early.day)
-        to_send = headers.to_upstream(
-            exchange.headers,
-            client_ip=exchange.client_ip,
-            proto=exchange.scheme,
-            call=metered.call,
-        )
+        to_send = self.upstream_headers(exchange, metered)
         at = perf_counter()
         sent = self.upstream.send_now(
             exchange.method, exchange.target, to_send, exchange.content_length, body, then
@@ -408,12 +403,7 @@ class Proxy:
 
     async def forward(self, exchange: Exchange, metered: Metered) -> tuple[UpstreamResponse, float]:
         """Send the call upstream; (response with its head read, seconds waited for it)."""
-        to_send = headers.to_upstream(
-            exchange.headers,
-            client_ip=exchange.client_ip,
-            proto=exchange.scheme,
-            call=metered.call,
-        )
+        to_send = self.upstream_headers(exchange, metered)
         body: CountedBody | None = None
         length = exchange.content_length
         if exchange.has_body:
@@ -434,6 +424,15 @@ class Proxy:
             response.close()
             raise body.failure
         return response, waited
+
+    def upstream_headers(self, exchange: Exchange, metered: Metered) -> Pairs:
+        """The request headers the upstream gets (``forward`` and the lane's ``forward_now``)."""
+        return headers.to_upstream(
+            exchange.headers,
+            client_ip=exchange.client_ip,
+            proto=exchange.scheme,
+            call=metered.call,
+        )
 
     async def resume(self, lane: Lane) -> tuple[UpstreamResponse, float]:
         """``forward`` of a call the lane sent: the response, seconds waited for it."""

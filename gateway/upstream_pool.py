@@ -128,7 +128,12 @@ class InFlight:
         """The response head if it came; None if the exchange failed or has yet to start
         (``resume`` raises, retries or connects)."""
         waiter = self.waiter
-        if waiter is None or waiter.cancelled() or waiter.exception() is not None:
+        if (
+            waiter is None
+            or not waiter.done()
+            or waiter.cancelled()
+            or waiter.exception() is not None
+        ):
             return None
         return waiter.result()
 
@@ -138,8 +143,7 @@ class InFlight:
         return self.conn is not None or self.connecting or self.error is not None
 
     def set_result(self, conn: UpstreamConnection | None) -> None:
-        listener, self.listener = self.listener, None
-        assert listener is not None
+        listener = self._unparked()
         if conn is None:
             self.connecting = True
             listener()
@@ -149,11 +153,16 @@ class InFlight:
         self._woken()
 
     def set_exception(self, exc: BaseException) -> None:
-        listener, self.listener = self.listener, None
-        assert listener is not None
+        listener = self._unparked()
         self.error = exc
         listener()
         self._woken()
+
+    def _unparked(self) -> Callable[[], object]:
+        """The listener, no longer held once the call leaves the queue (see above)."""
+        listener, self.listener = self.listener, None
+        assert listener is not None
+        return listener
 
     def _woken(self) -> None:
         if self.wake is not None and not self.wake.done():

@@ -651,7 +651,6 @@ async def test_send_now_opens_or_reuses_a_connection_and_tells_once_the_answer_i
         seen.append((response is not None, response and response.complete_body()))
 
     sent = pool.send_now("POST", "/2", [(b"X-B", b"2")], 4, b"body", listener)
-    assert sent is not None
     response = await pool.resume(sent)
     assert response.status == 200
     response.close()
@@ -673,14 +672,12 @@ async def test_send_now_on_a_stale_connection_is_sent_again_only_when_harmless(
     told: list[str] = []
     (await pool.send("GET", "/1", [], None)).close()
     sent = pool.send_now("GET", "/2", [], None, b"", listening(told))
-    assert sent is not None
     response = await pool.resume(sent)  # the connection died: sent again, on a new one
     assert response.status == 200
     response.close()
     assert told == ["told"]  # the failure was told, once
     # The new connection answered its first; it dies on its second, a POST: not sent again.
     sent = pool.send_now("POST", "/3", [], 14, b"charge me once", listening(told))
-    assert sent is not None
     with pytest.raises(errors.UpstreamUnreachable):
         await pool.resume(sent)
     assert [r.split(b" ")[1] for r in requests] == [b"/1", b"/2", b"/2", b"/3"]
@@ -703,7 +700,6 @@ async def test_send_now_times_out_as_send_does(
     told: list[str] = []
     (await pool.send("GET", "/1", [], None)).close()
     sent = pool.send_now("GET", "/2", [], None, b"", listening(told))
-    assert sent is not None
     with pytest.raises(errors.UpstreamTimeout):
         await pool.resume(sent)
     assert told == ["told"]
@@ -723,7 +719,6 @@ async def test_send_now_parks_calls_while_the_pool_is_full_and_writes_them_in_tu
     await asyncio.sleep(0)  # its first step: it queues for the connection
     first = pool.send_now("POST", "/3", [], 5, b"three", listening(told))
     second = pool.send_now("GET", "/4", [], None, b"", listening(told))
-    assert first is not None and second is not None
     assert first.response() is None and second.response() is None
     assert not first.connecting and not second.connecting
     held.close()  # to the task that queued first
@@ -751,7 +746,6 @@ async def test_a_parked_call_given_up_is_passed_by(
     told: list[str] = []
     held = await pool.send("GET", "/1", [], None)
     parked = pool.send_now("GET", "/2", [], None, b"", listening(told))
-    assert parked is not None
     resuming = asyncio.create_task(pool.resume(parked))
     await asyncio.sleep(0)  # it waits for the parked call to get a connection
     resuming.cancel()
@@ -778,7 +772,6 @@ async def test_a_parked_call_gets_the_slot_of_a_connection_that_died(
     told = asyncio.Event()
     held = await pool.send("GET", "/1", [], None)
     parked = pool.send_now("GET", "/2", [], None, b"", told.set)
-    assert parked is not None
     held.close()  # its body was not read to the end: the connection is dropped
     assert not told.is_set()  # the slot is free once the connection is gone
     await asyncio.wait_for(told.wait(), 2)
@@ -807,12 +800,10 @@ async def test_a_parked_call_times_out_and_fails_at_shutdown(
     holding = asyncio.create_task(pool.send("POST", "/1", [], body(), 8))
     await asyncio.sleep(0)  # it takes the one connection and sends its first part
     parked = pool.send_now("GET", "/2", [], None, b"", listening(told))
-    assert parked is not None
     with pytest.raises(errors.UpstreamTimeout):
         await pool.resume(parked)  # no connection came free in time
     assert told == ["told"]
     late = pool.send_now("GET", "/3", [], None, b"", listening(told))
-    assert late is not None
     await pool.close()
     with pytest.raises(errors.UpstreamUnreachable):
         await pool.resume(late)
