@@ -282,9 +282,14 @@ def _to_config(state: AccountState, version: int) -> AccountConfig:
     )
 
 
+@pytest.mark.parametrize("batch", [1, 7], ids=["one_call_a_run", "batches"])
 @pytest.mark.parametrize("seed", range(6))
-async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int) -> None:
-    """Random accounts and call sequences: every reply and final state equal the model's."""
+async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int, batch: int) -> None:
+    """Random accounts and call sequences: every reply, event and final state equal the model's.
+
+    ``batches``: up to 7 calls a script run, as the gateway sends them, so that a call
+    reads what the calls before it in the same run wrote (the day rolled over, a
+    signal's day); some runs come from a replica whose clock is a day behind."""
     rng = random.Random(seed)
     model = AccountState(
         balance=rng.randint(0, 1000),
@@ -292,12 +297,13 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int) 
         daily_hard_limit=rng.choice([None, 200, 700]),
         daily_notify_threshold=rng.choice([None, 100, 400]),
         low_balance_threshold=rng.choice([None, 100, 500]),
-        day=DAY,
+        day=0,  # what sync_account stores for a new account
     )
     await live_state.sync_account(SHARD, ACCOUNT, _to_config(model, 1))
     if model.balance:
         await live_state.credit(SHARD, ACCOUNT, "seed", model.balance)
     day = DAY
+    expected_events: list[tuple[str, str, str, str]] = []
     for step in range(120):
         roll = rng.random()
         if roll < 0.05:
@@ -307,25 +313,40 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int) 
             model = money.credit(model, amount)
             await live_state.credit(SHARD, ACCOUNT, f"c{step}", amount)
             continue
-        price = rng.choice([0, 1, 10, 50, 120, 300])
-        decision = money.admit(model, price, day)
-        reply = await live_state.admit(call(price), day)
-        assert reply.outcome is decision.outcome, step
-        assert reply.signals == decision.signals, step
-        model = decision.state
-        assert reply.balance == model.balance
-        assert reply.available == money.available(model)
-        assert reply.limit_remaining == money.limit_remaining(model)
-        if decision.admitted and price and rng.random() < 0.3:
+        run_day = day - 1 if batch > 1 and roll > 0.93 else day
+        prices = [rng.choice([0, 1, 10, 50, 120, 300]) for _ in range(rng.randint(1, batch))]
+        replies = await live_state.admit_many([call(price) for price in prices], run_day)
+        for price, reply in zip(prices, replies, strict=True):
+            decision = money.admit(model, price, run_day)
+            assert reply.outcome is decision.outcome, step
+            assert reply.signals == decision.signals, step
+            model = decision.state
+            assert reply.balance == model.balance
+            assert reply.available == money.available(model)
+            assert reply.limit_remaining == money.limit_remaining(model)
+            if decision.admitted or decision.signals:
+                charged = price if decision.admitted else 0
+                kind = "d" if decision.admitted else "x"
+                expected_events.append((kind, str(charged), str(model.day), str(decision.signals)))
+        reply, price = replies[-1], prices[-1]
+        if reply.admitted and price and rng.random() < 0.3:
             refund = rng.randint(0, price)
             if refund:
-                model = money.refund(model, refund, day)
-                assert await live_state.settle(call(price), reply, refund, day) == 1
+                model = money.refund(model, refund, run_day)
+                assert await live_state.settle(call(price), reply, refund, run_day) == 1
     stored = await live_state.read_account(SHARD, ACCOUNT)
     assert stored is not None
     assert stored.balance == model.balance
     assert stored.spent_today == model.spent_today
+    assert (stored.day, stored.notify_fired_day, stored.limit_fired_day) == (
+        model.day,
+        model.notify_fired_day,
+        model.limit_fired_day,
+    )
     assert stored.low_fired == model.low_fired
+    events = await stream_events(live_state)
+    debits = [(e["t"], e["m"], e["d"], e["g"]) for e in events if e["t"] in ("d", "x")]
+    assert debits == expected_events
 
 
 @pytest.mark.parametrize("by_key", [False, True], ids=["known", "resolved_by_script"])
