@@ -42,7 +42,8 @@ local today = ARGV[1]
 local n = tonumber(ARGV[2])
 local out = {}
 local numbers = {['-1'] = -1, ['0'] = 0}
-local SIGNALS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15'}
+local SIGNALS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14',
+  '15'}  -- the signal bits as the event's string, indexed by bits + 1
 
 -- tonumber(s or default), converting each distinct string once per run
 local function number_once(s, default)
