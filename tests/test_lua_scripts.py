@@ -327,7 +327,9 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int, 
             if decision.admitted or decision.signals:
                 charged = price if decision.admitted else 0
                 kind = "d" if decision.admitted else "x"
-                expected_events.append((kind, str(charged), str(model.day), str(decision.signals)))
+                expected_events.append(
+                    (kind, str(charged), str(model.day), str(int(decision.signals)))
+                )
         reply, price = replies[-1], prices[-1]
         if reply.admitted and price and rng.random() < 0.3:
             refund = rng.randint(0, price)
