@@ -362,9 +362,18 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        # The parser holds this protocol's bound methods: a cycle that would leave every
+        # closed connection to the cycle collector. Nothing is parsed after the end.
+        del self.parser
         self.pool.connection_gone(self)
-        if not self.busy:
-            return
+        if self.busy:
+            self._lost_in_exchange(exc)
+        # The head's future holds the response, which holds this connection: a cycle
+        # too, as a closed connection is never reset for another call. Whoever awaits
+        # the future holds it.
+        self.head_waiter = None
+
+    def _lost_in_exchange(self, exc: Exception | None) -> None:
         if not self.head_done:
             if not self.started and self.uses > 0:
                 self._fail(StaleConnection())

@@ -87,26 +87,32 @@ async def test_a_plain_call_is_answered_by_the_lane(make_gateway: MakeGateway) -
 
 
 @pytest.mark.parametrize(
-    ("balance", "status", "result", "close"),
+    ("balance", "status", "results", "close"),
     [
-        (100_000, 200, "answered", False),
-        (1_500, 402, "refused", False),
-        (100_000, 503, "upstream_5xx", False),
-        (100_000, 200, "answered", True),
+        (100_000, 200, {"answered": 20}, ""),
+        (1_500, 402, {"refused": 20}, ""),
+        (100_000, 503, {"upstream_5xx": 20}, ""),
+        (100_000, 200, {"answered": 20}, "client"),
+        # the warm-up's connection, then a new one for each call, opened by the task
+        (100_000, 200, {"answered": 1, "new_connection": 19}, "upstream"),
     ],
-    ids=["answered", "refused", "5xx", "connection-close"],
+    ids=["answered", "refused", "5xx", "client-closes", "upstream-closes"],
 )
 async def test_a_call_leaves_no_reference_cycle(
-    make_gateway: MakeGateway, balance: int, status: int, result: str, close: bool
+    make_gateway: MakeGateway, balance: int, status: int, results: dict[str, int], close: str
 ) -> None:
     """Freed by reference counting alone: objects left in cycles wait for the cycle
     collector, whose pauses (milliseconds, with many of them) showed as the p99 at one
     connection. Answered by the lane, refused (an exception raised from a frame that
-    held it made a cycle through its traceback), handed over, or on a connection that
-    closes after it (the request parser held the connection's bound methods)."""
+    held it made a cycle through its traceback), handed over, or on a client or upstream
+    connection that closes after it (each one's parser held its bound methods)."""
     gw = await make_gateway(balance=balance)
     await warmed(gw)
-    headers = {"X-Echo-Status": str(status), **({"Connection": "close"} if close else {})}
+    headers = {"X-Echo-Status": str(status)}
+    if close == "client":
+        headers["Connection"] = "close"
+    elif close == "upstream":
+        headers["X-Echo-Headers"] = '[["Connection", "close"]]'
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
@@ -120,8 +126,9 @@ async def test_a_call_leaves_no_reference_cycle(
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-    assert await lane(gw) == {result: 20}
+    assert await lane(gw) == results
     ours = {"RawConnection", "HttpRequestParser", "RawRequest", "InFlight", "Lane", "Metered"}
+    ours |= {"UpstreamConnection", "HttpResponseParser"}
     assert cyclic & {*ours, "Early", "Admission", "Future"} == set()
 
 
