@@ -49,11 +49,13 @@ def _sweep_rps(results: dict[str, Any], accounts: int, dist: str, connections: i
 
 
 def _vs_one_account(results: dict[str, Any], accounts: int, dist: str) -> float | None:
-    """Throughput at c64 with ``accounts`` over one account's: against the one-key runs
-    interleaved in the same block when there are some, else the one-account block's."""
+    """Throughput at c64 with ``accounts`` over one account's: the medians of the block's
+    pairs of runs (``Bench.reference_pairs``); without them, its c64 point against the
+    one-account block's."""
     point = _sweep_point(results, accounts, dist, 64)
-    one = point.get("reference_rps") or _sweep_rps(results, 1, "uniform", 64)
-    return stats.ratio(point.get("rps"), one)
+    if point.get("paired_rps"):
+        return stats.ratio(point["paired_rps"], point.get("reference_rps"))
+    return stats.ratio(point.get("rps"), _sweep_rps(results, 1, "uniform", 64))
 
 
 def _per_round(results: dict[str, Any], name: str, reference: str) -> list[float]:
@@ -122,6 +124,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     out["sweep_c1024_vs_c64"] = stats.ratio(_sweep_rps(results, 1, "uniform", 1024), c64)
     out["sweep_1m_uniform_vs_1"] = _vs_one_account(results, 1_000_000, "uniform")
     out["sweep_1m_zipf_vs_1"] = _vs_one_account(results, 1_000_000, "zipf")
+    for dist in ("uniform", "zipf"):
+        pairs = _sweep_point(results, 1_000_000, dist, 64).get("reference_ratios")
+        out[f"sweep_1m_{dist}_vs_1_pairs"] = list(pairs) if pairs else []
     exact = [
         r["exactness"]["exact"]
         for r in results.get("configurations", {}).values()

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meter import local_servers
 
-from . import keyspace, measure, procstat, redis_side, servers, wrk
+from . import keyspace, measure, procstat, redis_side, servers, stats, wrk
 from .servers import Server, ServerFailed
 
 SHARDS = 16
@@ -53,19 +53,20 @@ class Plan:
     sweep_warmup_s: int
     sweep_run_s: int
     sweep_runs: int
+    reference_pairs: int
 
 
 FULL = Plan(
     warmup_s=3, run_s=5, runs=7, c1_run_s=3, c1_runs=5,
     sweep_concurrency=(1, 16, 64, 256, 1024), sweep_accounts=(1, 1_000, 1_000_000),
     sweep_baselines=("upstream", "nginx", "aiohttp"),
-    sweep_warmup_s=1, sweep_run_s=3, sweep_runs=3,
+    sweep_warmup_s=1, sweep_run_s=3, sweep_runs=3, reference_pairs=7,
 )  # fmt: skip
 QUICK = Plan(
     warmup_s=1, run_s=2, runs=3, c1_run_s=1, c1_runs=3,
     sweep_concurrency=(1, 64, 1024), sweep_accounts=(1, 1_000, 100_000),
     sweep_baselines=("nginx", "aiohttp"),
-    sweep_warmup_s=1, sweep_run_s=2, sweep_runs=1,
+    sweep_warmup_s=1, sweep_run_s=2, sweep_runs=1, reference_pairs=1,
 )  # fmt: skip
 
 
@@ -92,6 +93,13 @@ def sweep_order(connections: Sequence[int], rounds: int) -> list[int]:
     for i in range(rounds):
         order += reversed(connections) if i % 2 == 0 else connections
     return order
+
+
+def pair_order(pairs: int) -> list[bool]:
+    """For each pair of ``Bench.reference_pairs``, whether the measured load runs first:
+    in turn, so that a run's place in its pair (after a heavier or a lighter one) falls
+    on both loads alike."""
+    return [i % 2 == 0 for i in range(pairs)]
 
 
 def log(message: str) -> None:
@@ -409,33 +417,49 @@ class Bench:
         that a change in the machine's speed falls on every point alike (their ratios
         are targets); the points in the order of ``connections``.
 
-        ``reference``: after each measured run at 64 connections, one more with this
-        load (one key), on the same server; the c64 point carries its median as
-        ``reference_rps``, so "many accounts / one account" compares runs seconds
-        apart, not blocks minutes apart."""
+        ``reference``: after the rounds, ``Plan.reference_pairs`` pairs of runs at 64
+        connections, one with ``load`` and one with this load (one key), on the same
+        server, in turn first and second (``pair_order``); the c64 point carries their
+        medians (``paired_rps``, ``reference_rps``) and each pair's ratio
+        (``reference_ratios``). "Many accounts / one account" is a 10 % target: the runs
+        it compares are seconds apart, and enough of them that the machine's noise (on
+        the 2-core VM a run of a few seconds moved 15 % either way) does not decide it."""
         p = self.plan
         self.wait_quiet()
         for c in connections:
             self.run(server, c, p.sweep_warmup_s, load, ledger, warmup=True)
-        if reference is not None and REFERENCE_CONNECTIONS in connections:
-            self.run(
-                server, REFERENCE_CONNECTIONS, p.sweep_warmup_s, reference, ledger, warmup=True
-            )
-        else:
-            reference = None
         samples: dict[int, list[dict[str, Any]]] = {c: [] for c in connections}
-        references: list[dict[str, Any]] = []
         for c in sweep_order(connections, p.sweep_runs):
             samples[c].append(self.run(server, c, p.sweep_run_s, load, ledger))
-            if reference is not None and c == REFERENCE_CONNECTIONS:
-                references.append(self.run(server, c, p.sweep_run_s, reference, ledger))
+        paired: dict[str, Any] = {}
+        if reference is not None and REFERENCE_CONNECTIONS in connections:
+            paired = self.reference_pairs(server, load, reference, ledger)
         for c in connections:
             point = measure.summary(samples[c])
             point["connections"] = c
             point["rss_kb"] = samples[c][-1].get("rss_kb")
-            if references and c == REFERENCE_CONNECTIONS:
-                point["reference_rps"] = measure.summary(references)["rps"]
+            if c == REFERENCE_CONNECTIONS:
+                point.update(paired)
             yield point
+
+    def reference_pairs(
+        self, server: Server, load: wrk.Load, reference: wrk.Load, ledger: measure.Ledger | None
+    ) -> dict[str, Any]:
+        """``load`` against ``reference`` at 64 connections, pair by pair (``sweep_points``)."""
+        p, c = self.plan, REFERENCE_CONNECTIONS
+        self.run(server, c, p.sweep_warmup_s, reference, ledger, warmup=True)
+        ours: list[dict[str, Any]] = []
+        theirs: list[dict[str, Any]] = []
+        for ours_first in pair_order(p.reference_pairs):
+            for is_ours in (ours_first, not ours_first):
+                sample = self.run(server, c, p.sweep_run_s, load if is_ours else reference, ledger)
+                (ours if is_ours else theirs).append(sample)
+        ratios = [stats.ratio(a["rps"], b["rps"]) for a, b in zip(ours, theirs, strict=True)]
+        return {
+            "paired_rps": measure.summary(ours)["rps"],
+            "reference_rps": measure.summary(theirs)["rps"],
+            "reference_ratios": [r for r in ratios if r is not None],
+        }
 
     def fill_key_cache(
         self, server: Server, accounts: int, ledger: measure.Ledger

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from . import figures, provenance
+from . import figures, provenance, stats
 from .plot import plot
 
 README = Path(__file__).with_name("README.md")
@@ -54,11 +54,13 @@ MAIN_COLUMNS = (
 )  # fmt: skip
 
 
-def _spread(ratios: list[float] | None) -> str:
+def _spread(
+    ratios: list[float] | None, each: str = "rounds", digits: int = 2, unit: str = "x"
+) -> str:
     """`` (rounds 2.54-3.43x)``: the ratio in each round, lowest to highest."""
     if not ratios:
         return ""
-    return f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+    return f" ({each} {min(ratios):.{digits}f}-{max(ratios):.{digits}f}{unit})"
 
 
 def _main_row(name: str, r: dict[str, Any]) -> str:
@@ -251,6 +253,26 @@ def _exactness_lines(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _reference_lines(points: list[dict[str, Any]]) -> list[str]:
+    """What the many-accounts targets compare: each block's pairs of runs at c64."""
+    paired = [p for p in points if p.get("paired_rps") and p.get("reference_rps")]
+    if not paired:
+        return []
+    return [
+        "\nThe many-accounts targets: after each block's rounds, pairs of runs at c64 "
+        "seconds apart, one with the block's keys and one with a single key, in turn "
+        "first; medians, and the ratio pair by pair: "
+        + ", ".join(
+            f"{_accounts(p['accounts'])} {p['distribution']}: "
+            f"{_f(p['paired_rps'])} against {_f(p['reference_rps'])} req/s, "
+            f"{_f(stats.ratio(p['paired_rps'], p['reference_rps']), 3)}"
+            + _spread(p.get("reference_ratios"), "pairs", 3, "")
+            for p in paired
+        )
+        + "."
+    ]
+
+
 def _targets_lines(h: dict[str, Any]) -> list[str]:
     out = [
         "",
@@ -311,18 +333,7 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
                 )
                 + " |"
             )
-        references = [p for p in sweep["gateway"] if p.get("reference_rps")]
-        if references:
-            out.append(
-                "\nOne key, measured at c64 between the runs of the same block (the reference of "
-                "the many-accounts targets): "
-                + ", ".join(
-                    f"{_accounts(p['accounts'])} {p['distribution']}: "
-                    f"{_f(p['reference_rps'])} req/s"
-                    for p in references
-                )
-                + "."
-            )
+        out += _reference_lines(sweep["gateway"])
         for e in sweep.get("exactness", []):
             if "fill_s" in e:
                 out.append(_key_cache_fill(e))
