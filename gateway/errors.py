@@ -56,6 +56,23 @@ class Refusal(Problem):
     def reason(self) -> str:
         return self.slug
 
+    def drop_frames(self) -> None:
+        """Drop the frames this refusal (and what it was raised from) passed through, once
+        it is caught to be answered. A refusal set on a future (an upstream timeout, a
+        failure the pool decided) and raised by awaiting it holds, through its traceback,
+        frames that hold that future, which holds the refusal: a cycle, left to the
+        cycle collector with everything the frames held (the call, its admission, its
+        connection). The answer needs none of the frames."""
+        error: BaseException | None = self
+        for _ in range(_CHAIN_LIMIT):
+            if error is None:
+                return
+            error.__traceback__ = None
+            error = error.__cause__ or error.__context__
+
+
+_CHAIN_LIMIT = 8  # errors raised from errors: more than any path of ours chains
+
 
 class BadPath(Refusal):
     status = 400

@@ -246,6 +246,7 @@ class Proxy:
             finally:
                 upstream.close()
         except errors.Refusal as refusal:
+            refusal.drop_frames()
             await self.refuse(exchange, refusal, metered, started)
         except Exception:
             log.exception("gateway failure", extra={"target": exchange.target[:200]})

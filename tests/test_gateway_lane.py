@@ -95,8 +95,10 @@ async def test_a_plain_call_is_answered_by_the_lane(make_gateway: MakeGateway) -
         (100_000, 200, {"answered": 20}, "client"),
         # the warm-up's connection, then a new one for each call, opened by the task
         (100_000, 200, {"answered": 1, "new_connection": 19}, "upstream"),
+        # the upstream never answers; a timed-out connection is closed, as above
+        (100_000, 504, {"upstream_failed": 1, "new_connection": 19}, "timeout"),
     ],
-    ids=["answered", "refused", "5xx", "client-closes", "upstream-closes"],
+    ids=["answered", "refused", "5xx", "client-closes", "upstream-closes", "upstream-timeout"],
 )
 async def test_a_call_leaves_no_reference_cycle(
     make_gateway: MakeGateway, balance: int, status: int, results: dict[str, int], close: str
@@ -104,15 +106,19 @@ async def test_a_call_leaves_no_reference_cycle(
     """Freed by reference counting alone: objects left in cycles wait for the cycle
     collector, whose pauses (milliseconds, with many of them) showed as the p99 at one
     connection. Answered by the lane, refused (an exception raised from a frame that
-    held it made a cycle through its traceback), handed over, or on a client or upstream
-    connection that closes after it (each one's parser held its bound methods)."""
-    gw = await make_gateway(balance=balance)
+    held it made a cycle through its traceback), handed over, on a client or upstream
+    connection that closes after it (each one's parser held its bound methods), or timed
+    out upstream (the 504, raised from a future, held frames that held the future)."""
+    timeout = {"upstream_timeout": 0.05} if close == "timeout" else {}
+    gw = await make_gateway(balance=balance, **timeout)
     await warmed(gw)
     headers = {"X-Echo-Status": str(status)}
     if close == "client":
         headers["Connection"] = "close"
     elif close == "upstream":
         headers["X-Echo-Headers"] = '[["Connection", "close"]]'
+    elif close == "timeout":
+        headers = {"X-Echo-Hang": "1"}
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
@@ -129,7 +135,7 @@ async def test_a_call_leaves_no_reference_cycle(
     assert await lane(gw) == results
     ours = {"RawConnection", "HttpRequestParser", "RawRequest", "InFlight", "Lane", "Metered"}
     ours |= {"UpstreamConnection", "HttpResponseParser"}
-    assert cyclic & {*ours, "Early", "Admission", "Future"} == set()
+    assert cyclic & {*ours, "Early", "Admission", "Future", "frame", "traceback"} == set(), cyclic
 
 
 async def test_a_5xx_is_handed_over_and_refunded(make_gateway: MakeGateway) -> None:
