@@ -77,7 +77,7 @@ _CHAIN_LIMIT = 8  # errors raised from errors: more than any path of ours chains
 class BadPath(Refusal):
     status = 400
     slug = "bad-path"
-    title = "The request path has dot segments"
+    title = "The request target must be a path without dot segments"
 
 
 class IncompleteBody(Refusal):

@@ -1,4 +1,5 @@
-"""HTTP/1.1 response heads for the raw server, pre-encoded where it pays. Pure.
+"""HTTP/1.1 for the raw server: response heads, pre-encoded where it pays, and the
+one request rule llhttp leaves to its user (``host_count_valid``). Pure.
 
 A response head is the status line (one cached bytes object per status), the
 ``Server``/``Date`` line pair (``DateLine``: rebuilt once a second, not per
@@ -30,6 +31,15 @@ def status_line(status: int, reason: str = "") -> bytes:
         return line
     phrase = reason.encode("latin-1", "replace") if reason else b"Unknown"
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase.replace(b"\r", b"").replace(b"\n", b""))
+
+
+ONE_HOST = "an HTTP/1.1 request needs exactly one Host header (HTTP/1.0: at most one)"
+
+
+def host_count_valid(hosts: int, http10: bool) -> bool:
+    """RFC 9112 3.2: a server answers 400 to an HTTP/1.1 request without a Host header
+    and to any request with more than one (aiohttp's parser refuses both itself)."""
+    return hosts == 1 or (hosts == 0 and http10)
 
 
 def body_allowed(status: int) -> bool:

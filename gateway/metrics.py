@@ -17,7 +17,8 @@ meter_gateway_key_cache_total                 result            hit, miss, negat
 meter_gateway_refunds_total                   reason            settlements that gave money back:
                                                                 variable_cost, upstream_5xx,
                                                                 upstream_failure, body_too_large,
-                                                                incomplete_body, internal
+                                                                incomplete_body, malformed_body,
+                                                                internal
 meter_gateway_refunded_micros_total                             micros given back
 meter_gateway_refund_errors_total                               refunds that could not be applied
 meter_gateway_charged_micros_total            route             micros charged (after settlement)
@@ -37,7 +38,8 @@ meter_gateway_lane_total                      result            raw server calls
                                                                 variable_cost, response_streamed,
                                                                 upstream_client, error
 meter_gateway_http_errors_total               reason            requests the server layer refused
-                                                                or cut: malformed, url_too_long,
+                                                                or cut: malformed (bad Host
+                                                                included), url_too_long,
                                                                 headers_too_large, too_many_headers,
                                                                 timeout, unsupported
 

@@ -176,8 +176,11 @@ class CountedBody:
                 chunk = await anext(self.chunks)
             except StopAsyncIteration:
                 return
+            except errors.MalformedRequest as exc:  # the server layer's parser refused it
+                self.failure = exc
+                raise
             except Exception as exc:
-                self.failure = errors.IncompleteBody(type(exc).__name__)
+                self.failure = errors.IncompleteBody(str(exc) or type(exc).__name__)
                 raise
             self.received += len(chunk)
             if self.received > self.limit:
@@ -523,7 +526,9 @@ class Proxy:
         route = metered.route.name if metered is not None else UNPRICED
         self.record(route, outcome, metered.charged if metered is not None else 0)
         # Do not read (or wait for) the rest of a body that was refused while streaming.
-        close = isinstance(refusal, errors.BodyTooLarge | errors.IncompleteBody)
+        close = isinstance(
+            refusal, errors.BodyTooLarge | errors.IncompleteBody | errors.MalformedRequest
+        )
         with contextlib.suppress(ConnectionError):
             await exchange.respond(refusal.status, "", out, render(refusal), close=close)
         self.metrics.overhead.observe(perf_counter() - started)
@@ -536,6 +541,8 @@ class Proxy:
             await self.give_back(metered, metered.call.price, "body_too_large")
         elif isinstance(refusal, errors.IncompleteBody):
             await self.give_back(metered, metered.call.price, "incomplete_body")
+        elif isinstance(refusal, errors.MalformedRequest):  # a broken chunked body
+            await self.give_back(metered, metered.call.price, "malformed_body")
         elif isinstance(refusal, errors.Internal):
             await self.give_back(metered, metered.call.price, "internal")
         elif isinstance(refusal, errors.UpstreamFailure) and self.refund_upstream_errors:

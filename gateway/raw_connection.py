@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from gateway import errors, ops
+from gateway import errors, http11, ops
 from gateway.headers import Pairs
 from gateway.identity import key_from
 from gateway.raw_request import HIGH_WATER, RawRequest
@@ -52,6 +52,7 @@ class RawConnection(asyncio.Protocol):
         "head_deadline",
         "header_bytes",
         "heads",
+        "hosts",
         "idle_deadline",
         "in_head",
         "input_closed",
@@ -97,6 +98,7 @@ class RawConnection(asyncio.Protocol):
         self.expect = False
         self.authorization: bytes | None = None
         self.x_api_key: bytes | None = None
+        self.hosts = 0  # Host header lines of the request head being parsed
         self.refusal: errors.Refusal | None = None
         self.input_closed = False
         self.refused = False  # input was refused: the client may still be sending
@@ -206,6 +208,7 @@ class RawConnection(asyncio.Protocol):
         self.expect = False
         self.authorization = None
         self.x_api_key = None
+        self.hosts = 0
         self.idle_deadline = _INF
         self.head_deadline = self.server.now + self.server.client_timeout
 
@@ -226,7 +229,10 @@ class RawConnection(asyncio.Protocol):
             self._refuse(errors.HeadersTooLarge("too many header fields"), "too_many_headers")
         # The few headers this layer or the key lookup needs, noted as they pass.
         size = len(name)
-        if size == 13:
+        if size == 4:
+            if name.lower() == b"host":
+                self.hosts += 1
+        elif size == 13:
             if self.authorization is None and name.lower() == b"authorization":
                 self.authorization = value
         elif size == 14:
@@ -248,6 +254,8 @@ class RawConnection(asyncio.Protocol):
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
         http10 = parser.get_http_version() == "1.0"
+        if self.hosts != 1 and not http11.host_count_valid(self.hosts, http10):
+            self._refuse(errors.MalformedRequest(http11.ONE_HOST), "malformed")
         length = self.content_length
         coding = self.transfer_encoding
         if coding is not None:

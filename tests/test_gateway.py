@@ -575,7 +575,8 @@ async def test_429_until_midnight_utc_then_admitted_again(make_gateway: MakeGate
 
 async def test_400_for_dot_segments(make_gateway: MakeGateway) -> None:
     gw = await make_gateway()
-    problem(await gw.call("/free/%2e%2e/v1/chat/x"), 400, "bad-path")
+    doc = problem(await gw.call("/free/%2e%2e/v1/chat/x"), 400, "bad-path")
+    assert "dot segments" in str(doc["detail"])
     assert gw.echo.received == 0
 
 

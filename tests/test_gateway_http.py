@@ -394,6 +394,53 @@ async def test_garbage_is_400_and_closed(make_gateway: MakeGateway, garbage: byt
 
 
 @pytest.mark.parametrize(
+    ("method", "target"),
+    [("GET", "http://elsewhere.test/anything"), ("OPTIONS", "*"), ("GET", "/a/../anything")],
+    ids=["absolute-form", "asterisk", "dot-segments"],
+)
+@RAW_ONLY  # aiohttp's router answers "*" with its own plain 404 before the proxy sees it
+async def test_a_target_that_is_not_a_plain_path_is_400(
+    make_gateway: MakeGateway, method: str, target: str
+) -> None:
+    gw = await make_gateway()
+    async with connect(gw) as (reader, writer):
+        writer.write(request(gw, target, method=method))
+        reply = await read_response(reader)
+    assert reply.status == 400
+    assert reply.json()["type"] == "https://meter.dev/problems/bad-path"
+    assert reply.json()["detail"] == "The request target must be a path without dot segments"
+    assert gw.echo.received == 0
+    assert await gw.balance() == 100_000
+
+
+@pytest.mark.parametrize(
+    ("version", "hosts", "status"),
+    [("1.1", 0, 400), ("1.1", 2, 400), ("1.0", 2, 400), ("1.0", 0, 200), ("1.1", 1, 200)],
+)
+async def test_a_request_needs_one_host_header(
+    make_gateway: MakeGateway, version: str, hosts: int, status: int, server_mode: str
+) -> None:
+    """RFC 9112 3.2: 400 for an HTTP/1.1 request without Host, and for two Host lines;
+    a 400 is answered before the admission: nothing is charged or forwarded. (aiohttp's
+    parser refuses both itself, in plain text.)"""
+    gw = await make_gateway()
+    assert gw.account is not None
+    lines = [f"GET /anything HTTP/{version}", f"X-API-Key: {gw.account.key}"]
+    lines += [f"Host: h{i}.test" for i in range(hosts)]
+    async with connect(gw) as (reader, writer):
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        reply = await read_response(reader)
+        assert reply.status == status
+        if status == 400 and server_mode == "raw":
+            doc = reply.json()
+            assert doc["type"] == "https://meter.dev/problems/malformed-request"
+            assert "Host" in str(doc["detail"])
+            assert await closed_by_server(reader)
+    assert gw.echo.received == (1 if status == 200 else 0)
+    assert await gw.balance() == 100_000 - (PRICE if status == 200 else 0)
+
+
+@pytest.mark.parametrize(
     "head",
     [
         "Content-Length: 5\r\nTransfer-Encoding: chunked",
@@ -444,6 +491,10 @@ async def test_invalid_chunks_are_400_and_refunded(
         if server_mode == "raw":
             reply = await read_response(reader)
             assert reply.status == 400
+            doc = reply.json()  # what was wrong, in the parser's words
+            assert doc["type"] == "https://meter.dev/problems/malformed-request"
+            assert "chunk" in str(doc["detail"]).lower()
+            assert "x-meter-charged" in reply.headers  # an admitted call: the money headers
             assert await closed_by_server(reader)
         else:  # aiohttp does not fail the body it is reading: the call waits for the client
             writer.transport.abort()
@@ -452,6 +503,8 @@ async def test_invalid_chunks_are_400_and_refunded(
                 break
             await asyncio.sleep(0.02)
     assert await gw.balance() == 100_000  # admitted, then refunded: the body never ended
+    reason = "malformed_body" if server_mode == "raw" else "incomplete_body"
+    assert await gw.metric("meter_gateway_refunds_total", reason=reason) == 1
 
 
 async def test_every_split_of_a_request_is_parsed(make_gateway: MakeGateway) -> None:
