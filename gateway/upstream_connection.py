@@ -220,7 +220,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._garbage("the upstream switched protocols")
         except httptools.HttpParserError as exc:
-            self._garbage(f"malformed response: {exc}")
+            refused = exc.__context__  # what our own callbacks refused, in their words
+            self._garbage(
+                str(refused) if isinstance(refused, ValueError) else f"malformed response: {exc}"
+            )
         else:
             # llhttp keeps an unfinished header line itself: bound what it may hold.
             if not self.head_done and self.head_wire > _MAX_HEAD:
@@ -247,6 +250,10 @@ class UpstreamConnection(asyncio.Protocol):
         if size == 14 and name.lower() == b"content-length":
             self.content_length = int(value)  # llhttp has validated it
         elif size == 17 and name.lower() == b"transfer-encoding":
+            # Only chunked is undone here, and Transfer-Encoding does not reach the
+            # client: a body still gzip-coded would go on unsaid (nginx answers 502 too).
+            if value.strip().lower() != b"chunked":
+                raise ValueError(f"transfer coding {value[:40]!r} cannot be passed on")
             self.chunked = True
 
     def on_headers_complete(self) -> None:

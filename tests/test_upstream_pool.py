@@ -469,6 +469,22 @@ async def test_garbage_is_a_bad_response(
     await until(lambda: pool.open_connections == 0)
 
 
+@pytest.mark.parametrize("coding", [b"gzip", b"gzip, chunked", b"chunked, gzip"])
+async def test_a_transfer_coding_other_than_chunked_is_a_bad_response(
+    scripted: Callable[[Handler], Awaitable[Scripted]],
+    pools: Callable[..., Awaitable[UpstreamPool]],
+    coding: bytes,
+) -> None:
+    """The pool undoes chunked only, and Transfer-Encoding is hop-by-hop: a body still
+    coded would reach the client without a word of its coding. 502, as nginx answers."""
+    raw = answer(b"HTTP/1.1 200 OK", [b"Transfer-Encoding: " + coding], b"5\r\nhello\r\n0\r\n\r\n")
+    upstream = await scripted(keep_answering(raw))
+    pool = await pools(upstream.url)
+    with pytest.raises(errors.UpstreamBadResponse, match="cannot be passed on"):
+        await pool.send("GET", "/", [], None)
+    await until(lambda: pool.open_connections == 0)
+
+
 async def test_refused_connection_is_unreachable(
     pools: Callable[..., Awaitable[UpstreamPool]],
 ) -> None:
