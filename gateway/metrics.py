@@ -41,7 +41,8 @@ meter_gateway_http_errors_total               reason            requests the ser
                                                                 or cut: malformed (bad Host
                                                                 included), url_too_long,
                                                                 headers_too_large, too_many_headers,
-                                                                timeout, unsupported
+                                                                timeout, unsupported,
+                                                                too_many_connections
 
 Why not prometheus_client's own Counter and Histogram on the hot path: measured
 on this machine, ``Counter.labels(a, b).inc()`` costs 3.4 us, a bound child's

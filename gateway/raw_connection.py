@@ -121,11 +121,14 @@ class RawConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) and peer else None
         server = self.server
+        full = len(server.connections) >= server.max_connections
         server.connections.add(self)
         server.metrics.connections.inc()
         self.idle_deadline = server.now + server.client_timeout
-        if server.draining:
-            self.transport.close()
+        if full:
+            server.metrics.http_errors.labels("too_many_connections").inc()
+        if full or server.draining:
+            self.transport.close()  # connection_lost follows and undoes the counts
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -49,6 +49,10 @@ How this works
   501; anything llhttp refuses (both Content-Length and Transfer-Encoding,
   bad chunk sizes, bare LF, obs-fold...) -> 400. Each of these answers after
   the requests before it, then closes the connection.
+* Connections: at most ``max_client_connections`` clients at once (by default what
+  the open-files limit leaves once the upstream pool and Redis have theirs,
+  ``connection_cap``); one more is closed as it comes, before it can take a
+  descriptor the upstream pool needs (nginx's ``worker_connections``).
 * Timeouts are deadlines swept by one timer per server (no timer and no clock
   read per call): a request head must arrive within ``client_timeout`` (408, close); each wait
   for request body bytes and each stalled response write get ``client_timeout``
@@ -67,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import time
 from typing import Any, cast
@@ -77,6 +82,33 @@ from gateway.raw_connection import RawConnection
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.server")
+
+# Descriptors kept for everything but clients and upstream connections: the listening
+# socket, Redis connections, log files, the metrics port, a reconnect in progress.
+FD_RESERVE = 64
+
+
+def connection_cap(configured: int, open_files: int, upstream_pool: int) -> int:
+    """How many client connections the raw server keeps open at once: ``configured``,
+    or (0) what ``open_files`` leaves once the upstream pool and ``FD_RESERVE`` have
+    theirs (at least 1)."""
+    if configured > 0:
+        return configured
+    return max(open_files - upstream_pool - FD_RESERVE, 1)
+
+
+def open_files_limit() -> int:
+    """Raise this process's soft open-files limit to its hard one (as nginx's
+    ``worker_rlimit_nofile`` does); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 class RawServer:
@@ -97,6 +129,9 @@ class RawServer:
         self.max_wire = 2 * settings.max_body_bytes + settings.max_header_bytes + (1 << 16)
         self.client_timeout = settings.client_timeout
         self.keepalive_timeout = settings.keepalive_timeout
+        self.max_connections = connection_cap(
+            settings.max_client_connections, open_files_limit(), settings.upstream_pool_size
+        )
         self.connections: set[RawConnection] = set()
         self.date = http11.DateLine()
         self.draining = False

@@ -186,6 +186,9 @@ class Settings:
     max_url_bytes: int = _env("METER_MAX_URL_BYTES", "8192", _int(64, 1 << 20))  # 414 above
     max_header_bytes: int = _env("METER_MAX_HEADER_BYTES", "16384", _int(256, 1 << 24))  # 431
     max_headers: int = _env("METER_MAX_HEADERS", "100", _int(4, 10_000))  # 431 above
+    # Client connections open at once (raw server); more are closed as they come. 0: as
+    # many as the open-files limit leaves once the upstream pool and Redis have theirs.
+    max_client_connections: int = _env("METER_MAX_CLIENT_CONNECTIONS", "0", _int(0, 10_000_000))
     # Admin API.
     admin_max_body_bytes: int = _env("METER_ADMIN_MAX_BODY_BYTES", "65536", _int(1024, 1 << 30))
     sync_interval: float = _env("METER_SYNC_INTERVAL", "2.0", _float(0.01, 3600))

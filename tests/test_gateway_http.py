@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import resource
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import orjson
 import pytest
 from test_gateway import PRICE, Gateway, MakeGateway, make_gateway, server_mode, upstream
 
+from gateway.raw_server import FD_RESERVE, connection_cap, open_files_limit
 from gateway.testing import pattern_bytes, until
 
 FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
@@ -632,6 +634,49 @@ async def test_idle_keep_alive_connections_are_closed(make_gateway: MakeGateway)
         assert asyncio.get_running_loop().time() - started < 3.0
     async with connect(gw) as (reader, _):  # says nothing: the head timeout applies
         assert await closed_by_server(reader)
+
+
+@RAW_ONLY
+async def test_connections_beyond_the_cap_are_closed_as_they_come(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(max_client_connections=2, balance=10**6)
+    async with contextlib.AsyncExitStack() as stack:
+        first = [await stack.enter_async_context(connect(gw)) for _ in range(2)]
+        for reader, writer in first:
+            writer.write(request(gw))
+            assert (await read_response(reader)).status == 200
+        async with connect(gw) as (reader, writer):  # the third: closed, nothing read
+            assert await closed_by_server(reader)
+        assert (
+            await gw.metric("meter_gateway_http_errors_total", reason="too_many_connections") == 1
+        )
+        assert gw.echo.received == 2
+        first[0][1].transport.abort()
+        await until(lambda: gw.runtime.metrics.connections.value == 1)
+        async with connect(gw) as (reader, writer):  # room again
+            writer.write(request(gw))
+            assert (await read_response(reader)).status == 200
+    assert gw.echo.received == 3
+    assert await gw.balance() == 10**6 - 3 * PRICE
+
+
+def test_the_connection_cap_leaves_descriptors_for_the_upstream_pool() -> None:
+    assert connection_cap(0, 65536, 256) == 65536 - 256 - FD_RESERVE
+    assert connection_cap(0, 1024, 256) == 1024 - 256 - FD_RESERVE
+    assert connection_cap(0, 100, 256) == 1  # a limit too low still serves one at a time
+    assert connection_cap(500, 65536, 256) == 500  # configured wins
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        raised = open_files_limit()
+        assert raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raised == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @RAW_ONLY
