@@ -275,7 +275,8 @@ class RawConnection(asyncio.Protocol):
             key_from(self.authorization, self.x_api_key),
             length,
             has_body,
-            parser.should_keep_alive(),
+            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing: close after.
+            parser.should_keep_alive() and not (http10 and coding is not None),
             http10,
             self.expect and has_body and not http10,
         )

@@ -194,6 +194,22 @@ async def test_http10_client_gets_its_answer_and_the_connection_closes(
         assert await closed_by_server(reader)
 
 
+@RAW_ONLY
+async def test_http10_with_a_transfer_coding_is_answered_then_closed(
+    make_gateway: MakeGateway,
+) -> None:
+    """RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing; the
+    connection closes after the answer even when the client asked to keep it."""
+    gw = await make_gateway()
+    head = ["Connection: keep-alive", "Transfer-Encoding: chunked"]
+    async with connect(gw) as (reader, writer):
+        writer.write(request(gw, "/old", method="POST", version="1.0", headers=head))
+        writer.write(b"5\r\nhello\r\n0\r\n\r\n")
+        reply = await read_response(reader)
+        assert reply.status == 200 and reply.json()["body_bytes"] == 5
+        assert await closed_by_server(reader)
+
+
 async def test_connection_close_from_the_client_is_honoured(make_gateway: MakeGateway) -> None:
     gw = await make_gateway()
     async with connect(gw) as (reader, writer):
