@@ -20,7 +20,11 @@ meter_gateway_refunds_total                   reason            settlements that
                                                                 incomplete_body, malformed_body,
                                                                 internal
 meter_gateway_refunded_micros_total                             micros given back
-meter_gateway_refund_errors_total                               refunds that could not be applied
+meter_gateway_refund_errors_total                               refunds whose first try failed
+                                                                (Redis away): tried again
+meter_gateway_refunds_pending                                   refunds waiting to be tried again
+meter_gateway_refunds_dropped_total                             refunds given up (over-charged
+                                                                customers: logged at ERROR)
 meter_gateway_charged_micros_total            route             micros charged (after settlement)
 meter_gateway_units_header_invalid_total      route             variable-cost answers without a
                                                                 valid units header (charged max)
@@ -210,7 +214,17 @@ class GatewayMetrics:
             "counter", "meter_gateway_refunded_micros", "Micros given back"
         ).labels()
         self.refund_errors: Count = f(
-            "counter", "meter_gateway_refund_errors", "Refunds that could not be applied"
+            "counter",
+            "meter_gateway_refund_errors",
+            "Refunds whose first try failed (Redis away); they are tried again",
+        ).labels()
+        self.refunds_pending: Count = f(
+            "gauge", "meter_gateway_refunds_pending", "Refunds waiting to be tried again"
+        ).labels()
+        self.refunds_dropped: Count = f(
+            "counter",
+            "meter_gateway_refunds_dropped",
+            "Refunds given up after METER_REFUND_RETRY_SECONDS or at shutdown (logged)",
         ).labels()
         self.charged_micros = f(
             "counter", "meter_gateway_charged_micros", "Micros charged", ["route"]

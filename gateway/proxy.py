@@ -8,14 +8,17 @@ How money moves for one call:
   with at most one ``settle`` script call (the script refuses a second one):
   - the upstream answered 5xx, could not be reached, timed out or sent garbage:
     the whole price back (unless ``refund_upstream_errors`` is off);
-  - the request body went over ``max_body_bytes`` while streaming, or the
-    client stopped sending it: the whole price back (the upstream never got the call);
+  - the request body went over ``max_body_bytes`` while streaming, was not valid
+    chunked coding, or the client stopped sending it: the whole price back (the
+    upstream never got the whole call);
   - the gateway itself failed before the response head (a bug, answered 500): the
     whole price back;
   - a variable-cost route: the part of the reserve its units header did not use.
 - Settlement happens when the response head arrives, so ``X-Meter-Charged``
   tells the truth; a body that breaks off later, or a client that goes away
   once the call reached the upstream, is counted, not refunded.
+- A refund Redis cannot take then (away, or too slow) goes to ``RefundRetry``,
+  which tries it again until it lands; the answer shows the charge as it stood.
 
 The proxy knows no server layer: it is handed an ``Exchange`` (the request as
 plain values, and the way back to the client), which the raw HTTP/1.1 server
@@ -37,6 +40,7 @@ from gateway.headers import Pairs
 from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable, Route, RouteCache, units_cost
+from gateway.refund_retry import RefundRetry
 from gateway.upstream import Sent, Upstream, UpstreamResponse
 from meter.admission_batcher import Listener
 from meter.live_state import Admission, Call, KeyCall, KeyRecord
@@ -208,6 +212,7 @@ class Proxy:
         max_body_bytes: int,
         refund_upstream_errors: bool,
         clock: Callable[[], float],
+        refund_retry: RefundRetry | None = None,
     ) -> None:
         self.identity = identity
         self.prices = prices
@@ -218,6 +223,7 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.refund_upstream_errors = refund_upstream_errors
         self.clock = clock
+        self.refund_retry = refund_retry  # where a refund goes when Redis is away
 
     async def handle(self, exchange: Exchange) -> None:
         early = exchange.early
@@ -556,11 +562,15 @@ class Proxy:
                 metered.call, metered.admission, amount, metered.day
             )
         except errors.StateUnavailable as exc:
-            applied = False
-            log.error(
-                "refund not applied",
+            # Charged as it stands in this answer; the refund is tried again until applied.
+            log.warning(
+                "refund deferred",
                 extra={"event_id": metered.admission.event_id, "micros": amount, "error": str(exc)},
             )
+            self.metrics.refund_errors.inc()
+            if self.refund_retry is not None:
+                self.refund_retry.add(metered.call, metered.admission, amount, metered.day, reason)
+            return
         if not applied:
             self.metrics.refund_errors.inc()
             return

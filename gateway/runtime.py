@@ -2,7 +2,8 @@
 
 The hot path is wired here, once, for both server layers (``raw_server.py``
 and the aiohttp app in ``app.py``): the account state in Redis, the upstream
-client and the ``Proxy`` built on them, opened and closed as a pair.
+client and the ``Proxy`` built on them, opened and closed as a pair, and the
+task that retries refunds Redis could not take (``refund_retry.py``).
 
     METER_REDIS_CLIENT=pipe      meter.hot_path_state.PipelinedState: pipelined commands,
                                  the admissions of one loop pass in one script call (default)
@@ -33,6 +34,7 @@ from gateway.identity import Identifier, KeyCache
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable, load_prices
 from gateway.proxy import Proxy
+from gateway.refund_retry import RefundRetry
 from gateway.upstream import AiohttpUpstream
 from gateway.upstream_pool import UpstreamPool
 from meter.hot_path_state import HotPathState, PipelinedState
@@ -125,6 +127,9 @@ async def open_runtime(
         runtime.batching = asyncio.ensure_future(
             choose_batching(state, max(settings.redis_timeout, 0.1))
         )
+    admitter = DirectAdmitter(state, metrics)
+    refunds = RefundRetry(admitter, metrics, retry_for=settings.refund_retry_seconds)
+    refunds.start()
     try:
         runtime.state = state
         runtime.proxy = Proxy(
@@ -132,16 +137,18 @@ async def open_runtime(
                 state, KeyCache(settings.key_cache_size, settings.negative_key_ttl), metrics
             ),
             prices=table,
-            admitter=DirectAdmitter(state, metrics),
+            admitter=admitter,
             upstream=upstream,
             metrics=metrics,
             max_body_bytes=settings.max_body_bytes,
             refund_upstream_errors=settings.refund_upstream_errors,
             clock=clock,
+            refund_retry=refunds,
         )
         yield runtime
     finally:
         runtime.proxy = None
+        await refunds.close(settings.shutdown_grace)
         if runtime.batching is not None:
             runtime.batching.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from meter.keys import SETTLED_TTL_SECONDS
+
 T = TypeVar("T")
 
 
@@ -159,6 +161,11 @@ class Settings:
     upstream_pool_size: int = _env("METER_UPSTREAM_POOL_SIZE", "256", _int(1, 65536))
     redis_timeout: float = _env("METER_REDIS_TIMEOUT", "1.0", _float(0.001, 60))
     refund_upstream_errors: bool = _env("METER_REFUND_UPSTREAM_ERRORS", "true", _bool)
+    # A refund whose script call failed (Redis away) is tried again for this long, at most
+    # half the life of settle.lua's once-per-call marker (gateway/refund_retry.py).
+    refund_retry_seconds: float = _env(
+        "METER_REFUND_RETRY_SECONDS", "3600", _float(0.01, SETTLED_TTL_SECONDS / 2)
+    )
     key_cache_size: int = _env("METER_KEY_CACHE_SIZE", "100000", _int(1, 100_000_000))
     # How long an unknown key stays refused without a new Redis lookup.
     negative_key_ttl: float = _env("METER_NEGATIVE_KEY_TTL", "1.0", _float(0, 60))

@@ -31,8 +31,17 @@ from yarl import URL
 from gateway.app import RUNTIME, create_app
 from gateway.metrics import GatewayMetrics
 from gateway.raw_server import RawServer
+from gateway.refund_retry import backoff
 from gateway.runtime import Runtime, open_runtime
-from gateway.testing import ECHO, EchoState, Provisioned, echo_app, pattern_bytes, provision
+from gateway.testing import (
+    ECHO,
+    EchoState,
+    Provisioned,
+    echo_app,
+    pattern_bytes,
+    provision,
+    until,
+)
 from meter import keys
 from meter.hot_path_state import PipelinedState
 from meter.live_state import AccountConfig, LiveState
@@ -721,10 +730,13 @@ class TcpRelay:
         self.target_port = target_port
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
+        self.port = 0
 
     async def start(self) -> int:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
+        """Listen (again, on the same port after a ``cut``): the partition heals."""
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self.port
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -753,9 +765,7 @@ class TcpRelay:
 async def test_503_when_redis_goes_away_after_the_key_is_cached(
     make_gateway: MakeGateway, redis_url: str
 ) -> None:
-    relay = TcpRelay(URL(redis_url).port or 6379)
-    port = await relay.start()
-    gw = await make_gateway(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.5)
+    gw, relay = await behind_relay(make_gateway, redis_url)
     assert (await gw.call()).status == 200
     await relay.cut()
     problem(await gw.call(), 503, "state-unavailable")
@@ -768,9 +778,7 @@ async def test_503_when_redis_goes_away_before_the_key_is_cached(
 ) -> None:
     """The admission script would have resolved the key (a single Redis): with Redis
     gone the call fails closed, and nothing is learned about the key."""
-    relay = TcpRelay(URL(redis_url).port or 6379)
-    port = await relay.start()
-    gw = await make_gateway(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.5)
+    gw, relay = await behind_relay(make_gateway, redis_url)
     assert gw.runtime.batching is not None and await gw.runtime.batching is True
     await relay.cut()
     for _ in range(2):
@@ -779,6 +787,97 @@ async def test_503_when_redis_goes_away_before_the_key_is_cached(
     assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 2
     assert await gw.metric("meter_gateway_key_cache_total", result="negative_hit") == 0
     assert await gw.balance() == 100_000  # read through the fixture's own connection
+
+
+# -- refunds Redis could not take -------------------------------------------------------------
+
+
+async def behind_relay(
+    make_gateway: MakeGateway, redis_url: str, **overrides: Any
+) -> tuple[Gateway, TcpRelay]:
+    """A gateway that reaches Redis through a relay the test can cut and heal."""
+    relay = TcpRelay(URL(redis_url).port or 6379)
+    port = await relay.start()
+    gw = await make_gateway(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.5, **overrides)
+    return gw, relay
+
+
+async def refund_missed(gw: Gateway, relay: TcpRelay) -> None:
+    """A call the upstream fails with a 503, Redis cut off while the upstream works on it:
+    the refund cannot be applied when the answer goes out."""
+    call = asyncio.ensure_future(gw.call(headers={"X-Echo-Hang": "1", "X-Echo-Status": "503"}))
+    await asyncio.wait_for(gw.echo.arrived.wait(), 5)  # admitted, and at the upstream
+    await relay.cut()
+    gw.echo.hang.set()
+    reply = await call
+    assert reply.status == 503
+    assert reply.header("X-Meter-Charged") == PRICE  # as it stands when the answer goes out
+    assert await gw.metric("meter_gateway_refund_errors_total") == 1
+    assert await gw.metric("meter_gateway_refunds_pending") == 1
+    assert await gw.balance() == 100_000 - PRICE
+
+
+async def test_a_refund_redis_missed_is_applied_once_it_is_back(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    gw, relay = await behind_relay(make_gateway, redis_url)
+    await refund_missed(gw, relay)
+    await relay.start()
+    await until(lambda: gw.runtime.metrics.refunds_pending.value == 0, within=15)
+    assert await gw.balance() == 100_000
+    assert [e["t"] for e in await gw.events()] == ["d", "r"]  # the ledger books it once
+    assert await gw.metric("meter_gateway_refunds_total", reason="upstream_5xx") == 1
+    assert await gw.metric("meter_gateway_refunded_micros_total") == PRICE
+    assert await gw.metric("meter_gateway_refunds_dropped_total") == 0
+    await relay.cut()
+
+
+async def test_a_refund_is_given_up_after_the_retry_period(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    gw, relay = await behind_relay(make_gateway, redis_url, refund_retry_seconds=0.3)
+    await refund_missed(gw, relay)
+    await until(lambda: gw.runtime.metrics.refunds_dropped.value == 1, within=10)
+    assert await gw.metric("meter_gateway_refunds_pending") == 0
+    await relay.start()  # too late: it is not applied behind the operator's back
+    assert (await gw.call()).status == 200
+    assert await gw.balance() == 100_000 - 2 * PRICE
+    assert await gw.metric("meter_gateway_refunds_total", reason="upstream_5xx") == 0
+    await relay.cut()
+
+
+async def test_refunds_still_waiting_get_the_shutdown_grace(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    gw, relay = await behind_relay(make_gateway, redis_url, shutdown_grace=0.3)
+    await refund_missed(gw, relay)
+    await gw.stop()
+    assert gw.runtime.metrics.refunds_dropped.value == 1
+    assert gw.runtime.metrics.refunds_pending.value == 0
+    assert await gw.balance() == 100_000 - PRICE
+
+
+async def test_a_refund_that_timed_out_is_given_back_exactly_once(
+    make_gateway: MakeGateway,
+) -> None:
+    """Redis slow rather than gone: the settle call times out (it may or may not have run);
+    the retries give the price back once, whatever the first try did."""
+    gw = await make_gateway(redis_timeout=0.3)
+    call = asyncio.ensure_future(gw.call(headers={"X-Echo-Hang": "1", "X-Echo-Status": "503"}))
+    await asyncio.wait_for(gw.echo.arrived.wait(), 5)
+    await gw.state.redis.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+    gw.echo.hang.set()
+    reply = await call
+    assert reply.status == 503 and reply.header("X-Meter-Charged") == PRICE
+    await until(lambda: gw.runtime.metrics.refunds_pending.value == 0, within=15)
+    assert await gw.balance() == 100_000
+    assert [e["t"] for e in await gw.events()] == ["d", "r"]
+    assert await gw.metric("meter_gateway_refunds_dropped_total") == 0
+
+
+def test_refund_retries_back_off_to_five_seconds() -> None:
+    assert [backoff(n) for n in range(4)] == [0.05, 0.1, 0.2, 0.4]
+    assert backoff(7) == 5.0 and backoff(10_000) == 5.0
 
 
 async def test_503_when_the_account_state_is_missing(make_gateway: MakeGateway) -> None:
