@@ -13,10 +13,11 @@ first run sets the call's settled marker (``keys.settled``, kept
 reply was lost answers "already settled" and changes nothing. A refund is tried
 for at most ``METER_REFUND_RETRY_SECONDS`` (limited to half the marker's life,
 so a late retry can never give twice); past that, or beyond ``max_pending``
-waiting refunds, it is given up: logged at ERROR with everything needed to apply
-it by hand (``POST /v1/accounts/{id}/credits`` with the event id as the
-idempotency key), and counted in
-``meter_gateway_refunds_dropped_total``, which pages. At shutdown the waiting
+waiting refunds, it is given up: logged at ERROR with the account, the call's
+event id and the micros, and counted in ``meter_gateway_refunds_dropped_total``,
+which pages. Given up means not known to be applied: a try whose reply never came
+may still have landed, so look for a usage event refunding it (``refund_of``
+in Postgres's ``usage_events``) before crediting it by hand. At shutdown the waiting
 refunds get the shutdown grace; a worker killed outright loses them (they are
 kept in memory only).
 """
@@ -121,17 +122,18 @@ class RefundRetry:
         """One try of every waiting refund (one script call each, sent together); True
         when none is left waiting."""
         now = self.clock()
-        batch = list(self.pending)
-        self.pending.clear()
+        batch = list(self.pending)  # they stay waiting until a try settles them
         outcomes = await asyncio.gather(
             *(self._try(refund, now) for refund in batch), return_exceptions=True
         )
+        finished: set[int] = set()
         for refund, outcome in zip(batch, outcomes, strict=True):
             if outcome is True:
-                continue
-            if isinstance(outcome, BaseException):
+                finished.add(id(refund))
+            elif isinstance(outcome, BaseException):
                 log.error("refund retry failed", exc_info=outcome)
-            self.pending.append(refund)
+        # Refunds added during the tries stay, behind the ones still waiting.
+        self.pending = deque(r for r in self.pending if id(r) not in finished)
         self.metrics.refunds_pending.value = len(self.pending)
         return not self.pending
 
