@@ -18,7 +18,7 @@ meter_gateway_refunds_total                   reason            settlements that
                                                                 variable_cost, upstream_5xx,
                                                                 upstream_failure, body_too_large,
                                                                 incomplete_body, malformed_body,
-                                                                internal
+                                                                internal, lost_reply
 meter_gateway_refunded_micros_total                             micros given back
 meter_gateway_refund_errors_total                               refunds whose first try failed
                                                                 (Redis away): tried again

@@ -1,25 +1,30 @@
-"""Refunds whose script call failed (Redis away or slow) are tried again until applied.
+"""Money Redis could not give back when a call ended, given back once Redis answers.
 
-When a call ends in a way that gives money back (an upstream 5xx or failure, a
-variable-cost settlement, a refused body) and ``settle.lua`` cannot be run
-(``StateUnavailable``: no connection, or no answer within ``METER_REDIS_TIMEOUT``),
-the answer goes out with the charge as it then stands, and the refund waits
-here. One task per worker tries the waiting refunds again, after ``backoff``
-(50 ms doubling to 5 s), until Redis answers each of them.
+Two kinds of work wait here, tried again by one task per worker after ``backoff``
+(50 ms doubling to 5 s) until Redis answers each:
+
+- A refund whose ``settle.lua`` call failed (``StateUnavailable``: no connection,
+  or no answer within ``METER_REDIS_TIMEOUT``) when the call ended (an upstream
+  5xx or failure, a variable-cost settlement, a refused body). The answer went
+  out with the charge as it then stood.
+- An admission batch whose reply never came (``AdmissionBatcher.lost``): its
+  calls were answered 503, but the batch may have run. ``void.lua`` says which of
+  its calls it debited (or makes sure it never runs), and each such debit becomes
+  a refund (reason ``lost_reply``): a call answered 503 is not charged.
 
 Retrying is safe because ``settle.lua`` gives back at most once per call: the
 first run sets the call's settled marker (``keys.settled``, kept
 ``keys.SETTLED_TTL_SECONDS``), and a retry of a refund that did land before its
-reply was lost answers "already settled" and changes nothing. A refund is tried
-for at most ``METER_REFUND_RETRY_SECONDS`` (limited to half the marker's life,
-so a late retry can never give twice); past that, or beyond ``max_pending``
-waiting refunds, it is given up: logged at ERROR with the account, the call's
-event id and the micros, and counted in ``meter_gateway_refunds_dropped_total``,
-which pages. Given up means not known to be applied: a try whose reply never came
-may still have landed, so look for a usage event refunding it (``refund_of``
-in Postgres's ``usage_events``) before crediting it by hand. At shutdown the waiting
-refunds get the shutdown grace; a worker killed outright loses them (they are
-kept in memory only).
+reply was lost answers "already settled" and changes nothing. Work is tried for
+at most ``METER_REFUND_RETRY_SECONDS`` (limited to half the marker's life, so a
+late retry can never give twice); past that, or beyond ``max_pending`` waiting,
+it is given up: logged at ERROR with the account, the call's event id and the
+micros (or the batch's record key), and counted in
+``meter_gateway_refunds_dropped_total``, which pages. Given up means not known to
+be applied: a try whose reply never came may still have landed, so look for a
+usage event refunding it (``refund_of`` in Postgres's ``usage_events``) before
+crediting it by hand. At shutdown the waiting work gets the shutdown grace; a
+worker killed outright loses it (it is kept in memory only).
 """
 
 from __future__ import annotations
@@ -29,22 +34,26 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway import errors
 from gateway.admission import Admitter
 from gateway.metrics import GatewayMetrics
-from meter.live_state import Admission, Call
+from meter.live_state import Admission, Call, KeyCall, StateUnavailable
+from meter.money import Outcome, Signal
 
 log = logging.getLogger("gateway.refunds")
 
 FIRST_DELAY = 0.05
 MAX_DELAY = 5.0
 
+# void.lua for a batch: each call it debited and the debit's event id.
+Void = Callable[[str, Sequence[Call | KeyCall]], Awaitable[list[tuple[Call, str]]]]
+
 
 def backoff(attempts: int) -> float:
-    """Seconds to wait before try number ``attempts + 1`` of the waiting refunds."""
+    """Seconds to wait before try number ``attempts + 1`` of the waiting work."""
     return min(MAX_DELAY, FIRST_DELAY * float(1 << min(attempts, 16)))
 
 
@@ -58,6 +67,14 @@ class PendingRefund:
     since: float  # when the first try failed (the retrier's clock)
 
 
+@dataclass(slots=True)
+class PendingVoid:
+    batch_key: str  # keys.admit_batch: the batch's record
+    calls: list[Call | KeyCall]
+    day: int
+    since: float
+
+
 class RefundRetry:
     def __init__(
         self,
@@ -65,15 +82,17 @@ class RefundRetry:
         metrics: GatewayMetrics,
         *,
         retry_for: float,
+        void: Void | None = None,
         max_pending: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.admitter = admitter
         self.metrics = metrics
         self.retry_for = retry_for
+        self.void = void
         self.max_pending = max_pending
         self.clock = clock
-        self.pending: deque[PendingRefund] = deque()
+        self.pending: deque[PendingRefund | PendingVoid] = deque()
         self._added = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -82,11 +101,17 @@ class RefundRetry:
 
     def add(self, call: Call, admission: Admission, amount: int, day: int, reason: str) -> None:
         """A refund whose first try failed: it will be tried again."""
-        refund = PendingRefund(call, admission, amount, day, reason, self.clock())
+        self._wait(PendingRefund(call, admission, amount, day, reason, self.clock()))
+
+    def add_void(self, batch_key: str, calls: list[Call | KeyCall], day: int) -> None:
+        """An admission batch whose reply was lost (``AdmissionBatcher.lost``)."""
+        self._wait(PendingVoid(batch_key, calls, day, self.clock()))
+
+    def _wait(self, work: PendingRefund | PendingVoid) -> None:
         if len(self.pending) >= self.max_pending:
-            self._drop(refund, "too many refunds waiting")
+            self._drop(work, "too much waiting")
             return
-        self.pending.append(refund)
+        self.pending.append(work)
         self.metrics.refunds_pending.value = len(self.pending)
         self._added.set()
 
@@ -97,11 +122,11 @@ class RefundRetry:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.pending:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    attempts = 0
-                    while self.pending and not await self.try_all():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                attempts = 0
+                while self.pending:
+                    if not await self.try_all():
                         await asyncio.sleep(backoff(attempts))
                         attempts += 1
         while self.pending:
@@ -119,54 +144,75 @@ class RefundRetry:
             attempts = 0 if await self.try_all() else attempts + 1
 
     async def try_all(self) -> bool:
-        """One try of every waiting refund (one script call each, sent together); True
-        when none is left waiting."""
+        """One try of everything waiting (one script call each, sent together); True if
+        any of it needs no more tries (work a void finds waits for the next round)."""
         now = self.clock()
         batch = list(self.pending)  # they stay waiting until a try settles them
         outcomes = await asyncio.gather(
-            *(self._try(refund, now) for refund in batch), return_exceptions=True
+            *(self._try(work, now) for work in batch), return_exceptions=True
         )
         finished: set[int] = set()
-        for refund, outcome in zip(batch, outcomes, strict=True):
+        for work, outcome in zip(batch, outcomes, strict=True):
             if outcome is True:
-                finished.add(id(refund))
+                finished.add(id(work))
             elif isinstance(outcome, BaseException):
                 log.error("refund retry failed", exc_info=outcome)
-        # Refunds added during the tries stay, behind the ones still waiting.
-        self.pending = deque(r for r in self.pending if id(r) not in finished)
+        # Work added during the tries stays, behind what is still waiting.
+        self.pending = deque(w for w in self.pending if id(w) not in finished)
         self.metrics.refunds_pending.value = len(self.pending)
-        return not self.pending
+        return bool(finished)
 
-    async def _try(self, refund: PendingRefund, now: float) -> bool:
-        """True when the refund needs no more tries (applied, already applied, given up)."""
-        if now - refund.since > self.retry_for:
-            self._drop(refund, "retried for METER_REFUND_RETRY_SECONDS")
+    async def _try(self, work: PendingRefund | PendingVoid, now: float) -> bool:
+        """True when ``work`` needs no more tries (done, found done, or given up)."""
+        if now - work.since > self.retry_for:
+            self._drop(work, "retried for METER_REFUND_RETRY_SECONDS")
             return True
+        if isinstance(work, PendingVoid):
+            return await self._void(work)
         try:
-            applied = await self.admitter.settle(
-                refund.call, refund.admission, refund.amount, refund.day
-            )
+            applied = await self.admitter.settle(work.call, work.admission, work.amount, work.day)
         except errors.StateUnavailable:
             return False
         if applied:
-            self.metrics.refunds.labels(refund.reason).inc()
-            self.metrics.refunded_micros.inc(refund.amount)
-            log.info("refund applied late", extra=_fields(refund))
+            self.metrics.refunds.labels(work.reason).inc()
+            self.metrics.refunded_micros.inc(work.amount)
+            log.info("refund applied late", extra=_fields(work))
         else:  # the first try did land, its reply was lost (or the account is gone)
-            log.warning("refund already settled", extra=_fields(refund))
+            log.warning("refund already settled", extra=_fields(work))
         return True
 
-    def _drop(self, refund: PendingRefund, why: str) -> None:
+    async def _void(self, work: PendingVoid) -> bool:
+        if self.void is None:
+            self._drop(work, "this Redis client cannot void a batch")
+            return True
+        try:
+            debited = await self.void(work.batch_key, work.calls)
+        except StateUnavailable:
+            return False
+        log.warning(
+            "admission reply lost",
+            extra={"batch": work.batch_key, "calls": len(work.calls), "debited": len(debited)},
+        )
+        for call, event_id in debited:  # answered 503: given back
+            admission = Admission(Outcome.ADMITTED, 0, 0, None, Signal(0), event_id)
+            self.pending.append(
+                PendingRefund(call, admission, call.price, work.day, "lost_reply", work.since)
+            )
+        return True
+
+    def _drop(self, work: PendingRefund | PendingVoid, why: str) -> None:
         self.metrics.refunds_dropped.inc()
-        log.error("refund given up: %s", why, extra=_fields(refund))
+        log.error("refund given up: %s", why, extra=_fields(work))
 
 
-def _fields(refund: PendingRefund) -> dict[str, object]:
-    call = refund.call
+def _fields(work: PendingRefund | PendingVoid) -> dict[str, object]:
+    if isinstance(work, PendingVoid):
+        return {"batch": work.batch_key, "calls": len(work.calls)}
+    call = work.call
     return {
         "account_id": call.account_id,
-        "event_id": refund.admission.event_id,
-        "micros": refund.amount,
+        "event_id": work.admission.event_id,
+        "micros": work.amount,
         "route": call.route,
-        "reason": refund.reason,
+        "reason": work.reason,
     }

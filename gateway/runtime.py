@@ -3,7 +3,8 @@
 The hot path is wired here, once, for both server layers (``raw_server.py``
 and the aiohttp app in ``app.py``): the account state in Redis, the upstream
 client and the ``Proxy`` built on them, opened and closed as a pair, and the
-task that retries refunds Redis could not take (``refund_retry.py``).
+task that gives back what Redis could not when a call ended (``refund_retry.py``:
+refunds it missed, and the debits of admission batches whose reply was lost).
 
     METER_REDIS_CLIENT=pipe      meter.hot_path_state.PipelinedState: pipelined commands,
                                  the admissions of one loop pass in one script call (default)
@@ -128,7 +129,15 @@ async def open_runtime(
             choose_batching(state, max(settings.redis_timeout, 0.1))
         )
     admitter = DirectAdmitter(state, metrics)
-    refunds = RefundRetry(admitter, metrics, retry_for=settings.refund_retry_seconds)
+    pipelined = state if isinstance(state, PipelinedState) else None
+    refunds = RefundRetry(
+        admitter,
+        metrics,
+        retry_for=settings.refund_retry_seconds,
+        void=None if pipelined is None else pipelined.void,
+    )
+    if pipelined is not None:  # a batch whose reply is lost is voided, its debits refunded
+        pipelined.batcher.lost = refunds.add_void
     refunds.start()
     try:
         runtime.state = state

@@ -36,7 +36,14 @@ import uvloop
 
 from meter import keys, local_servers
 from meter.hot_path_state import PipelinedState
-from meter.live_state import AccountConfig, Admission, Call, LiveState, admit_arguments
+from meter.live_state import (
+    AccountConfig,
+    Admission,
+    BatchIds,
+    Call,
+    LiveState,
+    admit_arguments,
+)
 from meter.live_state import parse_admit_reply as parse
 from meter.redis_pipe import RedisPipe
 from meter.scripts import ADMIT
@@ -90,9 +97,11 @@ async def run_round(mode: str, url: str, calls: list[Call], concurrency: int) ->
         admit, close = (lambda c: live.admit(c, DAY)), live.close
     elif mode == "pipe-per-call":
         pipe = RedisPipe(url)
+        batch_ids = BatchIds()
 
         async def admit_one(c: Call) -> Admission:
-            key_names, args = admit_arguments([c], DAY, c.shard)
+            key = batch_ids.key(c.shard)
+            key_names, args = admit_arguments([c], DAY, c.shard, key, keep_record=False)
             return parse(await pipe.evalsha(ADMIT, key_names, args))[0]
 
         admit, close = admit_one, pipe.close

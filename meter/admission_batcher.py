@@ -32,6 +32,17 @@ single call would be decided (the whole script is atomic), so batching changes
 how many round trips there are, never an outcome: reply group i is call i's
 admission and goes to call i's future. When the script call fails, every call
 of that batch fails with a ``StateUnavailable`` (503); none is guessed.
+
+A call answered 503 is not charged, even when the batch ran and only its reply
+was lost (a timeout, a connection gone after the write). Each batch has a record
+key (``BatchIds``, ``keys.admit_batch``) under which admit.lua keeps the event
+ids of its debits; the next batch on the same slot deletes it once the reply is
+in. A batch written whose reply never came goes to ``lost`` (the gateway's
+``RefundRetry``), which runs void.lua on it once Redis answers: the debits it
+names are refunded, and a batch that had not run never will. A batch that was
+never written (``RedisNotSent``) needs none of that. Measured cost (callgrind,
+redis-server 7.0): 95,392 against 93,091 instructions per admission in batches
+of 22, 163,030 against 132,072 for a batch of one.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from collections.abc import Callable, Sequence
 
 from meter.live_state import (
     Admission,
+    BatchIds,
     Call,
     KeyCall,
     StateUnavailable,
@@ -49,13 +61,15 @@ from meter.live_state import (
     parse_admit_reply,
     resolved_flags,
 )
-from meter.redis_pipe import RedisPipe, RedisReplyError, Reply
+from meter.redis_pipe import RedisNotSent, RedisPipe, RedisReplyError, Reply
 from meter.scripts import ADMIT
 
 log = logging.getLogger("meter.admission")
 
 Listener = Callable[[], object]
 _Queued = tuple[Call | KeyCall, int, "asyncio.Future[Admission]", Listener | None]
+# Told of a batch whose reply never came: its record's key, its calls, their day.
+LostBatch = Callable[[str, list[Call | KeyCall], int], object]
 
 
 class AdmissionBatcher:
@@ -67,6 +81,10 @@ class AdmissionBatcher:
         self.cross_shard = cross_shard
         self._queue: list[_Queued] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.batch_ids = BatchIds()
+        self.lost: LostBatch | None = None  # set by the wiring: voids lost batches
+        # Records of answered batches, deleted with the next pass's write, by shard.
+        self._answered: dict[int | None, list[str]] = {}
 
     def admit(
         self, call: Call | KeyCall, day: int, listener: Listener | None = None
@@ -104,28 +122,55 @@ class AdmissionBatcher:
         for (shard, day), items in groups.items():
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
-                batch = _Batch(chunk)
+                batch = _Batch(chunk, self)
                 try:
                     calls = [item[0] for item in chunk]
-                    key_names, args = admit_arguments(calls, day, shard)
+                    key = self.batch_ids.key(shard)
+                    done = self._answered.pop(shard, ())
+                    key_names, args = admit_arguments(calls, day, shard, key, delete=done)
                     batch.resolved = resolved_flags(calls)
                 except Exception as exc:  # a bug must not leave callers waiting forever
                     batch.set_exception(StateUnavailable(f"admission batch not sent: {exc!r}"))
                     continue
+                batch.key, batch.shard, batch.day = key, shard, day
                 self.pipe.evalsha_to(batch, ADMIT, key_names, args)
         self.pipe.flush()
+
+    def answered(self, batch: _Batch) -> None:
+        """The batch's reply is in: its record is not needed. The next batch on its slot
+        deletes it (no command, write or Redis wake-up of its own); a record left when
+        that slot's traffic stops expires."""
+        if batch.key is not None:
+            records = self._answered.get(batch.shard)
+            if records is None:
+                self._answered[batch.shard] = [batch.key]
+            else:
+                records.append(batch.key)
+
+    def reply_lost(self, batch: _Batch) -> None:
+        """The batch was sent and no reply came: its calls are answered 503, and what it
+        may have debited is voided (``lost``)."""
+        if batch.key is not None and self.lost is not None:
+            try:
+                self.lost(batch.key, [item[0] for item in batch.items], batch.day)
+            except Exception:  # raised here, it would break the pipe's failure path
+                log.exception("lost admission batch not voided", extra={"batch": batch.key})
 
 
 class _Batch:
     """One admit.lua call's callers; the pipe hands it the reply inside ``data_received``,
     and each caller's future gets its own admission there (no loop pass in between)."""
 
-    __slots__ = ("delivered", "items", "resolved")
+    __slots__ = ("batcher", "day", "delivered", "items", "key", "resolved", "shard")
 
-    def __init__(self, items: list[_Queued]) -> None:
+    def __init__(self, items: list[_Queued], batcher: AdmissionBatcher) -> None:
         self.items = items
+        self.batcher = batcher
         self.resolved: list[bool] | None = None
         self.delivered = False
+        self.key: str | None = None  # the batch's record, once it is sent
+        self.shard: int | None = None
+        self.day = 0
 
     def done(self) -> bool:
         return self.delivered
@@ -140,6 +185,7 @@ class _Batch:
             self.set_exception(RedisReplyError(f"unexpected admit.lua reply: {exc!r}"))
             return
         self.delivered = True
+        self.batcher.answered(self)
         for (_, _, fut, listener), admission in zip(items, admissions, strict=True):
             if not fut.done():
                 fut.set_result(admission)
@@ -151,6 +197,8 @@ class _Batch:
         if not isinstance(error, StateUnavailable):
             error = StateUnavailable(f"redis error: {error!r}")
         _fail(self.items, error)
+        if not isinstance(error, RedisNotSent):  # it may have run: its callers got 503
+            self.batcher.reply_lost(self)
 
 
 def _fail(items: list[_Queued], error: StateUnavailable) -> None:

@@ -24,11 +24,12 @@ from meter.live_state import (
     KeyCall,
     KeyRecord,
     StateUnavailable,
+    debited_calls,
     key_record,
     settle_arguments,
 )
 from meter.redis_pipe import RedisPipe, RedisReplyError, Reply
-from meter.scripts import SETTLE
+from meter.scripts import SETTLE, VOID
 
 
 def _to_key_record(record: asyncio.Future[KeyRecord | None], reply: asyncio.Future[Reply]) -> None:
@@ -142,6 +143,12 @@ class PipelinedState:
         key_names, args = settle_arguments(call, admitted, refund, admitted_day)
         reply = await self.pipe.evalsha(SETTLE, key_names, args)
         return int(reply[0])
+
+    async def void(self, batch_key: str, calls: Sequence[Call | KeyCall]) -> list[tuple[Call, str]]:
+        """An admission batch whose reply was lost (void.lua): each call it debited, with
+        the debit's event id, or none if it has not run (it then never will)."""
+        reply = await self.pipe.evalsha(VOID, [batch_key], [keys.BATCH_RECORD_TTL_SECONDS])
+        return debited_calls(calls, reply)
 
     def get_api_key(self, key_hash_hex: str) -> asyncio.Future[KeyRecord | None]:
         """A future, not a coroutine: a key-cache miss costs no task (see ``identity.py``)."""

@@ -43,6 +43,9 @@ ACCOUNT_FIELDS = {
 }
 
 SETTLED_TTL_SECONDS = 86_400
+# An admission batch's record (admit.lua, void.lua): deleted as soon as its reply is
+# in, so only batches whose reply was lost keep theirs, this long at most.
+BATCH_RECORD_TTL_SECONDS = SETTLED_TTL_SECONDS // 2
 CREDIT_MEMORY_MS = 30 * 86_400 * 1000
 
 
@@ -73,6 +76,14 @@ def credit_id(ledger_entry_id: int) -> str:
 
 def usage_stream(shard: int) -> str:
     return f"{PREFIX}:usage:{tag(shard)}"
+
+
+def admit_batch(shard: int | None, batch_id: str) -> str:
+    """The record of one admit.lua call; ``shard=None`` for a batch across shards (a
+    single Redis only, like the batch itself)."""
+    if shard is None:
+        return f"{PREFIX}:batch:{batch_id}"
+    return f"{PREFIX}:batch:{tag(shard)}:{batch_id}"
 
 
 def settled(shard: int, request_id: str) -> str:

@@ -11,6 +11,9 @@ one call or a whole loop pass of them.
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -125,6 +128,7 @@ class LiveState:
     def __init__(self, client: aioredis.Redis, *, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
         self.clock = clock
+        self.batch_ids = BatchIds()
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 1.0, **kwargs: Any) -> LiveState:
@@ -178,7 +182,10 @@ class LiveState:
         results: list[Admission | None] = [None] * len(calls)
         for shard, indexes in by_shard.items():
             group = [calls[i] for i in indexes]
-            key_names, args = admit_arguments(group, day, shard)
+            # No record: this adapter neither deletes it nor voids a lost batch.
+            key_names, args = admit_arguments(
+                group, day, shard, self.batch_ids.key(shard), keep_record=False
+            )
             reply = await self._run(ADMIT, key_names, args)
             resolved = resolved_flags(group)
             for i, admission in zip(indexes, parse_admit_reply(reply, resolved), strict=True):
@@ -300,17 +307,28 @@ def settle_arguments(
 
 
 def admit_arguments(
-    calls: Sequence[Call | KeyCall], day: int, shard: int | None
+    calls: Sequence[Call | KeyCall],
+    day: int,
+    shard: int | None,
+    batch_key: str,
+    *,
+    keep_record: bool = True,
+    delete: Sequence[str] = (),
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of admit.lua for calls that all live on ``shard`` (one cluster slot).
 
     ``shard=None``: each call on its own shard, with its shard's stream; the keys
     then span slots, which only a single (non-cluster) Redis accepts. So do
     ``KeyCall`` s, whose account admit.lua finds from the key's hash.
+    ``batch_key``: the batch's record (``keys.admit_batch``, on ``shard``), unique
+    to this script call (``BatchIds``); kept only with ``keep_record``, by a caller
+    that voids the batch if its reply never comes and, once it is in, passes the
+    record in ``delete`` of a later batch on the same slot.
     """
-    key_names: list[str] = []
+    key_names: list[str] = [batch_key, *delete]
     index: dict[str, int] = {}
-    args: list[Any] = [day, len(calls)]
+    ttl = keys.BATCH_RECORD_TTL_SECONDS if keep_record else 0
+    args: list[Any] = [day, len(calls), ttl, len(delete)]
     for call in calls:
         if type(call) is KeyCall:
             args += [0, 0, call.price, call.digest, "", "", call.route]
@@ -335,6 +353,40 @@ def admit_arguments(
             call.route,
         ]
     return key_names, args
+
+
+class BatchIds:
+    """Ids for admit.lua's batch records, unique across processes and restarts: the
+    process id and a random part, drawn when the adapter is built (in the worker that
+    uses it, never inherited through a fork), then a counter."""
+
+    def __init__(self) -> None:
+        self.prefix = f"{os.getpid():x}.{secrets.token_hex(4)}."
+        self.count = itertools.count()
+
+    def key(self, shard: int | None) -> str:
+        return keys.admit_batch(shard, self.prefix + str(next(self.count)))
+
+
+def debited_calls(calls: Sequence[Call | KeyCall], record: bytes | str) -> list[tuple[Call, str]]:
+    """void.lua's reply for a batch of ``calls``: each debited call (a ``KeyCall`` as
+    the script resolved it) and its debit's event id."""
+    words = (record.decode() if isinstance(record, bytes) else record).split()
+    if not words:
+        return []
+    if len(words) != len(calls):
+        raise ValueError(f"a batch record of {len(words)} words for {len(calls)} calls")
+    out = []
+    for call, word in zip(calls, words, strict=True):
+        event_id, *resolved = word.split("/")
+        if event_id == "-":
+            continue
+        if type(call) is KeyCall:
+            key_id, project_id, account_id, shard = resolved
+            call = Call(int(shard), account_id, project_id, key_id, call.route, call.price)
+        assert type(call) is Call
+        out.append((call, event_id))
+    return out
 
 
 _OUTCOMES = {o.value: o for o in Outcome}

@@ -31,6 +31,7 @@ Errors (all are ``meter.live_state.StateUnavailable``, which the gateway maps to
     StateUnavailable
      └── RedisPipeError
           ├── RedisUnreachable   cannot connect, connection lost or refused, pipe closed
+          │    └── RedisNotSent  ... and the command had not been written: it did not run
           ├── RedisTimeout       no reply within the timeout
           └── RedisReplyError    Redis answered with an error reply
 """
@@ -76,6 +77,10 @@ class RedisPipeError(StateUnavailable):
 
 class RedisUnreachable(RedisPipeError):
     pass
+
+
+class RedisNotSent(RedisUnreachable):
+    """The connection failed before the command was written to it: it did not run."""
 
 
 class RedisTimeout(RedisPipeError):
@@ -309,10 +314,12 @@ class _Connection(asyncio.Protocol):
         if self._connecting is not None:
             self._connecting.cancel()
         pending, self._pending = self._pending, collections.deque()
+        # One payload per entry: the last ones still in the buffer were never written.
+        written = len(pending) - len(self._wbuf)
         self._wbuf = []
-        for sink, _, _, _ in pending:
+        for i, (sink, _, _, _) in enumerate(pending):
             if sink is not None and not sink.done():
-                sink.set_exception(error(message))
+                sink.set_exception(error(message) if i < written else RedisNotSent(message))
 
 
 class RedisPipe:
@@ -342,7 +349,7 @@ class RedisPipe:
 
     def _send(self, payload: bytes, sink: ReplySink, script: LuaScript | None = None) -> None:
         if self._closed:
-            sink.set_exception(RedisUnreachable("the redis pipe is closed"))
+            sink.set_exception(RedisNotSent("the redis pipe is closed"))
         else:
             self._connection().send(payload, sink, script)
 

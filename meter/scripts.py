@@ -27,6 +27,7 @@ def _load(name: str) -> LuaScript:
 
 ADMIT = _load("admit")
 SETTLE = _load("settle")
+VOID = _load("void")
 CREDIT = _load("credit")
 SYNC_ACCOUNT = _load("sync_account")
 # The ledger's: trim after commit, pause trimming, reconcile's read, repair.
@@ -40,6 +41,7 @@ SCRIPTS = {
     for s in (
         ADMIT,
         SETTLE,
+        VOID,
         CREDIT,
         SYNC_ACCOUNT,
         LEDGER_TRIM,

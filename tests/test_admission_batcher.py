@@ -12,6 +12,7 @@ from fake_redis import fake_server
 
 from meter import keys
 from meter.admission_batcher import AdmissionBatcher
+from meter.hot_path_state import PipelinedState
 from meter.live_state import (
     AccountConfig,
     Call,
@@ -20,9 +21,12 @@ from meter.live_state import (
     LiveState,
     StateUnavailable,
     admit_arguments,
+    parse_admit_reply,
+    resolved_flags,
 )
 from meter.money import Outcome
 from meter.redis_pipe import RedisPipe, RedisReplyError
+from meter.scripts import ADMIT
 
 DAY = 20_400
 
@@ -285,18 +289,19 @@ async def test_an_unreachable_redis_fails_every_caller() -> None:
 
 def test_cross_shard_arguments_keep_each_call_on_its_own_shard() -> None:
     calls = [call("a", 1), call("b", 2), call("a", 1), call("c", 2)]
-    key_names, args = admit_arguments(calls, DAY, None)
+    key_names, args = admit_arguments(calls, DAY, None, keys.admit_batch(None, "b1"))
     assert key_names == [
+        keys.admit_batch(None, "b1"),
         keys.usage_stream(1),
         keys.account(1, "a"),
         keys.usage_stream(2),
         keys.account(2, "b"),
         keys.account(2, "c"),
     ]
-    groups = [args[2 + 7 * i : 4 + 7 * i] for i in range(4)]  # account index, stream index
-    assert groups == [[2, 1], [4, 3], [2, 1], [5, 3]]
-    one_shard, _ = admit_arguments(calls[:1] * 2, DAY, 1)
-    assert one_shard == [keys.usage_stream(1), keys.account(1, "a")]
+    groups = [args[4 + 7 * i : 6 + 7 * i] for i in range(4)]  # account index, stream index
+    assert groups == [[3, 2], [5, 4], [3, 2], [6, 4]]
+    one_shard, _ = admit_arguments(calls[:1] * 2, DAY, 1, keys.admit_batch(1, "b2"))
+    assert one_shard == [keys.admit_batch(1, "b2"), keys.usage_stream(1), keys.account(1, "a")]
 
 
 async def test_a_reply_the_batch_cannot_read_fails_its_callers_not_the_pipe() -> None:
@@ -328,3 +333,66 @@ async def test_a_reply_the_batch_cannot_read_fails_its_callers_not_the_pipe() ->
         finally:
             await pipe.close()
             await hung_up.wait()
+
+
+# -- batch records: what a lost reply leaves to void ---------------------------------------------
+
+
+async def test_an_answered_batch_record_goes_with_the_next_write(
+    live_state: LiveState, pipe: RedisPipe
+) -> None:
+    await provision(live_state, 3, "acct_rec", 100)
+    batcher = AdmissionBatcher(pipe)
+    first = keys.admit_batch(3, batcher.batch_ids.prefix + "0")
+    second = keys.admit_batch(3, batcher.batch_ids.prefix + "1")
+    admission = await batcher.admit(call("acct_rec", 3), DAY)
+    assert await live_state.redis.get(first) == admission.event_id.encode()
+    ttl = await live_state.redis.ttl(first)
+    assert 0 < ttl <= keys.BATCH_RECORD_TTL_SECONDS
+    await batcher.admit(call("acct_rec", 3), DAY)  # the next batch deletes it
+    assert await live_state.redis.exists(first) == 0
+    assert await live_state.redis.exists(second) == 1
+
+
+async def test_void_names_the_debits_of_a_batch_that_ran(
+    live_state: LiveState, pipe: RedisPipe
+) -> None:
+    await provision(live_state, 4, "acct_void", 10)
+    await live_state.put_api_key("ab" * 32, KeyRecord("key_9", "proj_9", "acct_void", 4))
+    state = PipelinedState(pipe, cross_shard=True)
+    calls: list[Call | KeyCall] = [
+        call("acct_void", 4),  # admitted: 7 of 10
+        call("acct_void", 4),  # refused: 3 left
+        KeyCall("ab" * 32, "chat", 2),  # admitted by its key's hash: 2 of 3
+        KeyCall("cd" * 32, "chat", 2),  # no such key
+    ]
+    key = keys.admit_batch(None, "ran")
+    names, args = admit_arguments(calls, DAY, None, key)
+    admissions = parse_admit_reply(await pipe.evalsha(ADMIT, names, args), resolved_flags(calls))
+    assert [a.outcome for a in admissions] == [
+        Outcome.ADMITTED,
+        Outcome.NO_CREDIT,
+        Outcome.ADMITTED,
+        Outcome.UNKNOWN_KEY,
+    ]
+    debited = await state.void(key, calls)
+    assert debited == [
+        (calls[0], admissions[0].event_id),
+        (Call(4, "acct_void", "proj_9", "key_9", "chat", 2), admissions[2].event_id),
+    ]
+    assert await state.void(key, calls) == debited  # asked again: the same answer
+
+
+async def test_a_batch_voided_before_it_runs_never_does(
+    live_state: LiveState, pipe: RedisPipe
+) -> None:
+    await provision(live_state, 5, "acct_late", 100)
+    state = PipelinedState(pipe)
+    calls: list[Call | KeyCall] = [call("acct_late", 5)]
+    key = keys.admit_batch(5, "late")
+    assert await state.void(key, calls) == []
+    names, args = admit_arguments(calls, DAY, 5, key)
+    assert await pipe.evalsha(ADMIT, names, args) == []  # arrived after its void: nothing
+    state_after = await live_state.read_account(5, "acct_late")
+    assert state_after is not None and state_after.balance == 100
+    assert await live_state.redis.xlen(keys.usage_stream(5)) == 0

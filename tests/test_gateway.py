@@ -731,6 +731,8 @@ class TcpRelay:
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.requests = True  # pass on what clients send (False: drop it)
+        self.replies = True  # pass on what Redis answers (False: drop it)
 
     async def start(self) -> int:
         """Listen (again, on the same port after a ``cut``): the partition heals."""
@@ -742,17 +744,23 @@ class TcpRelay:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers += [writer, up_writer]
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, on: Callable[[], bool]
+        ) -> None:
             try:
                 while data := await src.read(65_536):
-                    dst.write(data)
-                    await dst.drain()
+                    if on():
+                        dst.write(data)
+                        await dst.drain()
             except OSError:
                 pass
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(
+            pipe(reader, up_writer, lambda: self.requests),
+            pipe(up_reader, writer, lambda: self.replies),
+        )
 
     async def cut(self) -> None:
         assert self.server is not None
@@ -795,7 +803,9 @@ async def test_503_when_redis_goes_away_before_the_key_is_cached(
 async def behind_relay(
     make_gateway: MakeGateway, redis_url: str, **overrides: Any
 ) -> tuple[Gateway, TcpRelay]:
-    """A gateway that reaches Redis through a relay the test can cut and heal."""
+    """A gateway that reaches Redis through a relay the test can cut and heal. At the
+    end, what it could not give back while Redis was away gets a second of grace."""
+    overrides.setdefault("shutdown_grace", 1.0)
     relay = TcpRelay(URL(redis_url).port or 6379)
     port = await relay.start()
     gw = await make_gateway(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.5, **overrides)
@@ -873,6 +883,33 @@ async def test_a_refund_that_timed_out_is_given_back_exactly_once(
     assert await gw.balance() == 100_000
     assert [e["t"] for e in await gw.events()] == ["d", "r"]
     assert await gw.metric("meter_gateway_refunds_dropped_total") == 0
+
+
+@pytest.mark.parametrize("lost", ["reply", "request"])
+async def test_a_call_answered_503_for_a_lost_admission_reply_is_not_charged(
+    make_gateway: MakeGateway, redis_url: str, lost: str
+) -> None:
+    """The admission batch went out and no reply came: the callers get 503. If it ran
+    (its reply was lost), its debits are refunded once Redis answers again; if it did
+    not (the request was lost), it is voided and never runs."""
+    gw, relay = await behind_relay(make_gateway, redis_url)
+    assert (await gw.call()).status == 200  # the key is cached: the next call is batched
+    if lost == "reply":
+        relay.replies = False
+    else:
+        relay.requests = False
+    problem(await gw.call(), 503, "state-unavailable")
+    assert gw.echo.received == 1
+    relay.replies = relay.requests = True
+    await until(lambda: gw.runtime.metrics.refunds_pending.value == 0, within=15)
+    assert await gw.balance() == 100_000 - PRICE  # the first call only
+    events = [e["t"] for e in await gw.events()]
+    assert events == (["d", "d", "r"] if lost == "reply" else ["d"])
+    refunded = 1 if lost == "reply" else 0
+    assert await gw.metric("meter_gateway_refunds_total", reason="lost_reply") == refunded
+    assert await gw.metric("meter_gateway_refunds_dropped_total") == 0
+    assert (await gw.call()).status == 200  # and on it goes
+    await relay.cut()
 
 
 def test_refund_retries_back_off_to_five_seconds() -> None:

@@ -20,6 +20,7 @@ from meter import local_servers
 from meter.live_state import StateUnavailable
 from meter.redis_pipe import (
     RedisAddress,
+    RedisNotSent,
     RedisPipe,
     RedisReplyError,
     RedisTimeout,
@@ -234,7 +235,7 @@ async def test_a_reply_sink_gets_errors(pipe: RedisPipe) -> None:
 async def test_nothing_listening_is_unavailable() -> None:
     p = RedisPipe(f"redis://127.0.0.1:{local_servers.free_port()}/0", timeout=2)
     try:
-        with pytest.raises(RedisUnreachable, match="cannot connect"):
+        with pytest.raises(RedisNotSent, match="cannot connect"):  # it cannot have run
             await p.execute("PING")
     finally:
         await p.close()
@@ -336,6 +337,7 @@ async def test_calls_in_flight_fail_when_redis_dies_and_work_after_restart(
         own_redis.stop(kill=True)
         results = await asyncio.gather(*in_flight, return_exceptions=True)
         assert all(isinstance(r, RedisUnreachable) for r in results), results
+        assert not any(isinstance(r, RedisNotSent) for r in results)  # written: may have run
         with pytest.raises(RedisUnreachable):
             await p.execute("PING")
         restarted = local_servers.start_redis(own_redis.dir, port=own_redis.port)
@@ -352,11 +354,18 @@ async def test_close_fails_what_is_in_flight_and_what_comes_after(
     assert await p.execute("PING") == b"PONG"
     with sync_client(own_redis.url) as admin:
         admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-    pending = p.submit("INCR", "n")
+    first = p.submit("INCR", "n")
+    second = p.submit("INCR", "n")
+    await asyncio.sleep(0)  # one loop pass: both are written
+    third = p.submit("INCR", "n")  # queued in this pass, not written yet
     await p.close()
-    with pytest.raises(RedisUnreachable, match="closed"):
-        await pending
-    with pytest.raises(RedisUnreachable, match="closed"):
+    for written in (first, second):
+        with pytest.raises(RedisUnreachable, match="closed") as info:
+            await written
+        assert not isinstance(info.value, RedisNotSent)
+    with pytest.raises(RedisNotSent, match="closed"):
+        await third
+    with pytest.raises(RedisNotSent, match="closed"):
         await p.execute("PING")
     await p.close()  # twice is fine
 

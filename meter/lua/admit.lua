@@ -1,10 +1,14 @@
 -- admit.lua: admit a batch of calls; each call's check and debit are one atomic
 -- step (the whole script is atomic), decided exactly as meter/money.py `admit`.
 --
--- KEYS: the account hashes and usage streams the batch touches. On Redis
---       Cluster they must share one hash tag ({sN}); the caller groups by slot.
+-- KEYS[1]: the batch's record (keys.admit_batch: unique per batch); then d
+--       records of earlier batches whose replies are in (deleted here); then
+--       the account hashes and usage streams the batch touches. On Redis Cluster
+--       they must share one hash tag ({sN}); the caller groups by slot.
 -- ARGV[1]: UTC day number (the caller's clock; a smaller day never rolls back)
--- ARGV[2]: n, the number of calls; then n groups of 7:
+-- ARGV[2]: n, the number of calls
+-- ARGV[3]: seconds the batch's record is kept (0: keep none)
+-- ARGV[4]: d, the number of earlier records to delete; then n groups of 7:
 --          account key index, stream key index, price (micros), api key id,
 --          project id, account id, route name
 --          A call whose caller is not known yet has account key index 0 and the
@@ -13,7 +17,9 @@
 --          and admits on the account it names.
 --          Those keys are not in KEYS, which only a single (non-cluster) Redis
 --          accepts; the key shapes are those of meter/keys.py.
--- Reply:   n groups of 6:
+-- Reply:   an empty list when the batch was voided before it ran (void.lua left
+--          its record as '-': nothing is decided, nothing changes); else n groups
+--          of 6:
 --          outcome (0 admitted, 1 no credit, 2 daily limit, 3 suspended,
 --          4 key revoked, 5 unknown account, 6 unknown key), balance after,
 --          available after, daily limit remaining (-1 = no limit), signals (bit
@@ -28,6 +34,15 @@
 -- ledger worker moves into Postgres. A refusal that fires a signal appends a
 -- zero-amount event so the signal is never lost.
 --
+-- The batch's record: when a batch debits anything, the script keeps, under
+-- KEYS[1], one word per call: the debit's event id, or '-' (no debit); a call
+-- resolved by its key's hash adds its key id, project, account and shard
+-- ('/'-joined). The caller has the record deleted by its next batch on the
+-- same slot once it has the reply (no command of its own). When the
+-- reply is lost (timeout, connection gone), void.lua reads it to refund the
+-- debits of calls that were answered 503 (or, if the batch has not run, leaves
+-- '-' so that it never does).
+--
 -- Cost: Redis runs this script for every admitted call, and converting numbers
 -- between strings and Lua is a large part of it (tonumber about 1,600 machine
 -- instructions, tostring about 2,500, against about 100,000 for a whole
@@ -37,10 +52,13 @@
 -- string the caller sent (the same string means the same number; any other
 -- string is converted and compared as a number); and the stream's day and
 -- signal fields reuse strings.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end  -- voided before it ran
+if ARGV[4] ~= '0' then redis.call('UNLINK', unpack(KEYS, 2, 1 + tonumber(ARGV[4]))) end
 local day = tonumber(ARGV[1])
 local today = ARGV[1]
 local n = tonumber(ARGV[2])
 local out = {}
+local record, debits = {}, 0  -- a word per call (see above)
 local numbers = {['-1'] = -1, ['0'] = 0}
 local SIGNALS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14',
   '15'}  -- the signal bits as the event's string, indexed by bits + 1
@@ -145,27 +163,37 @@ local function decide(akey, skey, price_s, keyid, project, account, route)
     local avail, left = available(bal, ovl, lim, spt)
     out[#out + 1] = outcome; out[#out + 1] = bal; out[#out + 1] = avail
     out[#out + 1] = left; out[#out + 1] = signals; out[#out + 1] = eid
+    if outcome == 0 then
+      debits = debits + 1
+      return eid
+    end
   end
+  return '-'
 end
 
 for i = 0, n - 1 do
-  local b = 3 + i * 7
+  local b = 5 + i * 7
   if ARGV[b] ~= '0' then
-    decide(KEYS[tonumber(ARGV[b])], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3],
-      ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
+    record[i + 1] = decide(KEYS[tonumber(ARGV[b])], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2],
+      ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
   else
     local k = redis.call('HMGET', 'meter:apikey:' .. ARGV[b + 3], 'id', 'project', 'account',
       'shard')
     if k[1] and k[2] and k[3] and k[4] then
       local tag = '{s' .. k[4] .. '}'
-      decide('meter:acct:' .. tag .. ':' .. k[3], 'meter:usage:' .. tag, ARGV[b + 2], k[1], k[2],
-        k[3], ARGV[b + 6])
+      local eid = decide('meter:acct:' .. tag .. ':' .. k[3], 'meter:usage:' .. tag, ARGV[b + 2],
+        k[1], k[2], k[3], ARGV[b + 6])
+      record[i + 1] = eid .. '/' .. k[1] .. '/' .. k[2] .. '/' .. k[3] .. '/' .. k[4]
       out[#out + 1] = k[1]; out[#out + 1] = k[2]; out[#out + 1] = k[3]; out[#out + 1] = k[4]
     else
       unknown(6)
+      record[i + 1] = '-'
       out[#out + 1] = false; out[#out + 1] = false; out[#out + 1] = false
       out[#out + 1] = false
     end
   end
+end
+if debits > 0 and ARGV[3] ~= '0' then
+  redis.call('SET', KEYS[1], table.concat(record, ' '), 'EX', ARGV[3])
 end
 return out
