@@ -83,7 +83,7 @@ class AdmissionBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batch_ids = BatchIds()
         self.lost: LostBatch | None = None  # set by the wiring: voids lost batches
-        # Records of answered batches, deleted with the next pass's write, by shard.
+        # Records of answered batches, by shard: the next batch on that shard deletes them.
         self._answered: dict[int | None, list[str]] = {}
 
     def admit(

@@ -370,7 +370,8 @@ class BatchIds:
 
 def debited_calls(calls: Sequence[Call | KeyCall], record: bytes | str) -> list[tuple[Call, str]]:
     """void.lua's reply for a batch of ``calls``: each debited call (a ``KeyCall`` as
-    the script resolved it) and its debit's event id."""
+    the script resolved it) and its debit's event id. (Ids hold neither spaces nor
+    slashes: ``admin/ids.py``.)"""
     words = (record.decode() if isinstance(record, bytes) else record).split()
     if not words:
         return []
