@@ -212,7 +212,7 @@ class Proxy:
         max_body_bytes: int,
         refund_upstream_errors: bool,
         clock: Callable[[], float],
-        refund_retry: RefundRetry | None = None,
+        refund_retry: RefundRetry,
     ) -> None:
         self.identity = identity
         self.prices = prices
@@ -568,8 +568,7 @@ class Proxy:
                 extra={"event_id": metered.admission.event_id, "micros": amount, "error": str(exc)},
             )
             self.metrics.refund_errors.inc()
-            if self.refund_retry is not None:
-                self.refund_retry.add(metered.call, metered.admission, amount, metered.day, reason)
+            self.refund_retry.add(metered.call, metered.admission, amount, metered.day, reason)
             return
         if not applied:
             self.metrics.refund_errors.inc()

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import socket
 import time
 from typing import Any, cast
@@ -80,6 +79,7 @@ from gateway import http11
 from gateway.proxy import Proxy
 from gateway.raw_connection import RawConnection
 from gateway.runtime import Runtime
+from meter import open_files
 
 log = logging.getLogger("gateway.server")
 
@@ -88,27 +88,13 @@ log = logging.getLogger("gateway.server")
 FD_RESERVE = 64
 
 
-def connection_cap(configured: int, open_files: int, upstream_pool: int) -> int:
+def connection_cap(configured: int, descriptors: int, upstream_pool: int) -> int:
     """How many client connections the raw server keeps open at once: ``configured``,
-    or (0) what ``open_files`` leaves once the upstream pool and ``FD_RESERVE`` have
-    theirs (at least 1)."""
+    or (0) what the open-files limit ``descriptors`` leaves once the upstream pool and
+    ``FD_RESERVE`` have theirs (at least 1)."""
     if configured > 0:
         return configured
-    return max(open_files - upstream_pool - FD_RESERVE, 1)
-
-
-def open_files_limit() -> int:
-    """Raise this process's soft open-files limit to its hard one (as nginx's
-    ``worker_rlimit_nofile`` does); returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if wanted > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass
-    return soft
+    return max(descriptors - upstream_pool - FD_RESERVE, 1)
 
 
 class RawServer:
@@ -130,7 +116,7 @@ class RawServer:
         self.client_timeout = settings.client_timeout
         self.keepalive_timeout = settings.keepalive_timeout
         self.max_connections = connection_cap(
-            settings.max_client_connections, open_files_limit(), settings.upstream_pool_size
+            settings.max_client_connections, open_files.soft_limit(), settings.upstream_pool_size
         )
         self.connections: set[RawConnection] = set()
         self.date = http11.DateLine()

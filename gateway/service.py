@@ -35,6 +35,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pricing import load_prices
 from gateway.raw_server import RawServer
 from gateway.runtime import Runtime, open_runtime
+from meter import open_files
 from meter.logs import setup_logging
 from meter.settings import ConfigError, Settings
 
@@ -59,6 +60,9 @@ def _run_worker(settings: Settings, index: int, *, reuse_port: bool) -> None:
 
 
 async def serve(settings: Settings, *, index: int = 0, reuse_port: bool = False) -> None:
+    # A descriptor per client and per upstream connection: a soft limit of 1,024 would
+    # fail at about a thousand clients, and the upstream connects with them.
+    open_files.raise_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,10 +25,8 @@ The measuring itself is ``harness.py``; this module is the command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -37,20 +35,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from meter import open_files
+
 from . import keyspace, report, servers
 from .harness import DEFAULT_VARIANTS, FULL, MAIN_CONFIGS, QUICK, SHARDS, Bench, log
 
 DEFAULT_PATH = "/v1/bench"  # priced by the default route of the price table
-
-
-def raise_open_files_limit(wanted: int = 65536) -> int:
-    """wrk and the proxies need a descriptor per connection (and the proxies two)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     names = selected(args)
     if servers.ensure_debian_package("wrk", "wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
-    nofile = raise_open_files_limit()
+    nofile = open_files.raise_limit(65536)  # wrk and the proxies: a descriptor per connection
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="meter-bench-"))
     os.chmod(folder, 0o755)

@@ -22,8 +22,9 @@ import orjson
 import pytest
 from test_gateway import PRICE, Gateway, MakeGateway, make_gateway, server_mode, upstream
 
-from gateway.raw_server import FD_RESERVE, connection_cap, open_files_limit
+from gateway.raw_server import FD_RESERVE, connection_cap
 from gateway.testing import pattern_bytes, until
+from meter import open_files
 
 FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
 
@@ -688,9 +689,11 @@ def test_the_open_files_limit_is_raised_to_the_hard_one() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
-        raised = open_files_limit()
+        raised = open_files.raise_limit()
         assert raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         assert raised == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        assert open_files.raise_limit(300) == min(300, hard)  # as far as asked
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
