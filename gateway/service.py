@@ -4,7 +4,8 @@ One worker (the default) serves in this process. With
 ``METER_GATEWAY_WORKERS=N`` the process forks N workers that each bind the
 same port with SO_REUSEPORT (the kernel spreads connections across them) and
 supervises them: a worker that dies is restarted, and SIGTERM/SIGINT is passed
-on to every worker.
+on to every worker. A supervisor that dies without passing it on (``kill -9``)
+still stops its workers: each is sent SIGTERM by the kernel when its parent dies.
 
 Each worker serves with the server layer ``METER_GATEWAY_SERVER`` names: the
 raw HTTP/1.1 server (``raw_server.py``, the default) or the aiohttp app
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -41,6 +43,7 @@ from meter.settings import ConfigError, Settings
 
 log = logging.getLogger("gateway")
 RESTART_BACKOFF = 1.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def main(settings: Settings) -> None:
@@ -144,6 +147,22 @@ async def _serve_aiohttp(
         log.info("gateway stopped", extra={"worker": index, "pid": os.getpid()})
 
 
+def _stop_with_parent(parent: int) -> None:
+    """In a worker: be sent SIGTERM (a graceful drain) when the supervisor dies, however it
+    dies. A supervisor killed outright (``kill -9``, the OOM killer) otherwise leaves its
+    workers serving on the shared port, on settings nobody restarts them with; a
+    supervisor started again beside them would share the port with them (SO_REUSEPORT).
+    Linux's ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
+        return
+    if os.getppid() != parent:  # it died before the prctl: nobody will send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _supervise(settings: Settings) -> None:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -160,6 +179,7 @@ def _supervise(settings: Settings) -> None:
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _stop_with_parent(supervisor)
             code = 0
             try:
                 _run_worker(settings, index, reuse_port=True)
@@ -171,6 +191,7 @@ def _supervise(settings: Settings) -> None:
                 os._exit(code)
         children[pid] = index
 
+    supervisor = os.getpid()
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for index in range(settings.gateway_workers):

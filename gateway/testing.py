@@ -11,7 +11,8 @@ obeys a few request headers so tests can script it:
     X-Echo-Gate: 1               with X-Echo-Stream: send one chunk, then wait for
                                  ``EchoState.gate`` before the rest
     X-Echo-Abort-After: 100000   with X-Echo-Stream: drop the connection after this many bytes
-    X-Echo-Hang: 1               never answer (until the app shuts down)
+    X-Echo-Hang: 1               answer only once ``EchoState.hang`` is set (counted in
+                                 ``EchoState.hanging`` while it waits)
     X-Echo-Small: 1              answer "ok" at once (the benchmark's upstream)
 
 ``EchoState`` counts the requests that arrived and signals the first request
@@ -47,6 +48,7 @@ class EchoState:
     first_body_chunk: asyncio.Event = field(default_factory=asyncio.Event)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     hang: asyncio.Event = field(default_factory=asyncio.Event)
+    hanging: int = 0  # requests waiting for ``hang``
 
 
 ECHO = web.AppKey("echo", EchoState)
@@ -76,7 +78,11 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     if h.get("X-Echo-Small"):
         return web.Response(body=b"ok")
     if h.get("X-Echo-Hang"):
-        await state.hang.wait()
+        state.hanging += 1
+        try:
+            await state.hang.wait()
+        finally:
+            state.hanging -= 1
     digest, size = hashlib.sha256(), 0
     async for chunk in request.content.iter_any():
         if size == 0:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.testing import ECHO, echo_app, provision
-from meter.live_state import LiveState
+from gateway.testing import ECHO, Provisioned, add_key, echo_app, provision, until
+from meter import keys
+from meter.live_state import KeyRecord, LiveState
 from meter.local_servers import free_port
+from meter.money import usd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,6 +155,196 @@ async def test_workers_share_the_port_and_are_restarted(
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# The built-in price table's routes, in turn: two calls in a row never share a route.
+# All POSTs: aiohttp's client sends an idempotent request again, on a new connection,
+# when a kept-alive one drops it, and the gateway rightly charges both.
+TRAFFIC = (
+    ("POST", "/v1/chat/completions", "chat"),  # variable: reserves 100,000
+    ("POST", "/v1/things", "default"),
+    ("POST", "/v1/embeddings", "embeddings"),
+)
+
+
+@dataclass
+class Sent:
+    route: str
+    status: int | None = None  # None: the connection went before an answer (cut)
+    charged: int | None = None
+
+
+async def _calls(
+    url: str, key: Provisioned, stop: asyncio.Event, sent: list[Sent], answered: list[int]
+) -> None:
+    """One call at a time with one key, over one keep-alive connection (a new one after a
+    cut), until ``stop``."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        i = 0
+        while not stop.is_set():
+            method, path, route = TRAFFIC[i % len(TRAFFIC)]
+            i += 1
+            call = Sent(route)
+            sent.append(call)
+            headers = {"X-API-Key": key.key, "X-Echo-Units": str(i % 5_000)}
+            try:
+                async with http.request(method, url + path, headers=headers) as response:
+                    await response.read()
+                    call.status = response.status
+                    call.charged = int(response.headers["X-Meter-Charged"])
+                    answered[0] += 1
+            except aiohttp.ClientConnectionError:
+                pass
+
+
+async def _hang_on(url: str, key: Provisioned, pid: int, count: int) -> list[asyncio.Task[Sent]]:
+    """``count`` chat calls that wait at the upstream, each on a connection of the worker
+    ``pid`` (asked with /_meter/healthz on that connection first)."""
+    calls: list[asyncio.Task[Sent]] = []
+
+    async def hang(http: aiohttp.ClientSession) -> Sent:
+        call = Sent("chat")
+        headers = {"X-API-Key": key.key, "X-Echo-Hang": "1", "X-Echo-Units": "7"}
+        try:
+            async with http.post(url + "/v1/chat/completions", headers=headers) as response:
+                await response.read()
+                call.status = response.status
+                call.charged = int(response.headers["X-Meter-Charged"])
+        except aiohttp.ClientConnectionError:
+            pass
+        finally:
+            await http.close()
+        return call
+
+    for _ in range(200):
+        if len(calls) == count:
+            return calls
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        async with http.get(url + "/_meter/healthz") as response:
+            served_by = (await response.json())["pid"]
+        if served_by == pid:
+            calls.append(asyncio.create_task(hang(http)))
+        else:
+            await http.close()
+    raise AssertionError(f"no connection to worker {pid} in 200 tries")
+
+
+async def test_a_worker_killed_mid_traffic_loses_and_doubles_nothing(
+    spawn: Callable[..., Awaitable[GatewayProcess]], upstream: TestServer, live_state: LiveState
+) -> None:
+    """kill -9 of one of two workers while calls flow through both and some wait at the
+    upstream. Redis and its usage stream (what the ledger books) stay exact: every answered
+    call is charged what its answer says, once; a call the kill cut is charged nothing if it
+    had not been admitted, else what stood when it was cut: a variable-cost call forwarded
+    and not settled keeps its reserve (nobody can say what the upstream did)."""
+    first = await provision(live_state, balance=usd(1000))
+    shard = first.record.shard
+    callers = [first] + [
+        await add_key(live_state, KeyRecord(f"key_{i}", "proj_1", "acct_1", shard))
+        for i in range(2, 9)
+    ]
+    waiter = await add_key(live_state, KeyRecord("key_hang", "proj_1", "acct_1", shard))
+    gw = await spawn(METER_GATEWAY_WORKERS="2")
+    pids = sorted([(await gw.log_line("gateway listening"))["pid"] for _ in range(2)])
+    victim, survivor = pids
+    echo = upstream.app[ECHO]
+    doomed = await _hang_on(gw.url, waiter, victim, 2)
+    kept = await _hang_on(gw.url, waiter, survivor, 1)
+    stop = asyncio.Event()
+    sent: dict[str, list[Sent]] = {c.record.key_id: [] for c in callers}
+    answered = [0]
+    traffic = [
+        asyncio.create_task(_calls(gw.url, c, stop, sent[c.record.key_id], answered))
+        for c in callers
+    ]
+    await until(lambda: echo.hanging == 3 and answered[0] >= 40, within=20)
+    os.kill(victim, signal.SIGKILL)
+    exited = await gw.log_line("gateway worker exited; restarting")
+    assert exited["code"] == -signal.SIGKILL
+    assert (await gw.log_line("gateway listening"))["pid"] not in pids
+    after = answered[0]
+    await until(lambda: answered[0] >= after + 40, within=20)
+    stop.set()
+    await asyncio.gather(*traffic)
+    echo.hang.set()
+    doomed_calls = [await t for t in doomed]
+    kept_calls = [await t for t in kept]
+
+    state = await live_state.read_account(shard, "acct_1")
+    assert state is not None
+    drop = usd(1000) - state.balance
+    entries = await live_state.redis.xrange(keys.usage_stream(shard))
+    eids = [eid.decode() for eid, _ in entries]
+    events = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    debits = [e for e in events if e["t"] == "d"]
+    by_eid = dict(zip(eids, events, strict=True))
+    refunded: dict[str, int] = {}
+    for e in events:
+        if e["t"] == "r":
+            assert e["o"] not in refunded  # given back at most once
+            assert by_eid[e["o"]]["t"] == "d" and by_eid[e["o"]]["k"] == e["k"]
+            refunded[e["o"]] = int(e["m"])
+    assert {e["t"] for e in events} <= {"d", "r"}
+    # Redis and its stream agree, micro for micro.
+    assert drop == sum(int(e["m"]) for e in debits) - sum(refunded.values())
+
+    standing = 0  # what the cut calls that had been admitted were left charged
+    cut = 0
+    for key_id, calls in [*sent.items(), ("key_hang", [*doomed_calls, *kept_calls])]:
+        mine = [eid for eid in eids if by_eid[eid]["t"] == "d" and by_eid[eid]["k"] == key_id]
+        if key_id == "key_hang":  # their order is not the order of the list
+            mine.sort(key=lambda eid: eid not in refunded)
+            calls = sorted(calls, key=lambda c: c.status is None)
+        j = 0
+        for call in calls:
+            if call.status is not None:
+                assert call.status == 200, call
+                eid = mine[j]
+                j += 1
+                assert by_eid[eid]["r"] == call.route
+                assert int(by_eid[eid]["m"]) - refunded.get(eid, 0) == call.charged
+            else:
+                cut += 1
+                if j < len(mine) and by_eid[mine[j]]["r"] == call.route:
+                    eid = mine[j]  # admitted before the cut
+                    j += 1
+                    standing += int(by_eid[eid]["m"]) - refunded.get(eid, 0)
+        assert j == len(mine), key_id  # no debit that no call accounts for
+    # The calls waiting at the upstream in the killed worker: forwarded, never settled.
+    assert [c.status for c in doomed_calls] == [None, None]
+    assert [(c.status, c.charged) for c in kept_calls] == [(200, 70)]
+    answered_charged = sum(c.charged or 0 for calls in [*sent.values(), kept_calls] for c in calls)
+    assert drop == answered_charged + standing
+    assert standing >= 2 * 100_000 and cut >= 2
+    assert answered[0] >= 80
+    gw.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(gw.proc.wait(), 20) == 0
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie nobody has reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+    spawn: Callable[..., Awaitable[GatewayProcess]], live_state: LiveState
+) -> None:
+    """A supervisor killed outright leaves no worker serving on the port."""
+    account = await provision(live_state, balance=10_000)
+    gw = await spawn(METER_GATEWAY_WORKERS="2")
+    pids = [(await gw.log_line("gateway listening"))["pid"] for _ in range(2)]
+    gw.proc.kill()
+    assert await asyncio.wait_for(gw.proc.wait(), 20) == -signal.SIGKILL
+    for _ in range(2):
+        await gw.log_line("gateway stopped")  # each drained, as on SIGTERM
+    await until(lambda: all(_gone(pid) for pid in pids), within=20)
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(gw.url + "/x", headers={"X-API-Key": account.key})
 
 
 async def test_bad_price_table_stops_start_up_with_one_line(
