@@ -38,7 +38,7 @@ from typing import Any
 from meter import open_files
 
 from . import keyspace, report, servers
-from .harness import DEFAULT_VARIANTS, FULL, MAIN_CONFIGS, QUICK, SHARDS, Bench, log
+from .harness import DEFAULT_VARIANTS, FULL, MAIN_CONFIGS, QUICK, REDIS_AOF, SHARDS, Bench, log
 
 DEFAULT_PATH = "/v1/bench"  # priced by the default route of the price table
 
@@ -76,6 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers", type=int, default=os.cpu_count() or 2, help="workers of gateway-2w"
     )
     ap.add_argument("--zipf-s", type=float, default=keyspace.DEFAULT_ZIPF_S)
+    ap.add_argument(
+        "--redis-aof", action="store_true",
+        help="Redis with the persistence the README recommends (appendonly yes, appendfsync "
+        "everysec) instead of none",
+    )  # fmt: skip
     ap.add_argument(
         "--gateway-env", action="append", default=[], metavar="NAME=VALUE",
         help="extra METER_* setting for the gateway (repeatable)",
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": dataclasses.asdict(plan),
         "path": args.path,
         "shards": SHARDS,
+        "redis_persistence": REDIS_AOF if args.redis_aof else "none",
         "variants": {n: args.variants[n] for n in names if n in args.variants},
     }
     try:

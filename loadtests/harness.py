@@ -70,6 +70,11 @@ QUICK = Plan(
 )  # fmt: skip
 
 
+# ``--redis-aof``: the persistence the README recommends, without RDB snapshots (a fork
+# each) beside it. Without the flag Redis keeps nothing (``local_servers.start_redis``).
+REDIS_AOF = "appendonly yes, appendfsync everysec"
+REDIS_AOF_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec")
+
 # A variant's setting that is not a METER_* one: the checkout whose gateway it runs.
 SOURCE = "SOURCE"
 
@@ -161,7 +166,9 @@ class Bench:
     def __init__(self, args: argparse.Namespace, plan: Plan, folder: Path) -> None:
         self.args, self.plan, self.folder = args, plan, folder
         self.path: str = args.path
-        self.redis = local_servers.start_redis(folder / "redis")
+        self.redis = local_servers.start_redis(
+            folder / "redis", extra=REDIS_AOF_ARGS if args.redis_aof else ()
+        )
         self.client = redis_sync.Redis.from_url(self.redis.url)
         try:
             self.upstream = servers.start_upstream(folder)

@@ -131,7 +131,8 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
         *(busy if reruns or waited > 30 else []),
         f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB RAM, Linux {m['kernel']}; "
         f"Python {v['python']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}; {v['wrk']}; "
-        f"{v['nginx']}; {v['redis_server']}. Commit `{commit}`; `{results['command']}` "
+        f"{v['nginx']}; {v['redis_server']}, persistence: "
+        f"{results.get('redis_persistence', 'none')}. Commit `{commit}`; `{results['command']}` "
         f"({plan} plan, {results['duration_s']:.0f} s). wrk, the proxies, the upstream and "
         "Redis share the machine's cores.",
         "",
@@ -415,4 +416,6 @@ def _argv(args: argparse.Namespace) -> list[str]:
         out.append("--skip-gateway")
     if args.only:
         out.append(f"--only {args.only}")
+    if args.redis_aof:
+        out.append("--redis-aof")
     return out

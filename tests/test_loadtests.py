@@ -589,6 +589,7 @@ def test_markdown_has_the_ratio_table_and_reports_failures() -> None:
         "21,000 against 25,000 req/s, 0.840 (pairs 0.800-0.900)."
     ) in text
     assert "on one core (wrk, proxy, upstream and Redis pinned" in text
+    assert "; 1, persistence: none. Commit" in text
     assert "gateway **0.125 / 0.000 ms**, nginx 0.050 / 0.000 ms" in text
 
 
@@ -610,7 +611,9 @@ def test_write_saves_latest_and_timestamped_files(tmp_path: Path) -> None:
     results = _results()
     for key in ("date", "machine", "versions", "git", "command", "quick"):
         results.pop(key)
-    args = argparse.Namespace(quick=True, skip_sweep=False, skip_gateway=False, only="")
+    args = argparse.Namespace(
+        quick=True, skip_sweep=False, skip_gateway=False, only="", redis_aof=True
+    )
     written = report.write(results, args, tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert [p.name for p in written][:2] == ["latest.json", "latest.md"]
@@ -621,6 +624,7 @@ def test_write_saves_latest_and_timestamped_files(tmp_path: Path) -> None:
     assert saved["added_p99_ms_c1"] == pytest.approx(0.25)
     assert saved["redis_calls_per_admission"] == 0.15
     assert saved["machine"]["cores"] and "commit" in saved["git"]
+    assert saved["command"] == "python -m loadtests.bench --quick --redis-aof"
 
 
 def test_exit_code_flags_failures_errors_and_inexact_metering() -> None:
@@ -678,6 +682,23 @@ def test_variants_and_selection() -> None:
         bench.parse_args(["--variant", "nginx:X=1"])
     with pytest.raises(SystemExit):
         bench.selected(bench.parse_args(["--only", "haproxy"]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], ("no", "")), (["--redis-aof"], ("yes", "everysec", ""))],
+)
+def test_the_bench_redis_keeps_nothing_or_the_recommended_aof(
+    argv: list[str], expected: tuple[str, ...], tmp_path: Path
+) -> None:
+    args = bench.parse_args(["--quick", "--skip-sweep", *argv])
+    b = harness.Bench(args, harness.QUICK, tmp_path)
+    try:
+        names = ("appendonly", "appendfsync", "save") if args.redis_aof else ("appendonly", "save")
+        got = tuple(b.client.config_get(name)[name] for name in names)
+        assert got == expected
+    finally:
+        b.close()
 
 
 def test_a_variant_can_run_the_gateway_of_another_checkout(redis_url: str, tmp_path: Path) -> None:
