@@ -175,7 +175,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run(settings: Settings) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C, kill, and a terminal that goes away (SIGHUP: a closed window, a dropped SSH
+    # session) all stop everything; on SIGHUP Postgres would only reload and stay up.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     _ensure_redis_binary()
     data = Path(settings.data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,11 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(data_dir: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(
+    data_dir: Path, stop: signal.Signals
+) -> None:
+    """Ctrl-C, or the terminal going away (SIGHUP), stops every process it started."""
     ports = {name: free_port() for name in ("gateway", "admin", "ledger")}
     env = {
         **os.environ,
@@ -75,6 +79,10 @@ def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(data_dir: Path) -> 
         key, url = match.groups()
         account = re.search(r"Demo account (acct_\w+)", banner)
         assert account, banner
+        for store in ("Redis", "Postgres"):
+            port = re.search(store + r" +\w+://[^ ]*127\.0\.0\.1:(\d+)", banner)
+            assert port, banner
+            ports[store] = int(port.group(1))
 
         req = urllib.request.Request(
             url, data=b'{"hello": "world"}', headers={"Authorization": f"Bearer {key}"}
@@ -96,7 +104,7 @@ def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(data_dir: Path) -> 
         assert balance["balance"] == 20_000_000 - charged
         assert balance["available"] == available
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:
             code = proc.wait(60)
         except subprocess.TimeoutExpired:
