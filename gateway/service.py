@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -37,13 +36,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.pricing import load_prices
 from gateway.raw_server import RawServer
 from gateway.runtime import Runtime, open_runtime
-from meter import open_files
+from meter import open_files, parent_death
 from meter.logs import setup_logging
 from meter.settings import ConfigError, Settings
 
 log = logging.getLogger("gateway")
 RESTART_BACKOFF = 1.0
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def main(settings: Settings) -> None:
@@ -147,22 +145,6 @@ async def _serve_aiohttp(
         log.info("gateway stopped", extra={"worker": index, "pid": os.getpid()})
 
 
-def _stop_with_parent(parent: int) -> None:
-    """In a worker: be sent SIGTERM (a graceful drain) when the supervisor dies, however it
-    dies. A supervisor killed outright (``kill -9``, the OOM killer) otherwise leaves its
-    workers serving on the shared port, on settings nobody restarts them with; a
-    supervisor started again beside them would share the port with them (SO_REUSEPORT).
-    Linux's ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
-        return
-    if os.getppid() != parent:  # it died before the prctl: nobody will send the signal
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _supervise(settings: Settings) -> None:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -179,7 +161,10 @@ def _supervise(settings: Settings) -> None:
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _stop_with_parent(supervisor)
+            # A supervisor killed outright would leave the workers serving on the shared
+            # port (a new supervisor would share it with them): they drain and stop.
+            if not parent_death.stop_with_parent(supervisor):
+                log.warning("workers will outlive a killed supervisor on this platform")
             code = 0
             try:
                 _run_worker(settings, index, reuse_port=True)

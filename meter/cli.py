@@ -59,8 +59,13 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from meter.devstack import run
+    from meter.local_servers import ServerError
 
-    return run(settings)
+    try:
+        return run(settings)
+    except ServerError as exc:
+        print(f"meter dev: {exc}", file=sys.stderr)
+        return 1
 
 
 def parser() -> argparse.ArgumentParser:

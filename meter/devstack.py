@@ -5,7 +5,8 @@ redis-server installed when missing and we are root, or the ``embedded``
 extra's wheels), applies the migrations, starts the echo upstream, the
 gateway, the admin API and the ledger worker as child processes, seeds a demo
 billing account through the admin API, prints a ready ``curl`` line and waits.
-Ctrl-C (or SIGTERM) stops everything it started.
+Ctrl-C, SIGTERM or SIGHUP (the terminal gone) stops everything it started, in
+order; killed outright, it leaves nothing running either (``parent_death``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from meter import local_servers
+from meter import local_servers, parent_death
 from meter.migrate import migrate
 from meter.money import usd
 from meter.settings import Secret, Settings
@@ -100,7 +101,9 @@ def _spawn(
     started: list[Child], name: str, args: list[str], env: dict[str, str], log: Path
 ) -> None:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        args, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=parent_death.preexec()
+    )
     started.append(Child(name, proc))
 
 
@@ -186,7 +189,9 @@ def run(settings: Settings) -> int:
     logs.mkdir(exist_ok=True)
     if not settings.admin_token:
         settings = settings.replace(admin_token=Secret(secrets.token_urlsafe(24)))
-    with local_servers.running(data, durable=True) as (redis_server, pg), children() as started:
+    # Everything started here stops when this process dies, even killed outright.
+    servers = local_servers.running(data, durable=True, stop_with_parent=True)
+    with servers as (redis_server, pg), children() as started:
         settings = settings.replace(redis_url=redis_server.url, database_url=pg.url("meter"))
         asyncio.run(migrate(settings.database_url))
         upstream_port = local_servers.free_port()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meter import parent_death
+
 
 class ServerError(RuntimeError):
     pass
@@ -42,6 +44,29 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: s
             return
         time.sleep(0.02)
     raise ServerError(f"{name} did not listen on port {port} within {timeout}s")
+
+
+def _refuse_if_held(pid_file: Path, name: str, binaries: Sequence[str]) -> None:
+    """A server left running on this data folder by an earlier run that did not stop it
+    (killed outright): a second one must not start on the same files, and the error says
+    which process to stop. A pid file whose process is gone is stale and harmless."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass  # alive, another user's (PostgreSQL runs as postgres when we are root)
+    with contextlib.suppress(OSError):  # no /proc: take it as the server
+        if Path(f"/proc/{pid}/comm").read_text().split("-")[0].strip() not in binaries:
+            return  # the number went to another program since
+    raise ServerError(
+        f"a {name} server from an earlier run still uses {pid_file.parent} (pid {pid}): "
+        f"stop it (kill {pid}) and start again"
+    )
 
 
 def _embedded(package: str, relative: str) -> str | None:
@@ -106,19 +131,33 @@ class RedisServer:
 
 
 def start_redis(
-    folder: Path, port: int | None = None, *, persist: bool = False, extra: Sequence[str] = ()
+    folder: Path,
+    port: int | None = None,
+    *,
+    persist: bool = False,
+    extra: Sequence[str] = (),
+    stop_with_parent: bool = False,
 ) -> RedisServer:
-    """``extra``: more redis-server arguments, e.g. ``("--cluster-enabled", "yes")``."""
+    """``extra``: more redis-server arguments, e.g. ``("--cluster-enabled", "yes")``.
+    ``stop_with_parent``: it shuts down when this process dies, even killed outright
+    (``parent_death``; start it from the main thread)."""
     binary = find_redis_server()
     if binary is None:
         raise ServerError("redis-server not found (apt-get install redis-server)")
     folder.mkdir(parents=True, exist_ok=True)
+    _refuse_if_held(folder / "redis.pid", "Redis", ("redis",))
     port = port or free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+    args += ["--pidfile", str(folder / "redis.pid")]
     args += ["--save", "", "--appendonly", "no"] if not persist else ["--appendonly", "yes"]
     args += ["--daemonize", "no", "--loglevel", "warning", "--logfile", str(folder / "redis.log")]
     args += extra
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=parent_death.preexec(signal.SIGTERM) if stop_with_parent else None,
+    )
     _wait_port(port, proc, 10, "redis-server")
     return RedisServer(port, proc, folder)
 
@@ -154,7 +193,9 @@ class PostgresServer:
         _wait_port(self.port, self.proc, 30, "postgres")
 
 
-def _spawn_postgres(pg_bin: str, data: Path, port: int, durable: bool) -> subprocess.Popen[bytes]:
+def _spawn_postgres(
+    pg_bin: str, data: Path, port: int, durable: bool, stop_with_parent: bool = False
+) -> subprocess.Popen[bytes]:
     args = [
         f"{pg_bin}/postgres",
         "-D",
@@ -172,13 +213,21 @@ def _spawn_postgres(pg_bin: str, data: Path, port: int, durable: bool) -> subpro
     ]
     # The child gets its own copy of the descriptor; ours is closed (no ResourceWarning).
     with open(data / "postgres.log", "ab") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **_as_postgres_user())
+        return subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for every session to end)
+            preexec_fn=parent_death.preexec(signal.SIGINT) if stop_with_parent else None,
+            **_as_postgres_user(),
+        )
 
 
 def start_postgres(
-    folder: Path, port: int | None = None, *, durable: bool = False
+    folder: Path, port: int | None = None, *, durable: bool = False, stop_with_parent: bool = False
 ) -> PostgresServer:
-    """Start (initialising when new) a server; ``durable=False`` turns fsync off, for tests."""
+    """Start (initialising when new) a server; ``durable=False`` turns fsync off, for tests;
+    ``stop_with_parent`` as for ``start_redis``."""
     pg_bin = find_pg_bin()
     if pg_bin is None:
         raise ServerError("PostgreSQL not found (apt-get install postgresql)")
@@ -186,6 +235,7 @@ def start_postgres(
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     pgdata = folder / "pgdata"
+    _refuse_if_held(pgdata / "postmaster.pid", "PostgreSQL", ("postgres",))
     if not (pgdata / "PG_VERSION").exists():
         subprocess.run(
             [
@@ -206,7 +256,7 @@ def start_postgres(
             **_as_postgres_user(),
         )
     port = port or free_port()
-    proc = _spawn_postgres(pg_bin, folder, port, durable)
+    proc = _spawn_postgres(pg_bin, folder, port, durable, stop_with_parent)
     _wait_port(port, proc, 30, "postgres")
     server = PostgresServer(port, proc, folder, pg_bin, durable)
     _wait_ready(server)
@@ -233,10 +283,12 @@ def _wait_ready(server: PostgresServer) -> None:
 
 
 @contextlib.contextmanager
-def running(folder: Path, *, durable: bool = False) -> Iterator[tuple[RedisServer, PostgresServer]]:
-    redis_server = start_redis(folder / "redis", persist=durable)
+def running(
+    folder: Path, *, durable: bool = False, stop_with_parent: bool = False
+) -> Iterator[tuple[RedisServer, PostgresServer]]:
+    redis_server = start_redis(folder / "redis", persist=durable, stop_with_parent=stop_with_parent)
     try:
-        pg = start_postgres(folder / "postgres", durable=durable)
+        pg = start_postgres(folder / "postgres", durable=durable, stop_with_parent=stop_with_parent)
         try:
             yield redis_server, pg
         finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from meter import local_servers
 from meter.local_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,11 +51,14 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGHUP, signal.SIGKILL], ids=["ctrl-c", "hangup", "kill-9"]
+)
 def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(
     data_dir: Path, stop: signal.Signals
 ) -> None:
-    """Ctrl-C, or the terminal going away (SIGHUP), stops every process it started."""
+    """Ctrl-C, or the terminal going away (SIGHUP), stops every process it started; so
+    does killing it outright (each gets its stop signal when its parent dies)."""
     ports = {name: free_port() for name in ("gateway", "admin", "ledger")}
     env = {
         **os.environ,
@@ -113,5 +117,42 @@ def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(
         finally:
             assert proc.stdout is not None
             proc.stdout.close()
-    assert code == 0
-    assert not any(_listening(p) for p in ports.values())
+    if stop == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while any(_listening(p) for p in ports.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        assert code == 0
+    assert not {name: p for name, p in ports.items() if _listening(p)}
+
+
+def test_a_data_folder_still_in_use_by_an_earlier_run_is_refused(data_dir: Path) -> None:
+    """What an earlier ``meter dev`` killed outright leaves behind: its Redis and Postgres,
+    still running on the data folder. A second one is not started on the same files; the
+    error names the process to stop. Once they are gone, the folder starts again."""
+    redis_dir, pg_dir = data_dir / "redis", data_dir / "postgres"
+    for start, name, pid_file in (
+        (
+            lambda: local_servers.start_redis(redis_dir, persist=True),
+            "Redis",
+            redis_dir / "redis.pid",
+        ),
+        (
+            lambda: local_servers.start_postgres(pg_dir),
+            "PostgreSQL",
+            pg_dir / "pgdata" / "postmaster.pid",
+        ),
+    ):
+        first = start()
+        try:
+            with pytest.raises(local_servers.ServerError) as refused:
+                start()
+            message = str(refused.value)
+            assert f"a {name} server from an earlier run still uses" in message
+            stop_it = re.search(r"\(kill (\d+)\) and start again$", message)
+            assert stop_it, message
+            assert stop_it.group(1) == pid_file.read_text().split()[0]
+        finally:
+            first.stop()
+        start().stop()  # its pid file went with it
