@@ -63,6 +63,8 @@ def _refuse_if_held(pid_file: Path, name: str, binaries: Sequence[str]) -> None:
     with contextlib.suppress(OSError):  # no /proc: take it as the server
         if Path(f"/proc/{pid}/comm").read_text().split("-")[0].strip() not in binaries:
             return  # the number went to another program since
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return  # ended, not yet reaped
     raise ServerError(
         f"a {name} server from an earlier run still uses {pid_file.parent} (pid {pid}): "
         f"stop it (kill {pid}) and start again"
