@@ -1,4 +1,5 @@
-"""`meter dev` end to end: it starts everything, serves a metered call, and Ctrl-C stops it all."""
+"""`meter dev` end to end: it starts everything, serves a metered call, and stops it all
+(Ctrl-C, a hangup, kill -9)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def _listening(port: int) -> bool:
 @pytest.mark.parametrize(
     "stop", [signal.SIGINT, signal.SIGHUP, signal.SIGKILL], ids=["ctrl-c", "hangup", "kill-9"]
 )
-def test_meter_dev_serves_a_metered_call_and_stops_on_ctrl_c(
+def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
     data_dir: Path, stop: signal.Signals
 ) -> None:
     """Ctrl-C, or the terminal going away (SIGHUP), stops every process it started; so
