@@ -13,6 +13,8 @@ import signal
 import time
 from pathlib import Path
 
+from meter.local_servers import alive  # re-exported: running, a zombie counted as ended
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
 
@@ -56,12 +58,6 @@ def tree(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, ()))
     return out
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie has ended: it only waits for its parent to read its status)."""
-    text = _read(PROC / str(pid) / "stat")
-    return text is not None and text[text.rindex(")") + 2] != "Z"
 
 
 def end_descendants(grace_s: float = 10.0) -> list[int]:

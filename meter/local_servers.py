@@ -46,6 +46,16 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: s
     raise ServerError(f"{name} did not listen on port {port} within {timeout}s")
 
 
+def alive(pid: int) -> bool:
+    """Running, from ``/proc``: a zombie has ended (it only waits for its parent to read
+    its status), and a pid with no entry is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"
+
+
 def _refuse_if_held(pid_file: Path, name: str, binaries: Sequence[str]) -> None:
     """A server left running on this data folder by an earlier run that did not stop it
     (killed outright): a second one must not start on the same files, and the error says
@@ -63,7 +73,7 @@ def _refuse_if_held(pid_file: Path, name: str, binaries: Sequence[str]) -> None:
     with contextlib.suppress(OSError):  # no /proc: take it as the server
         if Path(f"/proc/{pid}/comm").read_text().split("-")[0].strip() not in binaries:
             return  # the number went to another program since
-        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+        if not alive(pid):
             return  # ended, not yet reaped
     raise ServerError(
         f"a {name} server from an earlier run still uses {pid_file.parent} (pid {pid}): "

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.testing import ECHO, Provisioned, add_key, echo_app, provision, until
-from meter import keys
+from meter import keys, local_servers
 from meter.live_state import KeyRecord, LiveState
 from meter.local_servers import free_port
 from meter.money import usd
@@ -321,15 +321,6 @@ async def test_a_worker_killed_mid_traffic_loses_and_doubles_nothing(
     assert await asyncio.wait_for(gw.proc.wait(), 20) == 0
 
 
-def _gone(pid: int) -> bool:
-    """The process ended (a zombie nobody has reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 async def test_workers_stop_when_the_supervisor_is_killed(
     spawn: Callable[..., Awaitable[GatewayProcess]], live_state: LiveState
 ) -> None:
@@ -341,7 +332,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(
     assert await asyncio.wait_for(gw.proc.wait(), 20) == -signal.SIGKILL
     for _ in range(2):
         await gw.log_line("gateway stopped")  # each drained, as on SIGTERM
-    await until(lambda: all(_gone(pid) for pid in pids), within=20)
+    await until(lambda: not any(local_servers.alive(pid) for pid in pids), within=20)
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(gw.url + "/x", headers={"X-API-Key": account.key})
