@@ -23,6 +23,8 @@ meter_gateway_refunded_micros_total                             micros given bac
 meter_gateway_refund_errors_total                               refunds whose first try failed
                                                                 (Redis away): tried again
 meter_gateway_refunds_pending                                   refunds waiting to be tried again
+meter_gateway_refunds_claimed_total                             waiting refunds taken over from a
+                                                                stopped worker's spool
 meter_gateway_refunds_dropped_total                             refunds given up (over-charged
                                                                 customers: logged at ERROR)
 meter_gateway_charged_micros_total            route             micros charged (after settlement)
@@ -220,6 +222,11 @@ class GatewayMetrics:
         ).labels()
         self.refunds_pending: Count = f(
             "gauge", "meter_gateway_refunds_pending", "Refunds waiting to be tried again"
+        ).labels()
+        self.refunds_claimed: Count = f(
+            "counter",
+            "meter_gateway_refunds_claimed",
+            "Refunds and voids taken over from a stopped worker's spool (METER_REFUND_SPOOL_DIR)",
         ).labels()
         self.refunds_dropped: Count = f(
             "counter",

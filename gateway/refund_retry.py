@@ -23,8 +23,14 @@ micros (or the batch's record key), and counted in
 ``meter_gateway_refunds_dropped_total``, which pages. Given up means not known to
 be applied: a try whose reply never came may still have landed, so look for a
 usage event refunding it (``refund_of`` in Postgres's ``usage_events``) before
-crediting it by hand. At shutdown the waiting work gets the shutdown grace; a
-worker killed outright loses it (it is kept in memory only).
+crediting it by hand. At shutdown the waiting work gets the shutdown grace.
+
+With ``METER_REFUND_SPOOL_DIR`` set, the waiting work is also written to disk
+(``refund_spool.py``): what is left at shutdown, or when the worker is killed
+outright, is claimed and tried by the next worker to start on that folder (the
+retry period still counting from the first failed try). Without it the work
+lives in memory only: what is left at shutdown is given up, and a worker killed
+outright loses it.
 """
 
 from __future__ import annotations
@@ -35,11 +41,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from gateway import errors
 from gateway.admission import Admitter
 from gateway.metrics import GatewayMetrics
+from gateway.refund_spool import Pending, PendingRefund, PendingVoid, RefundSpool
 from meter.live_state import Admission, Call, KeyCall, StateUnavailable
 from meter.money import Outcome, Signal
 
@@ -57,24 +63,6 @@ def backoff(attempts: int) -> float:
     return min(MAX_DELAY, FIRST_DELAY * float(1 << min(attempts, 16)))
 
 
-@dataclass(slots=True)
-class PendingRefund:
-    call: Call
-    admission: Admission
-    amount: int
-    day: int
-    reason: str
-    since: float  # when the first try failed (the retrier's clock)
-
-
-@dataclass(slots=True)
-class PendingVoid:
-    batch_key: str  # keys.admit_batch: the batch's record
-    calls: list[Call | KeyCall]
-    day: int
-    since: float
-
-
 class RefundRetry:
     def __init__(
         self,
@@ -84,34 +72,68 @@ class RefundRetry:
         retry_for: float,
         void: Void | None = None,
         max_pending: int = 100_000,
+        spool: RefundSpool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.admitter = admitter
         self.metrics = metrics
         self.retry_for = retry_for
         self.void = void
         self.max_pending = max_pending
+        self.spool = spool
         self.clock = clock
-        self.pending: deque[PendingRefund | PendingVoid] = deque()
+        self.wall = wall
+        self.pending: deque[Pending] = deque()
         self._added = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Claim what stopped workers left in the spool, then start trying."""
+        if self.spool is not None:
+            self._claim(self.spool)
         self._task = asyncio.ensure_future(self._run())
+
+    def _claim(self, spool: RefundSpool) -> None:
+        claimed: list[Pending] = []
+        for found in spool.claim():
+            log.warning(
+                "refunds claimed from a stopped worker's spool",
+                extra={"path": str(found.path), "waiting": len(found.waiting)},
+            )
+            if found.unreadable:
+                log.error(
+                    "refund spool lines unreadable: kept for an operator",
+                    extra={"path": f"{found.path}.unreadable", "lines": found.unreadable},
+                )
+            claimed.extend(found.waiting)
+        now, wall = self.clock(), self.wall()
+        for work in claimed:  # the retry period counts from the first failed try
+            work.since = now - max(0.0, wall - work.at)
+        self.metrics.refunds_claimed.inc(len(claimed))
+        self._wait(claimed)
 
     def add(self, call: Call, admission: Admission, amount: int, day: int, reason: str) -> None:
         """A refund whose first try failed: it will be tried again."""
-        self._wait(PendingRefund(call, admission, amount, day, reason, self.clock()))
+        work = PendingRefund(
+            call, admission.event_id, amount, day, reason, self.clock(), self.wall()
+        )
+        self._wait([work])
 
     def add_void(self, batch_key: str, calls: list[Call | KeyCall], day: int) -> None:
         """An admission batch whose reply was lost (``AdmissionBatcher.lost``)."""
-        self._wait(PendingVoid(batch_key, calls, day, self.clock()))
+        self._wait([PendingVoid(batch_key, calls, day, self.clock(), self.wall())])
 
-    def _wait(self, work: PendingRefund | PendingVoid) -> None:
-        if len(self.pending) >= self.max_pending:
+    def _wait(self, works: list[Pending]) -> None:
+        room = max(0, self.max_pending - len(self.pending))
+        for work in works[room:]:
             self._drop(work, "too much waiting")
+        works = works[:room]
+        if not works:
             return
-        self.pending.append(work)
+        if self.spool is not None:
+            self.spool.add(works)
+        self.pending.extend(works)
         self.metrics.refunds_pending.value = len(self.pending)
         self._added.set()
 
@@ -129,6 +151,14 @@ class RefundRetry:
                     if not await self.try_all():
                         await asyncio.sleep(backoff(attempts))
                         attempts += 1
+        if self.spool is not None:
+            if self.pending:
+                log.warning(
+                    "refunds left in the spool for the next worker",
+                    extra={"waiting": len(self.pending), "path": str(self.spool.path)},
+                )
+            self.spool.close(keep=bool(self.pending))
+            self.pending.clear()
         while self.pending:
             self._drop(self.pending.popleft(), "the gateway stopped")
         self.metrics.refunds_pending.value = 0
@@ -151,18 +181,24 @@ class RefundRetry:
         outcomes = await asyncio.gather(
             *(self._try(work, now) for work in batch), return_exceptions=True
         )
-        finished: set[int] = set()
+        finished: list[Pending] = []
         for work, outcome in zip(batch, outcomes, strict=True):
             if outcome is True:
-                finished.add(id(work))
+                finished.append(work)
             elif isinstance(outcome, BaseException):
                 log.error("refund retry failed", exc_info=outcome)
         # Work added during the tries stays, behind what is still waiting.
-        self.pending = deque(w for w in self.pending if id(w) not in finished)
+        ended = {id(work) for work in finished}
+        self.pending = deque(w for w in self.pending if id(w) not in ended)
         self.metrics.refunds_pending.value = len(self.pending)
+        if self.spool is not None:
+            if self.pending:
+                self.spool.done(finished)
+            else:
+                self.spool.clear()
         return bool(finished)
 
-    async def _try(self, work: PendingRefund | PendingVoid, now: float) -> bool:
+    async def _try(self, work: Pending, now: float) -> bool:
         """True when ``work`` needs no more tries (done, found done, or given up)."""
         if now - work.since > self.retry_for:
             self._drop(work, "retried for METER_REFUND_RETRY_SECONDS")
@@ -170,7 +206,9 @@ class RefundRetry:
         if isinstance(work, PendingVoid):
             return await self._void(work)
         try:
-            applied = await self.admitter.settle(work.call, work.admission, work.amount, work.day)
+            applied = await self.admitter.settle(
+                work.call, _admitted(work.event_id), work.amount, work.day
+            )
         except errors.StateUnavailable:
             return False
         if applied:
@@ -193,25 +231,32 @@ class RefundRetry:
             "admission reply lost",
             extra={"batch": work.batch_key, "calls": len(work.calls), "debited": len(debited)},
         )
-        for call, event_id in debited:  # answered 503: given back
-            admission = Admission(Outcome.ADMITTED, 0, 0, None, Signal(0), event_id)
-            self.pending.append(
-                PendingRefund(call, admission, call.price, work.day, "lost_reply", work.since)
-            )
+        refunds: list[Pending] = [  # answered 503: given back
+            PendingRefund(call, event_id, call.price, work.day, "lost_reply", work.since, work.at)
+            for call, event_id in debited
+        ]
+        if self.spool is not None:
+            self.spool.add(refunds)  # before the void is marked done
+        self.pending.extend(refunds)
         return True
 
-    def _drop(self, work: PendingRefund | PendingVoid, why: str) -> None:
+    def _drop(self, work: Pending, why: str) -> None:
         self.metrics.refunds_dropped.inc()
         log.error("refund given up: %s", why, extra=_fields(work))
 
 
-def _fields(work: PendingRefund | PendingVoid) -> dict[str, object]:
+def _admitted(event_id: str) -> Admission:
+    """What settle.lua needs of the admission being refunded: its event."""
+    return Admission(Outcome.ADMITTED, 0, 0, None, Signal(0), event_id)
+
+
+def _fields(work: Pending) -> dict[str, object]:
     if isinstance(work, PendingVoid):
         return {"batch": work.batch_key, "calls": len(work.calls)}
     call = work.call
     return {
         "account_id": call.account_id,
-        "event_id": work.admission.event_id,
+        "event_id": work.event_id,
         "micros": work.amount,
         "route": call.route,
         "reason": work.reason,

@@ -4,7 +4,8 @@ The hot path is wired here, once, for both server layers (``raw_server.py``
 and the aiohttp app in ``app.py``): the account state in Redis, the upstream
 client and the ``Proxy`` built on them, opened and closed as a pair, and the
 task that gives back what Redis could not when a call ended (``refund_retry.py``:
-refunds it missed, and the debits of admission batches whose reply was lost).
+refunds it missed, and the debits of admission batches whose reply was lost),
+with its spool on disk when ``METER_REFUND_SPOOL_DIR`` is set (``refund_spool.py``).
 
     METER_REDIS_CLIENT=pipe      meter.hot_path_state.PipelinedState: pipelined commands,
                                  the admissions of one loop pass in one script call (default)
@@ -36,6 +37,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable, load_prices
 from gateway.proxy import Proxy
 from gateway.refund_retry import RefundRetry
+from gateway.refund_spool import RefundSpool, check_folder
 from gateway.upstream import AiohttpUpstream
 from gateway.upstream_pool import UpstreamPool
 from meter.hot_path_state import HotPathState, PipelinedState
@@ -105,6 +107,10 @@ async def open_runtime(
     """Open Redis and the upstream client, build the proxy; close both on the way out."""
     settings, metrics = runtime.settings, runtime.metrics
     table = prices if prices is not None else load_prices(settings.prices_path)
+    spool = None  # opened first: a folder refused leaves nothing open
+    if settings.refund_spool_dir is not None:
+        spool = RefundSpool(check_folder(settings.refund_spool_dir))
+        spool.open()
     state = open_state(settings)
     upstream: UpstreamPool | AiohttpUpstream
     if settings.upstream_client == "aiohttp":
@@ -135,6 +141,7 @@ async def open_runtime(
         metrics,
         retry_for=settings.refund_retry_seconds,
         void=None if pipelined is None else pipelined.void,
+        spool=spool,
     )
     if pipelined is not None:  # a batch whose reply is lost is voided, its debits refunded
         pipelined.batcher.lost = refunds.add_void

@@ -35,6 +35,7 @@ from gateway.app import RUNTIME, create_app
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import load_prices
 from gateway.raw_server import RawServer
+from gateway.refund_spool import check_folder
 from gateway.runtime import Runtime, open_runtime
 from meter import open_files, parent_death
 from meter.logs import setup_logging
@@ -49,6 +50,8 @@ def main(settings: Settings) -> None:
     if settings.gateway_workers > 1 and settings.gateway_port == 0:
         raise ConfigError("METER_GATEWAY_PORT=0: several workers need a fixed port")
     load_prices(settings.prices_path)  # fail before forking
+    if settings.refund_spool_dir is not None:
+        check_folder(settings.refund_spool_dir)
     if settings.gateway_workers == 1:
         _run_worker(settings, 0, reuse_port=False)
     else:
@@ -90,7 +93,6 @@ def _listening(settings: Settings, port: int, index: int) -> None:
             "host": settings.gateway_host,
             "port": port,
             "worker": index,
-            "pid": os.getpid(),
             "server": settings.gateway_server,
         },
     )
@@ -110,10 +112,10 @@ async def _serve_raw(
             await stop.wait()
             runtime.draining = True
             server.stop_accepting()
-            log.info("gateway draining", extra={"worker": index, "pid": os.getpid()})
+            log.info("gateway draining", extra={"worker": index})
         finally:
             await server.shutdown(settings.shutdown_grace)
-    log.info("gateway stopped", extra={"worker": index, "pid": os.getpid()})
+    log.info("gateway stopped", extra={"worker": index})
 
 
 async def _serve_aiohttp(
@@ -139,10 +141,10 @@ async def _serve_aiohttp(
         app[RUNTIME].draining = True
         for listening in list(runner.sites):
             await listening.stop()
-        log.info("gateway draining", extra={"worker": index, "pid": os.getpid()})
+        log.info("gateway draining", extra={"worker": index})
     finally:
         await runner.cleanup()  # stop accepting, drain up to the grace, close pools
-        log.info("gateway stopped", extra={"worker": index, "pid": os.getpid()})
+        log.info("gateway stopped", extra={"worker": index})
 
 
 def _supervise(settings: Settings) -> None:
@@ -193,7 +195,10 @@ def _supervise(settings: Settings) -> None:
         if stopping:
             failed = failed or code not in (0, -signal.SIGTERM)
             continue
-        log.error("gateway worker exited; restarting", extra={"worker": index, "code": code})
+        log.error(
+            "gateway worker exited; restarting",
+            extra={"worker": index, "worker_pid": pid, "code": code},
+        )
         time.sleep(RESTART_BACKOFF)
         if not stopping:
             spawn(index)

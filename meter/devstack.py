@@ -196,6 +196,8 @@ def run(settings: Settings) -> int:
         asyncio.run(migrate(settings.database_url))
         upstream_port = local_servers.free_port()
         settings = settings.replace(upstream_url=f"http://127.0.0.1:{upstream_port}")
+        if settings.refund_spool_dir is None:
+            settings = settings.replace(refund_spool_dir=str(data / "refund-spool"))
         env = child_environment(settings)
         py = sys.executable
         _spawn(

@@ -1,4 +1,5 @@
-"""JSON logs, one object per line, to stderr."""
+"""JSON logs, one object per line, to stderr; each names the process that wrote it
+(``pid``: a service with several workers writes to one stream)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):

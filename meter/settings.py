@@ -101,6 +101,10 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _optional_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
 def _optional_path(raw: str) -> str | None:
     value = raw.strip()
     if value and not os.path.isfile(value):
@@ -166,6 +170,10 @@ class Settings:
     refund_retry_seconds: float = _env(
         "METER_REFUND_RETRY_SECONDS", "3600", _float(0.01, SETTLED_TTL_SECONDS / 2)
     )
+    # A folder of the gateway's own where refunds waiting for Redis are also written, so
+    # that a worker stopped or killed before Redis is back leaves them to the next one
+    # (gateway/refund_spool.py). Empty: memory only.
+    refund_spool_dir: str | None = _env("METER_REFUND_SPOOL_DIR", "", _optional_str)
     key_cache_size: int = _env("METER_KEY_CACHE_SIZE", "100000", _int(1, 100_000_000))
     # How long an unknown key stays refused without a new Redis lookup.
     negative_key_ttl: float = _env("METER_NEGATIVE_KEY_TTL", "1.0", _float(0, 60))

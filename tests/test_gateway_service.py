@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from gateway.testing import ECHO, Provisioned, add_key, echo_app, provision, until
 from meter import keys, local_servers
@@ -348,3 +349,57 @@ async def test_bad_price_table_stops_start_up_with_one_line(
     assert gw.proc.stderr is not None
     lines = (await gw.proc.stderr.read()).decode().strip().splitlines()
     assert len(lines) == 1 and "METER_PRICES=" in lines[0] and "[default]: price" in lines[0]
+
+
+async def test_a_refund_waiting_in_a_worker_killed_outright_is_given_back_by_its_successor(
+    spawn: Callable[..., Awaitable[GatewayProcess]],
+    upstream: TestServer,
+    live_state: LiveState,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Redis goes away while a call is at the upstream; the upstream fails it, so its price
+    is owed back, and the refund waits for Redis. The worker is killed outright before
+    Redis returns: the worker the supervisor starts in its place claims the refund from
+    the spool and gives it back, once."""
+    from test_gateway import TcpRelay
+
+    relay = TcpRelay(URL(redis_url).port or 6379)
+    relay_port = await relay.start()
+    account = await provision(live_state, balance=100_000)
+    spool = tmp_path / "spool"
+    gw = await spawn(
+        METER_GATEWAY_WORKERS="2",
+        METER_REDIS_URL=f"redis://127.0.0.1:{relay_port}/0",
+        METER_REDIS_TIMEOUT="0.5",
+        METER_REFUND_SPOOL_DIR=str(spool),
+    )
+    for _ in range(2):
+        await gw.log_line("gateway listening")
+    echo = upstream.app[ECHO]
+    headers = {"X-API-Key": account.key, "X-Echo-Hang": "1", "X-Echo-Status": "503"}
+    async with aiohttp.ClientSession() as http:
+        call = asyncio.ensure_future(http.post(gw.url + "/v1/things", headers=headers))
+        await until(lambda: echo.hanging == 1, within=10)
+        await relay.cut()
+        echo.hang.set()
+        response = await call
+        assert (response.status, response.headers["X-Meter-Charged"]) == (503, "1000")
+    victim = (await gw.log_line("refund deferred"))["pid"]
+    os.kill(victim, signal.SIGKILL)
+    exited = await gw.log_line("gateway worker exited; restarting")
+    assert (exited["worker_pid"], exited["code"]) == (victim, -signal.SIGKILL)
+    claimed = await gw.log_line("refunds claimed from a stopped worker's spool")
+    assert claimed["pid"] != victim and claimed["waiting"] == 1
+    rec = account.record
+    assert (await live_state.read_account(rec.shard, rec.account_id)).balance == 99_000  # type: ignore[union-attr]
+    await relay.start()
+    applied = await gw.log_line("refund applied late")
+    assert applied["pid"] == claimed["pid"] and applied["micros"] == 1_000
+    assert (await live_state.read_account(rec.shard, rec.account_id)).balance == 100_000  # type: ignore[union-attr]
+    entries = await live_state.redis.xrange(keys.usage_stream(rec.shard))
+    assert [fields[b"t"] for _, fields in entries] == [b"d", b"r"]
+    gw.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(gw.proc.wait(), 20) == 0
+    assert list(spool.iterdir()) == []  # both workers stopped with nothing waiting
+    await relay.cut()
