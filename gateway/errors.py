@@ -9,6 +9,8 @@ the refusal metric, so both are stable.
     +-- Refusal
         +-- BadPath ........................ 400 bad-path
         +-- IncompleteBody ................. 400 incomplete-body (the client stopped sending)
+        +-- RepeatedKey .................... 400 repeated-api-key (two Authorization, or two
+        |                                        X-API-Key headers: which one pays is unclear)
         +-- Unauthenticated ................ 401
         |   +-- MissingKey ................. 401 missing-api-key
         |   +-- MalformedKey ............... 401 malformed-api-key
@@ -84,6 +86,12 @@ class IncompleteBody(Refusal):
     status = 400
     slug = "incomplete-body"
     title = "The request body ended early"
+
+
+class RepeatedKey(Refusal):
+    status = 400
+    slug = "repeated-api-key"
+    title = "More than one Authorization or X-API-Key header: send the API key once"
 
 
 class Unauthenticated(Refusal):

@@ -42,18 +42,26 @@ from meter import apikeys, live_state
 from meter.live_state import KeyRecord
 from meter.live_state import StateUnavailable as StateUnavailableError
 
+# What a request with two Authorization (or two X-API-Key) headers presents: never a
+# well-formed key, told apart by identity where a key is vetted (400 repeated-api-key).
+REPEATED_KEY = "\x00repeated"
+
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key from ``Authorization: Bearer <key>``, else from ``X-API-Key`` (first of each)."""
+    """The key from ``Authorization: Bearer <key>``, else from ``X-API-Key``;
+    ``REPEATED_KEY`` when either header comes twice."""
     auth: bytes | None = None
     api_key: bytes | None = None
+    repeated = False
     for name, value in headers:
         size = len(name)
-        if size == 13 and auth is None and name.lower() == b"authorization":
+        if size == 13 and name.lower() == b"authorization":
+            repeated = repeated or auth is not None
             auth = value
-        elif size == 9 and api_key is None and name.lower() == b"x-api-key":
+        elif size == 9 and name.lower() == b"x-api-key":
+            repeated = repeated or api_key is not None
             api_key = value
-    return key_from(auth, api_key)
+    return REPEATED_KEY if repeated else key_from(auth, api_key)
 
 
 def key_from(authorization: bytes | None, api_key: bytes | None) -> str | None:
@@ -175,7 +183,7 @@ class Identifier:
 
     def _vet(self, key: str, digest: str) -> None:
         if not apikeys.well_formed(key):
-            raise errors.MalformedKey()
+            raise errors.RepeatedKey() if key is REPEATED_KEY else errors.MalformedKey()
         if self.cache.known_unknown(digest):
             self.metrics.key_negative_hit.inc()
             raise errors.UnknownKey()

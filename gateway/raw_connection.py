@@ -17,7 +17,7 @@ import httptools
 
 from gateway import errors, http11, ops
 from gateway.headers import Pairs
-from gateway.identity import key_from
+from gateway.identity import REPEATED_KEY, key_from
 from gateway.raw_request import HIGH_WATER, RawRequest
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class RawConnection(asyncio.Protocol):
         "read_paused",
         "refusal",
         "refused",
+        "repeated_key",
         "server",
         "task",
         "transfer_encoding",
@@ -98,6 +99,7 @@ class RawConnection(asyncio.Protocol):
         self.expect = False
         self.authorization: bytes | None = None
         self.x_api_key: bytes | None = None
+        self.repeated_key = False  # a second Authorization or X-API-Key header
         self.hosts = 0  # Host header lines of the request head being parsed
         self.refusal: errors.Refusal | None = None
         self.input_closed = False
@@ -211,6 +213,7 @@ class RawConnection(asyncio.Protocol):
         self.expect = False
         self.authorization = None
         self.x_api_key = None
+        self.repeated_key = False
         self.hosts = 0
         self.idle_deadline = _INF
         self.head_deadline = self.server.now + self.server.client_timeout
@@ -236,13 +239,15 @@ class RawConnection(asyncio.Protocol):
             if name.lower() == b"host":
                 self.hosts += 1
         elif size == 13:
-            if self.authorization is None and name.lower() == b"authorization":
+            if name.lower() == b"authorization":
+                self.repeated_key = self.repeated_key or self.authorization is not None
                 self.authorization = value
         elif size == 14:
             if name.lower() == b"content-length":
                 self.content_length = int(value)  # llhttp has validated it (one, digits only)
         elif size == 9:
-            if self.x_api_key is None and name.lower() == b"x-api-key":
+            if name.lower() == b"x-api-key":
+                self.repeated_key = self.repeated_key or self.x_api_key is not None
                 self.x_api_key = value
         elif size == 17:
             if name.lower() == b"transfer-encoding":
@@ -272,7 +277,7 @@ class RawConnection(asyncio.Protocol):
             method,
             self.url.decode("latin-1"),
             self.pairs,
-            key_from(self.authorization, self.x_api_key),
+            REPEATED_KEY if self.repeated_key else key_from(self.authorization, self.x_api_key),
             length,
             has_body,
             # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing: close after.

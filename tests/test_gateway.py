@@ -476,6 +476,29 @@ async def test_401_without_a_usable_key(
     assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 0
 
 
+@pytest.mark.parametrize(
+    "twice", [("Authorization", "Bearer {key}"), ("X-API-Key", "{key}")], ids=lambda t: t[0]
+)
+async def test_400_when_the_key_header_comes_twice(
+    make_gateway: MakeGateway, twice: tuple[str, str]
+) -> None:
+    """Two Authorization (or X-API-Key) headers, even naming the same key: which one pays
+    is not for the gateway to guess (a proxy in front may have checked the other)."""
+    from multidict import CIMultiDict
+
+    gw = await make_gateway()
+    assert gw.account is not None
+    name, value = twice
+    sent = CIMultiDict([(name, value.format(key=gw.account.key))] * 2)
+    async with gw.http.get(gw.url / "anything", headers=sent) as response:
+        reply = Reply(response.status, response.headers, await response.read())
+    problem(reply, 400, "repeated-api-key")
+    assert gw.echo.received == 0
+    assert await gw.balance() == 100_000 and await gw.events() == []
+    assert await gw.metric("meter_gateway_key_cache_total", result="miss") == 0
+    assert (await gw.call()).status == 200  # and the next call goes through
+
+
 @pytest.mark.parametrize("cross_shard", ["auto", "false"])
 async def test_401_unknown_key_then_remembered(make_gateway: MakeGateway, cross_shard: str) -> None:
     """Resolved by the admission script (auto, a single Redis) or by a lookup first, an

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import errors, headers
-from gateway.identity import presented_key
+from gateway.identity import REPEATED_KEY, presented_key
 from meter.live_state import Admission, Call
 from meter.money import SECONDS_PER_DAY, Outcome, Signal
 from meter.problems import TYPE_BASE
@@ -136,9 +136,16 @@ def test_presented_key(given: dict[str, str], key: str | None) -> None:
     assert presented_key(b(list(given.items()))) == key
 
 
-def test_presented_key_takes_the_first_of_each_header() -> None:
-    pairs = [(b"x-api-key", b"mtr_1"), (b"X-API-Key", b"mtr_2"), (b"authorization", b"Basic x")]
-    assert presented_key(pairs) == "mtr_1"
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [(b"x-api-key", b"mtr_1"), (b"X-API-Key", b"mtr_2"), (b"authorization", b"Basic x")],
+        [(b"Authorization", b"Bearer mtr_1"), (b"authorization", b"Bearer mtr_1")],
+        [(b"Authorization", b"Basic x"), (b"X-API-Key", b"mtr_1"), (b"Authorization", b"Bearer")],
+    ],
+)
+def test_a_key_header_given_twice_presents_no_key(pairs: list[tuple[bytes, bytes]]) -> None:
+    assert presented_key(pairs) is REPEATED_KEY
 
 
 def test_find_and_encode() -> None:
