@@ -111,7 +111,7 @@ class RefundRetry:
         for work in claimed:  # the retry period counts from the first failed try
             work.since = now - max(0.0, wall - work.at)
         self.metrics.refunds_claimed.inc(len(claimed))
-        self._wait(claimed)
+        self._wait(claimed, spooled=True)
 
     def add(self, call: Call, admission: Admission, amount: int, day: int, reason: str) -> None:
         """A refund whose first try failed: it will be tried again."""
@@ -124,15 +124,19 @@ class RefundRetry:
         """An admission batch whose reply was lost (``AdmissionBatcher.lost``)."""
         self._wait([PendingVoid(batch_key, calls, day, self.clock(), self.wall())])
 
-    def _wait(self, works: list[Pending]) -> None:
+    def _wait(self, works: list[Pending], *, spooled: bool = False) -> None:
+        """``spooled``: claimed work, already copied into this worker's spool."""
         room = max(0, self.max_pending - len(self.pending))
-        for work in works[room:]:
+        dropped, works = works[room:], works[:room]
+        for work in dropped:
             self._drop(work, "too much waiting")
-        works = works[:room]
+        if self.spool is not None:
+            if spooled:
+                self.spool.done(dropped)
+            else:
+                self.spool.add(works)
         if not works:
             return
-        if self.spool is not None:
-            self.spool.add(works)
         self.pending.extend(works)
         self.metrics.refunds_pending.value = len(self.pending)
         self._added.set()

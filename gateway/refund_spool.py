@@ -6,8 +6,8 @@ How it works: each worker appends to a file of its own, ``<pid>-<random>.spool``
 and holds an exclusive ``flock`` on it for its whole life. The kernel drops the
 lock when the process ends, however it ends, so a spool whose lock can be taken
 belongs to a worker that is gone. A starting worker claims every such file
-(``RefundSpool.claim``): it reads what is still waiting, the caller adds that to
-its own work (and so to its own spool), and the old file is deleted. A file is
+(``RefundSpool.claim``): it copies what is still waiting into its own spool,
+then deletes the old file, and tries that work as its own. A file is
 created under a name claims do not look at and renamed once locked, so a claim
 never takes the file of a worker that is starting.
 
@@ -247,8 +247,10 @@ class RefundSpool:
         self._fd = fd
 
     def claim(self) -> list[Claimed]:
-        """Every spool whose worker is gone, read and deleted (renamed ``*.unreadable``
-        when a line could not be read). Files of live workers are left alone."""
+        """Every spool whose worker is gone: what waits in it, copied into this worker's
+        spool (numbered), then the file deleted (renamed ``*.unreadable`` when a line could
+        not be read; left in place when the copy could not be written, for a later claim).
+        Files of live workers are left alone."""
         found = []
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             if path == self.path:
@@ -275,6 +277,8 @@ class RefundSpool:
                 return None
             with os.fdopen(os.dup(fd), "rb") as file:
                 works, unreadable = waiting(file.read())
+            if not self.add(works):
+                return Claimed(path, works, unreadable)  # kept where it is, and tried here
             if unreadable:
                 os.rename(path, path.with_name(path.name + ".unreadable"))
             else:
@@ -283,16 +287,16 @@ class RefundSpool:
         finally:
             os.close(fd)  # drops the lock
 
-    def add(self, works: list[Pending]) -> None:
-        """Number ``works`` and write them down, in one write."""
+    def add(self, works: list[Pending]) -> bool:
+        """Number ``works`` and write them down, in one write; False if that failed."""
         if self._fd < 0 or not works:
-            return
+            return self._fd >= 0
         out = []
         for work in works:
             work.n = self._next
             self._next += 1
             out.append(orjson.dumps(encode(work)))
-        self._write(b"\n".join(out) + b"\n")
+        return self._write(b"\n".join(out) + b"\n")
 
     def done(self, works: list[Pending]) -> None:
         numbers = [work.n for work in works if work.n]
@@ -317,7 +321,7 @@ class RefundSpool:
         os.close(self._fd)
         self._fd = -1
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> bool:
         try:
             written = os.write(self._fd, data)
             if written != len(data):
@@ -327,3 +331,5 @@ class RefundSpool:
                 "refund spool write failed: a worker killed now would lose what waits",
                 extra={"error": str(exc), "path": str(self.path)},
             )
+            return False
+        return True
