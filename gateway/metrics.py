@@ -25,6 +25,10 @@ meter_gateway_refund_errors_total                               refunds whose fi
 meter_gateway_refunds_pending                                   refunds waiting to be tried again
 meter_gateway_refunds_claimed_total                             waiting refunds taken over from a
                                                                 stopped worker's spool
+meter_gateway_refund_spool_errors_total       kind              spool writes that failed (write: a
+                                                                worker killed then loses them) and
+                                                                claimed lines not readable
+                                                                (unreadable: kept for an operator)
 meter_gateway_refunds_dropped_total                             refunds given up (over-charged
                                                                 customers: logged at ERROR)
 meter_gateway_charged_micros_total            route             micros charged (after settlement)
@@ -228,6 +232,14 @@ class GatewayMetrics:
             "meter_gateway_refunds_claimed",
             "Refunds and voids taken over from a stopped worker's spool (METER_REFUND_SPOOL_DIR)",
         ).labels()
+        spool_errors = f(
+            "counter",
+            "meter_gateway_refund_spool_errors",
+            "Refund spool writes that failed, and spooled lines that could not be read (logged)",
+            ["kind"],
+        )
+        self.spool_write_errors: Count = spool_errors.labels("write")
+        self.spool_unreadable: Count = spool_errors.labels("unreadable")
         self.refunds_dropped: Count = f(
             "counter",
             "meter_gateway_refunds_dropped",

@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from gateway.metrics import GatewayMetrics
 from meter.live_state import Call, KeyCall
 from meter.settings import ConfigError
 
@@ -229,8 +230,9 @@ def waiting(text: bytes) -> tuple[list[Pending], int]:
 class RefundSpool:
     """This worker's spool file, and the claiming of stopped workers' files."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, metrics: GatewayMetrics) -> None:
         self.folder = folder
+        self.metrics = metrics
         self.path: Path | None = None
         self._fd = -1
         self._next = 1
@@ -280,6 +282,7 @@ class RefundSpool:
             if not self.add(works):
                 return Claimed(path, works, unreadable)  # kept where it is, and tried here
             if unreadable:
+                self.metrics.spool_unreadable.inc(unreadable)
                 os.rename(path, path.with_name(path.name + ".unreadable"))
             else:
                 path.unlink()
@@ -310,6 +313,7 @@ class RefundSpool:
                 os.ftruncate(self._fd, 0)
             except OSError as exc:
                 log.error("refund spool could not be emptied", extra={"error": str(exc)})
+                self.metrics.spool_write_errors.inc()
 
     def close(self, *, keep: bool) -> None:
         """Close this worker's file; delete it unless ``keep`` (work left waiting)."""
@@ -331,5 +335,6 @@ class RefundSpool:
                 "refund spool write failed: a worker killed now would lose what waits",
                 extra={"error": str(exc), "path": str(self.path)},
             )
+            self.metrics.spool_write_errors.inc()
             return False
         return True

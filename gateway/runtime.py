@@ -109,7 +109,7 @@ async def open_runtime(
     table = prices if prices is not None else load_prices(settings.prices_path)
     spool = None  # opened first: a folder refused leaves nothing open
     if settings.refund_spool_dir is not None:
-        spool = RefundSpool(check_folder(settings.refund_spool_dir))
+        spool = RefundSpool(check_folder(settings.refund_spool_dir), metrics)
         spool.open()
     state = open_state(settings)
     upstream: UpstreamPool | AiohttpUpstream

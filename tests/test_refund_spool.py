@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.metrics import GatewayMetrics
 from gateway.refund_spool import (
     PendingRefund,
     PendingVoid,
@@ -37,8 +38,12 @@ def unclaimed(work: PendingRefund) -> PendingRefund:
     return work
 
 
+def amounts(works: list[PendingRefund | PendingVoid]) -> list[int]:
+    return [w.amount if isinstance(w, PendingRefund) else -1 for w in works]
+
+
 def opened(folder: Path) -> RefundSpool:
-    spool = RefundSpool(check_folder(str(folder)))
+    spool = RefundSpool(check_folder(str(folder)), GatewayMetrics())
     spool.open()
     return spool
 
@@ -73,7 +78,7 @@ def test_a_line_we_did_not_write_is_counted_unreadable(line: bytes) -> None:
 
 def test_work_marked_done_is_not_waiting(tmp_path: Path) -> None:
     spool = opened(tmp_path)
-    works = [refund(1), refund(2), void()]
+    works: list[PendingRefund | PendingVoid] = [refund(1), refund(2), void()]
     spool.add(works)
     assert [w.n for w in works] == [1, 2, 3]
     spool.done([works[0], works[2]])
@@ -115,11 +120,41 @@ def test_a_spool_with_an_unreadable_line_is_kept_for_an_operator(tmp_path: Path)
     assert first.path is not None
     with first.path.open("ab") as file:
         file.write(b"garbage\n")
-    [claimed] = opened(tmp_path).claim()
+    claimer = opened(tmp_path)
+    [claimed] = claimer.claim()
+    assert claimer.metrics.spool_unreadable.value == 1
     assert claimed.unreadable == 1
-    assert [(w.amount, w.n) for w in claimed.waiting] == [(7, 1)]  # numbered in the claimer's spool
+    assert amounts(claimed.waiting) == [7]
+    assert claimed.waiting[0].n == 1  # numbered in the claimer's own spool
     assert not first.path.exists()
     assert first.path.with_name(first.path.name + ".unreadable").exists()
+
+
+def disk_full(spool: RefundSpool) -> None:
+    """Every later write to ``spool``'s file fails as on a full disk (ENOSPC)."""
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, spool._fd)
+    os.close(full)
+
+
+def test_a_write_that_fails_is_counted_and_said(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    disk_full(spool)
+    assert spool.add([refund()]) is False
+    assert spool.metrics.spool_write_errors.value == 1
+
+
+def test_a_claim_whose_copy_fails_leaves_the_old_file_for_a_later_claim(tmp_path: Path) -> None:
+    first = opened(tmp_path)
+    first.add([refund(7)])
+    first.close(keep=True)
+    claimer = opened(tmp_path)
+    disk_full(claimer)
+    [claimed] = claimer.claim()
+    assert amounts(claimed.waiting) == [7]  # tried by the claimer all the same
+    assert first.path is not None and first.path.exists()
+    later = {c.path: amounts(c.waiting) for c in opened(tmp_path).claim()}
+    assert later[first.path] == [7]
 
 
 def test_a_spool_still_being_opened_is_not_claimed(tmp_path: Path) -> None:
