@@ -156,11 +156,11 @@ class RefundRetry:
                         await asyncio.sleep(backoff(attempts))
                         attempts += 1
         if self.spool is not None:
-            if self.pending:
-                log.warning(
-                    "refunds left in the spool for the next worker",
-                    extra={"waiting": len(self.pending), "path": str(self.spool.path)},
-                )
+            # Applied by the next worker to start on the folder, or never (a folder that
+            # goes with its machine or pod): each is logged as a given-up refund would be.
+            path = str(self.spool.path)
+            for work in self.pending:
+                log.error("refund left in the spool", extra={**_fields(work), "path": path})
             self.spool.close(keep=bool(self.pending))
             self.pending.clear()
         while self.pending:

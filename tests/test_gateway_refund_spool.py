@@ -43,7 +43,7 @@ async def next_gateway(make_gateway: MakeGateway, first: Gateway, **overrides: o
 
 
 async def test_a_refund_left_at_shutdown_is_given_back_by_the_next_gateway(
-    make_gateway: MakeGateway, redis_url: str, tmp_path: Path
+    make_gateway: MakeGateway, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
     first, relay = await behind_relay(
@@ -55,6 +55,9 @@ async def test_a_refund_left_at_shutdown_is_given_back_by_the_next_gateway(
     assert (work.amount, work.reason) == (PRICE, "upstream_5xx")
     await first.stop()  # Redis still away: the grace runs out
     assert first.runtime.metrics.refunds_dropped.value == 0  # left, not given up
+    [left] = [r for r in caplog.records if r.getMessage() == "refund left in the spool"]
+    assert left.levelname == "ERROR"  # a record to credit from, should the folder be lost
+    assert (left.event_id, left.micros) == (work.event_id, PRICE)  # type: ignore[attr-defined]
     assert spooled(spool) == [work]
     assert await first.balance() == 100_000 - PRICE
 
