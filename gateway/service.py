@@ -39,6 +39,7 @@ from gateway.refund_spool import check_folder
 from gateway.runtime import Runtime, open_runtime
 from meter import open_files, parent_death
 from meter.logs import setup_logging
+from meter.redis_address import RedisAddress
 from meter.settings import ConfigError, Settings
 
 log = logging.getLogger("gateway")
@@ -50,6 +51,12 @@ def main(settings: Settings) -> None:
     if settings.gateway_workers > 1 and settings.gateway_port == 0:
         raise ConfigError("METER_GATEWAY_PORT=0: several workers need a fixed port")
     load_prices(settings.prices_path)  # fail before forking
+    tls = RedisAddress.from_url(settings.redis_url).tls
+    if tls is not None:
+        try:
+            tls.context()  # a CA, certificate or key file it cannot use
+        except ValueError as exc:
+            raise ConfigError(f"METER_REDIS_URL: TLS: {exc}") from exc
     if settings.refund_spool_dir is not None:
         check_folder(settings.refund_spool_dir)
     if settings.gateway_workers == 1:

@@ -19,8 +19,9 @@ hot path needs a handful. This client does only what the hot path needs:
   trusted to line up, so a timeout (like a lost connection or a protocol error)
   fails the connection: every command in flight fails with a ``StateUnavailable``
   (the gateway answers 503), never a guessed success, and the next command opens
-  a new connection. Connecting is lazy; AUTH and SELECT are simply the first
-  commands of a new connection's pipeline, and a refusal fails the connection.
+  a new connection. Connecting is lazy (over TLS for ``rediss://``: see
+  ``redis_address.py``); AUTH and SELECT are simply the first commands of a new
+  connection's pipeline, and a refusal fails the connection.
 * EVALSHA entries remember their script: a ``NOSCRIPT`` reply (Redis restarted
   or flushed its script cache; the script did not run) queues one SCRIPT LOAD
   per script, however many commands were in flight, then the same EVALSHA
@@ -41,22 +42,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import ssl
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
 from meter.live_state import StateUnavailable
+from meter.redis_address import Arg, RedisAddress, pack_command
 from meter.scripts import LuaScript
 
 # A decoded reply: bytes, int, None, or a list of replies (an error inside an
 # array stays a RedisReplyError value).
 Reply = Any
-Arg = bytes | str | int
-
-pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
 class ReplySink(Protocol):
@@ -91,57 +89,6 @@ class RedisReplyError(RedisPipeError):
     """Redis answered with an error reply; the message is Redis's own."""
 
 
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """Where and how to connect: ``redis://[[user]:password@]host[:port][/db]``
-    or ``unix:///path/to/socket[?db=N]`` (password as in a redis:// URL)."""
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisAddress:
-        parts = urlsplit(url)
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password is not None else None
-        query = parse_qs(parts.query)
-        db_text = query.get("db", [""])[0]
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError("a unix:// Redis URL needs a socket path")
-            return cls(path=parts.path, db=int(db_text or 0), username=username, password=password)
-        if parts.scheme != "redis":
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (redis:// or unix://)")
-        db_path = parts.path.strip("/")
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=int(db_path or db_text or 0),
-            username=username,
-            password=password,
-        )
-
-    def __str__(self) -> str:
-        where = f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
-        return f"{where}/{self.db}"
-
-    def handshake(self) -> list[tuple[bytes, str]]:
-        """The commands that open a connection's pipeline, each with what it is for."""
-        commands: list[tuple[bytes, str]] = []
-        if self.password is not None:
-            auth: tuple[Arg, ...] = ("AUTH", self.password)
-            if self.username:
-                auth = ("AUTH", self.username, self.password)
-            commands.append((pack_command(auth), "AUTH"))
-        if self.db:
-            commands.append((pack_command(("SELECT", self.db)), "SELECT"))
-        return commands
-
-
 # FIFO entry kinds: what to do with the reply.
 _PLAIN = 0  # resolve the future
 _EVALSHA = 1  # resolve the future; on NOSCRIPT load the script and send again
@@ -159,10 +106,15 @@ class _Connection(asyncio.Protocol):
     """One Redis connection; many commands in flight, answered in order."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, address: RedisAddress, timeout: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        address: RedisAddress,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = loop
         self.address = address
+        self.tls = tls
         self.timeout = timeout
         self.closed = False  # no new commands; the pipe opens another connection
         self.gone: asyncio.Future[None] = loop.create_future()  # transport released
@@ -182,7 +134,12 @@ class _Connection(asyncio.Protocol):
             connect = self.loop.create_unix_connection(lambda: self, self.address.path)
         else:
             connect = self.loop.create_connection(
-                lambda: self, self.address.host, self.address.port
+                lambda: self,
+                self.address.host,
+                self.address.port,
+                ssl=self.tls,
+                server_hostname=self.address.host if self.tls is not None else None,
+                ssl_handshake_timeout=self.timeout if self.tls is not None else None,
             )
         self._connecting = self.loop.create_task(connect)
         self._connecting.add_done_callback(self._connect_done)
@@ -329,6 +286,8 @@ class RedisPipe:
         if connections < 1:
             raise ValueError("connections must be at least 1")
         self.address = RedisAddress.from_url(url)
+        # rediss://: one context for every connection (a CA or key file is read once, here).
+        self.tls = self.address.tls.context() if self.address.tls is not None else None
         self.timeout = timeout
         self._conns: list[_Connection | None] = [None] * connections
         self._next = 0
@@ -343,7 +302,7 @@ class RedisPipe:
         if conn is None or conn.closed:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
-            conn = self._conns[i] = _Connection(self._loop, self.address, self.timeout)
+            conn = self._conns[i] = _Connection(self._loop, self.address, self.timeout, self.tls)
             conn.open()
         return conn
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from meter.keys import SETTLED_TTL_SECONDS
+from meter.redis_address import RedisAddress
 
 T = TypeVar("T")
 
@@ -87,6 +88,12 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _redis_url(raw: str) -> str:
+    value: str = _url("redis", "rediss", "unix")(raw)
+    RedisAddress.from_url(value)  # its TLS options too (ValueError says which)
+    return value
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -127,6 +134,20 @@ def _crash_points(raw: str) -> frozenset[str]:
     return points
 
 
+def _shown(raw: str) -> str:
+    """``raw`` for an error message: a URL's password masked."""
+    try:
+        parts = urlsplit(raw)
+        password = parts.password
+    except ValueError:
+        return raw
+    if not password:
+        return raw
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _env(name: str, default: str, parse: Callable[[str], Any]) -> Any:
     return field(default=None, metadata={"env": name, "default": default, "parse": parse})
 
@@ -134,9 +155,7 @@ def _env(name: str, default: str, parse: Callable[[str], Any]) -> Any:
 @dataclass(frozen=True, slots=True)
 class Settings:
     # Where things live.
-    redis_url: str = _env(
-        "METER_REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix")
-    )
+    redis_url: str = _env("METER_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url)
     database_url: str = _env(
         "METER_DATABASE_URL",
         "postgresql://meter@127.0.0.1:5432/meter",
@@ -242,7 +261,7 @@ class Settings:
             try:
                 values[f.name] = parse(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{name}={raw!r}: {exc}") from None
+                raise ConfigError(f"{name}={_shown(raw)!r}: {exc}") from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

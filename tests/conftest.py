@@ -12,11 +12,14 @@ import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import asyncpg
 import pytest
 import redis as redis_sync
+import trustme
 
 from meter import local_servers
 from meter.live_state import LiveState
@@ -39,6 +42,66 @@ def redis_server(server_dir: Path) -> Iterator[local_servers.RedisServer]:
     server = local_servers.start_redis(server_dir / "redis")
     yield server
     server.stop(kill=True)
+
+
+@dataclass(frozen=True)
+class TlsRedis:
+    """A Redis serving TLS (and plain TCP, for the test's own checks), with the CA that
+    signed its certificate and a client certificate from the same CA."""
+
+    server: local_servers.RedisServer
+    tls_port: int
+    ca: Path
+    client_cert: Path
+    client_key: Path
+
+    def url(self, **query: str) -> str:
+        """``rediss://`` trusting our CA, plus ``query`` (redis-py's URL parameters)."""
+        params = urlencode({"ssl_ca_certs": str(self.ca), **query})
+        return f"rediss://localhost:{self.tls_port}/0?{params}"
+
+
+@pytest.fixture(scope="session")
+def tls_redis_server(server_dir: Path) -> Iterator[TlsRedis]:
+    """TLS on its own port; clients may present a certificate (``tls-auth-clients
+    optional``), which a test can make required with CONFIG SET."""
+    folder = server_dir / "redis-tls"
+    folder.mkdir()
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("meter-gateway")
+    for name, pem in [
+        ("ca.pem", ca.cert_pem),
+        ("server.pem", cert.cert_chain_pems[0]),
+        ("server.key", cert.private_key_pem),
+        ("client.pem", client.cert_chain_pems[0]),
+        ("client.key", client.private_key_pem),
+    ]:
+        pem.write_to_path(str(folder / name))
+    tls_port = local_servers.free_port()
+    tls = [
+        ("--tls-port", str(tls_port)),
+        ("--tls-cert-file", str(folder / "server.pem")),
+        ("--tls-key-file", str(folder / "server.key")),
+        ("--tls-ca-cert-file", str(folder / "ca.pem")),
+        ("--tls-auth-clients", "optional"),
+    ]
+    server = local_servers.start_redis(folder / "data", extra=[a for pair in tls for a in pair])
+    yield TlsRedis(
+        server, tls_port, folder / "ca.pem", folder / "client.pem", folder / "client.key"
+    )
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def tls_redis(tls_redis_server: TlsRedis) -> TlsRedis:
+    """The TLS Redis, emptied, clients' certificates optional again."""
+    client = redis_sync.Redis.from_url(tls_redis_server.server.url)
+    client.flushall()
+    client.script_flush()
+    client.config_set("tls-auth-clients", "optional")
+    client.close()
+    return tls_redis_server
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import TlsRedis
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
@@ -938,6 +939,27 @@ async def test_a_call_answered_503_for_a_lost_admission_reply_is_not_charged(
 def test_refund_retries_back_off_to_five_seconds() -> None:
     assert [backoff(n) for n in range(4)] == [0.05, 0.1, 0.2, 0.4]
     assert backoff(7) == 5.0 and backoff(10_000) == 5.0
+
+
+async def test_metered_calls_over_tls_to_redis(
+    make_gateway: MakeGateway, tls_redis: TlsRedis
+) -> None:
+    """``rediss://``: admissions (batched through the pipe), refunds and the key lookup all
+    go over TLS, exactly as over plain TCP."""
+    state = LiveState.from_url(tls_redis.server.url)  # the same Redis, for the checks
+    try:
+        gw = await make_gateway(redis_url=tls_redis.url(), balance=0)
+        gw.state = state
+        gw.account = await provision(state, balance=10_000)
+        for _ in range(3):
+            reply = await gw.call()
+            assert (reply.status, reply.header("X-Meter-Charged")) == (200, PRICE)
+        failed = await gw.call(headers={"X-Echo-Status": "503"})  # refunded
+        assert (failed.status, failed.header("X-Meter-Charged")) == (503, 0)
+        assert await gw.balance() == 10_000 - 3 * PRICE
+        assert [e["t"] for e in await gw.events()] == ["d", "d", "d", "d", "r"]
+    finally:
+        await state.close()
 
 
 async def test_503_when_the_account_state_is_missing(make_gateway: MakeGateway) -> None:

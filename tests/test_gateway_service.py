@@ -403,3 +403,15 @@ async def test_a_refund_waiting_in_a_worker_killed_outright_is_given_back_by_its
     assert await asyncio.wait_for(gw.proc.wait(), 20) == 0
     assert list(spool.iterdir()) == []  # both workers stopped with nothing waiting
     await relay.cut()
+
+
+async def test_a_redis_ca_file_that_cannot_be_read_stops_start_up_with_one_line(
+    spawn: Callable[..., Awaitable[GatewayProcess]], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    gw = await spawn(METER_REDIS_URL=f"rediss://:hunter2@localhost:1/0?ssl_ca_certs={missing}")
+    assert await asyncio.wait_for(gw.proc.wait(), 20) == 2
+    assert gw.proc.stderr is not None
+    lines = (await gw.proc.stderr.read()).decode().strip().splitlines()
+    assert len(lines) == 1 and f"METER_REDIS_URL: TLS: ssl_ca_certs={missing}" in lines[0]
+    assert "hunter2" not in lines[0]

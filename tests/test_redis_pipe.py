@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 import redis as redis_sync
+import trustme
+from conftest import TlsRedis
 from fake_redis import fake_server
 
 from meter import local_servers
 from meter.live_state import StateUnavailable
+from meter.redis_address import RedisAddress, TlsOptions
 from meter.redis_pipe import (
-    RedisAddress,
     RedisNotSent,
     RedisPipe,
     RedisReplyError,
@@ -65,13 +67,30 @@ def command_calls(url: str, command: str) -> int:
         ("redis://:s%40cret@h:1/2", RedisAddress("h", 1, db=2, password="s@cret")),
         ("redis://alice:pw@h:1", RedisAddress("h", 1, username="alice", password="pw")),
         ("unix:///run/redis.sock?db=3", RedisAddress(path="/run/redis.sock", db=3)),
+        ("rediss://h:1/2", RedisAddress("h", 1, db=2, tls=TlsOptions())),
+        (
+            "rediss://h?ssl_ca_certs=/ca.pem&ssl_cert_reqs=none&ssl_check_hostname=false",
+            RedisAddress("h", tls=TlsOptions("/ca.pem", cert_reqs="none", check_hostname=False)),
+        ),
+        (
+            "rediss://h?ssl_certfile=/c.pem&ssl_keyfile=/c.key&socket_timeout=3",  # redis-py's
+            RedisAddress("h", tls=TlsOptions(certfile="/c.pem", keyfile="/c.key")),
+        ),
     ],
 )
 def test_address_from_url(url: str, expected: RedisAddress) -> None:
     assert RedisAddress.from_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["rediss://h:1/0", "http://h", "unix://"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h",
+        "unix://",
+        "rediss://h?ssl_cert_reqs=maybe",
+        "rediss://h?ssl_check_hostname=perhaps",
+    ],
+)
 def test_unsupported_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         RedisAddress.from_url(url)
@@ -290,6 +309,65 @@ def unix_redis(tmp_path: Path) -> Iterator[Path]:
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_commands_over_tls(tls_redis: TlsRedis) -> None:
+    pipe = RedisPipe(tls_redis.url(), timeout=5.0)
+    try:
+        assert await pipe.submit("SET", "k", "v") == b"OK"
+        assert await pipe.submit("GET", "k") == b"v"
+        script = lua("tls", "return ARGV[1]")
+        assert await pipe.evalsha(script, [], ["over tls"]) == b"over tls"
+    finally:
+        await pipe.close()
+    with sync_client(tls_redis.server.url) as client:  # the same Redis, over plain TCP
+        assert client.get("k") == b"v"
+
+
+@pytest.mark.parametrize(
+    ("query", "works"),
+    [({}, False), ({"ssl_cert_reqs": "none"}, True)],
+    ids=["verified", "not-verified"],
+)
+async def test_a_server_certificate_no_trusted_ca_signed_is_refused(
+    tls_redis: TlsRedis, tmp_path: Path, query: dict[str, str], works: bool
+) -> None:
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    pipe = RedisPipe(tls_redis.url(ssl_ca_certs=str(stranger), **query), timeout=5.0)
+    try:
+        if works:
+            assert await pipe.submit("PING") == b"PONG"
+        else:
+            with pytest.raises(RedisUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+                await pipe.submit("PING")
+    finally:
+        await pipe.close()
+
+
+async def test_a_client_certificate_when_redis_asks_for_one(tls_redis: TlsRedis) -> None:
+    with sync_client(tls_redis.server.url) as client:
+        client.config_set("tls-auth-clients", "yes")
+    anonymous = RedisPipe(tls_redis.url(), timeout=5.0)
+    with pytest.raises(RedisUnreachable):
+        await anonymous.submit("PING")
+    await anonymous.close()
+    url = tls_redis.url(
+        ssl_certfile=str(tls_redis.client_cert), ssl_keyfile=str(tls_redis.client_key)
+    )
+    known = RedisPipe(url, timeout=5.0)
+    assert await known.submit("PING") == b"PONG"
+    await known.close()
+
+
+@pytest.mark.parametrize("option", ["ssl_ca_certs", "ssl_certfile"])
+def test_a_tls_file_that_cannot_be_used_fails_at_once(tmp_path: Path, option: str) -> None:
+    for name, text in [("missing.pem", None), ("garbage.pem", "not a certificate")]:
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(ValueError, match=f"{option}={path}"):
+            RedisPipe(f"rediss://localhost:1/0?{option}={path}")
 
 
 async def test_unix_socket(unix_redis: Path) -> None:

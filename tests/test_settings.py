@@ -41,12 +41,27 @@ def test_values_are_parsed() -> None:
         ("METER_PRICES", "/no/such/prices.toml"),
         ("METER_LOG_LEVEL", "loud"),
         ("METER_UPSTREAM_TIMEOUT", "-1"),
+        ("METER_REDIS_URL", "rediss://h:1/0?ssl_cert_reqs=maybe"),
+        ("METER_REDIS_URL", "rediss://h:1/0?ssl_check_hostname=perhaps"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:
         Settings.from_env({name: value})
     assert str(err.value).startswith(f"{name}=")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("METER_REDIS_URL", "rediss://:hunter2@h:1/0?ssl_cert_reqs=maybe"),
+        ("METER_DATABASE_URL", "mysql://meter:hunter2@h/meter"),
+    ],
+)
+def test_a_bad_url_is_named_without_its_password(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({name: value})
+    assert "hunter2" not in str(err.value) and ":***@h" in str(err.value)
 
 
 def test_secret_never_reaches_a_repr() -> None:
