@@ -46,6 +46,14 @@ class GatewayProcess:
                 if doc.get("msg") == msg:
                     return dict(doc)
 
+    async def refused_start_up(self) -> str:
+        """The one line a gateway that refused to start wrote (exit code 2)."""
+        assert await asyncio.wait_for(self.proc.wait(), 20) == 2
+        assert self.proc.stderr is not None
+        lines = (await self.proc.stderr.read()).decode().strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
 
 @pytest.fixture
 async def upstream(
@@ -345,10 +353,8 @@ async def test_bad_price_table_stops_start_up_with_one_line(
     bad = tmp_path / "prices.toml"
     bad.write_text("[default]\nprice = -1\n")
     gw = await spawn(METER_PRICES=str(bad))
-    assert await asyncio.wait_for(gw.proc.wait(), 20) == 2
-    assert gw.proc.stderr is not None
-    lines = (await gw.proc.stderr.read()).decode().strip().splitlines()
-    assert len(lines) == 1 and "METER_PRICES=" in lines[0] and "[default]: price" in lines[0]
+    line = await gw.refused_start_up()
+    assert "METER_PRICES=" in line and "[default]: price" in line
 
 
 async def test_a_refund_waiting_in_a_worker_killed_outright_is_given_back_by_its_successor(
@@ -410,8 +416,5 @@ async def test_a_redis_ca_file_that_cannot_be_read_stops_start_up_with_one_line(
 ) -> None:
     missing = tmp_path / "no-such-ca.pem"
     gw = await spawn(METER_REDIS_URL=f"rediss://:hunter2@localhost:1/0?ssl_ca_certs={missing}")
-    assert await asyncio.wait_for(gw.proc.wait(), 20) == 2
-    assert gw.proc.stderr is not None
-    lines = (await gw.proc.stderr.read()).decode().strip().splitlines()
-    assert len(lines) == 1 and f"METER_REDIS_URL: TLS: ssl_ca_certs={missing}" in lines[0]
-    assert "hunter2" not in lines[0]
+    line = await gw.refused_start_up()
+    assert f"METER_REDIS_URL: TLS: ssl_ca_certs={missing}" in line and "hunter2" not in line
