@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from . import figures, provenance, stats
+from . import figures, provenance, runs, stats
 from .plot import plot
 
 README = Path(__file__).with_name("README.md")
@@ -191,12 +191,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def update_readme(results: dict[str, Any], readme: Path = README) -> bool:
     """Put the latest full run's main tables between the README's markers."""
-    text = readme.read_text() if readme.exists() else ""
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
     section = [
-        README_START,
         f"### Latest full run ({results['date']})",
         "",
         *_summary_lines(results),
@@ -204,12 +199,20 @@ def update_readme(results: dict[str, Any], readme: Path = README) -> bool:
         "",
         "Everything else (exactness per gateway process, the sweeps): "
         "[`results/latest.md`](results/latest.md), [`results/latest.png`](results/latest.png).",
-        "",
     ]
-    body = "\n".join(
+    lines = [
         line.replace("## ", "#### ", 1) if line.startswith("## ") else line for line in section
-    )
-    readme.write_text(text[:start] + body + text[end:])
+    ]
+    return replace_section(readme, README_START, README_END, lines)
+
+
+def replace_section(readme: Path, start_marker: str, end_marker: str, lines: list[str]) -> bool:
+    """Put ``lines`` between two markers of ``readme``; False when it has not both."""
+    text = readme.read_text() if readme.exists() else ""
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[:start] + "\n".join([start_marker, *lines, ""]) + text[end:])
     return True
 
 
@@ -394,6 +397,9 @@ def write(results: dict[str, Any], args: argparse.Namespace, folder: Path) -> li
         p.write_text(text)
     if full_run(args):
         update_readme(results)
+        replace_section(
+            README, runs.README_START, runs.README_END, runs.markdown(runs.full_runs(folder))
+        )
     if plot(results, folder / f"{stamp}.png"):
         (folder / "latest.png").write_bytes((folder / f"{stamp}.png").read_bytes())
     else:

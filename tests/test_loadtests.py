@@ -42,6 +42,7 @@ from loadtests import (
     procstat,
     redis_side,
     report,
+    runs,
     servers,
     stats,
     wrk,
@@ -605,6 +606,63 @@ def test_readme_section_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert "#### Ratios" in text
     readme.write_text("no markers\n")
     assert not report.update_readme(results, readme)
+
+
+def _save(folder: Path, name: str, results: dict[str, Any]) -> None:
+    (folder / f"{name}.json").write_bytes(orjson.dumps(results))
+
+
+def test_runs_side_by_side_show_each_run_as_it_recorded_it(tmp_path: Path) -> None:
+    older = _results()  # recorded no headline: its figures are worked out from its measurements
+    newer = _results()
+    newer["configurations"]["gateway"]["c64"]["rps"] = 16_000.0  # 2.0x aiohttp, not 3.0x
+    # A figure the code of its day took otherwise (computed from these points: 0.84).
+    newer["headline"] = {**figures.headline(newer), "sweep_1m_uniform_vs_1": 0.95}
+    newer["git"] = {"commit": "def4567890", "dirty": True}
+    _save(tmp_path, "20261206-120000", newer)
+    _save(tmp_path, "20261205-120000", older)
+    _save(tmp_path, "20261206-130000", {**_results(), "quick": True})
+    _save(
+        tmp_path,
+        "20261206-140000",
+        {**_results(), "command": "python -m loadtests.bench --only gateway"},
+    )
+    _save(tmp_path, "latest", newer)
+    found = runs.full_runs(tmp_path)
+    assert [stamp for stamp, _ in found] == ["20261206-120000", "20261205-120000"]
+    assert [stamp for stamp, _ in runs.full_runs(tmp_path, since="20261206")] == ["20261206-120000"]
+    text = "\n".join(runs.markdown(found))
+    assert text.startswith("2 full runs, 2026-12-05 12:00 to 2026-12-06 12:00 ")
+    assert "| gateway / aiohttp throughput (goal) | >= 3.0 | 2.000 | 3.000 | 1 of 2 | - |" in text
+    assert "| gateway / aiohttp throughput (floor) | >= 2.0 | 2.000 | 3.000 | 2 of 2 | - |" in text
+    assert (
+        "| 1M accounts (uniform) / 1 account at c64 | >= 0.9 | 0.840 | 0.950 | 1 of 2 | - |" in text
+    )
+    # The latency targets beside the plain aiohttp proxy's figure against the same limit.
+    assert (
+        "| p99 added at 1 connection, one core (ms) | <= 0.3 | 0.125 | 0.125 | 2 of 2 "
+        "| 0.150 - 0.150, 2 of 2 |"
+    ) in text
+    assert (
+        "| 2026-12-06 12:00 | `def4567+` | 2.00x | 0.32x | 50.0 / 50.0 | 0.125 / 0.150 "
+        "| 0.250 / 0.300 | 0.917 | 0.750 | 0.950 / 0.958 | yes |"
+    ) in text
+    assert "| 2026-12-05 12:00 | `abc` | 3.00x | 0.48x |" in text
+    assert runs.markdown([]) == ["No full run in the results yet."]
+
+
+def test_the_runs_go_between_their_own_readme_markers(tmp_path: Path) -> None:
+    _save(tmp_path, "20261206-120000", _results())
+    readme = tmp_path / "README.md"
+    latest = f"{report.README_START}\nlatest\n{report.README_END}\n"
+    readme.write_text(f"# Load\n{latest}{runs.README_START}\nold\n{runs.README_END}\nafter\n")
+    lines = runs.markdown(runs.full_runs(tmp_path))
+    assert report.replace_section(readme, runs.README_START, runs.README_END, lines)
+    once = readme.read_text()
+    assert report.replace_section(readme, runs.README_START, runs.README_END, lines)
+    assert readme.read_text() == once  # rebuilt, not appended
+    assert "old" not in once and latest in once and once.endswith(f"{runs.README_END}\nafter\n")
+    assert "1 full run, 2026-12-06 12:00 to 2026-12-06 12:00" in once
 
 
 def test_write_saves_latest_and_timestamped_files(tmp_path: Path) -> None:
