@@ -70,7 +70,7 @@ class RefundRetry:
         metrics: GatewayMetrics,
         *,
         retry_for: float,
-        void: Void | None = None,
+        void: Void,
         max_pending: int = 100_000,
         spool: RefundSpool | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -224,9 +224,6 @@ class RefundRetry:
         return True
 
     async def _void(self, work: PendingVoid) -> bool:
-        if self.void is None:
-            self._drop(work, "this Redis client cannot void a batch")
-            return True
         try:
             debited = await self.void(work.batch_key, work.calls)
         except StateUnavailable:

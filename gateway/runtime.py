@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.admission import DirectAdmitter
 from gateway.identity import Identifier, KeyCache
@@ -73,6 +75,10 @@ def open_live_state(settings: Settings) -> LiveState:
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
+        # Fail fast: a call waits at most METER_REDIS_TIMEOUT for Redis, where redis-py's
+        # default retries would back off for seconds. (Admissions are never sent twice
+        # whatever this says: ``LiveState._admit_recorded`` voids a lost one instead.)
+        retry=Retry(NoBackoff(), 0),
     )
     return LiveState(aioredis.Redis.from_pool(pool))
 
@@ -140,11 +146,15 @@ async def open_runtime(
         admitter,
         metrics,
         retry_for=settings.refund_retry_seconds,
-        void=None if pipelined is None else pipelined.void,
+        void=state.void,
         spool=spool,
     )
-    if pipelined is not None:  # a batch whose reply is lost is voided, its debits refunded
+    # An admission whose reply is lost is voided, its debits refunded.
+    if pipelined is not None:
         pipelined.batcher.lost = refunds.add_void
+    else:
+        assert isinstance(state, LiveState)
+        state.lost = refunds.add_void
     refunds.start()
     try:
         runtime.state = state

@@ -56,6 +56,7 @@ from meter.live_state import (
     BatchIds,
     Call,
     KeyCall,
+    LostBatch,
     StateUnavailable,
     admit_arguments,
     parse_admit_reply,
@@ -68,8 +69,6 @@ log = logging.getLogger("meter.admission")
 
 Listener = Callable[[], object]
 _Queued = tuple[Call | KeyCall, int, "asyncio.Future[Admission]", Listener | None]
-# Told of a batch whose reply never came: its record's key, its calls, their day.
-LostBatch = Callable[[str, list[Call | KeyCall], int], object]
 
 
 class AdmissionBatcher:

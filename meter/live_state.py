@@ -12,6 +12,7 @@ one call or a whole loop pass of them.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import time
@@ -30,8 +31,11 @@ from meter.scripts import (
     CREDIT,
     SETTLE,
     SYNC_ACCOUNT,
+    VOID,
     LuaScript,
 )
+
+log = logging.getLogger("meter.live_state")
 
 
 class StateUnavailable(Exception):
@@ -49,6 +53,10 @@ class Call(NamedTuple):
     key_id: str
     route: str
     price: int
+
+
+# Told of an admission whose reply never came: its record's key, its calls, their day.
+LostBatch = Callable[[str, list["Call | KeyCall"], int], object]
 
 
 class KeyRecord(NamedTuple):
@@ -129,6 +137,12 @@ class LiveState:
         self.redis = client
         self.clock = clock
         self.batch_ids = BatchIds()
+        # Set by the gateway's wiring (it voids what a lost reply may have debited): then
+        # each admission keeps a record, as ``AdmissionBatcher``'s batches do. Unset
+        # (tools, the admin API, tests), admissions keep none.
+        self.lost: LostBatch | None = None
+        # Records of answered admissions, by shard: the next admission there deletes them.
+        self._answered: dict[int | None, list[str]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 1.0, **kwargs: Any) -> LiveState:
@@ -182,11 +196,13 @@ class LiveState:
         results: list[Admission | None] = [None] * len(calls)
         for shard, indexes in by_shard.items():
             group = [calls[i] for i in indexes]
-            # No record: this adapter neither deletes it nor voids a lost batch.
-            key_names, args = admit_arguments(
-                group, day, shard, self.batch_ids.key(shard), keep_record=False
-            )
-            reply = await self._run(ADMIT, key_names, args)
+            if self.lost is None:
+                key_names, args = admit_arguments(
+                    group, day, shard, self.batch_ids.key(shard), keep_record=False
+                )
+                reply = await self._run(ADMIT, key_names, args)
+            else:
+                reply = await self._admit_recorded(group, day, shard)
             resolved = resolved_flags(group)
             for i, admission in zip(indexes, parse_admit_reply(reply, resolved), strict=True):
                 results[i] = admission
@@ -194,6 +210,44 @@ class LiveState:
 
     async def admit(self, call: Call | KeyCall, day: int) -> Admission:
         return (await self.admit_many([call], day))[0]
+
+    async def _admit_recorded(
+        self, group: list[Call | KeyCall], day: int, shard: int | None
+    ) -> Any:
+        """admit.lua with a record of its debits, on a connection of its own from the pool.
+
+        A connection that cannot be had means nothing was sent: 503, nothing to void.
+        Once the command is written, any failure (a timeout, a connection gone, the
+        caller cancelled) may come after the script ran: the callers get 503 and the
+        admission goes to ``lost``, which voids it (``void``); it is never sent again
+        (sent here, not through redis-py's retries). The record is deleted by the next
+        admission on its shard once this reply is in."""
+        assert self.lost is not None
+        key = self.batch_ids.key(shard)
+        done = self._answered.pop(shard, [])  # a failure below leaves them to their TTL
+        key_names, args = admit_arguments(group, day, shard, key, delete=done)
+        pool = self.redis.connection_pool
+        conn = await self._translated(pool.get_connection())  # type: ignore[no-untyped-call]
+        try:
+            reply = await self._translated(_evalsha_on(conn, ADMIT, key_names, args))
+        except BaseException as exc:
+            if not isinstance(exc.__cause__, redis.exceptions.ResponseError):
+                await conn.disconnect()  # what it holds of a reply is not to be read
+            try:
+                self.lost(key, list(group), day)
+            except Exception:  # raised here, it would hide the 503's cause
+                log.exception("lost admission not voided", extra={"batch": key})
+            raise
+        finally:
+            await pool.release(conn)
+        self._answered.setdefault(shard, []).append(key)
+        return reply
+
+    async def void(self, batch_key: str, calls: Sequence[Call | KeyCall]) -> list[tuple[Call, str]]:
+        """An admission whose reply was lost (void.lua): each call it debited, with the
+        debit's event id, or none if it has not run (it then never will)."""
+        reply = await self._run(VOID, [batch_key], [keys.BATCH_RECORD_TTL_SECONDS])
+        return debited_calls(calls, reply)
 
     async def settle(self, call: Call, admitted: Admission, refund: int, admitted_day: int) -> int:
         """Refund ``refund`` micros of an admitted call, once. Returns 1, 0 (already) or -1."""
@@ -304,6 +358,21 @@ def settle_arguments(
             admitted.event_id,
         ],
     )
+
+
+async def _evalsha_on(
+    conn: Any, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]
+) -> Any:
+    """EVALSHA on one connection of the pool (loading the script if Redis lost it)."""
+    command = ("EVALSHA", script.sha, len(key_names), *key_names, *args)
+    await conn.send_command(*command)
+    try:
+        return await conn.read_response()
+    except redis.exceptions.NoScriptError:  # it did not run
+        await conn.send_command("SCRIPT", "LOAD", script.source)
+        await conn.read_response()
+        await conn.send_command(*command)
+        return await conn.read_response()
 
 
 def admit_arguments(

@@ -909,14 +909,16 @@ async def test_a_refund_that_timed_out_is_given_back_exactly_once(
     assert await gw.metric("meter_gateway_refunds_dropped_total") == 0
 
 
+@pytest.mark.parametrize("redis_client", ["pipe", "redis-py"])
 @pytest.mark.parametrize("lost", ["reply", "request"])
 async def test_a_call_answered_503_for_a_lost_admission_reply_is_not_charged(
-    make_gateway: MakeGateway, redis_url: str, lost: str
+    make_gateway: MakeGateway, redis_url: str, lost: str, redis_client: str
 ) -> None:
     """The admission batch went out and no reply came: the callers get 503. If it ran
     (its reply was lost), its debits are refunded once Redis answers again; if it did
-    not (the request was lost), it is voided and never runs."""
-    gw, relay = await behind_relay(make_gateway, redis_url)
+    not (the request was lost), it is voided and never runs. The same with the redis-py
+    client (``LiveState``: one admission per script call, each with its record)."""
+    gw, relay = await behind_relay(make_gateway, redis_url, redis_client=redis_client)
     assert (await gw.call()).status == 200  # the key is cached: the next call is batched
     if lost == "reply":
         relay.replies = False

@@ -1,4 +1,5 @@
-"""PipelinedState: the gateway's fast live state, against real Redis, including Redis failing."""
+"""The gateway's live state (PipelinedState; LiveState as the redis-py client), against real
+Redis, including Redis failing."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ from pathlib import Path
 
 import pytest
 import redis as redis_sync
+from test_gateway import TcpRelay
 
+from gateway.runtime import open_live_state
+from gateway.testing import until
 from meter import keys, local_servers
 from meter.hot_path_state import HotPathState, PipelinedState
-from meter.live_state import AccountConfig, Call, KeyCall, KeyRecord, LiveState, StateUnavailable
+from meter.live_state import (
+    AccountConfig,
+    Call,
+    KeyCall,
+    KeyRecord,
+    LiveState,
+    StateUnavailable,
+)
 from meter.money import Outcome
 from meter.redis_pipe import RedisTimeout
 from meter.settings import Settings
@@ -54,7 +65,9 @@ def own_redis(tmp_path: Path) -> Iterator[local_servers.RedisServer]:
 
 
 def test_both_adapters_offer_the_hot_path() -> None:
-    wanted = {"resolves_keys", "admit", "admit_many", "settle", "get_api_key", "ping", "close"}
+    wanted = {
+        "resolves_keys", "admit", "admit_many", "settle", "void", "get_api_key", "ping", "close"
+    }  # fmt: skip
     declared = {name for name in vars(HotPathState) if not name.startswith("_")}
     assert declared == wanted
     for cls in (LiveState, PipelinedState):
@@ -227,3 +240,89 @@ async def test_the_batching_choice_waits_for_redis_to_come_back(tmp_path: Path) 
             server.stop(kill=True)
     finally:
         await state.close()
+
+
+# -- LiveState (METER_REDIS_CLIENT=redis-py) keeps the pipe's promise on lost replies ---------
+
+
+Lost = list[tuple[str, list[Call | KeyCall], int]]
+
+
+def recording(state: LiveState) -> Lost:
+    """Set ``state.lost`` as the gateway's wiring does; what it is told, in a list."""
+    told: Lost = []
+    state.lost = lambda key, calls, day: told.append((key, calls, day))
+    return told
+
+
+def evalsha_calls(redis_url: str) -> int:
+    with redis_sync.Redis.from_url(redis_url) as client:
+        stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_each_admission_keeps_a_record_the_next_one_deletes(
+    live_state: LiveState,
+) -> None:
+    await provision(live_state, 100)
+    told = recording(live_state)
+    records = [keys.admit_batch(SHARD, f"{live_state.batch_ids.prefix}{n}") for n in range(3)]
+    assert (await live_state.admit(call(), DAY)).admitted
+    assert await live_state.redis.exists(records[0]) == 1
+    assert 0 < await live_state.redis.ttl(records[0]) <= keys.BATCH_RECORD_TTL_SECONDS
+    assert (await live_state.admit(call(), DAY)).admitted
+    assert [await live_state.redis.exists(r) for r in records[:2]] == [0, 1]
+    assert told == []
+
+
+async def test_an_admission_never_sent_is_not_handed_to_lost() -> None:
+    state = LiveState.from_url(f"redis://127.0.0.1:{local_servers.free_port()}/0", timeout=0.3)
+    told = recording(state)
+    try:
+        with pytest.raises(StateUnavailable):
+            await state.admit(call(), DAY)
+        assert told == []
+    finally:
+        await state.close()
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancelled"])
+async def test_an_admission_whose_reply_is_lost_goes_to_lost_once_and_is_voided(
+    redis_url: str, live_state: LiveState, how: str
+) -> None:
+    """The gateway's redis-py client: the reply of an admission that ran is lost. The
+    caller gets StateUnavailable (or its cancellation), the admission goes to ``lost``,
+    it is not sent again (Redis ran it once: a resend would debit twice), and its void
+    names its debit."""
+    await provision(live_state, 100)
+    relay = TcpRelay(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    port = await relay.start()
+    settings = Settings.from_env(
+        {"METER_REDIS_URL": f"redis://127.0.0.1:{port}/0", "METER_REDIS_TIMEOUT": "0.5"}
+    )
+    state = open_live_state(settings)
+    told = recording(state)
+    try:
+        assert (await state.admit(call(), DAY)).admitted  # connected, through the relay
+        before = evalsha_calls(redis_url)
+        relay.replies = False
+        admission = asyncio.ensure_future(state.admit(call(), DAY))
+        await until(lambda: evalsha_calls(redis_url) == before + 1)  # it ran
+        relay.replies = True  # a resend would now get through, and run again
+        if how == "cancelled":
+            admission.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await admission
+        else:
+            with pytest.raises(StateUnavailable):
+                await admission
+        assert evalsha_calls(redis_url) == before + 1
+        assert [(calls, day) for _, calls, day in told] == [([call()], DAY)]
+        debited = await state.void(told[0][0], told[0][1])
+        assert [c for c, _ in debited] == [call()]
+        stream = await live_state.redis.xrange(keys.usage_stream(SHARD))
+        assert debited[0][1] == stream[-1][0].decode()  # the debit it ran
+        assert (await state.admit(call(), DAY)).admitted  # on a fresh connection
+    finally:
+        await state.close()
+        await relay.cut()
