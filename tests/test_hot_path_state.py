@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis as redis_sync
 from test_gateway import TcpRelay
+from yarl import URL
 
 from gateway.runtime import open_live_state
 from gateway.testing import until
@@ -295,7 +296,7 @@ async def test_an_admission_whose_reply_is_lost_goes_to_lost_once_and_is_voided(
     it is not sent again (Redis ran it once: a resend would debit twice), and its void
     names its debit."""
     await provision(live_state, 100)
-    relay = TcpRelay(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    relay = TcpRelay(URL(redis_url).port or 6379)
     port = await relay.start()
     settings = Settings.from_env(
         {"METER_REDIS_URL": f"redis://127.0.0.1:{port}/0", "METER_REDIS_TIMEOUT": "0.5"}
