@@ -224,15 +224,17 @@ class LiveState:
         admission on its shard once this reply is in."""
         assert self.lost is not None
         key = self.batch_ids.key(shard)
-        done = self._answered.pop(shard, [])  # a failure below leaves them to their TTL
-        key_names, args = admit_arguments(group, day, shard, key, delete=done)
         pool = self.redis.connection_pool
         conn = await self._translated(pool.get_connection())  # type: ignore[no-untyped-call]
+        done = self._answered.pop(shard, [])
+        key_names, args = admit_arguments(group, day, shard, key, delete=done)
         try:
             reply = await self._translated(_evalsha_on(conn, ADMIT, key_names, args))
         except BaseException as exc:
             if not isinstance(exc.__cause__, redis.exceptions.ResponseError):
                 await conn.disconnect()  # what it holds of a reply is not to be read
+            # Deleted or not, the next admission deletes them (again: harmless).
+            self._answered.setdefault(shard, []).extend(done)
             try:
                 self.lost(key, list(group), day)
             except Exception:  # raised here, it would hide the 503's cause

@@ -327,3 +327,32 @@ async def test_an_admission_whose_reply_is_lost_goes_to_lost_once_and_is_voided(
     finally:
         await state.close()
         await relay.cut()
+
+
+async def test_records_an_unanswered_admission_was_to_delete_are_deleted_by_the_next(
+    redis_url: str, live_state: LiveState
+) -> None:
+    """An admission carries the records of those answered before it, for Redis to delete.
+    When its request is lost, the next one carries them again: none is left to its TTL."""
+    await provision(live_state, 100)
+    relay = TcpRelay(URL(redis_url).port or 6379)
+    port = await relay.start()
+    settings = Settings.from_env(
+        {"METER_REDIS_URL": f"redis://127.0.0.1:{port}/0", "METER_REDIS_TIMEOUT": "0.3"}
+    )
+    state = open_live_state(settings)
+    told = recording(state)
+    first = keys.admit_batch(SHARD, f"{state.batch_ids.prefix}0")
+    try:
+        assert (await state.admit(call(), DAY)).admitted
+        assert await live_state.redis.exists(first) == 1
+        relay.requests = False
+        with pytest.raises(StateUnavailable):
+            await state.admit(call(), DAY)  # never reached Redis
+        relay.requests = True
+        assert len(told) == 1 and await live_state.redis.exists(first) == 1
+        assert (await state.admit(call(), DAY)).admitted
+        assert await live_state.redis.exists(first) == 0
+    finally:
+        await state.close()
+        await relay.cut()
