@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import hiredis
 import pytest
+import redis as redis_sync
 from fake_redis import fake_server
 
 from meter import keys
@@ -54,8 +55,10 @@ async def provision(state: LiveState, shard: int, account: str, balance: int, **
         assert (await state.credit(shard, account, f"seed-{account}", balance))[0] == 1
 
 
-async def evalsha_calls(state: LiveState) -> int:
-    stats = await state.redis.info("commandstats")
+def evalsha_calls(redis_url: str) -> int:
+    """EVALSHA calls Redis has run (a plain call: a condition for ``until`` too)."""
+    with redis_sync.Redis.from_url(redis_url) as client:
+        stats = client.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
@@ -83,6 +86,7 @@ async def pipe(redis_url: str) -> AsyncIterator[RedisPipe]:
 async def test_one_script_call_per_shard_per_pass(
     live_state: LiveState,
     pipe: RedisPipe,
+    redis_url: str,
     calls: int,
     shards: int,
     max_batch: int,
@@ -93,12 +97,12 @@ async def test_one_script_call_per_shard_per_pass(
         await provision(live_state, shard, f"acct_{shard}", 10**9)
     batcher = AdmissionBatcher(pipe, max_batch=max_batch, cross_shard=cross_shard)
     assert (await batcher.admit(call("acct_0", 0), DAY)).admitted  # the script is loaded
-    before = await evalsha_calls(live_state)
+    before = evalsha_calls(redis_url)
     results = await asyncio.gather(
         *(batcher.admit(call(f"acct_{i % shards}", i % shards), DAY) for i in range(calls))
     )
     assert all(r.admitted for r in results)
-    assert await evalsha_calls(live_state) - before == script_calls
+    assert evalsha_calls(redis_url) - before == script_calls
 
 
 async def test_calls_on_different_days_go_in_different_scripts(
@@ -184,7 +188,7 @@ async def test_race_with_keys_resolved_by_the_script_admits_exactly_what_is_cove
 
 @pytest.mark.parametrize(("cross_shard", "script_calls"), [(False, 4), (True, 1)])
 async def test_each_caller_gets_its_own_admission(
-    live_state: LiveState, pipe: RedisPipe, cross_shard: bool, script_calls: int
+    live_state: LiveState, pipe: RedisPipe, redis_url: str, cross_shard: bool, script_calls: int
 ) -> None:
     await provision(live_state, 1, "rich", 10_000)
     await provision(live_state, 1, "poor", 5)
@@ -205,9 +209,9 @@ async def test_each_caller_gets_its_own_admission(
     random.Random(7).shuffle(cases)
     batcher = AdmissionBatcher(pipe, cross_shard=cross_shard)
     await batcher.admit(call("ghost", 4), DAY)  # admit.lua is loaded
-    before = await evalsha_calls(live_state)
+    before = evalsha_calls(redis_url)
     results = await asyncio.gather(*(batcher.admit(c, DAY) for c, _ in cases))
-    assert await evalsha_calls(live_state) - before == script_calls
+    assert evalsha_calls(redis_url) - before == script_calls
     rich_balances = []
     limited_admitted = 0
     for (c, expected), result in zip(cases, results, strict=True):

@@ -4,12 +4,14 @@ Redis, including Redis failing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis as redis_sync
+from test_admission_batcher import evalsha_calls
 from test_gateway import TcpRelay
 from yarl import URL
 
@@ -256,10 +258,26 @@ def recording(state: LiveState) -> Lost:
     return told
 
 
-def evalsha_calls(redis_url: str) -> int:
-    with redis_sync.Redis.from_url(redis_url) as client:
-        stats = client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+@contextlib.asynccontextmanager
+async def through_relay(
+    redis_url: str, *, redis_timeout: float
+) -> AsyncIterator[tuple[LiveState, TcpRelay, Lost]]:
+    """The gateway's redis-py state (``open_live_state``), reaching Redis through a relay
+    the test can make drop requests or replies, with ``lost`` recorded."""
+    relay = TcpRelay(URL(redis_url).port or 6379)
+    port = await relay.start()
+    settings = Settings.from_env(
+        {
+            "METER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "METER_REDIS_TIMEOUT": str(redis_timeout),
+        }
+    )
+    state = open_live_state(settings)
+    try:
+        yield state, relay, recording(state)
+    finally:
+        await state.close()
+        await relay.cut()
 
 
 async def test_each_admission_keeps_a_record_the_next_one_deletes(
@@ -296,14 +314,7 @@ async def test_an_admission_whose_reply_is_lost_goes_to_lost_once_and_is_voided(
     it is not sent again (Redis ran it once: a resend would debit twice), and its void
     names its debit."""
     await provision(live_state, 100)
-    relay = TcpRelay(URL(redis_url).port or 6379)
-    port = await relay.start()
-    settings = Settings.from_env(
-        {"METER_REDIS_URL": f"redis://127.0.0.1:{port}/0", "METER_REDIS_TIMEOUT": "0.5"}
-    )
-    state = open_live_state(settings)
-    told = recording(state)
-    try:
+    async with through_relay(redis_url, redis_timeout=0.5) as (state, relay, told):
         assert (await state.admit(call(), DAY)).admitted  # connected, through the relay
         before = evalsha_calls(redis_url)
         relay.replies = False
@@ -324,9 +335,6 @@ async def test_an_admission_whose_reply_is_lost_goes_to_lost_once_and_is_voided(
         stream = await live_state.redis.xrange(keys.usage_stream(SHARD))
         assert debited[0][1] == stream[-1][0].decode()  # the debit it ran
         assert (await state.admit(call(), DAY)).admitted  # on a fresh connection
-    finally:
-        await state.close()
-        await relay.cut()
 
 
 async def test_records_an_unanswered_admission_was_to_delete_are_deleted_by_the_next(
@@ -335,15 +343,8 @@ async def test_records_an_unanswered_admission_was_to_delete_are_deleted_by_the_
     """An admission carries the records of those answered before it, for Redis to delete.
     When its request is lost, the next one carries them again: none is left to its TTL."""
     await provision(live_state, 100)
-    relay = TcpRelay(URL(redis_url).port or 6379)
-    port = await relay.start()
-    settings = Settings.from_env(
-        {"METER_REDIS_URL": f"redis://127.0.0.1:{port}/0", "METER_REDIS_TIMEOUT": "0.3"}
-    )
-    state = open_live_state(settings)
-    told = recording(state)
-    first = keys.admit_batch(SHARD, f"{state.batch_ids.prefix}0")
-    try:
+    async with through_relay(redis_url, redis_timeout=0.3) as (state, relay, told):
+        first = keys.admit_batch(SHARD, f"{state.batch_ids.prefix}0")
         assert (await state.admit(call(), DAY)).admitted
         assert await live_state.redis.exists(first) == 1
         relay.requests = False
@@ -353,6 +354,3 @@ async def test_records_an_unanswered_admission_was_to_delete_are_deleted_by_the_
         assert len(told) == 1 and await live_state.redis.exists(first) == 1
         assert (await state.admit(call(), DAY)).admitted
         assert await live_state.redis.exists(first) == 0
-    finally:
-        await state.close()
-        await relay.cut()
