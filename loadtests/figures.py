@@ -110,6 +110,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "redis_scripts_per_admission": redis_figures.get("scripts_per_admission"),
         "redis_commands_executed_per_admission": redis_figures.get("executed_per_admission"),
         "gateway_cpu_us_per_call": _get(results, "gateway", "c64", "cpu_us_per_call", "proxy"),
+        "aiohttp_cpu_us_per_call": _get(results, "aiohttp", "c64", "cpu_us_per_call", "proxy"),
         "gateway_rss_growth_after_warmup": stats.growth_fraction(
             rss.get("after_warmup"), rss.get("end")
         ),

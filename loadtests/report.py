@@ -17,19 +17,10 @@ import orjson
 
 from . import figures, provenance, runs, stats
 from .plot import plot
+from .stats import shown
 
 README = Path(__file__).with_name("README.md")
 README_START, README_END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
-
-
-def _f(value: Any, digits: int = 0, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float | int):
-        return f"{value:,.{digits}f}{suffix}"
-    return str(value)
 
 
 def _accounts(n: int) -> str:
@@ -71,14 +62,14 @@ def _main_row(name: str, r: dict[str, Any]) -> str:
     one = r.get("c1_one_core") or {}
     red, rss = c64.get("redis", {}), r["rss_kb"]
     return _row(
-        name, r["processes"], _f(c64["rps"]), _f(c64["p50_ms"], 2), _f(c64["p99_ms"], 2),
-        _f(c1["p50_ms"], 3), _f(c1["p99_ms"], 3),
-        _f(one.get("p50_ms"), 3), _f(one.get("p99_ms"), 3),
-        _f(cpu.get("proxy"), 1), _f(cpu.get("upstream"), 1), _f(cpu.get("redis"), 1),
-        _f(cpu.get("wrk"), 1),
-        _f(red.get("calls_per_admission"), 3), _f(red.get("round_trips_per_admission"), 3),
-        " / ".join(_f(rss[k] / 1024, 1) for k in ("start", "after_warmup", "end")),
-        _f(c64.get("foreign_cores"), 2),
+        name, r["processes"], shown(c64["rps"]), shown(c64["p50_ms"], 2), shown(c64["p99_ms"], 2),
+        shown(c1["p50_ms"], 3), shown(c1["p99_ms"], 3),
+        shown(one.get("p50_ms"), 3), shown(one.get("p99_ms"), 3),
+        shown(cpu.get("proxy"), 1), shown(cpu.get("upstream"), 1), shown(cpu.get("redis"), 1),
+        shown(cpu.get("wrk"), 1),
+        shown(red.get("calls_per_admission"), 3), shown(red.get("round_trips_per_admission"), 3),
+        " / ".join(shown(rss[k] / 1024, 1) for k in ("start", "after_warmup", "end")),
+        shown(c64.get("foreign_cores"), 2),
         _errors(r.get("errors")),
     )  # fmt: skip
 
@@ -96,7 +87,7 @@ def _added_latency(h: dict[str, Any], phase: str, where: str) -> str:
     def pair(name: str) -> str:
         p99 = h.get(figures.added_latency_key("p99", suffix, name))
         p50 = h.get(figures.added_latency_key("p50", suffix, name))
-        return f"{_f(p99, 3)} / {_f(p50, 3)} ms"
+        return f"{shown(p99, 3)} / {shown(p50, 3)} ms"
 
     return (
         f"- Latency one hop adds at 1 connection (proxy - upstream), p99 / p50, {where}: "
@@ -142,24 +133,27 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
         "|---|---:|",
         _row(
             "gateway / plain aiohttp proxy",
-            _f(h["gateway_vs_aiohttp"], 2, "x") + _spread(h.get("gateway_vs_aiohttp_rounds")),
+            shown(h["gateway_vs_aiohttp"], 2, "x") + _spread(h.get("gateway_vs_aiohttp_rounds")),
         ),
-        _row("gateway / nginx", _f(h["gateway_vs_nginx"], 2, "x")),
-        _row("gateway-2w / plain aiohttp proxy", _f(h["gateway_2w_vs_aiohttp"], 2, "x")),
-        _row("gateway-2w / nginx-2w", _f(h["gateway_2w_vs_nginx_2w"], 2, "x")),
-        _row("plain aiohttp proxy / nginx", _f(h["aiohttp_vs_nginx"], 2, "x")),
+        _row("gateway / nginx", shown(h["gateway_vs_nginx"], 2, "x")),
+        _row("gateway-2w / plain aiohttp proxy", shown(h["gateway_2w_vs_aiohttp"], 2, "x")),
+        _row("gateway-2w / nginx-2w", shown(h["gateway_2w_vs_nginx_2w"], 2, "x")),
+        _row("plain aiohttp proxy / nginx", shown(h["aiohttp_vs_nginx"], 2, "x")),
         *(
-            _row(f"{name} ({_settings(results, name)}) / plain aiohttp proxy", _f(ratio, 2, "x"))
+            _row(
+                f"{name} ({_settings(results, name)}) / plain aiohttp proxy",
+                shown(ratio, 2, "x"),
+            )
             for name, ratio in h.get("variants_vs_aiohttp", {}).items()
         ),
         "",
         *(_added_latency(h, phase, where) for phase, where in ADDED_LATENCY),
         "",
         "Redis per admitted call at c64: "
-        f"{_f(h['redis_calls_per_admission'], 3)} calls, "
-        f"{_f(h['redis_round_trips_per_admission'], 3)} round trips, "
-        f"{_f(h['redis_scripts_per_admission'], 3)} script calls, "
-        f"{_f(h['redis_commands_executed_per_admission'], 2)} commands executed "
+        f"{shown(h['redis_calls_per_admission'], 3)} calls, "
+        f"{shown(h['redis_round_trips_per_admission'], 3)} round trips, "
+        f"{shown(h['redis_scripts_per_admission'], 3)} script calls, "
+        f"{shown(h['redis_commands_executed_per_admission'], 2)} commands executed "
         "(inside scripts too).",
         "",
         "## Side by side (medians)",
@@ -172,7 +166,7 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
         "(proxy: all its workers). Redis calls: commands clients sent (script calls included, "
         "commands run inside scripts not); round trips: Redis socket reads. Other CPU: cores "
         "that other programs used during the c64 runs; a run above "
-        f"{_f(results.get('noise', {}).get('threshold_cores'), 2)} was run again "
+        f"{shown(results.get('noise', {}).get('threshold_cores'), 2)} was run again "
         f"({results.get('noise', {}).get('reruns', 0)} re-runs in all).",
     ]
 
@@ -242,10 +236,10 @@ def _exactness_lines(results: dict[str, Any]) -> list[str]:
             _row(
                 name,
                 "yes" if e["exact"] else "NO: " + ", ".join(failed),
-                _f(e["price_micros"]),
-                _f(e["usage_events"]),
-                _f(e["debited_micros"]),
-                f"{_f(e['wrk_admitted'])} (+ up to {_f(e['in_flight_bound'])} in flight)",
+                shown(e["price_micros"]),
+                shown(e["usage_events"]),
+                shown(e["debited_micros"]),
+                f"{shown(e['wrk_admitted'])} (+ up to {shown(e['in_flight_bound'])} in flight)",
                 f"{e['probe_admitted']}/{e['probe_calls']}",
             )
         )
@@ -268,8 +262,8 @@ def _reference_lines(points: list[dict[str, Any]]) -> list[str]:
         "first; medians, and the ratio pair by pair: "
         + ", ".join(
             f"{_accounts(p['accounts'])} {p['distribution']}: "
-            f"{_f(p['paired_rps'])} against {_f(p['reference_rps'])} req/s, "
-            f"{_f(stats.ratio(p['paired_rps'], p['reference_rps']), 3)}"
+            f"{shown(p['paired_rps'])} against {shown(p['reference_rps'])} req/s, "
+            f"{shown(stats.ratio(p['paired_rps'], p['reference_rps']), 3)}"
             + _spread(p.get("reference_ratios"), "pairs", 3, "")
             for p in paired
         )
@@ -287,8 +281,8 @@ def _targets_lines(h: dict[str, Any]) -> list[str]:
     ]
     for t in h["targets"]:
         measured = t["measured"]
-        shown = _f(measured, 3) if isinstance(measured, float) else _f(measured)
-        out.append(f"| {t['target']} | {shown} | {t['op']} {t['limit']} | {_f(t['met'])} |")
+        figure = shown(measured, 3) if isinstance(measured, float) else shown(measured)
+        out.append(f"| {t['target']} | {figure} | {t['op']} {t['limit']} | {shown(t['met'])} |")
     return out
 
 
@@ -313,7 +307,7 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
         out.append(
             f"| {name} | "
             + " | ".join(
-                f"{_f(cells[c]['rps'])} ({_f(cells[c]['p99_ms'], 2)})" if c in cells else "-"
+                f"{shown(cells[c]['rps'])} ({shown(cells[c]['p99_ms'], 2)})" if c in cells else "-"
                 for c in conns
             )
             + " |"
@@ -332,7 +326,9 @@ def _sweep_lines(results: dict[str, Any]) -> list[str]:
             out.append(
                 f"| {accounts:,} | {dist} | "
                 + " | ".join(
-                    f"{_f(cells[c]['rps'])} ({_f(cells[c]['p99_ms'], 2)})" if c in cells else "-"
+                    f"{shown(cells[c]['rps'])} ({shown(cells[c]['p99_ms'], 2)})"
+                    if c in cells
+                    else "-"
                     for c in conns
                 )
                 + " |"
@@ -363,7 +359,7 @@ def _key_cache_fill(block: dict[str, Any]) -> str:
     if "first_sight_rps" in block:
         text += (
             f"; its first run, every call a key the gateway had not seen: "
-            f"{_f(block['first_sight_rps'])} req/s at c64"
+            f"{shown(block['first_sight_rps'])} req/s at c64"
         )
     cache = block.get("key_cache") or {}
     looked_up = cache.get("hit", 0) + cache.get("miss", 0)

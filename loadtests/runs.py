@@ -40,17 +40,20 @@ def full_runs(folder: Path = RESULTS, since: str = "") -> list[Run]:
         if match is None or match[1] < since:
             continue
         results = orjson.loads(path.read_bytes())
-        if results.get("quick") or not is_full(results):
+        if not is_full(results):
             continue
         runs.append((f"{match[1]}-{match[2]}", summary(results)))
     return runs
 
 
 def is_full(results: dict[str, Any]) -> bool:
-    """The whole plan ran: the side-by-side configurations and the sweep."""
+    """The whole plan ran (not ``--quick``): the side-by-side configurations and the sweep.
+    (``report.full_run`` decides the same from a run's arguments, before it is written.)"""
     command = str(results.get("command", ""))
     partial = ("--skip-sweep", "--skip-gateway", "--only")
-    return bool(results.get("sweep")) and not any(flag in command for flag in partial)
+    if results.get("quick") or not results.get("sweep"):
+        return False
+    return not any(flag in command for flag in partial)
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -61,26 +64,12 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     recorded = {k: v for k, v in (results.get("headline") or {}).items() if v is not None}
     h = {**figures.headline(results), **recorded}
     h["targets"] = figures.targets(h)
-    configs = results.get("configurations", {})
-
-    def cpu(name: str) -> float | None:
-        value = configs.get(name, {}).get("c64", {}).get("cpu_us_per_call", {}).get("proxy")
-        return float(value) if value is not None else None
-
     git = results.get("git") or {}
-    return {
-        **h,
-        "aiohttp_cpu_us_per_call": cpu("aiohttp"),
-        "commit": str(git.get("commit", ""))[:7] + ("+" if git.get("dirty") else ""),
-    }
-
-
-def _f(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return {**h, "commit": str(git.get("commit", ""))[:7] + ("+" if git.get("dirty") else "")}
 
 
 def _pair(a: float | None, b: float | None, digits: int) -> str:
-    return f"{_f(a, digits)} / {_f(b, digits)}"
+    return f"{stats.shown(a, digits)} / {stats.shown(b, digits)}"
 
 
 def _stamp(stamp: str) -> str:
@@ -107,15 +96,15 @@ def run_lines(runs: Sequence[Run]) -> list[str]:
         cells = [
             _stamp(stamp),
             f"`{h['commit']}`",
-            _f(h["gateway_vs_aiohttp"], 2) + "x",
-            _f(h["gateway_vs_nginx"], 2) + "x",
+            stats.shown(h["gateway_vs_aiohttp"], 2, "x"),
+            stats.shown(h["gateway_vs_nginx"], 2, "x"),
             _pair(h["gateway_cpu_us_per_call"], h["aiohttp_cpu_us_per_call"], 1),
             _pair(h.get("added_p99_ms_c1_one_core"), h.get("added_p99_ms_c1_one_core_aiohttp"), 3),
             _pair(h.get("added_p99_ms_c1"), h.get("added_p99_ms_c1_aiohttp"), 3),
-            _f(h["sweep_c256_vs_c64"], 3),
-            _f(h["sweep_c1024_vs_c64"], 3),
+            stats.shown(h["sweep_c256_vs_c64"], 3),
+            stats.shown(h["sweep_c1024_vs_c64"], 3),
             _pair(h["sweep_1m_uniform_vs_1"], h["sweep_1m_zipf_vs_1"], 3),
-            {True: "yes", False: "no", None: "-"}[h["exact"]],
+            stats.shown(h["exact"]),
             _met(h),
         ]
         out.append("| " + " | ".join(cells) + " |")
@@ -135,7 +124,7 @@ def _over(runs: Sequence[Run], key: str, op: str, limit: float) -> tuple[str, st
     if not values:
         return "-", "-", "-"
     met = sum(1 for v in values if stats.check(v, op, limit))
-    return _f(min(values), 3), _f(max(values), 3), f"{met} of {len(values)}"
+    return stats.shown(min(values), 3), stats.shown(max(values), 3), f"{met} of {len(values)}"
 
 
 def target_lines(runs: Sequence[Run]) -> list[str]:

@@ -67,3 +67,14 @@ def growth_fraction(first: float | None, last: float | None) -> float | None:
     if first is None or last is None or first == 0:
         return None
     return (last - first) / first
+
+
+def shown(value: Any, digits: int = 0, suffix: str = "") -> str:
+    """A figure as the reports print it: "-" when missing, yes/no, 1,234.5 with ``suffix``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}{suffix}"
+    return str(value)
