@@ -53,6 +53,7 @@ from collections.abc import Callable, Sequence
 
 from meter.live_state import (
     Admission,
+    AnsweredRecords,
     BatchIds,
     Call,
     KeyCall,
@@ -82,8 +83,7 @@ class AdmissionBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batch_ids = BatchIds()
         self.lost: LostBatch | None = None  # set by the wiring: voids lost batches
-        # Records of answered batches, by shard: the next batch on that shard deletes them.
-        self._answered: dict[int | None, list[str]] = {}
+        self._answered = AnsweredRecords()  # the next batch on their shard deletes them
 
     def admit(
         self, call: Call | KeyCall, day: int, listener: Listener | None = None
@@ -125,7 +125,7 @@ class AdmissionBatcher:
                 try:
                     calls = [item[0] for item in chunk]
                     key = self.batch_ids.key(shard)
-                    done = self._answered.pop(shard, ())
+                    done = self._answered.take(shard)
                     key_names, args = admit_arguments(calls, day, shard, key, delete=done)
                     batch.resolved = resolved_flags(calls)
                 except Exception as exc:  # a bug must not leave callers waiting forever
@@ -140,11 +140,7 @@ class AdmissionBatcher:
         deletes it (no command, write or Redis wake-up of its own); a record left when
         that slot's traffic stops expires."""
         if batch.key is not None:
-            records = self._answered.get(batch.shard)
-            if records is None:
-                self._answered[batch.shard] = [batch.key]
-            else:
-                records.append(batch.key)
+            self._answered.add(batch.shard, batch.key)
 
     def reply_lost(self, batch: _Batch) -> None:
         """The batch was sent and no reply came: its calls are answered 503, and what it

@@ -141,8 +141,7 @@ class LiveState:
         # each admission keeps a record, as ``AdmissionBatcher``'s batches do. Unset
         # (tools, the admin API, tests), admissions keep none.
         self.lost: LostBatch | None = None
-        # Records of answered admissions, by shard: the next admission there deletes them.
-        self._answered: dict[int | None, list[str]] = {}
+        self._answered = AnsweredRecords()
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 1.0, **kwargs: Any) -> LiveState:
@@ -226,7 +225,7 @@ class LiveState:
         key = self.batch_ids.key(shard)
         pool = self.redis.connection_pool
         conn = await self._translated(pool.get_connection())  # type: ignore[no-untyped-call]
-        done = self._answered.pop(shard, [])
+        done = self._answered.take(shard)
         key_names, args = admit_arguments(group, day, shard, key, delete=done)
         try:
             reply = await self._translated(_evalsha_on(conn, ADMIT, key_names, args))
@@ -234,7 +233,7 @@ class LiveState:
             if not isinstance(exc.__cause__, redis.exceptions.ResponseError):
                 await conn.disconnect()  # what it holds of a reply is not to be read
             # Deleted or not, the next admission deletes them (again: harmless).
-            self._answered.setdefault(shard, []).extend(done)
+            self._answered.add(shard, *done)
             try:
                 self.lost(key, list(group), day)
             except Exception:  # raised here, it would hide the 503's cause
@@ -242,7 +241,7 @@ class LiveState:
             raise
         finally:
             await pool.release(conn)
-        self._answered.setdefault(shard, []).append(key)
+        self._answered.add(shard, key)
         return reply
 
     async def void(self, batch_key: str, calls: Sequence[Call | KeyCall]) -> list[tuple[Call, str]]:
@@ -437,6 +436,26 @@ class BatchIds:
 
     def key(self, shard: int | None) -> str:
         return keys.admit_batch(shard, self.prefix + str(next(self.count)))
+
+
+class AnsweredRecords:
+    """The records of answered admissions (``BatchIds``), by shard, waiting for the next
+    admission there to delete them (admit.lua's ``delete``): no command, write or Redis
+    wake-up of their own. A record left when its shard's traffic stops expires."""
+
+    def __init__(self) -> None:
+        self._by_shard: dict[int | None, list[str]] = {}
+
+    def add(self, shard: int | None, *records: str) -> None:
+        waiting = self._by_shard.get(shard)
+        if waiting is None:
+            self._by_shard[shard] = list(records)
+        else:
+            waiting.extend(records)
+
+    def take(self, shard: int | None) -> list[str]:
+        """The records the next admission on ``shard`` deletes."""
+        return self._by_shard.pop(shard, [])
 
 
 def debited_calls(calls: Sequence[Call | KeyCall], record: bytes | str) -> list[tuple[Call, str]]:
