@@ -1,10 +1,9 @@
 """The hot path's one seam to Redis: admit a call, settle it. Nothing else per call.
 
 ``Admitter`` is the interface the proxy sees. ``DirectAdmitter`` hands each
-admission to the account state: ``meter.hot_path_state.PipelinedState`` by
-default, which batches the admissions of one loop pass into one script call
-(each still decided atomically), or ``LiveState`` (one script call each,
-``METER_REDIS_CLIENT=redis-py``); batching never touches the proxy. Redis
+admission to the account state, ``meter.hot_path_state.PipelinedState``, which
+batches the admissions of one loop pass into one script call (each still
+decided atomically); batching never touches the proxy. Redis
 failures are translated here, once, into the 503 refusal.
 
 An admission is started (``start``: queued, sent with the loop pass's others)

@@ -184,7 +184,7 @@ def encode(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 
 def text(pairs: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """Latin-1 decoded pairs, for the aiohttp adapters (lossless both ways)."""
+    """Latin-1 decoded pairs (lossless both ways)."""
     return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in pairs]
 
 

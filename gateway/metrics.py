@@ -46,7 +46,7 @@ meter_gateway_lane_total                      result            raw server calls
                                                                 request_body, new_connection,
                                                                 upstream_failed, upstream_5xx,
                                                                 variable_cost, response_streamed,
-                                                                upstream_client, error
+                                                                error
 meter_gateway_http_errors_total               reason            requests the server layer refused
                                                                 or cut: malformed (bad Host
                                                                 included), url_too_long,

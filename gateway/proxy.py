@@ -21,8 +21,8 @@ How money moves for one call:
   which tries it again until it lands; the answer shows the charge as it stood.
 
 The proxy knows no server layer: it is handed an ``Exchange`` (the request as
-plain values, and the way back to the client), which the raw HTTP/1.1 server
-(``raw_server.py``) and the aiohttp adapter (``app.py``) each implement.
+plain values, and the way back to the client), which the HTTP/1.1 server
+(``raw_server.py``, ``raw_request.py``) implements.
 """
 
 from __future__ import annotations
@@ -308,9 +308,6 @@ class Proxy:
         sent = self.upstream.send_now(
             exchange.method, exchange.target, to_send, exchange.content_length, body, then
         )
-        if sent is None:  # a client that only sends awaited (METER_UPSTREAM_CLIENT=aiohttp)
-            self.hand_over("upstream_client")
-            return None
         self.admitter.replied(early.started)
         self.metrics.in_flight.value += 1
         return Lane(metered, sent, at)

@@ -1,10 +1,9 @@
-"""The raw HTTP/1.1 server layer (``METER_GATEWAY_SERVER=raw``, the default).
+"""The gateway's HTTP/1.1 server: an ``asyncio.Protocol`` per connection, httptools parsing.
 
-Why by hand: on the benchmark machine aiohttp's server layer costs more per
-call than everything the gateway does (issue 4: aiohttp ``web.Server`` + lean
-pool ~15k calls/s, this layer + lean pool ~22-30k). This is what uvicorn does:
+Why by hand: aiohttp's server layer costs more per call than everything the
+gateway does (measured in ``loadtests/README.md``). This is what uvicorn does:
 an ``asyncio.Protocol`` per connection and httptools (llhttp) for parsing,
-driving the same ``Proxy`` as the aiohttp mode through the ``Exchange`` seam.
+driving the ``Proxy`` through the ``Exchange`` seam.
 
 How this works
 --------------

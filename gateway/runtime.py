@@ -1,23 +1,19 @@
-"""What a gateway worker opens at start-up, whatever its server layer: ``open_runtime``.
+"""What a gateway worker opens at start-up: ``open_runtime``.
 
-The hot path is wired here, once, for both server layers (``raw_server.py``
-and the aiohttp app in ``app.py``): the account state in Redis, the upstream
-client and the ``Proxy`` built on them, opened and closed as a pair, and the
-task that gives back what Redis could not when a call ended (``refund_retry.py``:
-refunds it missed, and the debits of admission batches whose reply was lost),
-with its spool on disk when ``METER_REFUND_SPOOL_DIR`` is set (``refund_spool.py``).
+The hot path is wired here, once: the account state in Redis
+(``meter.hot_path_state.PipelinedState``: pipelined commands, the admissions of
+one loop pass in one script call), the upstream pool
+(``gateway.upstream_pool.UpstreamPool``) and the ``Proxy`` built on them, opened
+and closed as a pair, and the task that gives back what Redis could not when a
+call ended (``refund_retry.py``: refunds it missed, and the debits of admission
+batches whose reply was lost), with its spool on disk when
+``METER_REFUND_SPOOL_DIR`` is set (``refund_spool.py``).
 
-    METER_REDIS_CLIENT=pipe      meter.hot_path_state.PipelinedState: pipelined commands,
-                                 the admissions of one loop pass in one script call (default)
-    METER_REDIS_CLIENT=redis-py  meter.live_state.LiveState on redis.asyncio (one call each)
-    METER_UPSTREAM_CLIENT=pool   gateway.upstream_pool.UpstreamPool (default)
-    METER_UPSTREAM_CLIENT=aiohttp  gateway.upstream.AiohttpUpstream
-
-With the pipe, ``METER_ADMIT_CROSS_SHARD=auto`` (the default) asks Redis once
-(``INFO cluster``, retried in the background while Redis is away) whether it is
-a cluster node: if not, the admissions of every shard go into one script call
-per loop pass instead of one per shard. Until Redis has answered, batches are
-per shard, which works on both.
+``METER_ADMIT_CROSS_SHARD=auto`` (the default) asks Redis once (``INFO
+cluster``, retried in the background while Redis is away) whether it is a
+cluster node: if not, the admissions of every shard go into one script call per
+loop pass instead of one per shard. Until Redis has answered, batches are per
+shard, which works on both.
 """
 
 from __future__ import annotations
@@ -29,10 +25,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from gateway.admission import DirectAdmitter
 from gateway.identity import Identifier, KeyCache
 from gateway.metrics import GatewayMetrics
@@ -40,19 +32,12 @@ from gateway.pricing import PriceTable, load_prices
 from gateway.proxy import Proxy
 from gateway.refund_retry import RefundRetry
 from gateway.refund_spool import RefundSpool, check_folder
-from gateway.upstream import AiohttpUpstream
 from gateway.upstream_pool import UpstreamPool
-from meter.hot_path_state import HotPathState, PipelinedState
-from meter.live_state import LiveState, StateUnavailable
+from meter.hot_path_state import PipelinedState
+from meter.live_state import StateUnavailable
 from meter.settings import Settings
 
 log = logging.getLogger("gateway.runtime")
-
-# redis-py mode: Redis is single-threaded, a few dozen connections keep it busy.
-# Waiting for a free one is load, not an outage (the per-command timeout detects
-# outages), so the wait gets a looser bound than a command.
-REDIS_POOL_SIZE = 64
-REDIS_POOL_WAIT_FACTOR = 10
 
 
 @dataclass(slots=True)
@@ -61,31 +46,13 @@ class Runtime:
 
     settings: Settings
     metrics: GatewayMetrics
-    state: HotPathState | None = None
+    state: PipelinedState | None = None
     proxy: Proxy | None = None
     batching: asyncio.Task[bool] | None = None  # METER_ADMIT_CROSS_SHARD=auto deciding
     draining: bool = False
 
 
-def open_live_state(settings: Settings) -> LiveState:
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=REDIS_POOL_SIZE,
-        timeout=settings.redis_timeout * REDIS_POOL_WAIT_FACTOR,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=30,
-        # Fail fast: a call waits at most METER_REDIS_TIMEOUT for Redis, where redis-py's
-        # default retries would back off for seconds. (Admissions are never sent twice
-        # whatever this says: ``LiveState._admit_recorded`` voids a lost one instead.)
-        retry=Retry(NoBackoff(), 0),
-    )
-    return LiveState(aioredis.Redis.from_pool(pool))
-
-
-def open_state(settings: Settings) -> HotPathState:
-    if settings.redis_client == "redis-py":
-        return open_live_state(settings)
+def open_state(settings: Settings) -> PipelinedState:
     return PipelinedState.from_settings(settings, cross_shard=settings.admit_cross_shard == "true")
 
 
@@ -100,6 +67,11 @@ async def choose_batching(state: PipelinedState, retry_every: float) -> bool:
             await asyncio.sleep(retry_every)
             continue
         log.info("admission batches chosen", extra={"cross_shard": across})
+        if not across:
+            log.warning(
+                "redis is a cluster node: the gateway follows no MOVED redirections, so calls"
+                " of shards whose slots live on other nodes fail closed (503)"
+            )
         return across
 
 
@@ -118,30 +90,20 @@ async def open_runtime(
         spool = RefundSpool(check_folder(settings.refund_spool_dir), metrics)
         spool.open()
     state = open_state(settings)
-    upstream: UpstreamPool | AiohttpUpstream
-    if settings.upstream_client == "aiohttp":
-        upstream = AiohttpUpstream(
-            settings.upstream_url,
-            pool_size=settings.upstream_pool_size,
-            timeout=settings.upstream_timeout,
-            connect_timeout=settings.upstream_connect_timeout,
-        )
-    else:
-        upstream = UpstreamPool(
-            settings.upstream_url,
-            pool_size=settings.upstream_pool_size,
-            timeout=settings.upstream_timeout,
-            connect_timeout=settings.upstream_connect_timeout,
-            idle_timeout=settings.upstream_idle_timeout,
-            metrics=metrics,
-        )
+    upstream = UpstreamPool(
+        settings.upstream_url,
+        pool_size=settings.upstream_pool_size,
+        timeout=settings.upstream_timeout,
+        connect_timeout=settings.upstream_connect_timeout,
+        idle_timeout=settings.upstream_idle_timeout,
+        metrics=metrics,
+    )
     await upstream.open()
-    if settings.admit_cross_shard == "auto" and isinstance(state, PipelinedState):
+    if settings.admit_cross_shard == "auto":
         runtime.batching = asyncio.ensure_future(
             choose_batching(state, max(settings.redis_timeout, 0.1))
         )
     admitter = DirectAdmitter(state, metrics)
-    pipelined = state if isinstance(state, PipelinedState) else None
     refunds = RefundRetry(
         admitter,
         metrics,
@@ -149,12 +111,7 @@ async def open_runtime(
         void=state.void,
         spool=spool,
     )
-    # An admission whose reply is lost is voided, its debits refunded.
-    if pipelined is not None:
-        pipelined.batcher.lost = refunds.add_void
-    else:
-        assert isinstance(state, LiveState)
-        state.lost = refunds.add_void
+    state.batcher.lost = refunds.add_void  # a batch whose reply is lost is voided
     refunds.start()
     try:
         runtime.state = state

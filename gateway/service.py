@@ -7,9 +7,8 @@ supervises them: a worker that dies is restarted, and SIGTERM/SIGINT is passed
 on to every worker. A supervisor that dies without passing it on (``kill -9``)
 still stops its workers: each is sent SIGTERM by the kernel when its parent dies.
 
-Each worker serves with the server layer ``METER_GATEWAY_SERVER`` names: the
-raw HTTP/1.1 server (``raw_server.py``, the default) or the aiohttp app
-(``app.py``); both drive the same proxy, wired by ``runtime.open_runtime``.
+Each worker serves the HTTP/1.1 server of ``raw_server.py``, driving the proxy
+wired by ``runtime.open_runtime``.
 
 Shutdown of a worker: stop accepting, report not ready, let in-flight calls
 finish for up to ``METER_SHUTDOWN_GRACE`` seconds (idle keep-alive connections
@@ -29,9 +28,7 @@ import sys
 import time
 
 import uvloop
-from aiohttp import web
 
-from gateway.app import RUNTIME, create_app
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import load_prices
 from gateway.raw_server import RawServer
@@ -78,10 +75,7 @@ async def serve(settings: Settings, *, index: int = 0, reuse_port: bool = False)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if settings.gateway_server == "aiohttp":
-        await _serve_aiohttp(settings, stop, index=index, reuse_port=reuse_port)
-    else:
-        await _serve_raw(settings, stop, index=index, reuse_port=reuse_port)
+    await _serve(settings, stop, index=index, reuse_port=reuse_port)
 
 
 def _listening(settings: Settings, port: int, index: int) -> None:
@@ -100,14 +94,11 @@ def _listening(settings: Settings, port: int, index: int) -> None:
             "host": settings.gateway_host,
             "port": port,
             "worker": index,
-            "server": settings.gateway_server,
         },
     )
 
 
-async def _serve_raw(
-    settings: Settings, stop: asyncio.Event, *, index: int, reuse_port: bool
-) -> None:
+async def _serve(settings: Settings, stop: asyncio.Event, *, index: int, reuse_port: bool) -> None:
     runtime = Runtime(settings, GatewayMetrics())
     async with open_runtime(runtime):
         server = RawServer(runtime)
@@ -123,35 +114,6 @@ async def _serve_raw(
         finally:
             await server.shutdown(settings.shutdown_grace)
     log.info("gateway stopped", extra={"worker": index})
-
-
-async def _serve_aiohttp(
-    settings: Settings, stop: asyncio.Event, *, index: int, reuse_port: bool
-) -> None:
-    app = create_app(settings)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(
-            runner,
-            settings.gateway_host,
-            settings.gateway_port,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-        )
-        await site.start()
-        port = runner.addresses[0][1] if runner.addresses else settings.gateway_port
-        _listening(settings, port, index)
-        await stop.wait()
-        app[RUNTIME].draining = True
-        for listening in list(runner.sites):
-            await listening.stop()
-        log.info("gateway draining", extra={"worker": index})
-    finally:
-        await runner.cleanup()  # stop accepting, drain up to the grace, close pools
-        log.info("gateway stopped", extra={"worker": index})
 
 
 def _supervise(settings: Settings) -> None:

@@ -22,16 +22,22 @@ and the first body chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
 
+from gateway.metrics import GatewayMetrics
+from gateway.raw_server import RawServer
+from gateway.runtime import Runtime, open_runtime
 from meter import apikeys, keys
 from meter.live_state import AccountConfig, KeyRecord, LiveState
+from meter.settings import Settings
 
 STREAM_CHUNK = 1 << 16
 
@@ -180,3 +186,21 @@ async def add_key(state: LiveState, record: KeyRecord) -> Provisioned:
     key = apikeys.generate()
     await state.put_api_key(apikeys.digest(key), record)
     return Provisioned(key, record)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    settings: Settings, *, clock: Callable[[], float] = time.time, backlog: int = 4096
+) -> AsyncIterator[tuple[str, Runtime]]:
+    """The gateway's server in this process on a free loopback port: (base URL, runtime).
+    The backlog is deep: race tests connect thousands of clients at once."""
+    async with open_runtime(Runtime(settings, GatewayMetrics()), clock=clock) as runtime:
+        server = RawServer(runtime)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = await server.start(sock=sock, backlog=backlog)
+        try:
+            yield f"http://127.0.0.1:{port}", runtime
+        finally:
+            runtime.draining = True
+            await server.shutdown(1)

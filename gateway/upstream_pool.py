@@ -1,7 +1,7 @@
-"""A lean keep-alive HTTP/1.1 client pool to the one upstream: the default ``Upstream``.
+"""A lean keep-alive HTTP/1.1 client pool to the one upstream: the ``Upstream``.
 
-Why by hand: aiohttp's ``ClientSession`` costs ~133 us of CPU per call on the
-benchmark machine (issue 4); this pool costs a fraction of that because it does
+Why by hand: aiohttp's ``ClientSession`` costs several times this pool's CPU
+per call (``loadtests/README.md``); this pool costs a fraction of that as it does
 only what one proxy hop needs: one host, HTTP/1.1, keep-alive, httptools
 (llhttp) parsing, no cookies, redirects, decompression or URL objects.
 

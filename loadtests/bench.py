@@ -61,10 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--variant", action="append", default=[], metavar="NAME:SETTING=VALUE[,...]",
         help="also measure the gateway (1 worker) with these METER_* settings, e.g. "
-        "gateway-redispy:METER_REDIS_CLIENT=redis-py (repeatable), or another checkout's "
-        "gateway: gateway-old:SOURCE=/path/to/checkout; the full plan adds "
-        + ", ".join(f"{k}:{','.join(f'{a}={b}' for a, b in v.items())}"
-                    for k, v in DEFAULT_VARIANTS.items()),
+        "gateway-big-pool:METER_UPSTREAM_POOL_SIZE=1024 (repeatable), or another checkout's "
+        "gateway: gateway-old:SOURCE=/path/to/checkout",
     )  # fmt: skip
     ap.add_argument(
         "--path", default=DEFAULT_PATH, help="request path (its price comes from the table)"

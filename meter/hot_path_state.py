@@ -1,11 +1,12 @@
 """What the gateway needs of an account's live state, and its fast implementation.
 
-``HotPathState`` is the seam: the gateway is written against it and is handed
-either ``LiveState`` (redis.asyncio, one script call per ``admit_many``) or
-``PipelinedState`` (this module: admissions batched per loop pass by
-``AdmissionBatcher``, every command through one ``RedisPipe``). Both run the
-same Lua scripts with the same KEYS and ARGV, so they agree on every outcome;
-both raise ``StateUnavailable`` (503) when Redis cannot answer.
+``HotPathState`` is the seam the gateway is written against; the gateway is
+handed ``PipelinedState`` (this module: admissions batched per loop pass by
+``AdmissionBatcher``, every command through one ``RedisPipe``). ``LiveState``
+(redis.asyncio, one script call per ``admit_many``) fits the same seam for
+tools and tests. Both run the same Lua scripts with the same KEYS and ARGV, so
+they agree on every outcome; both raise ``StateUnavailable`` (503) when Redis
+cannot answer.
 """
 
 from __future__ import annotations

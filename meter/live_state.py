@@ -4,15 +4,15 @@ Every change to an account's money goes through one Lua script (``scripts``);
 this module only builds KEYS/ARGV, runs the script and turns the reply into
 values. Redis errors are translated here, once, into ``StateUnavailable``.
 
-``admit_many`` is the one seam of the hot path: a list of calls in, a list of
-decisions out, one script call per Redis Cluster slot. The gateway may hand it
-one call or a whole loop pass of them.
+``admit_many`` runs admit.lua as the gateway's pipelined state
+(``hot_path_state.py``) does, one script call per Redis Cluster slot, for the
+tools, benchmarks and tests that admit calls without a gateway; the KEYS/ARGV
+builders and reply parsers here are shared with it.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import secrets
 import time
@@ -34,8 +34,6 @@ from meter.scripts import (
     VOID,
     LuaScript,
 )
-
-log = logging.getLogger("meter.live_state")
 
 
 class StateUnavailable(Exception):
@@ -137,11 +135,6 @@ class LiveState:
         self.redis = client
         self.clock = clock
         self.batch_ids = BatchIds()
-        # Set by the gateway's wiring (it voids what a lost reply may have debited): then
-        # each admission keeps a record, as ``AdmissionBatcher``'s batches do. Unset
-        # (tools, the admin API, tests), admissions keep none.
-        self.lost: LostBatch | None = None
-        self._answered = AnsweredRecords()
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 1.0, **kwargs: Any) -> LiveState:
@@ -195,13 +188,10 @@ class LiveState:
         results: list[Admission | None] = [None] * len(calls)
         for shard, indexes in by_shard.items():
             group = [calls[i] for i in indexes]
-            if self.lost is None:
-                key_names, args = admit_arguments(
-                    group, day, shard, self.batch_ids.key(shard), keep_record=False
-                )
-                reply = await self._run(ADMIT, key_names, args)
-            else:
-                reply = await self._admit_recorded(group, day, shard)
+            key_names, args = admit_arguments(
+                group, day, shard, self.batch_ids.key(shard), keep_record=False
+            )
+            reply = await self._run(ADMIT, key_names, args)
             resolved = resolved_flags(group)
             for i, admission in zip(indexes, parse_admit_reply(reply, resolved), strict=True):
                 results[i] = admission
@@ -209,40 +199,6 @@ class LiveState:
 
     async def admit(self, call: Call | KeyCall, day: int) -> Admission:
         return (await self.admit_many([call], day))[0]
-
-    async def _admit_recorded(
-        self, group: list[Call | KeyCall], day: int, shard: int | None
-    ) -> Any:
-        """admit.lua with a record of its debits, on a connection of its own from the pool.
-
-        A connection that cannot be had means nothing was sent: 503, nothing to void.
-        Once the command is written, any failure (a timeout, a connection gone, the
-        caller cancelled) may come after the script ran: the callers get 503 and the
-        admission goes to ``lost``, which voids it (``void``); it is never sent again
-        (sent here, not through redis-py's retries). The record is deleted by the next
-        admission on its shard once this reply is in."""
-        assert self.lost is not None
-        key = self.batch_ids.key(shard)
-        pool = self.redis.connection_pool
-        conn = await self._translated(pool.get_connection())  # type: ignore[no-untyped-call]
-        done = self._answered.take(shard)
-        key_names, args = admit_arguments(group, day, shard, key, delete=done)
-        try:
-            reply = await self._translated(_evalsha_on(conn, ADMIT, key_names, args))
-        except BaseException as exc:
-            if not isinstance(exc.__cause__, redis.exceptions.ResponseError):
-                await conn.disconnect()  # what it holds of a reply is not to be read
-            # Deleted or not, the next admission deletes them (again: harmless).
-            self._answered.add(shard, *done)
-            try:
-                self.lost(key, list(group), day)
-            except Exception:  # raised here, it would hide the 503's cause
-                log.exception("lost admission not voided", extra={"batch": key})
-            raise
-        finally:
-            await pool.release(conn)
-        self._answered.add(shard, key)
-        return reply
 
     async def void(self, batch_key: str, calls: Sequence[Call | KeyCall]) -> list[tuple[Call, str]]:
         """An admission whose reply was lost (void.lua): each call it debited, with the
@@ -359,21 +315,6 @@ def settle_arguments(
             admitted.event_id,
         ],
     )
-
-
-async def _evalsha_on(
-    conn: Any, script: LuaScript, key_names: Sequence[str], args: Sequence[Any]
-) -> Any:
-    """EVALSHA on one connection of the pool (loading the script if Redis lost it)."""
-    command = ("EVALSHA", script.sha, len(key_names), *key_names, *args)
-    await conn.send_command(*command)
-    try:
-        return await conn.read_response()
-    except redis.exceptions.NoScriptError:  # it did not run
-        await conn.send_command("SCRIPT", "LOAD", script.source)
-        await conn.read_response()
-        await conn.send_command(*command)
-        return await conn.read_response()
 
 
 def admit_arguments(

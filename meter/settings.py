@@ -197,18 +197,11 @@ class Settings:
     # How long an unknown key stays refused without a new Redis lookup.
     negative_key_ttl: float = _env("METER_NEGATIVE_KEY_TTL", "1.0", _float(0, 60))
     shutdown_grace: float = _env("METER_SHUTDOWN_GRACE", "10", _float(0, 3600))
-    # Gateway hot path (issue 4). The HTTP/1.1 server layer: "raw" (asyncio protocol +
-    # httptools, gateway/raw_server.py) or "aiohttp" (aiohttp's web server, kept to measure).
-    gateway_server: str = _env("METER_GATEWAY_SERVER", "raw", _choice("raw", "aiohttp"))
-    # The upstream client: "pool" (gateway/upstream_pool.py) or "aiohttp" (a ClientSession).
-    upstream_client: str = _env("METER_UPSTREAM_CLIENT", "pool", _choice("pool", "aiohttp"))
     # Pooled upstream connections idle this long are closed.
     upstream_idle_timeout: float = _env("METER_UPSTREAM_IDLE_TIMEOUT", "30", _float(0.01, 3600))
-    # Redis on the hot path: "pipe" (pipelined, admissions batched per loop pass:
-    # meter/hot_path_state.py) or "redis-py" (redis.asyncio, one script call per admission).
-    redis_client: str = _env("METER_REDIS_CLIENT", "pipe", _choice("pipe", "redis-py"))
-    # "pipe": one script call per loop pass for all shards (a single Redis only: Redis
-    # Cluster refuses it with CROSSSLOT and every call fails closed, 503).
+    # Admissions of one loop pass go to Redis as one script call per shard, or ("true")
+    # one for all shards (a single Redis only: Redis Cluster refuses it with CROSSSLOT and
+    # every call fails closed, 503); "auto" asks Redis whether it is a cluster node.
     admit_cross_shard: str = _env(
         "METER_ADMIT_CROSS_SHARD", "auto", _choice("auto", "true", "false")
     )

@@ -1,6 +1,6 @@
 """The whole product in one test process: admin API -> gateway -> upstream -> ledger -> history.
 
-Real Redis and Postgres (fixtures), the real admin and gateway apps over HTTP on
+Real Redis and Postgres (fixtures), the real admin API and gateway over HTTP on
 loopback, the echo upstream, and the ledger worker; nothing of ours is replaced.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from ledger_fixtures import caught_up, running_worker, wait_for
 
 from admin.app import create_app as create_admin
-from gateway.app import create_app as create_gateway
+from gateway.testing import running_gateway
 from ledger.reconcile import reconcile
 from ledger.worker import redis_client
 from meter import echo_upstream
@@ -52,7 +53,6 @@ def settings(redis_url: str, database_url: str, upstream_url: str) -> Settings:
         ledger_max_wait=0.02,
         ledger_lock_retry=0.1,
         reconcile_interval=0.0,
-        gateway_server="aiohttp",
     )
 
 
@@ -80,12 +80,11 @@ async def test_a_metered_call_from_provisioning_to_the_balance_history(
     settings: Settings, http: aiohttp.ClientSession, database_url: str
 ) -> None:
     admin = TestServer(create_admin(settings))
-    gateway = TestServer(create_gateway(settings))
     await admin.start_server()
-    await gateway.start_server()
+    gateway = AsyncExitStack()
     try:
         a = str(admin.make_url("")).rstrip("/")
-        g = str(gateway.make_url("")).rstrip("/")
+        g, _ = await gateway.enter_async_context(running_gateway(settings))
         account = await admin_call(http, a, "POST", "/v1/accounts", {"name": "E2E"}, 201)
         project = await admin_call(
             http, a, "POST", f"/v1/accounts/{account['id']}/projects", {"name": "p"}, 201
@@ -156,7 +155,7 @@ async def test_a_metered_call_from_provisioning_to_the_balance_history(
             await client.aclose()
             await pool.close()
     finally:
-        await gateway.close()
+        await gateway.aclose()
         await admin.close()
 
 

@@ -2,9 +2,8 @@
 
 Each test provisions an account straight in Redis, starts the gateway on a
 loopback port (backlog large enough for the race tests) with an injected clock,
-and calls it with a real aiohttp client. Every test runs once per server layer
-(``server_mode``: the raw HTTP/1.1 server and the aiohttp app), both driving
-the same proxy with the default upstream pool and pipelined Redis state.
+and calls it with a real aiohttp client: the gateway's HTTP/1.1 server, its
+upstream pool and its pipelined Redis state, as in production.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -22,18 +20,14 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import TlsRedis
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from gateway.app import RUNTIME, create_app
-from gateway.metrics import GatewayMetrics
-from gateway.raw_server import RawServer
 from gateway.refund_retry import backoff
-from gateway.runtime import Runtime, open_runtime
+from gateway.runtime import Runtime
 from gateway.testing import (
     ECHO,
     EchoState,
@@ -41,6 +35,7 @@ from gateway.testing import (
     echo_app,
     pattern_bytes,
     provision,
+    running_gateway,
     until,
 )
 from meter import keys
@@ -151,61 +146,24 @@ class Gateway:
         return 0.0
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, URL]:
-    """Serve ``app`` on loopback with a deep accept queue (2,000 clients connect at once)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    site = web.SockSite(runner, sock, backlog=4096)
-    await site.start()
-    host, port = sock.getsockname()[:2]
-    return runner, URL(f"http://{host}:{port}")
-
-
 MakeGateway = Callable[..., Awaitable[Gateway]]
-SERVER_MODES = ("raw", "aiohttp")
-
-
-@pytest.fixture(params=SERVER_MODES)
-def server_mode(request: pytest.FixtureRequest) -> str:
-    """The HTTP/1.1 server layer under test; every gateway test runs with each."""
-    return str(request.param)
-
-
-def loopback_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 async def start_gateway(
     settings: Settings, clock: Callable[[], float]
 ) -> tuple[URL, Runtime, Callable[[], Awaitable[None]]]:
-    """The gateway of ``settings.gateway_server`` on a loopback port: (url, runtime, stop)."""
-    if settings.gateway_server == "aiohttp":
-        app = create_app(settings, clock=clock)
-        runner, url = await serve(app)
-        return url, app[RUNTIME], runner.cleanup
+    """The gateway on a loopback port: (url, runtime, stop)."""
     stack = AsyncExitStack()
-    runtime = await stack.enter_async_context(
-        open_runtime(Runtime(settings, GatewayMetrics()), clock=clock)
-    )
-    server = RawServer(runtime)
-    sock = loopback_socket()
-    port = await server.start(sock=sock, backlog=4096)
-
+    url, runtime = await stack.enter_async_context(running_gateway(settings, clock=clock))
     stopped = False
 
     async def stop() -> None:  # idempotent: a test may stop the gateway itself
         nonlocal stopped
         if not stopped:
             stopped = True
-            runtime.draining = True
-            await server.shutdown(1)
             await stack.aclose()
 
-    return URL(f"http://127.0.0.1:{port}"), runtime, stop
+    return URL(url), runtime, stop
 
 
 @pytest.fixture
@@ -220,7 +178,7 @@ async def upstream(
 
 @pytest.fixture
 async def make_gateway(
-    redis_url: str, live_state: LiveState, upstream: TestServer, tmp_path: Path, server_mode: str
+    redis_url: str, live_state: LiveState, upstream: TestServer, tmp_path: Path
 ) -> AsyncIterator[MakeGateway]:
     prices = tmp_path / "prices.toml"
     prices.write_text(PRICES)
@@ -237,7 +195,6 @@ async def make_gateway(
             "redis_url": redis_url,
             "upstream_url": str(upstream.make_url("/")),
             "prices_path": str(prices),
-            "gateway_server": server_mode,
         }
         values.update(overrides)
         settings = Settings.from_env({}, **values)
@@ -909,16 +866,14 @@ async def test_a_refund_that_timed_out_is_given_back_exactly_once(
     assert await gw.metric("meter_gateway_refunds_dropped_total") == 0
 
 
-@pytest.mark.parametrize("redis_client", ["pipe", "redis-py"])
 @pytest.mark.parametrize("lost", ["reply", "request"])
 async def test_a_call_answered_503_for_a_lost_admission_reply_is_not_charged(
-    make_gateway: MakeGateway, redis_url: str, lost: str, redis_client: str
+    make_gateway: MakeGateway, redis_url: str, lost: str
 ) -> None:
     """The admission batch went out and no reply came: the callers get 503. If it ran
     (its reply was lost), its debits are refunded once Redis answers again; if it did
-    not (the request was lost), it is voided and never runs. The same with the redis-py
-    client (``LiveState``: one admission per script call, each with its record)."""
-    gw, relay = await behind_relay(make_gateway, redis_url, redis_client=redis_client)
+    not (the request was lost), it is voided and never runs."""
+    gw, relay = await behind_relay(make_gateway, redis_url)
     assert (await gw.call()).status == 200  # the key is cached: the next call is batched
     if lost == "reply":
         relay.replies = False

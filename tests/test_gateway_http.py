@@ -3,9 +3,7 @@
 Keep-alive, pipelining, chunked and streamed bodies with backpressure,
 ``Expect: 100-continue``, clients that go away, limits, timeouts, graceful
 shutdown, and hostile input (garbage, every split of a request, smuggling
-attempts, bad chunk sizes, endless header lines). Tests run against both
-server layers (``server_mode``) unless they pin one: the limits and timeouts
-are settings of the raw server; aiohttp has its own.
+attempts, bad chunk sizes, endless header lines).
 """
 
 from __future__ import annotations
@@ -20,15 +18,13 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from test_gateway import PRICE, Gateway, MakeGateway, make_gateway, server_mode, upstream
+from test_gateway import PRICE, Gateway, MakeGateway, make_gateway, upstream
 
 from gateway.raw_server import FD_RESERVE, connection_cap
 from gateway.testing import pattern_bytes, until
 from meter import open_files
 
-FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
-
-RAW_ONLY = pytest.mark.parametrize("server_mode", ["raw"])
+FIXTURES = (make_gateway, upstream)  # pytest finds them by name in this module
 
 
 @dataclass
@@ -125,7 +121,6 @@ def _answering_tasks() -> set[asyncio.Task[object]]:
     return {t for t in asyncio.all_tasks() if "RawConnection._serve" in repr(t.get_coro())}
 
 
-@RAW_ONLY
 async def test_one_task_answers_a_connection_and_ends_with_it(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(keepalive_timeout=0.2)
     async with connect(gw) as (reader, writer):
@@ -160,7 +155,6 @@ async def test_pipelined_requests_are_answered_in_order(make_gateway: MakeGatewa
     assert await gw.balance() == 100_000 - 9 * PRICE
 
 
-@RAW_ONLY
 async def test_a_pipelined_request_is_not_debited_before_its_turn(
     make_gateway: MakeGateway,
 ) -> None:
@@ -195,7 +189,6 @@ async def test_http10_client_gets_its_answer_and_the_connection_closes(
         assert await closed_by_server(reader)
 
 
-@RAW_ONLY
 async def test_http10_with_a_transfer_coding_is_answered_then_closed(
     make_gateway: MakeGateway,
 ) -> None:
@@ -240,7 +233,7 @@ async def test_chunked_request_body_reaches_the_upstream_whole(make_gateway: Mak
 
 
 async def test_chunked_body_over_the_limit_is_413_and_refunded(
-    make_gateway: MakeGateway, server_mode: str
+    make_gateway: MakeGateway,
 ) -> None:
     gw = await make_gateway(max_body_bytes=50_000)
     chunk = b"%x\r\n%s\r\n" % (10_000, b"c" * 10_000)
@@ -251,8 +244,7 @@ async def test_chunked_body_over_the_limit_is_413_and_refunded(
         reply = await read_response(reader)
         assert reply.status == 413
         assert reply.headers["x-meter-charged"] == "0"
-        if server_mode == "raw":  # aiohttp lingers reading the body it will not use (10 s)
-            assert await closed_by_server(reader)
+        assert await closed_by_server(reader)
     assert await gw.balance() == 100_000
 
 
@@ -359,8 +351,7 @@ async def test_client_gone_mid_body_is_refunded(make_gateway: MakeGateway) -> No
     assert [e["t"] for e in await gw.events()] == ["d", "r"]
     assert await gw.balance() == 100_000
     assert await gw.metric("meter_gateway_refunds_total", reason="incomplete_body") == 1
-    if gw.runtime.settings.upstream_client == "pool":  # the unfinished exchange is dropped
-        await until(lambda: gw.runtime.metrics.upstream_open.value == 0)
+    await until(lambda: gw.runtime.metrics.upstream_open.value == 0)  # the exchange is dropped
 
 
 async def test_client_gone_mid_response_is_charged_and_the_upstream_dropped(
@@ -417,7 +408,6 @@ async def test_garbage_is_400_and_closed(make_gateway: MakeGateway, garbage: byt
     [("GET", "http://elsewhere.test/anything"), ("OPTIONS", "*"), ("GET", "/a/../anything")],
     ids=["absolute-form", "asterisk", "dot-segments"],
 )
-@RAW_ONLY  # aiohttp's router answers "*" with its own plain 404 before the proxy sees it
 async def test_a_target_that_is_not_a_plain_path_is_400(
     make_gateway: MakeGateway, method: str, target: str
 ) -> None:
@@ -437,11 +427,10 @@ async def test_a_target_that_is_not_a_plain_path_is_400(
     [("1.1", 0, 400), ("1.1", 2, 400), ("1.0", 2, 400), ("1.0", 0, 200), ("1.1", 1, 200)],
 )
 async def test_a_request_needs_one_host_header(
-    make_gateway: MakeGateway, version: str, hosts: int, status: int, server_mode: str
+    make_gateway: MakeGateway, version: str, hosts: int, status: int
 ) -> None:
     """RFC 9112 3.2: 400 for an HTTP/1.1 request without Host, and for two Host lines;
-    a 400 is answered before the admission: nothing is charged or forwarded. (aiohttp's
-    parser refuses both itself, in plain text.)"""
+    a 400 is answered before the admission: nothing is charged or forwarded."""
     gw = await make_gateway()
     assert gw.account is not None
     lines = [f"GET /anything HTTP/{version}", f"X-API-Key: {gw.account.key}"]
@@ -450,7 +439,7 @@ async def test_a_request_needs_one_host_header(
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         reply = await read_response(reader)
         assert reply.status == status
-        if status == 400 and server_mode == "raw":
+        if status == 400:
             doc = reply.json()
             assert doc["type"] == "https://meter.dev/problems/malformed-request"
             assert "Host" in str(doc["detail"])
@@ -499,31 +488,25 @@ async def test_a_transfer_coding_we_cannot_forward_is_refused(make_gateway: Make
 
 
 @pytest.mark.parametrize("chunk", [b"zz\r\nabc\r\n", b"-1\r\nabc\r\n", b"3\r\nabcdef\r\n"])
-async def test_invalid_chunks_are_400_and_refunded(
-    make_gateway: MakeGateway, chunk: bytes, server_mode: str
-) -> None:
+async def test_invalid_chunks_are_400_and_refunded(make_gateway: MakeGateway, chunk: bytes) -> None:
     gw = await make_gateway()
     async with connect(gw) as (reader, writer):
         writer.write(request(gw, method="POST", headers=["Transfer-Encoding: chunked"]))
         await asyncio.sleep(0.05)
         writer.write(b"3\r\nabc\r\n" + chunk)
-        if server_mode == "raw":
-            reply = await read_response(reader)
-            assert reply.status == 400
-            doc = reply.json()  # what was wrong, in the parser's words
-            assert doc["type"] == "https://meter.dev/problems/malformed-request"
-            assert "chunk" in str(doc["detail"]).lower()
-            assert "x-meter-charged" in reply.headers  # an admitted call: the money headers
-            assert await closed_by_server(reader)
-        else:  # aiohttp does not fail the body it is reading: the call waits for the client
-            writer.transport.abort()
+        reply = await read_response(reader)
+        assert reply.status == 400
+        doc = reply.json()  # what was wrong, in the parser's words
+        assert doc["type"] == "https://meter.dev/problems/malformed-request"
+        assert "chunk" in str(doc["detail"]).lower()
+        assert "x-meter-charged" in reply.headers  # an admitted call: the money headers
+        assert await closed_by_server(reader)
         for _ in range(100):
             if len(await gw.events()) == 2:
                 break
             await asyncio.sleep(0.02)
     assert await gw.balance() == 100_000  # admitted, then refunded: the body never ended
-    reason = "malformed_body" if server_mode == "raw" else "incomplete_body"
-    assert await gw.metric("meter_gateway_refunds_total", reason=reason) == 1
+    assert await gw.metric("meter_gateway_refunds_total", reason="malformed_body") == 1
 
 
 async def test_every_split_of_a_request_is_parsed(make_gateway: MakeGateway) -> None:
@@ -546,7 +529,7 @@ async def test_every_split_of_a_request_is_parsed(make_gateway: MakeGateway) -> 
 
 
 async def test_a_huge_header_line_is_refused_without_buffering_it(
-    make_gateway: MakeGateway, server_mode: str
+    make_gateway: MakeGateway,
 ) -> None:
     gw = await make_gateway()
     async with connect(gw) as (reader, writer):
@@ -565,14 +548,13 @@ async def test_a_huge_header_line_is_refused_without_buffering_it(
         assert refused
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             reply = await read_response(reader)
-            assert reply.status == (431 if server_mode == "raw" else 400)
+            assert reply.status == 431
     assert gw.echo.received == 0
 
 
 # -- limits and timeouts of the raw server ------------------------------------------------------
 
 
-@RAW_ONLY
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
@@ -592,7 +574,6 @@ async def test_limits_are_414_and_431(make_gateway: MakeGateway, raw: bytes, sta
         assert await closed_by_server(reader)
 
 
-@RAW_ONLY
 async def test_a_slow_head_is_408(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(client_timeout=0.3)
     async with connect(gw) as (reader, writer):
@@ -603,7 +584,6 @@ async def test_a_slow_head_is_408(make_gateway: MakeGateway) -> None:
     assert await gw.metric("meter_gateway_http_errors_total", reason="timeout") == 1
 
 
-@RAW_ONLY
 async def test_a_stalled_body_is_400_and_refunded(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(client_timeout=0.3)
     async with connect(gw) as (reader, writer):
@@ -613,7 +593,6 @@ async def test_a_stalled_body_is_400_and_refunded(make_gateway: MakeGateway) -> 
     assert await gw.balance() == 100_000
 
 
-@RAW_ONLY
 @pytest.mark.parametrize("case", ["chunked_over_limit", "stalled", "declared_over_limit"])
 async def test_a_body_refused_after_an_early_admission_is_refunded(
     make_gateway: MakeGateway, case: str
@@ -640,7 +619,6 @@ async def test_a_body_refused_after_an_early_admission_is_refunded(
     assert kinds == (["d"] if case == "declared_over_limit" else ["d", "d", "r"])
 
 
-@RAW_ONLY
 async def test_idle_keep_alive_connections_are_closed(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(keepalive_timeout=0.2, client_timeout=0.5)
     async with connect(gw) as (reader, writer):
@@ -653,7 +631,6 @@ async def test_idle_keep_alive_connections_are_closed(make_gateway: MakeGateway)
         assert await closed_by_server(reader)
 
 
-@RAW_ONLY
 async def test_connections_beyond_the_cap_are_closed_as_they_come(
     make_gateway: MakeGateway,
 ) -> None:
@@ -698,7 +675,6 @@ def test_the_open_files_limit_is_raised_to_the_hard_one() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@RAW_ONLY
 async def test_a_bad_request_after_good_ones_is_answered_in_turn(
     make_gateway: MakeGateway,
 ) -> None:
@@ -710,7 +686,6 @@ async def test_a_bad_request_after_good_ones_is_answered_in_turn(
         assert await closed_by_server(reader)
 
 
-@RAW_ONLY
 async def test_date_and_server_headers(make_gateway: MakeGateway) -> None:
     gw = await make_gateway()
     async with connect(gw) as (reader, writer):
@@ -720,7 +695,6 @@ async def test_date_and_server_headers(make_gateway: MakeGateway) -> None:
     assert reply.headers["date"].endswith(" GMT") and "," in reply.headers["date"]
 
 
-@RAW_ONLY
 async def test_graceful_shutdown_finishes_in_flight_and_closes_idle(
     make_gateway: MakeGateway,
 ) -> None:
@@ -741,7 +715,6 @@ async def test_graceful_shutdown_finishes_in_flight_and_closes_idle(
         await asyncio.wait_for(stopping, 5)
 
 
-@RAW_ONLY
 async def test_upgrades_are_not_passed_on(make_gateway: MakeGateway) -> None:
     gw = await make_gateway()
     async with connect(gw) as (reader, writer):

@@ -24,16 +24,14 @@ from test_gateway import (
     MakeGateway,
     make_gateway,
     problem,
-    server_mode,
     upstream,
 )
 from test_gateway_http import _answering_tasks, connect, read_response, request
 
 from gateway.testing import pattern_bytes, until
 
-FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
+FIXTURES = (make_gateway, upstream)  # pytest finds them by name in this module
 
-pytestmark = pytest.mark.parametrize("server_mode", ["raw"])
 
 RESULTS = (
     "answered",
@@ -45,7 +43,6 @@ RESULTS = (
     "upstream_5xx",
     "variable_cost",
     "response_streamed",
-    "upstream_client",
     "error",
 )
 

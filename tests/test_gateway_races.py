@@ -20,11 +20,10 @@ from test_gateway import (
     Gateway,
     MakeGateway,
     make_gateway,
-    server_mode,
     upstream,
 )
 
-FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
+FIXTURES = (make_gateway, upstream)  # pytest finds them by name in this module
 
 CALLS = 2_000
 FITS = 100

@@ -15,14 +15,13 @@ from test_gateway import (
     make_gateway,
     problem,
     refund_missed,
-    server_mode,
     upstream,
 )
 
 from gateway.refund_spool import PendingRefund, PendingVoid, waiting
 from gateway.testing import until
 
-FIXTURES = (make_gateway, server_mode, upstream)  # pytest finds them by name in this module
+FIXTURES = (make_gateway, upstream)  # pytest finds them by name in this module
 
 
 def spooled(folder: Path) -> list[PendingRefund | PendingVoid]:
@@ -135,7 +134,6 @@ async def test_a_claimed_refund_past_the_retry_period_is_given_up(
     assert spooled(spool) == []
 
 
-@pytest.mark.parametrize("server_mode", ["raw"])
 async def test_a_refused_spool_folder_stops_start_up(
     make_gateway: MakeGateway, tmp_path: Path
 ) -> None:

@@ -64,14 +64,9 @@ async def upstream(
     server.app[ECHO].hang.set()
 
 
-@pytest.fixture(params=["raw", "aiohttp"])
-def server_mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def spawn(
-    redis_url: str, upstream: TestServer, server_mode: str
+    redis_url: str, upstream: TestServer
 ) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
     procs: list[asyncio.subprocess.Process] = []
 
@@ -83,7 +78,6 @@ async def spawn(
             "METER_UPSTREAM_URL": str(upstream.make_url("/")),
             "METER_GATEWAY_PORT": str(port),
             "METER_SHUTDOWN_GRACE": "20",
-            "METER_GATEWAY_SERVER": server_mode,
             **env,
         }
         proc = await asyncio.create_subprocess_exec(

@@ -1,22 +1,16 @@
-"""The gateway's live state (PipelinedState; LiveState as the redis-py client), against real
+"""The gateway's live state (PipelinedState; LiveState fits the same seam), against real
 Redis, including Redis failing."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis as redis_sync
-from test_admission_batcher import evalsha_calls
-from test_gateway import TcpRelay
-from yarl import URL
 
-from gateway.runtime import open_live_state
-from gateway.testing import until
 from meter import keys, local_servers
 from meter.hot_path_state import HotPathState, PipelinedState
 from meter.live_state import (
@@ -243,114 +237,3 @@ async def test_the_batching_choice_waits_for_redis_to_come_back(tmp_path: Path) 
             server.stop(kill=True)
     finally:
         await state.close()
-
-
-# -- LiveState (METER_REDIS_CLIENT=redis-py) keeps the pipe's promise on lost replies ---------
-
-
-Lost = list[tuple[str, list[Call | KeyCall], int]]
-
-
-def recording(state: LiveState) -> Lost:
-    """Set ``state.lost`` as the gateway's wiring does; what it is told, in a list."""
-    told: Lost = []
-    state.lost = lambda key, calls, day: told.append((key, calls, day))
-    return told
-
-
-@contextlib.asynccontextmanager
-async def through_relay(
-    redis_url: str, *, redis_timeout: float
-) -> AsyncIterator[tuple[LiveState, TcpRelay, Lost]]:
-    """The gateway's redis-py state (``open_live_state``), reaching Redis through a relay
-    the test can make drop requests or replies, with ``lost`` recorded."""
-    relay = TcpRelay(URL(redis_url).port or 6379)
-    port = await relay.start()
-    settings = Settings.from_env(
-        {
-            "METER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
-            "METER_REDIS_TIMEOUT": str(redis_timeout),
-        }
-    )
-    state = open_live_state(settings)
-    try:
-        yield state, relay, recording(state)
-    finally:
-        await state.close()
-        await relay.cut()
-
-
-async def test_each_admission_keeps_a_record_the_next_one_deletes(
-    live_state: LiveState,
-) -> None:
-    await provision(live_state, 100)
-    told = recording(live_state)
-    records = [keys.admit_batch(SHARD, f"{live_state.batch_ids.prefix}{n}") for n in range(3)]
-    assert (await live_state.admit(call(), DAY)).admitted
-    assert await live_state.redis.exists(records[0]) == 1
-    assert 0 < await live_state.redis.ttl(records[0]) <= keys.BATCH_RECORD_TTL_SECONDS
-    assert (await live_state.admit(call(), DAY)).admitted
-    assert [await live_state.redis.exists(r) for r in records[:2]] == [0, 1]
-    assert told == []
-
-
-async def test_an_admission_never_sent_is_not_handed_to_lost() -> None:
-    state = LiveState.from_url(f"redis://127.0.0.1:{local_servers.free_port()}/0", timeout=0.3)
-    told = recording(state)
-    try:
-        with pytest.raises(StateUnavailable):
-            await state.admit(call(), DAY)
-        assert told == []
-    finally:
-        await state.close()
-
-
-@pytest.mark.parametrize("how", ["timeout", "cancelled"])
-async def test_an_admission_whose_reply_is_lost_goes_to_lost_once_and_is_voided(
-    redis_url: str, live_state: LiveState, how: str
-) -> None:
-    """The gateway's redis-py client: the reply of an admission that ran is lost. The
-    caller gets StateUnavailable (or its cancellation), the admission goes to ``lost``,
-    it is not sent again (Redis ran it once: a resend would debit twice), and its void
-    names its debit."""
-    await provision(live_state, 100)
-    async with through_relay(redis_url, redis_timeout=0.5) as (state, relay, told):
-        assert (await state.admit(call(), DAY)).admitted  # connected, through the relay
-        before = evalsha_calls(redis_url)
-        relay.replies = False
-        admission = asyncio.ensure_future(state.admit(call(), DAY))
-        await until(lambda: evalsha_calls(redis_url) == before + 1)  # it ran
-        relay.replies = True  # a resend would now get through, and run again
-        if how == "cancelled":
-            admission.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await admission
-        else:
-            with pytest.raises(StateUnavailable):
-                await admission
-        assert evalsha_calls(redis_url) == before + 1
-        assert [(calls, day) for _, calls, day in told] == [([call()], DAY)]
-        debited = await state.void(told[0][0], told[0][1])
-        assert [c for c, _ in debited] == [call()]
-        stream = await live_state.redis.xrange(keys.usage_stream(SHARD))
-        assert debited[0][1] == stream[-1][0].decode()  # the debit it ran
-        assert (await state.admit(call(), DAY)).admitted  # on a fresh connection
-
-
-async def test_records_an_unanswered_admission_was_to_delete_are_deleted_by_the_next(
-    redis_url: str, live_state: LiveState
-) -> None:
-    """An admission carries the records of those answered before it, for Redis to delete.
-    When its request is lost, the next one carries them again: none is left to its TTL."""
-    await provision(live_state, 100)
-    async with through_relay(redis_url, redis_timeout=0.3) as (state, relay, told):
-        first = keys.admit_batch(SHARD, f"{state.batch_ids.prefix}0")
-        assert (await state.admit(call(), DAY)).admitted
-        assert await live_state.redis.exists(first) == 1
-        relay.requests = False
-        with pytest.raises(StateUnavailable):
-            await state.admit(call(), DAY)  # never reached Redis
-        relay.requests = True
-        assert len(told) == 1 and await live_state.redis.exists(first) == 1
-        assert (await state.admit(call(), DAY)).admitted
-        assert await live_state.redis.exists(first) == 0

@@ -725,14 +725,12 @@ def test_reference_pairs_take_turns_at_running_first() -> None:
 
 
 def test_variants_and_selection() -> None:
-    args = bench.parse_args(["--variant", "gateway-rp:METER_REDIS_CLIENT=redis-py,METER_X=1"])
-    assert args.variants["gateway-rp"] == {"METER_REDIS_CLIENT": "redis-py", "METER_X": "1"}
-    assert bench.selected(args)[-2:] == ["gateway-aiohttp", "gateway-rp"]
-    quick = bench.parse_args(["--quick"])
-    assert "gateway-aiohttp" not in bench.selected(quick)
-    assert bench.selected(bench.parse_args(["--quick", "--only", "gateway-aiohttp"])) == [
-        "gateway-aiohttp"
-    ]
+    args = bench.parse_args(["--variant", "gateway-bp:METER_UPSTREAM_POOL_SIZE=9,METER_X=1"])
+    assert args.variants["gateway-bp"] == {"METER_UPSTREAM_POOL_SIZE": "9", "METER_X": "1"}
+    assert bench.selected(args)[-2:] == ["gateway-2w", "gateway-bp"]
+    quick = bench.parse_args(["--quick", "--variant", "gateway-bp:METER_X=1"])
+    assert bench.selected(quick)[-1] == "gateway-bp"
+    assert bench.selected(bench.parse_args(["--quick", "--only", "gateway"])) == ["gateway"]
     assert bench.selected(bench.parse_args(["--skip-gateway"])) == [
         "upstream", "nginx", "nginx-2w", "aiohttp"
     ]  # fmt: skip
