@@ -7,7 +7,8 @@ the refusal metric, so both are stable.
 
     meter.problems.Problem
     +-- Refusal
-        +-- BadPath ........................ 400 bad-path
+        +-- BadPath ........................ 400 bad-path (a path upstreams may route in
+        |                                        more than one way: pricing.canonical_path)
         +-- IncompleteBody ................. 400 incomplete-body (the client stopped sending)
         +-- RepeatedKey .................... 400 repeated-api-key (two Authorization, or two
         |                                        X-API-Key headers: which one pays is unclear)
@@ -33,6 +34,9 @@ the refusal metric, so both are stable.
         +-- UrlTooLong ..................... 414 url-too-long
         +-- HeadersTooLarge ................ 431 headers-too-large (too many, or too many bytes)
         +-- NotImplementedCoding ........... 501 transfer-coding-not-implemented
+        +-- UpgradeNotSupported ............ 501 upgrade-not-supported (WebSocket and other
+        |                                        Upgrade requests; an h2c offer is ignored)
+        +-- MethodNotSupported ............. 501 method-not-supported (CONNECT, TRACE)
         +-- Unavailable .................... 503
             +-- StateUnavailable ........... 503 state-unavailable (Redis unreachable: fail closed)
             +-- AccountStateMissing ........ 503 account-state-missing (no account hash)
@@ -79,7 +83,7 @@ _CHAIN_LIMIT = 8  # errors raised from errors: more than any path of ours chains
 class BadPath(Refusal):
     status = 400
     slug = "bad-path"
-    title = "The request target must be a path without dot segments"
+    title = "The request target is not a path the gateway can price unambiguously"
 
 
 class IncompleteBody(Refusal):
@@ -224,6 +228,18 @@ class NotImplementedCoding(Refusal):
     status = 501
     slug = "transfer-coding-not-implemented"
     title = "Only the chunked transfer coding is accepted"
+
+
+class UpgradeNotSupported(Refusal):
+    status = 501
+    slug = "upgrade-not-supported"
+    title = "Protocol upgrades (WebSocket) are not relayed: send plain HTTP/1.1 requests"
+
+
+class MethodNotSupported(Refusal):
+    status = 501
+    slug = "method-not-supported"
+    title = "CONNECT and TRACE are not relayed"
 
 
 class Unavailable(Refusal):

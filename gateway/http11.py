@@ -42,6 +42,24 @@ def host_count_valid(hosts: int, http10: bool) -> bool:
     return hosts == 1 or (hosts == 0 and http10)
 
 
+def only_h2c(upgrade: bytes) -> bool:
+    """An Upgrade header that offers only h2c (HTTP/2 over cleartext), which a server may
+    ignore (RFC 9113 3.1 and RFC 9110 7.8): any other protocol (WebSocket) is refused."""
+    offers = {token.strip().lower() for token in upgrade.split(b",")}
+    return offers == {b"h2c"}
+
+
+def without_upgrade(request_line: bytes, headers: Pairs) -> bytes:
+    """A request head again, without its Upgrade header (nor HTTP2-Settings): parsed as
+    plain HTTP/1.1 (the Connection header's tokens for them are hop-by-hop anyway)."""
+    parts = [request_line, b"\r\n"]
+    for name, value in headers:
+        if name.lower() not in (b"upgrade", b"http2-settings"):
+            parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 def body_allowed(status: int) -> bool:
     """1xx, 204 and 304 answers never have a body (RFC 9112 6.3)."""
     return status >= 200 and status != 204 and status != 304

@@ -1,6 +1,7 @@
 """Every metric the gateway exports, declared once; handlers only inc() and observe().
 
-One registry per app (no module-level globals), served at ``/_meter/metrics``.
+One registry per app (no module-level globals), served at ``/metrics`` on the
+operators' listener (``ops.serve_operations``, METER_GATEWAY_METRICS_PORT).
 With several worker processes each worker exports its own counters;
 ``/_meter/healthz`` names the worker's pid.
 

@@ -39,7 +39,7 @@ from gateway.admission import Admitter, Started
 from gateway.headers import Pairs
 from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import PriceTable, Route, RouteCache, units_cost
+from gateway.pricing import PriceTable, Route, RouteCache, Unpriceable, units_cost
 from gateway.refund_retry import RefundRetry
 from gateway.upstream import Sent, Upstream, UpstreamResponse
 from meter.admission_batcher import Listener
@@ -57,7 +57,8 @@ class Exchange(Protocol):
     """One request, as plain values, and the way back to its client."""
 
     method: str
-    target: str  # path?query as sent, still percent-encoded
+    target: str  # path?query as sent, still percent-encoded; ``Proxy.price`` makes it the
+    # target to forward (canonical path, no fragment)
     headers: Pairs  # as received
     api_key: str | None  # identity.presented_key(headers)
     client_ip: str | None
@@ -242,7 +243,7 @@ class Proxy:
                     self.check_declared_size(exchange.content_length)
                     key = self.identity.cached(exchange.api_key)  # the hot case: no await
                     if key is not None:
-                        early = self.start(key, self.price(exchange.method, exchange.target))
+                        early = self.start(key, self.price(exchange))
                 if early is not None:
                     metered = await self.admitted(early)
                 else:
@@ -272,7 +273,7 @@ class Proxy:
         ``listener`` is called as soon as the admission's reply is in."""
         try:
             self.check_declared_size(exchange.content_length)
-            route = self.price(exchange.method, exchange.target)
+            route = self.price(exchange)
         except errors.Refusal:
             return None  # handle() refuses it, in its turn
         key = self.identity.cached(exchange.api_key)
@@ -354,13 +355,17 @@ class Proxy:
         if content_length is not None and content_length > self.max_body_bytes:
             raise errors.BodyTooLarge(limit=self.max_body_bytes)
 
-    def price(self, method: str, target: str) -> Route:
-        route = self.routes.lookup(method, target)
-        if route is None:
+    def price(self, exchange: Exchange) -> Route:
+        """The route of the call; its target becomes the one to forward (canonical path,
+        no fragment), so that the upstream routes exactly what was priced."""
+        try:
+            priced = self.routes.lookup(exchange.method, exchange.target)
+        except Unpriceable as exc:
+            raise errors.BadPath(str(exc)) from None
+        exchange.target = priced.target
+        if priced.route is None:
             raise errors.NoRoute()
-        if route is False:
-            raise errors.BadPath()
-        return route
+        return priced.route
 
     def start(self, key: KeyRecord, route: Route, listener: Listener | None = None) -> Early:
         now = self.clock()
@@ -377,10 +382,10 @@ class Proxy:
         Redis, resolved by the admission script in the same step (no extra round trip)."""
         if not self.admitter.resolves_keys:
             known = await self.identity.identify(exchange.api_key)
-            route = self.price(exchange.method, exchange.target)
+            route = self.price(exchange)
             return await self.admitted(self.start(known, route))
         try:
-            route = self.price(exchange.method, exchange.target)
+            route = self.price(exchange)
         except errors.Refusal:
             await self.identity.identify(exchange.api_key)  # an unknown caller learns no routes
             raise

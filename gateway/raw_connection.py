@@ -33,6 +33,9 @@ _METHODS = {
 }
 
 
+_NOT_RELAYED = frozenset({"CONNECT", "TRACE"})
+
+
 class _Refused(Exception):
     """Raised inside a parser callback; the refusal is on the connection."""
 
@@ -73,6 +76,7 @@ class RawConnection(asyncio.Protocol):
         "transfer_encoding",
         "transport",
         "unparsed",
+        "upgrade",
         "url",
         "wakeup",
         "write_paused",
@@ -96,6 +100,7 @@ class RawConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.content_length: int | None = None
         self.transfer_encoding: bytes | None = None
+        self.upgrade: bytes | None = None
         self.expect = False
         self.authorization: bytes | None = None
         self.x_api_key: bytes | None = None
@@ -185,8 +190,14 @@ class RawConnection(asyncio.Protocol):
         heads = self.heads
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._close_input()  # the request is answered as a plain one, then we close
+        except httptools.HttpParserUpgrade as upgrade:
+            # Only an h2c offer gets here (on_headers_complete refuses other upgrades): it
+            # is ignored, and the request and what follows are parsed as HTTP/1.1.
+            head = http11.without_upgrade(self.request_line(), self.pairs)
+            rest = data[upgrade.args[0] :] if upgrade.args else b""
+            self.parser = httptools.HttpRequestParser(self)
+            self.data_received(head + rest)
+            return
         except httptools.HttpParserError as exc:
             refusal = self.refusal or errors.MalformedRequest(str(exc) or type(exc).__name__)
             self._refuse_input(refusal, "malformed" if self.refusal is None else None)
@@ -210,6 +221,7 @@ class RawConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.content_length = None
         self.transfer_encoding = None
+        self.upgrade = None
         self.expect = False
         self.authorization = None
         self.x_api_key = None
@@ -251,7 +263,13 @@ class RawConnection(asyncio.Protocol):
                 self.x_api_key = value
         elif size == 17:
             if name.lower() == b"transfer-encoding":
-                self.transfer_encoding = value
+                # Two lines are one list (RFC 9110 5.3): "gzip" then "chunked" is "gzip, chunked".
+                te = self.transfer_encoding
+                self.transfer_encoding = value if te is None else te + b", " + value
+        elif size == 7:
+            if name.lower() == b"upgrade":
+                up = self.upgrade
+                self.upgrade = value if up is None else up + b", " + value
         elif size == 6 and name.lower() == b"expect":
             self.expect = value.strip().lower() == b"100-continue"
 
@@ -264,6 +282,15 @@ class RawConnection(asyncio.Protocol):
         http10 = parser.get_http_version() == "1.0"
         if self.hosts != 1 and not http11.host_count_valid(self.hosts, http10):
             self._refuse(errors.MalformedRequest(http11.ONE_HOST), "malformed")
+        if method in _NOT_RELAYED:
+            self._refuse(errors.MethodNotSupported(), "unsupported")
+        if self.upgrade is not None:
+            if not http11.only_h2c(self.upgrade):
+                self._refuse(errors.UpgradeNotSupported(), "unsupported")
+            if parser.should_upgrade():
+                # llhttp would stop at the head and leave the body unparsed: the head is
+                # parsed again without its Upgrade (data_received), answered as HTTP/1.1.
+                return
         length = self.content_length
         coding = self.transfer_encoding
         if coding is not None:
@@ -313,6 +340,14 @@ class RawConnection(asyncio.Protocol):
         if current is not None:
             self.current = None
             current.end_body()
+
+    def request_line(self) -> bytes:
+        parser = self.parser
+        return b"%s %s HTTP/%s" % (
+            parser.get_method(),
+            self.url,
+            parser.get_http_version().encode(),
+        )
 
     def _refuse(self, refusal: errors.Refusal, reason: str) -> None:
         self.refusal = refusal

@@ -27,6 +27,10 @@ _MAX_HEAD = 1 << 16  # a response head larger than this is garbage
 _INF = float("inf")
 
 
+class _BeyondResponse(Exception):
+    """Bytes after the end of the response (a second one in the same write): never relayed."""
+
+
 class StaleConnection(Exception):
     """A reused connection died before any response byte: the call may be sent again."""
 
@@ -209,7 +213,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.started = True
         if self.error is not None or (self.done and self.head_done):
-            self.reusable = False  # bytes after the end of the response
+            self.abort()  # bytes after the end of the response: dropped, never reused
             return
         if not self.head_done:
             self.head_wire += len(data)
@@ -221,9 +225,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._garbage("the upstream switched protocols")
         except httptools.HttpParserError as exc:
             refused = exc.__context__  # what our own callbacks refused, in their words
-            self._garbage(
-                str(refused) if isinstance(refused, ValueError) else f"malformed response: {exc}"
-            )
+            if isinstance(refused, _BeyondResponse):
+                self.abort()  # the response stands as framed; what followed it is dropped
+            else:
+                self._garbage(
+                    str(refused)
+                    if isinstance(refused, ValueError)
+                    else f"malformed response: {exc}"
+                )
         else:
             # llhttp keeps an unfinished header line itself: bound what it may hold.
             if not self.head_done and self.head_wire > _MAX_HEAD:
@@ -235,6 +244,10 @@ class UpstreamConnection(asyncio.Protocol):
         listener, self.listener = self.listener, None
         if listener is not None:
             listener()
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise _BeyondResponse()
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason

@@ -132,7 +132,7 @@ def gateway_environment(redis_url: str, upstream_url: str, extra: dict[str, str]
 
 def key_cache_counts(server: Server) -> dict[str, float]:
     """The gateway's key-cache lookups so far (``meter_gateway_key_cache_total``) by result."""
-    with urllib.request.urlopen(server.url + "/_meter/metrics", timeout=10) as response:
+    with urllib.request.urlopen(server.extra["metrics"], timeout=10) as response:
         return key_cache_results(response.read().decode())
 
 

@@ -248,12 +248,13 @@ def start_gateway(
 ) -> Server:
     """``python -m meter gateway`` with ``env`` (METER_* settings) and ``workers`` workers;
     ``source``: the gateway of another checkout (an A/B of a change), same Python."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     tree = HERE.parent if source is None else source.resolve()
     env = {
         **env,
         "METER_GATEWAY_HOST": "127.0.0.1",
         "METER_GATEWAY_PORT": str(port),
+        "METER_GATEWAY_METRICS_PORT": str(metrics_port),
         "METER_GATEWAY_WORKERS": str(workers),
     }
     if source is not None:  # ahead of the installed checkout (python -m: the cwd first)
@@ -263,6 +264,12 @@ def start_gateway(
         raise ServerFailed(f"{tree}/gateway/service.py does not exist: no gateway to run")
     proc = _spawn(name, [sys.executable, "-m", "meter", "gateway"], log, env, cwd=tree)
     server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+    # Worker 0's operators' listener; a checkout from before it had one serves /_meter/metrics.
+    server.extra["metrics"] = (
+        f"http://127.0.0.1:{metrics_port}/metrics"
+        if (tree / "gateway" / "ops.py").read_text().count("serve_operations")
+        else server.url + "/_meter/metrics"
+    )
     wait_http(server, GATEWAY_HEALTH)
     if workers > 1:  # the supervisor and every worker must be up before the load starts
         deadline = time.monotonic() + 30

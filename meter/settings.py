@@ -165,6 +165,11 @@ class Settings:
     # Listeners.
     gateway_host: str = _env("METER_GATEWAY_HOST", "127.0.0.1", _str)
     gateway_port: int = _env("METER_GATEWAY_PORT", "8080", _int(0, 65535))
+    # The gateway's /metrics, /healthz and /readyz for operators, apart from the customer-
+    # facing port (which answers /_meter/healthz and /_meter/readyz, never metrics). Worker
+    # i of METER_GATEWAY_WORKERS listens on this port + i; 0: a free port (tests).
+    gateway_metrics_host: str = _env("METER_GATEWAY_METRICS_HOST", "127.0.0.1", _str)
+    gateway_metrics_port: int = _env("METER_GATEWAY_METRICS_PORT", "8083", _int(0, 65535))
     # Gateway worker processes sharing the port (SO_REUSEPORT); 1 = serve in-process.
     gateway_workers: int = _env("METER_GATEWAY_WORKERS", "1", _int(1, 256))
     admin_host: str = _env("METER_ADMIN_HOST", "127.0.0.1", _str)

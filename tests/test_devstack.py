@@ -65,6 +65,7 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
         **os.environ,
         "METER_DATA_DIR": str(data_dir),
         "METER_GATEWAY_PORT": str(ports["gateway"]),
+        "METER_GATEWAY_METRICS_PORT": "0",
         "METER_ADMIN_PORT": str(ports["admin"]),
         "METER_LEDGER_PORT": str(ports["ledger"]),
         "METER_ADMIN_TOKEN": "dev-test-token",

@@ -26,6 +26,7 @@ from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from gateway import ops
 from gateway.refund_retry import backoff
 from gateway.runtime import Runtime
 from gateway.testing import (
@@ -980,9 +981,18 @@ async def test_ops_endpoints_are_served_not_proxied(make_gateway: MakeGateway) -
     assert ready.status == 200
     nothing = await gw.http.get(gw.url / "_meter/nothing")
     assert nothing.status == 404 and nothing.content_type == PROBLEM_CONTENT_TYPE
-    scrape = await gw.http.get(gw.url / "_meter/metrics")
-    assert scrape.status == 200 and scrape.content_type == "text/plain"
-    text = await scrape.text()
+    public = await gw.http.get(gw.url / "_meter/metrics")  # not for customers to read
+    assert public.status == 404 and public.content_type == PROBLEM_CONTENT_TYPE
+    assert b"meter_gateway" not in await public.read()
+    runner, port = await ops.serve_operations(gw.runtime, "127.0.0.1", 0)
+    try:
+        scrape = await gw.http.get(f"http://127.0.0.1:{port}/metrics")
+        assert scrape.status == 200 and scrape.content_type == "text/plain"
+        text = await scrape.text()
+        for path in ("healthz", "readyz"):
+            assert (await gw.http.get(f"http://127.0.0.1:{port}/{path}")).status == 200
+    finally:
+        await runner.cleanup()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

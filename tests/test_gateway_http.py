@@ -404,20 +404,26 @@ async def test_garbage_is_400_and_closed(make_gateway: MakeGateway, garbage: byt
 
 
 @pytest.mark.parametrize(
-    ("method", "target"),
-    [("GET", "http://elsewhere.test/anything"), ("OPTIONS", "*"), ("GET", "/a/../anything")],
+    ("method", "target", "why"),
+    [
+        ("GET", "http://elsewhere.test/anything", "origin-form"),
+        ("OPTIONS", "*", "origin-form"),
+        ("GET", "/a/../anything", "dot segments"),
+    ],
     ids=["absolute-form", "asterisk", "dot-segments"],
 )
 async def test_a_target_that_is_not_a_plain_path_is_400(
-    make_gateway: MakeGateway, method: str, target: str
+    make_gateway: MakeGateway, method: str, target: str, why: str
 ) -> None:
     gw = await make_gateway()
     async with connect(gw) as (reader, writer):
         writer.write(request(gw, target, method=method))
         reply = await read_response(reader)
     assert reply.status == 400
-    assert reply.json()["type"] == "https://meter.dev/problems/bad-path"
-    assert reply.json()["detail"] == "The request target must be a path without dot segments"
+    doc = reply.json()
+    assert doc["type"] == "https://meter.dev/problems/bad-path"
+    assert doc["title"] == "The request target is not a path the gateway can price unambiguously"
+    assert why in doc["detail"]
     assert gw.echo.received == 0
     assert await gw.balance() == 100_000
 
@@ -468,20 +474,6 @@ async def test_smuggling_attempts_are_400(make_gateway: MakeGateway, head: str) 
         writer.write(request(gw, method="POST", headers=head.split("\r\n")) + body)
         reply = await read_response(reader)
         assert reply.status == 400
-        assert await closed_by_server(reader)
-    assert gw.echo.received == 0
-    assert await gw.balance() == 100_000
-
-
-async def test_a_transfer_coding_we_cannot_forward_is_refused(make_gateway: MakeGateway) -> None:
-    gw = await make_gateway()
-    async with connect(gw) as (reader, writer):
-        writer.write(
-            request(gw, method="POST", headers=["Transfer-Encoding: gzip, chunked"])
-            + b"3\r\nabc\r\n0\r\n\r\n"
-        )
-        reply = await read_response(reader)
-        assert reply.status == 501
         assert await closed_by_server(reader)
     assert gw.echo.received == 0
     assert await gw.balance() == 100_000
@@ -713,23 +705,3 @@ async def test_graceful_shutdown_finishes_in_flight_and_closes_idle(
         assert reply.status == 200 and reply.json()["path"] == "/slow"
         assert reply.headers["connection"] == "close"
         await asyncio.wait_for(stopping, 5)
-
-
-async def test_upgrades_are_not_passed_on(make_gateway: MakeGateway) -> None:
-    gw = await make_gateway()
-    async with connect(gw) as (reader, writer):
-        writer.write(
-            request(gw, "/ws", headers=["Connection: Upgrade", "Upgrade: websocket"])
-            + b"\x81\x05hello"  # what a websocket client would send next
-        )
-        reply = await read_response(reader)
-        assert reply.status == 200  # answered as the plain request it also is ...
-        seen = {k.lower() for k, _ in reply.json()["headers"]}  # type: ignore[union-attr]
-        assert "upgrade" not in seen and "connection" not in seen
-        assert reply.headers["connection"] == "close"  # ... and nothing after it is read
-        assert await closed_by_server(reader)
-    async with connect(gw) as (reader, writer):
-        writer.write(request(gw, "example.com:443", method="CONNECT"))  # a tunnel: not here
-        assert (await read_response(reader)).status == 400
-        assert await closed_by_server(reader)
-    assert gw.echo.received == 1

@@ -77,6 +77,7 @@ async def spawn(
             "METER_REDIS_URL": redis_url,
             "METER_UPSTREAM_URL": str(upstream.make_url("/")),
             "METER_GATEWAY_PORT": str(port),
+            "METER_GATEWAY_METRICS_PORT": "0",
             "METER_SHUTDOWN_GRACE": "20",
             **env,
         }

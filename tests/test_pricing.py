@@ -10,9 +10,11 @@ from gateway.pricing import (
     DEFAULT_UNITS_HEADER,
     PriceTable,
     Route,
+    RouteCache,
+    Unpriceable,
+    canonical_path,
     load_prices,
     parse_prices,
-    split_path,
     units_cost,
 )
 from meter.settings import ConfigError
@@ -55,8 +57,7 @@ def table() -> PriceTable:
 
 
 def route_name(table: PriceTable, method: str, path: str) -> str | None:
-    segments = split_path(path)
-    assert segments is not None
+    segments, _ = canonical_path(path)
     route = table.match(method, segments)
     return None if route is None else route.name
 
@@ -67,7 +68,8 @@ def route_name(table: PriceTable, method: str, path: str) -> str | None:
         ("GET", "/v1/models", "models"),
         ("GET", "/v1/models/", "models"),  # a trailing slash is the same route
         ("POST", "/v1/models", "default"),  # the method matters
-        ("HEAD", "/v1/models", "default"),
+        ("HEAD", "/v1/models", "models"),  # HEAD is priced as the GET it mirrors
+        ("HEAD", "/v1/chat", "default"),  # ... and only as GET: not as POST
         ("GET", "/v1/models/gpt", "one-model"),
         ("GET", "/v1/models/gpt/extra", "default"),  # {param} is exactly one segment
         ("POST", "/v1/chat", "chat"),  # * is zero or more segments
@@ -79,10 +81,10 @@ def route_name(table: PriceTable, method: str, path: str) -> str | None:
         ("GET", "/v1/files/f1/content", "files-deep"),
         ("GET", "/v1/files/f1/other", "default"),
         ("GET", "/", "default"),
-        # Priced as the most liberal reading an upstream might make of the path.
+        # Priced in the canonical form the upstream is sent (canonical_path).
         ("POST", "/v1//chat/x", "chat"),
         ("POST", "/v1/%63hat/x", "chat"),
-        ("POST", "/v1%2Fchat%2Fx", "chat"),
+        ("POST", "//v1/chat", "chat"),
     ],
 )
 def test_match(table: PriceTable, method: str, path: str, expected: str) -> None:
@@ -107,9 +109,94 @@ def test_first_match_wins() -> None:
     assert route_name(table, "GET", "/v1/models") == "wide"
 
 
-@pytest.mark.parametrize("path", ["/v1/../admin", "/v1/./chat", "/v1/%2e%2e/x", "/a/%2E/b", "/.."])
-def test_dot_segments_have_no_price(path: str) -> None:
-    assert split_path(path) is None
+@pytest.mark.parametrize(
+    ("path", "segments", "forwarded"),
+    [
+        ("/", (), "/"),
+        ("/v1/chat", ("v1", "chat"), "/v1/chat"),
+        ("/v1/chat/", ("v1", "chat"), "/v1/chat/"),  # the slash is kept, not matched
+        ("//v1///chat//", ("v1", "chat"), "/v1/chat/"),
+        ("/v1/%63%68at", ("v1", "chat"), "/v1/chat"),  # unreserved escapes decoded
+        ("/v1/a%2db%5F~", ("v1", "a-b_~"), "/v1/a-b_~"),
+        ("/v1/a%20b", ("v1", "a b"), "/v1/a%20b"),  # others kept, upper case
+        ("/v1/a%3ab", ("v1", "a:b"), "/v1/a%3Ab"),  # reserved: still escaped
+        ("/v1/%C3%A9", ("v1", "\u00e9"), "/v1/%C3%A9"),
+        ("/v1/%c3%a9", ("v1", "\u00e9"), "/v1/%C3%A9"),
+        ("/v1/a%25b", ("v1", "a%b"), "/v1/a%25b"),
+        ("/v1/models/gpt-4o:generate", ("v1", "models", "gpt-4o:generate"), None),
+        ("/v1/x!$&'()*+,=@", ("v1", "x!$&'()*+,=@"), None),
+    ],
+)
+def test_canonical_path(path: str, segments: tuple[str, ...], forwarded: str | None) -> None:
+    assert canonical_path(path) == (segments, forwarded or path)
+    # Canonical is a fixed point: the upstream's own reading of it is the same path.
+    assert canonical_path(forwarded or path) == (segments, forwarded or path)
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/v1/../admin", "dot segments"),
+        ("/v1/./chat", "dot segments"),
+        ("/v1/%2e%2e/x", "dot segments"),
+        ("/a/%2E/b", "dot segments"),
+        ("/..", "dot segments"),
+        ("/v1%2Fchat", "escaped"),  # one segment to some upstreams, two to others
+        ("/v1%2fchat", "escaped"),
+        ("/v1/chat%5Cx", "escaped"),
+        ("/v1\\chat", "Backslashes"),
+        ("/v1/images;x=1/generations", "Backslashes and ';'"),  # Spring cuts ;x=1 off
+        ("/v1/images%3Bx", "escaped"),
+        ("/v1/a%00b", "control character"),
+        ("/v1/a%0Ab", "control character"),
+        ("/v1/a%7Fb", "control character"),
+        ("/v1/a%zzb", "%XX"),
+        ("/v1/a%4", "%XX"),
+        ("/v1/a%", "%XX"),
+        ("/v1/%C3", "UTF-8"),
+        ("/v1/%FF", "UTF-8"),
+        ("/v1/\u00e9", "percent-encoded"),
+        ("http://h/v1/chat", "origin-form"),
+        ("*", "origin-form"),
+        ("", "origin-form"),
+    ],
+)
+def test_paths_upstreams_may_read_two_ways_have_no_price(path: str, why: str) -> None:
+    with pytest.raises(Unpriceable, match=why):
+        canonical_path(path)
+
+
+@pytest.mark.parametrize(
+    ("target", "route", "forwarded"),
+    [
+        ("/v1/chat/x", "chat", "/v1/chat/x"),
+        ("/v1/chat/x?a=1&b=%20", "chat", "/v1/chat/x?a=1&b=%20"),  # the query as sent
+        ("/v1/chat/x#frag", "chat", "/v1/chat/x"),  # a fragment is never sent on
+        ("/v1/chat/x?a=1#frag", "chat", "/v1/chat/x?a=1"),
+        ("/v1/chat#x?y", "chat", "/v1/chat"),
+        ("/v1/%63hat?q=%63", "chat", "/v1/chat?q=%63"),
+        ("/v1//chat/?", "chat", "/v1/chat/?"),
+        ("/nothing#/v1/chat", "default", "/nothing"),
+    ],
+)
+def test_the_cache_prices_and_forwards_the_same_path(
+    table: PriceTable, target: str, route: str, forwarded: str
+) -> None:
+    cache = RouteCache(table)
+    for _ in range(2):  # computed, then remembered: the same answer
+        priced = cache.lookup("POST", target)
+        assert priced.route is not None and priced.route.name == route
+        assert priced.target == forwarded
+
+
+def test_the_cache_remembers_refusals_and_stays_bounded(table: PriceTable) -> None:
+    cache = RouteCache(table, size=3)
+    for _ in range(2):
+        with pytest.raises(Unpriceable, match="escaped"):
+            cache.lookup("GET", "/a%2Fb")
+    for i in range(10):
+        cache.lookup("GET", f"/p{i}")
+    assert len(cache._seen) <= 3
 
 
 def test_refused_default_matches_nothing() -> None:
