@@ -1,5 +1,5 @@
 """`meter dev` end to end: it starts everything, serves a metered call, and stops it all
-(Ctrl-C, a hangup, kill -9)."""
+(Ctrl-C, a hangup, kill -9); without redis-server it stops with one line."""
 
 from __future__ import annotations
 
@@ -157,3 +157,15 @@ def test_a_data_folder_still_in_use_by_an_earlier_run_is_refused(data_dir: Path)
         finally:
             first.stop()
         start().stop()  # its pid file went with it
+
+
+def test_meter_dev_without_redis_stops_with_one_line(tmp_path: Path) -> None:
+    """Run directly, not through `make demo`: a PATH without redis-server (nor apt-get)."""
+    env = {**os.environ, "PATH": str(tmp_path), "METER_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "dev"], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("meter dev: missing redis-server; "), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "data").exists()  # stopped before starting anything
