@@ -195,6 +195,8 @@ def run(settings: Settings) -> int:
         gateway_base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         _wait_http(f"{admin_base}/healthz", started[1].proc, "admin")
         _wait_http(f"{gateway_base}/_meter/healthz", started[2].proc, "gateway")
+        ledger_base = f"http://{settings.ledger_host}:{settings.ledger_port}"
+        _wait_http(f"{ledger_base}/healthz", started[3].proc, "ledger")  # running when it says so
         demo = seed_demo(settings, data)
         print(
             f"""
