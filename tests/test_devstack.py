@@ -1,5 +1,5 @@
 """`meter dev` end to end: it starts everything, serves a metered call, and stops it all
-(Ctrl-C, a hangup, kill -9); without redis-server it stops with one line."""
+(Ctrl-C, a hangup, kill -9); its options; without redis-server it stops with one line."""
 
 from __future__ import annotations
 
@@ -157,6 +157,37 @@ def test_a_data_folder_still_in_use_by_an_earlier_run_is_refused(data_dir: Path)
         finally:
             first.stop()
         start().stop()  # its pid file went with it
+
+
+def test_meter_dev_help_lists_its_options() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "dev", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps its lines
+    for option, help_text in [
+        ("--host ADDRESS", "listen address of the gateway, admin API and ledger worker"),
+        ("--gateway-port PORT", "the gateway's port (default: $METER_GATEWAY_PORT, else 8080)"),
+        ("--admin-port PORT", "the admin API's port (default: $METER_ADMIN_PORT, else 8081)"),
+        ("--ledger-port PORT", "the ledger worker's port (default: $METER_LEDGER_PORT, else 8082)"),
+        (
+            "--data-dir DIR",
+            "where Redis and Postgres data and the logs are kept"
+            " (default: $METER_DATA_DIR, else .data)",
+        ),
+    ]:
+        assert f"{option} {help_text}" in text, text
+
+
+def test_meter_dev_refuses_a_port_that_is_not_one() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "dev", "--gateway-port", "70000"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert "argument --gateway-port: not a port: '70000'" in done.stderr
 
 
 def test_meter_dev_without_redis_stops_with_one_line(tmp_path: Path) -> None:
