@@ -1,4 +1,5 @@
 # The two commands: `make demo` runs everything locally; `make test` runs the suite.
+# Each first installs the programs it needs (meter/system_needs.py) or says what to install.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -15,9 +16,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
+	$(BIN)/python -m meter.system_needs demo
 	$(BIN)/meter dev
 
 test: install
+	$(BIN)/python -m meter.system_needs test
 	$(BIN)/pytest -q
 
 lint: install
@@ -33,6 +36,7 @@ mypy: install
 
 bench: install
 	$(BIN)/python -c 'import locust, matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[load]'
+	$(BIN)/python -m meter.system_needs bench
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 ledger-bench: install

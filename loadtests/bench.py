@@ -35,7 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from meter import open_files
+from meter import open_files, system_needs
 
 from . import keyspace, report, servers
 from .harness import DEFAULT_VARIANTS, FULL, MAIN_CONFIGS, QUICK, REDIS_AOF, SHARDS, Bench, log
@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             plan, sweep_baselines=tuple(n for n in plan.sweep_baselines if n in selected(args))
         )
     names = selected(args)
-    if servers.ensure_debian_package("wrk", "wrk") is None:
-        raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
+    missing = system_needs.check("bench")  # `make bench` installs them first
+    if missing:
+        raise SystemExit(missing)
     nofile = open_files.raise_limit(65536)  # wrk and the proxies: a descriptor per connection
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="meter-bench-"))

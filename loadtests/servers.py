@@ -10,7 +10,6 @@ of its log, so the harness can report it and go on with the others.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from meter import program_paths
 from meter.local_servers import free_port
 
 from .procstat import end_descendants, process_count
@@ -162,24 +162,6 @@ def start_plain_proxy(folder: Path, upstream_url: str) -> Server:
 # -- nginx ---------------------------------------------------------------------------
 
 
-def ensure_debian_package(binary: str, package: str) -> str | None:
-    """``binary``'s path, installing Debian's ``package`` first when missing and we are root."""
-    found = shutil.which(binary) or (
-        f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None
-    )
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    print(f"bench: installing {package} from Debian ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-qq", package]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
-        subprocess.run(cmd, env=env, capture_output=True)
-    return shutil.which(binary) or (
-        f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None
-    )
-
-
 def nginx_config(folder: Path, port: int, upstream_port: int, workers: int) -> str:
     """A plain reverse proxy with upstream keep-alive, no logging, everything in ``folder``."""
     return f"""\
@@ -222,8 +204,8 @@ http {{
 
 
 def start_nginx(folder: Path, upstream_url: str, workers: int = 1) -> Server:
-    binary = ensure_debian_package("nginx", "nginx")
-    if binary is None:
+    binary = program_paths.find_nginx()
+    if binary is None:  # `make bench` installs it first (meter.system_needs)
         raise ServerFailed("nginx is not installed (apt-get install nginx)")
     conf_dir = folder / f"nginx-{workers}w"
     conf_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
     meter ledger             the ledger worker (Redis streams -> Postgres)
     meter migrate            apply the SQL migrations
     meter reconcile [--repair]  prove Redis == Postgres; rebuild Redis from Postgres
-    meter dev                everything on one machine, with a seeded demo account
+    meter dev [--help]       everything on one machine, with a seeded demo account
 
 Settings come from the environment (see the README); a bad value stops here
 with one line naming the variable. Services are imported only by the
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
 from meter.settings import ConfigError, Settings
 
@@ -57,15 +58,77 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(command(settings, repair=args.repair))
 
 
+# `meter dev`'s options: each overrides these settings (and so their variables).
+DEV_OPTIONS = {
+    "host": ("gateway_host", "admin_host", "ledger_host"),
+    "gateway_port": ("gateway_port",),
+    "admin_port": ("admin_port",),
+    "ledger_port": ("ledger_port",),
+    "data_dir": ("data_dir",),
+}
+
+
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from meter.devstack import run
     from meter.local_servers import ServerError
 
+    given = {o: getattr(args, o) for o in DEV_OPTIONS if getattr(args, o) is not None}
+    settings = settings.replace(**{f: v for o, v in given.items() for f in DEV_OPTIONS[o]})
     try:
         return run(settings)
     except ServerError as exc:
         print(f"meter dev: {exc}", file=sys.stderr)
         return 1
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {raw!r}")
+    return port
+
+
+def _from(*names: str) -> str:
+    """``(default: $METER_X, else D)`` for the settings ``names`` set."""
+    found = {f.name: f.metadata for f in fields(Settings)}
+    variables = ", ".join(f"${found[n]['env']}" for n in names)
+    return f"(default: {variables}, else {found[names[0]]['default']})"
+
+
+def _dev_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "run everything locally with a demo account"
+    dev = sub.add_parser(
+        "dev",
+        help=summary,
+        description=f"{summary}: Redis, PostgreSQL, an echo upstream, the gateway, the admin API"
+        " and the ledger worker. Options override the METER_* variables (see the README).",
+    )
+    dev.add_argument(
+        "--host",
+        metavar="ADDRESS",
+        help="listen address of the gateway, admin API and"
+        f" ledger worker {_from(*DEV_OPTIONS['host'])}",
+    )
+    for service, whose in (
+        ("gateway", "gateway's"),
+        ("admin", "admin API's"),
+        ("ledger", "ledger worker's"),
+    ):
+        dev.add_argument(
+            f"--{service}-port",
+            type=_port,
+            metavar="PORT",
+            help=f"the {whose} port {_from(f'{service}_port')}",
+        )
+    dev.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"where Redis and Postgres data and the logs are kept {_from('data_dir')}",
+    )
+    dev.set_defaults(run=_dev)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="compare Redis with Postgres, per account")
     rec.add_argument("--repair", action="store_true", help="rebuild Redis state from Postgres")
     rec.set_defaults(run=_reconcile)
-    sub.add_parser("dev", help="run everything locally with a demo account").set_defaults(run=_dev)
+    _dev_parser(sub)
     return top
 
 

@@ -1,8 +1,8 @@
 """`meter dev`: the whole product on one machine, with a seeded demo account.
 
-Starts Redis and PostgreSQL under the data folder (system binaries, Debian's
-redis-server installed when missing and we are root, or the ``embedded``
-extra's wheels), applies the migrations, starts the echo upstream, the
+Starts Redis and PostgreSQL under the data folder (system binaries or the
+``embedded`` extra's wheels; ``make demo`` installs them first, see
+``meter.system_needs``), applies the migrations, starts the echo upstream, the
 gateway, the admin API and the ledger worker as child processes, seeds a demo
 billing account through the admin API, prints a ready ``curl`` line and waits.
 Ctrl-C, SIGTERM or SIGHUP (the terminal gone) stops everything it started, in
@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,32 +26,12 @@ from typing import Any
 
 import orjson
 
-from meter import local_servers, parent_death
+from meter import local_servers, parent_death, system_needs
 from meter.migrate import migrate
 from meter.money import usd
 from meter.settings import Secret, Settings
 
 DEMO_FILE = "demo-account.json"
-
-
-def _ensure_redis_binary() -> None:
-    if local_servers.find_redis_server() is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("meter dev: installing redis-server from Debian ...", flush=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "redis-server"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    if local_servers.find_redis_server() is None:
-        raise SystemExit(
-            "meter dev: no redis-server: install Debian's redis-server"
-            " or `pip install meter[embedded]`"
-        )
-    if local_servers.find_pg_bin() is None:
-        raise SystemExit(
-            "meter dev: no PostgreSQL: install Debian's postgresql or `pip install meter[embedded]`"
-        )
 
 
 def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
@@ -182,7 +161,9 @@ def run(settings: Settings) -> int:
     # session) all stop everything; on SIGHUP Postgres would only reload and stay up.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    _ensure_redis_binary()
+    missing = system_needs.check("demo")
+    if missing:  # run directly, not through `make demo`, which installs them first
+        raise SystemExit(missing)
     data = Path(settings.data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
@@ -214,6 +195,8 @@ def run(settings: Settings) -> int:
         gateway_base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         _wait_http(f"{admin_base}/healthz", started[1].proc, "admin")
         _wait_http(f"{gateway_base}/_meter/healthz", started[2].proc, "gateway")
+        ledger_base = f"http://{settings.ledger_host}:{settings.ledger_port}"
+        _wait_http(f"{ledger_base}/healthz", started[3].proc, "ledger")  # running when it says so
         demo = seed_demo(settings, data)
         print(
             f"""

