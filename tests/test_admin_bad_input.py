@@ -6,6 +6,8 @@ admin API can touch, sends one bad request, and compares.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,3 +308,36 @@ async def test_the_snapshot_sees_every_good_write(
         body = GOOD[route.body] if route.body else None
         await call(client, route.method, route.path.format(**ids), body, status=ANY_2XX)
         assert await snapshot(database_url, redis_url) != before, route.name
+
+
+# -- requests aiohttp's parser refuses before any handler ---------------------------------------
+
+RAW_REQUESTS = {
+    "nul-in-header": b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-A: a\x00b\r\n\r\n",
+    "control-char-in-header": b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-A: a\x01b\r\n\r\n",
+    "nul-in-target": b"GET /healthz\x00 HTTP/1.1\r\nHost: admin\r\n\r\n",
+    "header-without-colon": b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-A\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", RAW_REQUESTS.values(), ids=RAW_REQUESTS.keys())
+async def test_an_unparseable_request_is_a_400_and_one_warning_line(
+    aiohttp_client: Any,
+    redis_url: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    raw: bytes,
+) -> None:
+    client = await start(aiohttp_client, redis_url, database_url)
+    with caplog.at_level(logging.INFO):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(raw)
+        answer = await reader.read()  # to the end: aiohttp closes after a parse error
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.") and answer.split(b" ", 2)[1] == b"400", answer
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, r.exc_info) for r in logged] == [(logging.WARNING, None)]
+    message = logged[0].getMessage()
+    assert message.startswith("malformed request refused with 400: ") and "\n" not in message
+    assert (await client.get("/healthz")).status == 200  # and the server serves on
