@@ -11,6 +11,7 @@ from typing import Any
 
 from admin import validation
 from admin.errors import BY_STATUS
+from meter import entry_kinds
 
 Schema = dict[str, Any]
 
@@ -51,6 +52,11 @@ def _object(properties: dict[str, Schema], required: list[str] | None = None) ->
 
 
 _TIME = {"type": "string", "format": "date-time"}
+_ENTRY_ID = {
+    "type": "string",
+    "pattern": entry_kinds.ENTRY_ID_PATTERN,
+    "description": "The ledger entry: the same id in the credit response and the history.",
+}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _API_KEY: dict[str, Schema] = {
     "id": {"type": "string", "pattern": "^key_[0-9A-Za-z]+$"},
@@ -119,7 +125,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Transaction": _object(
         {
-            "id": {"type": "integer"},
+            "id": _ENTRY_ID,
             "description": {"type": "string"},
             "created_at": _TIME,
             "amount": {"type": "integer", "description": MICROS + " Signed."},
@@ -186,7 +192,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "LedgerEntry": _object(
         {
-            "id": {"type": "string", "pattern": "^le_[0-9]+$"},
+            "id": _ENTRY_ID,
             "object": {"const": "ledger_entry"},
             "account_id": {"type": "string"},
             "amount": {"type": "integer", "description": MICROS + " Signed."},

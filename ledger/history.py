@@ -30,6 +30,7 @@ from ledger.history_query import (
     transactions_query,
     usage_query,
 )
+from meter import entry_kinds
 
 Db: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -49,7 +50,7 @@ NO_CURSOR = 2**63 - 1  # above every entry id
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
-    id: int
+    id: int  # shown as its public id, le_<id> (entry_kinds.entry_id)
     description: str
     created_at: str  # ISO 8601, UTC
     amount: int  # signed micros: credits positive, debits negative
@@ -66,7 +67,7 @@ class TransactionPage:
         return {
             "data": [
                 {
-                    "id": t.id,
+                    "id": entry_kinds.entry_id(t.id),
                     "description": t.description,
                     "created_at": t.created_at,
                     "amount": t.amount,

@@ -171,6 +171,7 @@ async def test_history_pages_newest_first(db: asyncpg.Connection) -> None:
         (-120, 880, "usage"),
     ]
     assert body["data"][0]["created_at"].endswith("Z")
+    assert [t["id"] for t in body["data"]] == [f"le_{t.id}" for t in first.data]
     assert body["next_cursor"] is not None
     rest = await transactions_response(db, "a1", {"limit": "2", "cursor": body["next_cursor"]})
     assert [t["description"] for t in rest["data"]] == ["Credit 1"]
