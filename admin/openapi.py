@@ -11,6 +11,7 @@ from typing import Any
 
 from admin import validation
 from admin.errors import BY_STATUS
+from ledger import history_query
 from meter import entry_kinds
 
 Schema = dict[str, Any]
@@ -136,7 +137,11 @@ SCHEMAS: dict[str, Schema] = {
     "TransactionPage": _object(
         {
             "data": {"type": "array", "items": _ref("Transaction")},
-            "next_cursor": {"type": ["string", "null"]},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "pattern": history_query.CURSOR_PATTERN,
+                "description": "The cursor of the next page; null on the last.",
+            },
         }
     ),
     "UsageRow": {
@@ -214,6 +219,8 @@ SCHEMAS: dict[str, Schema] = {
             "instance": {"type": "string"},
             "errors": {
                 "type": "array",
+                "description": "invalid-input (a body field) and bad-query (a query parameter):"
+                " every field that is wrong, at once.",
                 "items": _object({"field": {"type": "string"}, "message": {"type": "string"}}),
             },
         },
@@ -259,6 +266,20 @@ def _operation(
 
 
 _BODY_ERRORS = (400, 404, 413, 415, 422)
+_DATE = {
+    "type": "string",
+    "format": "date",
+    "pattern": history_query.DATE_PATTERN,
+    "description": "From 1970-01-01, the ledger's first day, on.",
+}
+_FROM = "30 days up to to; by month, the 1st of the month 11 months before to's."
+# What JSON Schema cannot say of two parameters: refused with 400 bad-query, field "from".
+_RANGE_RULES = (
+    "from must not be after to (with their defaults), and the range may span at most"
+    f" {history_query.MAX_RANGE_DAYS} days (to - from < {history_query.MAX_RANGE_DAYS});"
+    " otherwise 400 bad-query naming from. Each parameter is checked first: any malformed"
+    " one, an empty one (to=) included, is a 400 listing each in errors."
+)
 _PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
 
 
@@ -267,7 +288,7 @@ def _param(name: str) -> Schema:
 
 
 def _query(name: str, schema: Schema, description: str = "") -> Schema:
-    param: Schema = {"name": name, "in": "query", "required": False, "schema": schema}
+    param: Schema = {"name": name, "in": "query", "required": False, "schema": dict(schema)}
     if description:
         param["description"] = description
     return param
@@ -360,8 +381,20 @@ def document() -> dict[str, Any]:
                         errors=(400, 404),
                     ),
                     "parameters": [
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
-                        _query("cursor", {"type": "string"}, "next_cursor of the page before."),
+                        _query(
+                            "limit",
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": history_query.MAX_LIMIT,
+                                "default": history_query.DEFAULT_LIMIT,
+                            },
+                        ),
+                        _query(
+                            "cursor",
+                            {"type": "string", "pattern": history_query.CURSOR_PATTERN},
+                            "next_cursor of the page before, as it was returned.",
+                        ),
                     ],
                 },
             },
@@ -375,10 +408,11 @@ def document() -> dict[str, Any]:
                         {"200": _json(_ref("Usage"), "The usage.")},
                         errors=(400, 404),
                     ),
+                    "description": _RANGE_RULES,
                     "parameters": [
-                        _query("from", {"type": "string", "format": "date"}),
-                        _query("to", {"type": "string", "format": "date"}),
-                        _query("group_by", {"enum": ["day", "month", "route"], "default": "day"}),
+                        _query("from", _DATE, "The first day counted. Default: " + _FROM),
+                        _query("to", _DATE, "The last day counted (inclusive). Default: today."),
+                        _query("group_by", {"enum": list(history_query.GROUPS), "default": "day"}),
                     ],
                 },
             },

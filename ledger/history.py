@@ -21,6 +21,7 @@ import asyncpg
 
 from ledger.errors import UnknownAccount
 from ledger.history_query import (
+    LAST_ENTRY_ID,
     TransactionsQuery,
     UsageQuery,
     encode_cursor,
@@ -45,7 +46,7 @@ PAGE = (
     "select id, description, created_at, amount, balance_after, kind from ledger_entries"
     " where account_id = (select $1::text) and id < $2 order by id desc limit $3"
 )
-NO_CURSOR = 2**63 - 1  # above every entry id
+NO_CURSOR = LAST_ENTRY_ID  # above every entry id
 
 
 @dataclass(frozen=True, slots=True)

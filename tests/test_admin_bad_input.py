@@ -310,6 +310,54 @@ async def test_the_snapshot_sees_every_good_write(
         assert await snapshot(database_url, redis_url) != before, route.name
 
 
+# -- query parameters of the history routes -----------------------------------------------------
+
+QUERY_CASES = [
+    # (route, query string, problem slug, the parameters the problem must name)
+    ("transactions", "limit=", "bad-query", ["limit"]),
+    ("transactions", "cursor=", "bad-cursor", ["cursor"]),
+    ("transactions", "limit=%C2%B2", "bad-query", ["limit"]),  # "²": was a 500
+    ("transactions", "limit=0", "bad-query", ["limit"]),
+    ("transactions", "cursor=garbage", "bad-cursor", ["cursor"]),
+    ("transactions", "limit=&cursor=", "bad-query", ["limit", "cursor"]),
+    ("usage", "to=", "bad-query", ["to"]),
+    ("usage", "from=", "bad-query", ["from"]),
+    ("usage", "group_by=", "bad-query", ["group_by"]),
+    ("usage", "from=20240101", "bad-query", ["from"]),
+    ("usage", "to=0001-01-01", "bad-query", ["to"]),  # was a 500
+    ("usage", "from=2024-02-30", "bad-query", ["from"]),
+    ("usage", "from=&to=&group_by=week", "bad-query", ["group_by", "to", "from"]),
+    ("usage", "from=2024-03-02&to=2024-03-01", "bad-query", ["from"]),
+    ("usage", "from=2000-01-01", "bad-query", ["from"]),  # to: today; more than 731 days
+]
+
+
+@pytest.mark.parametrize(("route", "query", "slug", "fields"), QUERY_CASES)
+async def test_malformed_query_parameters_are_a_400_naming_each(
+    world: Any, route: str, query: str, slug: str, fields: list[str]
+) -> None:
+    client, ids = world
+    response = await client.get(f"/v1/accounts/{ids['account']}/{route}?{query}", headers=AUTH)
+    problem = await response.json(content_type=None)
+    assert (response.status, response.content_type) == (400, PROBLEM), problem
+    assert problem["type"] == TYPE_BASE + slug
+    assert [e["field"] for e in problem["errors"]] == fields
+
+
+async def test_the_query_parameters_left_out_take_their_defaults(world: Any) -> None:
+    client, ids = world
+    base = f"/v1/accounts/{ids['account']}"
+    await add_credit(client, ids["account"], 1, "second")
+    page = await call(client, "GET", f"{base}/transactions?limit=1", status=200)
+    assert len(page["data"]) == 1 and page["next_cursor"].startswith("t1.")
+    rest = await call(
+        client, "GET", f"{base}/transactions?cursor={page['next_cursor']}", status=200
+    )
+    assert rest["next_cursor"] is None
+    usage = await call(client, "GET", f"{base}/usage", status=200)
+    assert len(usage["data"]) == 30
+
+
 # -- requests aiohttp's parser refuses before any handler ---------------------------------------
 
 RAW_REQUESTS = {

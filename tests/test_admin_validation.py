@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
+import jsonschema_rs
 import pytest
 
-from admin import ids, validation
+from admin import ids, openapi, validation
 from admin.auth import Principal, Role, TokenAuthenticator, authorize
 from admin.errors import BadRequest, Forbidden, InvalidInput, Unauthorized, UnsupportedMediaType
 from admin.provisioning import live_balance
+from ledger.errors import BadCursor, BadQuery
+from ledger.history_query import transactions_query, usage_query
 from meter.money import AccountState
 from meter.settings import Settings
 
@@ -267,3 +271,75 @@ def test_live_balance(
     b = live_balance("acct_x", state, now)
     assert (b.spent_today, b.limit_remaining, b.available) == (spent, left, available)
     assert b.balance == state.balance and b.status == "active"
+
+
+# -- the OpenAPI document's rules are the server's ---------------------------------------------
+# jsonschema-rs (schemathesis' validator) says what the document allows; the parsers must
+# accept exactly that.
+
+
+def _document_allows(schema: dict[str, Any]) -> Any:
+    rule = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return jsonschema_rs.validator_for(rule, validate_formats=True).is_valid
+
+
+def _query_schema(path: str, name: str) -> dict[str, Any]:
+    operation = openapi.document()["paths"][path]["get"]
+    (param,) = [p for p in operation["parameters"] if p["name"] == name]
+    schema: dict[str, Any] = param["schema"]
+    return schema
+
+
+def _days(first: date, count: int) -> list[str]:
+    return [(first + timedelta(days=n)).isoformat() for n in range(count)]
+
+
+DATES = [
+    *_days(date(1969, 12, 25), 14),
+    *_days(date(2023, 2, 26), 6),
+    *_days(date(2024, 2, 26), 6),
+    "2023-02-29",
+    "2024-04-31",
+    "2024-13-01",
+    "2024-00-10",
+    "9999-12-31",
+    "0000-01-01",
+    "0001-01-01",
+    "20240101",
+    "2024-W01-1",
+    "2024-001",
+    "2024-1-01",
+    " 2024-01-01",
+    "2024-01-01\n",
+    "2024-01-01T00:00:00Z",
+    "\uff12\uff10\uff12\uff14-01-01",  # fullwidth digits: int() reads them, the pattern does not
+    "",
+]
+CURSORS = ["t1.5", "t1.0", "t1.007", "t1." + "9" * 19, "t1." + "9" * 20, "t1.", "t2.5", "t1.-5"]
+CURSORS += ["t1.\u00b2", "t1.5\n", " t1.5", "dDE6MTIzNDU", "", "le_5"]
+
+
+@pytest.mark.parametrize("text", DATES)
+def test_usage_dates_the_document_allows_are_the_ones_accepted(text: str) -> None:
+    path = "/v1/accounts/{account_id}/usage"
+    allows = _document_allows(_query_schema(path, "from")) and _document_allows(
+        _query_schema(path, "to")
+    )
+    try:
+        usage_query({"from": text, "to": text}, date(2025, 1, 1))
+        accepted = True
+    except BadQuery as exc:
+        assert {f for f, _ in exc.errors} == {"from", "to"}
+        accepted = False
+    assert accepted is allows(text)
+
+
+@pytest.mark.parametrize("text", CURSORS)
+def test_cursors_the_document_allows_are_the_ones_accepted(text: str) -> None:
+    allows = _document_allows(_query_schema("/v1/accounts/{account_id}/transactions", "cursor"))
+    try:
+        transactions_query({"cursor": text})
+        accepted = True
+    except BadCursor:
+        accepted = False
+    assert accepted is allows(text)
