@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 description of the admin API, served at ``/v1/openapi.json``.
 
 Written by hand next to the handlers it describes; ``tests/test_admin_api.py``
-checks that every route the app serves is described here and vice versa.
+checks that every route the app serves is described here and vice versa. The
+input rules (patterns, bounds) are read from the parsers' own declarations
+(``admin.validation``, ``ledger.history_query``), so the server accepts exactly
+what this document allows.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from meter import entry_kinds
 Schema = dict[str, Any]
 
 MICROS = "Integer micros (1 USD = 1,000,000)."
+# JSON Schema 2020-12 counts 5.0 as an integer, and so does the server (admin.validation).
+WHOLE = (
+    " Any JSON number with a whole value, read exactly: 5, 5.0 and 5e0 are all 5 micros;"
+    " 5.5 and 5.000000000000000001 are refused."
+)
 
 
 def _ref(name: str) -> Schema:
@@ -24,22 +32,29 @@ def _ref(name: str) -> Schema:
 
 
 def _micros(
-    minimum: int = 0, maximum: int = validation.MAX_LIMIT_MICROS, *, nullable: bool = False
+    minimum: int = 0,
+    maximum: int = validation.MAX_LIMIT_MICROS,
+    *,
+    nullable: bool = False,
+    given: bool = False,
 ) -> Schema:
+    """Micros; ``given``: in a request, where the note on whole numbers applies."""
     schema: Schema = {
         "type": ["integer", "null"] if nullable else "integer",
         "minimum": minimum,
         "maximum": maximum,
-        "description": MICROS + (" null: none." if nullable else ""),
+        "description": MICROS + (" null: none." if nullable else "") + (WHOLE if given else ""),
     }
     return schema
 
 
-def _text(max_length: int, *, nullable: bool = False) -> Schema:
+def _text(max_length: int) -> Schema:
     return {
-        "type": ["string", "null"] if nullable else "string",
+        "type": "string",
         "minLength": 1,
         "maxLength": max_length,
+        "pattern": validation.TEXT_PATTERN,
+        "description": "No control characters (U+0000-U+001F, U+007F-U+009F); not blank.",
     }
 
 
@@ -73,7 +88,13 @@ SCHEMAS: dict[str, Schema] = {
     "NewAccount": _object(
         {
             "name": _text(validation.MAX_NAME_CHARS),
-            "billing_email": _text(validation.MAX_EMAIL_CHARS, nullable=True),
+            "billing_email": {
+                "type": ["string", "null"],
+                "maxLength": validation.MAX_EMAIL_CHARS,
+                "pattern": validation.EMAIL_PATTERN,
+                "description": "local@domain.tld: no spaces or control characters, @ once."
+                " null or left out: none.",
+            },
         },
         required=["name"],
     ),
@@ -97,11 +118,11 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Limits": _object(
         {
-            "overage_line": _micros(),
-            "daily_hard_limit": _micros(nullable=True),
-            "daily_notify_threshold": _micros(nullable=True),
-            "low_balance_threshold": _micros(nullable=True)
-            | {"description": MICROS + " null: none; left out: unchanged."},
+            "overage_line": _micros(given=True),
+            "daily_hard_limit": _micros(nullable=True, given=True),
+            "daily_notify_threshold": _micros(nullable=True, given=True),
+            "low_balance_threshold": _micros(nullable=True, given=True)
+            | {"description": MICROS + " null: none; left out: unchanged." + WHOLE},
         },
         required=["overage_line", "daily_hard_limit", "daily_notify_threshold"],
     ),
@@ -187,7 +208,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "NewCredit": _object(
         {
-            "amount": _micros(1, validation.MAX_CREDIT_MICROS),
+            "amount": _micros(1, validation.MAX_CREDIT_MICROS, given=True),
             "description": _text(validation.MAX_DESCRIPTION_CHARS),
             "idempotency_key": _text(validation.MAX_IDEMPOTENCY_KEY_CHARS)
             | {"description": "Unique per account; a retry with it credits nothing more."},
@@ -310,7 +331,8 @@ def document() -> dict[str, Any]:
             "version": "1",
             "description": "Provision billing accounts, projects, API keys, limits and credits."
             " Amounts are integer micros (1 USD = 1,000,000). Writes land in Postgres first,"
-            " then in the live state the gateway reads (Redis).",
+            " then in the live state the gateway reads (Redis). A request body over the"
+            " server's METER_ADMIN_MAX_BODY_BYTES (64 KiB by default) is refused with 413.",
         },
         "security": [{"bearer": []}],
         "components": {

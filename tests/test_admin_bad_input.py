@@ -165,7 +165,11 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
         ("number-name", {"name": 5}, "name"),
         ("long-name", {"name": "x" * 201}, "name"),
         ("control-chars", {"name": "a\x00b"}, "name"),
+        ("c1-control-char", {"name": "a\x85b"}, "name"),
+        ("unicode-blank-name", {"name": "\u00a0\u3000"}, "name"),
         ("bad-email", {"name": "A", "billing_email": "not-an-email"}, "billing_email"),
+        ("email-double-dot", {"name": "A", "billing_email": "a@b..co"}, "billing_email"),
+        ("blank-email", {"name": "A", "billing_email": " "}, "billing_email"),
         ("email-number", {"name": "A", "billing_email": 5}, "billing_email"),
     ],
     "create_project": [
@@ -185,7 +189,6 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
         ("negative-overage", {**GOOD["set_limits"], "overage_line": -1}, "overage_line"),
         ("negative-limit", {**GOOD["set_limits"], "daily_hard_limit": -5}, "daily_hard_limit"),
         ("float-limit", {**GOOD["set_limits"], "daily_hard_limit": 1.5}, "daily_hard_limit"),
-        ("whole-float-limit", {**GOOD["set_limits"], "daily_hard_limit": 5.0}, "daily_hard_limit"),
         ("string-limit", {**GOOD["set_limits"], "daily_hard_limit": "5"}, "daily_hard_limit"),
         ("bool-overage", {**GOOD["set_limits"], "overage_line": True}, "overage_line"),
         ("false-limit", {**GOOD["set_limits"], "daily_hard_limit": False}, "daily_hard_limit"),
@@ -201,7 +204,6 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
         ("zero", {**GOOD["add_credit"], "amount": 0}, "amount"),
         ("negative", {**GOOD["add_credit"], "amount": -5}, "amount"),
         ("float", {**GOOD["add_credit"], "amount": 1.5}, "amount"),
-        ("whole-float", {**GOOD["add_credit"], "amount": 5.0}, "amount"),
         ("string", {**GOOD["add_credit"], "amount": "5"}, "amount"),
         ("true", {**GOOD["add_credit"], "amount": True}, "amount"),
         ("false", {**GOOD["add_credit"], "amount": False}, "amount"),
@@ -222,10 +224,12 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
     "resume": [("any-field", {"reason": "paid"}, "reason")],
 }
 
-# JSON allows integers orjson cannot write; it reads them as floats, so not amounts.
+# JSON allows integers orjson cannot write; they are read exactly, and out of range.
 BEYOND_64_BITS = (
     b'{"amount": 1000000000000000000000000000000, "description": "x", "idempotency_key": "k"}'
 )
+# Not a whole number, though a double reads it as 5.0.
+ALMOST_WHOLE = b'{"amount": 5.000000000000000001, "description": "x", "idempotency_key": "k"}'
 
 
 def cases_for(route: Route) -> list[tuple[str, Bad, str | None]]:
@@ -267,6 +271,7 @@ def cases_for(route: Route) -> list[tuple[str, Bad, str | None]]:
         out.append((label, Bad(body=body), field))
     if route.name == "add_credit":
         out.append(("beyond-64-bits", Bad(raw=BEYOND_64_BITS), "amount"))
+        out.append(("almost-whole", Bad(raw=ALMOST_WHOLE), "amount"))
     return out
 
 
@@ -356,6 +361,27 @@ async def test_the_query_parameters_left_out_take_their_defaults(world: Any) -> 
     assert rest["next_cursor"] is None
     usage = await call(client, "GET", f"{base}/usage", status=200)
     assert len(usage["data"]) == 30
+
+
+# -- numbers: whole values are integers, as JSON Schema counts them -----------------------------
+
+
+async def test_whole_numbers_written_with_a_fraction_or_exponent_are_accepted(
+    world: Any,
+) -> None:
+    client, ids = world
+    body = b'{"amount": 2.5e3, "description": "exact", "idempotency_key": "whole"}'
+    response = await client.post(
+        f"/v1/accounts/{ids['account']}/credits",
+        data=body,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert response.status == 201, await response.text()
+    assert (await response.json())["amount"] == 2500
+    limits = {"overage_line": 7.0, "daily_hard_limit": 1e6, "daily_notify_threshold": None}
+    account = await call(client, "PUT", f"/v1/accounts/{ids['account']}/limits", limits, status=200)
+    assert (account["overage_line"], account["daily_hard_limit"]) == (7, 1_000_000)
+    assert type(account["overage_line"]) is int
 
 
 # -- requests aiohttp's parser refuses before any handler ---------------------------------------
