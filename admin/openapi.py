@@ -3,8 +3,9 @@
 Written by hand next to the handlers it describes; ``tests/test_admin_api.py``
 checks that every route the app serves is described here and vice versa. The
 input rules (patterns, bounds) are read from the parsers' own declarations
-(``admin.validation``, ``ledger.history_query``), so the server accepts exactly
-what this document allows.
+(``admin.validation``, ``ledger.history_query``), and
+``tests/test_admin_openapi_conformance.py`` runs schemathesis against the server
+to show that it accepts exactly what this document allows.
 """
 
 from __future__ import annotations
