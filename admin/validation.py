@@ -70,11 +70,16 @@ def json_object(body: bytes, content_type: str, *, required: bool = True) -> dic
         raise BadRequest(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("the body must be a JSON object")
-    if _has_float(doc):
+    if any(isinstance(value, float) for value in doc.values()):
         # orjson has read the numbers with a fraction or exponent as doubles, which
         # round; read them again exactly. orjson accepted the document, so it is strict
         # JSON (UTF-8, no NaN, no lone surrogates) and both parsers see the same values.
-        exact: dict[str, Any] = json.loads(body.decode(), parse_float=_exact_number)
+        # Only top-level values can be amounts: a float nested deeper is refused whatever
+        # its value, as is a value nested past the stdlib parser's recursion limit.
+        try:
+            exact: dict[str, Any] = json.loads(body.decode(), parse_float=_exact_number)
+        except RecursionError:
+            raise BadRequest("the JSON is nested too deeply") from None
         return exact
     return doc
 
@@ -84,16 +89,6 @@ def _exact_number(text: str) -> Decimal | float:
         return Decimal(text)
     except InvalidOperation:  # an exponent past Decimal's: a tiny fraction, not a whole number
         return float(text)
-
-
-def _has_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
-    return False
 
 
 def whole_number(value: Any) -> int | Decimal | None:

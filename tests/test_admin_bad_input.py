@@ -136,6 +136,15 @@ BODY_SHAPE_CASES = [
     ("json-array", Bad(body=[1, 2], status=400, slug="bad-request")),
     ("json-string", Bad(body="name", status=400, slug="bad-request")),
     ("not-utf8", Bad(raw=b'{"name": "\xff"}', status=400, slug="bad-request")),
+    # A number with a fraction is read again exactly, by a parser with a recursion limit.
+    (
+        "float-and-deep",
+        Bad(
+            raw=b'{"x": 1.5, "y": ' + b"[" * 1000 + b"]" * 1000 + b"}",  # < MAX_BODY
+            status=400,
+            slug="bad-request",
+        ),
+    ),
     (
         "form-encoded",
         Bad(

@@ -64,6 +64,13 @@ def test_numbers_with_a_fraction_or_exponent_are_read_exactly() -> None:
     assert validation.json_object(b'{"c": 7}', "application/json") == {"c": 7}
 
 
+def test_a_float_beside_a_deeply_nested_value_is_a_bad_request() -> None:
+    deep = b"[" * 1023 + b"]" * 1023
+    with pytest.raises(BadRequest):
+        validation.json_object(b'{"x": 1.5, "y": ' + deep + b"}", "application/json")
+    assert validation.json_object(b'{"x": 1, "y": ' + deep + b"}", "application/json")["x"] == 1
+
+
 # -- amounts: whole JSON numbers, as JSON Schema counts integers --------------------------------
 
 CREDIT = {"amount": 1, "description": "d", "idempotency_key": "k"}
