@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format mypy bench ledger-bench clean
+.PHONY: install demo test fuzz-admin lint format mypy bench ledger-bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: install
 test: install
 	$(BIN)/python -m meter.system_needs test
 	$(BIN)/pytest -q
+
+# The admin API against its OpenAPI document, longer than in `make test` (25 examples).
+ADMIN_FUZZ_EXAMPLES ?= 1000
+fuzz-admin: install
+	ADMIN_FUZZ_EXAMPLES=$(ADMIN_FUZZ_EXAMPLES) $(BIN)/pytest -q -s --timeout=0 \
+		tests/test_admin_openapi_conformance.py
 
 lint: install
 	$(BIN)/ruff check meter gateway ledger admin tests loadtests

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from admin import (
     middlewares,
+    protocol_log,
     routes_accounts,
     routes_credits,
     routes_history,
@@ -40,6 +41,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     metrics = AdminMetrics()
     app = web.Application(
         client_max_size=settings.admin_max_body_bytes,
+        handler_args=protocol_log.handler_args(),
         middlewares=[
             middlewares.observe(metrics),
             middlewares.problems(),

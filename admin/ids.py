@@ -2,8 +2,9 @@
 
 The prefix says what an id names (``acct_``, ``proj_``, ``key_``), so an id
 pasted into the wrong route is recognisably wrong. Ledger entries keep their
-Postgres identity number; in the API they read ``le_<number>``
-(``meter.keys.credit_id``), the same string the credit script remembers.
+Postgres identity number; in the API (credits and the balance history alike) they
+read ``le_<number>`` (``meter.entry_kinds.entry_id``), the same string the credit
+script remembers.
 """
 
 from __future__ import annotations

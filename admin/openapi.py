@@ -1,7 +1,11 @@
 """The OpenAPI 3.1 description of the admin API, served at ``/v1/openapi.json``.
 
 Written by hand next to the handlers it describes; ``tests/test_admin_api.py``
-checks that every route the app serves is described here and vice versa.
+checks that every route the app serves is described here and vice versa. The
+input rules (patterns, bounds) are read from the parsers' own declarations
+(``admin.validation``, ``ledger.history_query``), and
+``tests/test_admin_openapi_conformance.py`` runs schemathesis against the server
+to show that it accepts exactly what this document allows.
 """
 
 from __future__ import annotations
@@ -11,10 +15,17 @@ from typing import Any
 
 from admin import validation
 from admin.errors import BY_STATUS
+from ledger import history_query
+from meter import entry_kinds
 
 Schema = dict[str, Any]
 
 MICROS = "Integer micros (1 USD = 1,000,000)."
+# JSON Schema 2020-12 counts 5.0 as an integer, and so does the server (admin.validation).
+WHOLE = (
+    " Any JSON number with a whole value, read exactly: 5, 5.0 and 5e0 are all 5 micros;"
+    " 5.5 and 5.000000000000000001 are refused."
+)
 
 
 def _ref(name: str) -> Schema:
@@ -22,22 +33,29 @@ def _ref(name: str) -> Schema:
 
 
 def _micros(
-    minimum: int = 0, maximum: int = validation.MAX_LIMIT_MICROS, *, nullable: bool = False
+    minimum: int = 0,
+    maximum: int = validation.MAX_LIMIT_MICROS,
+    *,
+    nullable: bool = False,
+    given: bool = False,
 ) -> Schema:
+    """Micros; ``given``: in a request, where the note on whole numbers applies."""
     schema: Schema = {
         "type": ["integer", "null"] if nullable else "integer",
         "minimum": minimum,
         "maximum": maximum,
-        "description": MICROS + (" null: none." if nullable else ""),
+        "description": MICROS + (" null: none." if nullable else "") + (WHOLE if given else ""),
     }
     return schema
 
 
-def _text(max_length: int, *, nullable: bool = False) -> Schema:
+def _text(max_length: int) -> Schema:
     return {
-        "type": ["string", "null"] if nullable else "string",
+        "type": "string",
         "minLength": 1,
         "maxLength": max_length,
+        "pattern": validation.TEXT_PATTERN,
+        "description": "No control characters (U+0000-U+001F, U+007F-U+009F); not blank.",
     }
 
 
@@ -51,6 +69,11 @@ def _object(properties: dict[str, Schema], required: list[str] | None = None) ->
 
 
 _TIME = {"type": "string", "format": "date-time"}
+_ENTRY_ID = {
+    "type": "string",
+    "pattern": entry_kinds.ENTRY_ID_PATTERN,
+    "description": "The ledger entry: the same id in the credit response and the history.",
+}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _API_KEY: dict[str, Schema] = {
     "id": {"type": "string", "pattern": "^key_[0-9A-Za-z]+$"},
@@ -66,7 +89,13 @@ SCHEMAS: dict[str, Schema] = {
     "NewAccount": _object(
         {
             "name": _text(validation.MAX_NAME_CHARS),
-            "billing_email": _text(validation.MAX_EMAIL_CHARS, nullable=True),
+            "billing_email": {
+                "type": ["string", "null"],
+                "maxLength": validation.MAX_EMAIL_CHARS,
+                "pattern": validation.EMAIL_PATTERN,
+                "description": "local@domain.tld: no spaces or control characters, @ once."
+                " null or left out: none.",
+            },
         },
         required=["name"],
     ),
@@ -90,11 +119,11 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Limits": _object(
         {
-            "overage_line": _micros(),
-            "daily_hard_limit": _micros(nullable=True),
-            "daily_notify_threshold": _micros(nullable=True),
-            "low_balance_threshold": _micros(nullable=True)
-            | {"description": MICROS + " null: none; left out: unchanged."},
+            "overage_line": _micros(given=True),
+            "daily_hard_limit": _micros(nullable=True, given=True),
+            "daily_notify_threshold": _micros(nullable=True, given=True),
+            "low_balance_threshold": _micros(nullable=True, given=True)
+            | {"description": MICROS + " null: none; left out: unchanged." + WHOLE},
         },
         required=["overage_line", "daily_hard_limit", "daily_notify_threshold"],
     ),
@@ -119,7 +148,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Transaction": _object(
         {
-            "id": {"type": "integer"},
+            "id": _ENTRY_ID,
             "description": {"type": "string"},
             "created_at": _TIME,
             "amount": {"type": "integer", "description": MICROS + " Signed."},
@@ -130,7 +159,11 @@ SCHEMAS: dict[str, Schema] = {
     "TransactionPage": _object(
         {
             "data": {"type": "array", "items": _ref("Transaction")},
-            "next_cursor": {"type": ["string", "null"]},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "pattern": history_query.CURSOR_PATTERN,
+                "description": "The cursor of the next page; null on the last.",
+            },
         }
     ),
     "UsageRow": {
@@ -176,7 +209,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "NewCredit": _object(
         {
-            "amount": _micros(1, validation.MAX_CREDIT_MICROS),
+            "amount": _micros(1, validation.MAX_CREDIT_MICROS, given=True),
             "description": _text(validation.MAX_DESCRIPTION_CHARS),
             "idempotency_key": _text(validation.MAX_IDEMPOTENCY_KEY_CHARS)
             | {"description": "Unique per account; a retry with it credits nothing more."},
@@ -186,7 +219,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "LedgerEntry": _object(
         {
-            "id": {"type": "string", "pattern": "^le_[0-9]+$"},
+            "id": _ENTRY_ID,
             "object": {"const": "ledger_entry"},
             "account_id": {"type": "string"},
             "amount": {"type": "integer", "description": MICROS + " Signed."},
@@ -208,6 +241,8 @@ SCHEMAS: dict[str, Schema] = {
             "instance": {"type": "string"},
             "errors": {
                 "type": "array",
+                "description": "invalid-input (a body field) and bad-query (a query parameter):"
+                " every field that is wrong, at once.",
                 "items": _object({"field": {"type": "string"}, "message": {"type": "string"}}),
             },
         },
@@ -253,6 +288,20 @@ def _operation(
 
 
 _BODY_ERRORS = (400, 404, 413, 415, 422)
+_DATE = {
+    "type": "string",
+    "format": "date",
+    "pattern": history_query.DATE_PATTERN,
+    "description": "From 1970-01-01, the ledger's first day, on.",
+}
+_FROM = "30 days up to to; by month, the 1st of the month 11 months before to's."
+# What JSON Schema cannot say of two parameters: refused with 400 bad-query, field "from".
+_RANGE_RULES = (
+    "from must not be after to (with their defaults), and the range may span at most"
+    f" {history_query.MAX_RANGE_DAYS} days (to - from < {history_query.MAX_RANGE_DAYS});"
+    " otherwise 400 bad-query naming from. Each parameter is checked first: any malformed"
+    " one, an empty one (to=) included, is a 400 listing each in errors."
+)
 _PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
 
 
@@ -261,7 +310,7 @@ def _param(name: str) -> Schema:
 
 
 def _query(name: str, schema: Schema, description: str = "") -> Schema:
-    param: Schema = {"name": name, "in": "query", "required": False, "schema": schema}
+    param: Schema = {"name": name, "in": "query", "required": False, "schema": dict(schema)}
     if description:
         param["description"] = description
     return param
@@ -283,7 +332,8 @@ def document() -> dict[str, Any]:
             "version": "1",
             "description": "Provision billing accounts, projects, API keys, limits and credits."
             " Amounts are integer micros (1 USD = 1,000,000). Writes land in Postgres first,"
-            " then in the live state the gateway reads (Redis).",
+            " then in the live state the gateway reads (Redis). A request body over the"
+            " server's METER_ADMIN_MAX_BODY_BYTES (64 KiB by default) is refused with 413.",
         },
         "security": [{"bearer": []}],
         "components": {
@@ -354,8 +404,20 @@ def document() -> dict[str, Any]:
                         errors=(400, 404),
                     ),
                     "parameters": [
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
-                        _query("cursor", {"type": "string"}, "next_cursor of the page before."),
+                        _query(
+                            "limit",
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": history_query.MAX_LIMIT,
+                                "default": history_query.DEFAULT_LIMIT,
+                            },
+                        ),
+                        _query(
+                            "cursor",
+                            {"type": "string", "pattern": history_query.CURSOR_PATTERN},
+                            "next_cursor of the page before, as it was returned.",
+                        ),
                     ],
                 },
             },
@@ -369,10 +431,11 @@ def document() -> dict[str, Any]:
                         {"200": _json(_ref("Usage"), "The usage.")},
                         errors=(400, 404),
                     ),
+                    "description": _RANGE_RULES,
                     "parameters": [
-                        _query("from", {"type": "string", "format": "date"}),
-                        _query("to", {"type": "string", "format": "date"}),
-                        _query("group_by", {"enum": ["day", "month", "route"], "default": "day"}),
+                        _query("from", _DATE, "The first day counted. Default: " + _FROM),
+                        _query("to", _DATE, "The last day counted (inclusive). Default: today."),
+                        _query("group_by", {"enum": list(history_query.GROUPS), "default": "day"}),
                     ],
                 },
             },

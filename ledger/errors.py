@@ -17,9 +17,18 @@ class LedgerError(Problem):
 
 
 class BadQuery(LedgerError):
+    """Each malformed parameter and what is wrong with it, as ``errors: [{field, message}]``."""
+
     status = 400
     slug = "bad-query"
     title = "Bad query parameter"
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        detail = "; ".join(f"{field}: {message}" for field, message in errors)
+        super().__init__(
+            detail, errors=[{"field": field, "message": message} for field, message in errors]
+        )
+        self.errors = errors
 
 
 class BadCursor(BadQuery):

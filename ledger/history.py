@@ -21,6 +21,7 @@ import asyncpg
 
 from ledger.errors import UnknownAccount
 from ledger.history_query import (
+    LAST_ENTRY_ID,
     TransactionsQuery,
     UsageQuery,
     encode_cursor,
@@ -30,6 +31,7 @@ from ledger.history_query import (
     transactions_query,
     usage_query,
 )
+from meter import entry_kinds
 
 Db: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -44,12 +46,12 @@ PAGE = (
     "select id, description, created_at, amount, balance_after, kind from ledger_entries"
     " where account_id = (select $1::text) and id < $2 order by id desc limit $3"
 )
-NO_CURSOR = 2**63 - 1  # above every entry id
+NO_CURSOR = LAST_ENTRY_ID  # above every entry id
 
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
-    id: int
+    id: int  # shown as its public id, le_<id> (entry_kinds.entry_id)
     description: str
     created_at: str  # ISO 8601, UTC
     amount: int  # signed micros: credits positive, debits negative
@@ -66,7 +68,7 @@ class TransactionPage:
         return {
             "data": [
                 {
-                    "id": t.id,
+                    "id": entry_kinds.entry_id(t.id),
                     "description": t.description,
                     "created_at": t.created_at,
                     "amount": t.amount,

@@ -1,13 +1,20 @@
 """The read side's pure parts: query parameters, cursors, and shaping usage periods.
 
-Cursors are opaque to clients (base64url of a version and the last entry id seen),
-so the keyset behind them can change without breaking anyone.
+Each parameter's rule is declared here once (the patterns and bounds below) and
+read by both the parsers and the admin API's OpenAPI document, so the document
+calls valid exactly what is accepted. A parameter given empty (``limit=``) is
+refused like any other malformed value, and every malformed parameter is
+reported at once. What JSON Schema cannot say (``from`` after ``to``, a range
+longer than ``MAX_RANGE_DAYS``) the document says in words, and it is refused
+only after each parameter is well formed.
+
+A cursor is ``t1.<id of the last entry seen>``: ``t1`` versions the keyset behind it,
+so it can change without breaking anyone; clients pass ``next_cursor`` back as is.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -19,6 +26,15 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_RANGE_DAYS = 731
 GROUPS = ("day", "month", "route")
+LAST_ENTRY_ID = 2**63 - 1  # bigint: a cursor past it reads as "older than every entry"
+
+# Patterns in the subset ECMA-262 (JSON Schema's dialect) and Python's ``re`` read alike.
+CURSOR_PATTERN = "^t1\\.([0-9]{1,19})$"
+# RFC 3339 full-date (also "format": "date"), from the ledger's day 0 (1970-01-01) on.
+DATE_PATTERN = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_DATE = re.compile(DATE_PATTERN)
+_LIMIT = re.compile("0*([0-9]{1,3})")  # ASCII digits only: "²".isdigit() is True
 
 
 def to_day(d: date) -> int:
@@ -29,22 +45,23 @@ def from_day(day: int) -> date:
     return EPOCH + timedelta(days=day)
 
 
+def _refuse(errors: list[tuple[str, str]]) -> None:
+    if errors:
+        raise (BadCursor if {p for p, _ in errors} == {"cursor"} else BadQuery)(errors)
+
+
 # -- transactions --------------------------------------------------------------------
 
 
 def encode_cursor(entry_id: int) -> str:
-    return base64.urlsafe_b64encode(f"t1:{entry_id}".encode()).decode().rstrip("=")
+    return f"t1.{entry_id}"
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, _, value = raw.partition(":")
-        if version != "t1" or not value.isdigit():
-            raise ValueError(raw)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadCursor(f"bad cursor {cursor[:40]!r}") from None
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise BadCursor([("cursor", "must be a next_cursor this API returned")])
+    return min(int(match[1]), LAST_ENTRY_ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +71,23 @@ class TransactionsQuery:
 
 
 def transactions_query(params: Mapping[str, str]) -> TransactionsQuery:
-    """``?limit=&cursor=`` -> a query (BadQuery on anything malformed)."""
-    raw = params.get("limit", "")
+    """``?limit=&cursor=`` -> a query (BadQuery listing every malformed parameter)."""
+    errors: list[tuple[str, str]] = []
     limit = DEFAULT_LIMIT
-    if raw != "":
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-            raise BadQuery(f"limit must be an integer between 1 and {MAX_LIMIT}", parameter="limit")
-        limit = int(raw)
-    cursor = params.get("cursor") or None
-    return TransactionsQuery(limit, None if cursor is None else decode_cursor(cursor))
+    if "limit" in params:
+        match = _LIMIT.fullmatch(params["limit"])
+        if match is None or not 1 <= int(match[1]) <= MAX_LIMIT:
+            errors.append(("limit", f"must be an integer between 1 and {MAX_LIMIT}"))
+        else:
+            limit = int(match[1])
+    before_id = None
+    if "cursor" in params:
+        try:
+            before_id = decode_cursor(params["cursor"])
+        except BadCursor as exc:
+            errors += exc.errors
+    _refuse(errors)
+    return TransactionsQuery(limit, before_id)
 
 
 # -- usage ---------------------------------------------------------------------------
@@ -75,14 +100,17 @@ class UsageQuery:
     group_by: str
 
 
-def _date(params: Mapping[str, str], name: str) -> date | None:
-    raw = params.get(name, "")
-    if not raw:
+def _date(params: Mapping[str, str], name: str, errors: list[tuple[str, str]]) -> date | None:
+    if name not in params:
         return None
+    raw = params[name]
     try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise BadQuery(f"{name} must be a date, YYYY-MM-DD", parameter=name) from None
+        if _DATE.fullmatch(raw):
+            return date.fromisoformat(raw)
+    except ValueError:  # the pattern's shape, but no such day: 2025-02-30
+        pass
+    errors.append((name, "must be a date, YYYY-MM-DD, from 1970-01-01 on"))
+    return None
 
 
 def first_of_month(d: date, months_back: int = 0) -> date:
@@ -93,17 +121,19 @@ def first_of_month(d: date, months_back: int = 0) -> date:
 def usage_query(params: Mapping[str, str], today: date) -> UsageQuery:
     """``?from=&to=&group_by=`` -> a query. Defaults: to today; from 30 days back (12
     months back, from the 1st, when grouping by month)."""
-    group_by = params.get("group_by") or "day"
+    errors: list[tuple[str, str]] = []
+    group_by = params.get("group_by", "day")
     if group_by not in GROUPS:
-        raise BadQuery(f"group_by must be one of {', '.join(GROUPS)}", parameter="group_by")
-    end = _date(params, "to") or today
-    start = _date(params, "from")
+        errors.append(("group_by", f"must be one of {', '.join(GROUPS)}"))
+    end, start = _date(params, "to", errors), _date(params, "from", errors)
+    _refuse(errors)
+    end = end or today
     if start is None:
         start = first_of_month(end, 11) if group_by == "month" else end - timedelta(days=29)
     if start > end:
-        raise BadQuery("from must not be after to", parameter="from")
+        raise BadQuery([("from", "must not be after to (default: today)")])
     if (end - start).days >= MAX_RANGE_DAYS:
-        raise BadQuery(f"the range may span at most {MAX_RANGE_DAYS} days", parameter="from")
+        raise BadQuery([("from", f"the range may span at most {MAX_RANGE_DAYS} days")])
     return UsageQuery(start, end, group_by)
 
 

@@ -1,4 +1,8 @@
-"""The kinds of ledger entry, and which of them start in Postgres.
+"""The kinds of ledger entry, which of them start in Postgres, and an entry's public id.
+
+An entry is ``le_<its Postgres identity number>`` wherever it is shown (the admin
+API's credit response and the balance history alike) and in the credit memory
+Redis keeps (``keys.credit_id``).
 
 Credits (top-ups, grants, recharges, adjustments) are written to Postgres first
 and then applied to Redis by credit.lua under ``keys.credit_id(entry id)``; the
@@ -12,3 +16,9 @@ from __future__ import annotations
 POSTGRES_FIRST = ("credit", "grant", "recharge", "adjustment")
 REDIS_FIRST = ("usage", "refund")
 ALL = POSTGRES_FIRST + REDIS_FIRST
+
+ENTRY_ID_PATTERN = "^le_[0-9]+$"
+
+
+def entry_id(ledger_entry_id: int) -> str:
+    return f"le_{ledger_entry_id}"

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import zlib
 
+from meter import entry_kinds
+
 PREFIX = "meter"
 
 # Fields of the account hash. Short names: they are read on every call.
@@ -69,9 +71,10 @@ def credit_id(ledger_entry_id: int) -> str:
     """The member of ``credits_applied`` for a credit: ``le_<ledger entry id>``.
 
     Every writer of credits (admin API, sync, recharges, reconcile) must use this,
-    or one credit applied under two ids would be credited twice.
+    or one credit applied under two ids would be credited twice. It is the entry's
+    public id (``entry_kinds.entry_id``).
     """
-    return f"le_{ledger_entry_id}"
+    return entry_kinds.entry_id(ledger_entry_id)
 
 
 def usage_stream(shard: int) -> str:

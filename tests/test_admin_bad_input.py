@@ -6,6 +6,8 @@ admin API can touch, sends one bad request, and compares.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +136,15 @@ BODY_SHAPE_CASES = [
     ("json-array", Bad(body=[1, 2], status=400, slug="bad-request")),
     ("json-string", Bad(body="name", status=400, slug="bad-request")),
     ("not-utf8", Bad(raw=b'{"name": "\xff"}', status=400, slug="bad-request")),
+    # A number with a fraction is read again exactly, by a parser with a recursion limit.
+    (
+        "float-and-deep",
+        Bad(
+            raw=b'{"x": 1.5, "y": ' + b"[" * 1000 + b"]" * 1000 + b"}",  # < MAX_BODY
+            status=400,
+            slug="bad-request",
+        ),
+    ),
     (
         "form-encoded",
         Bad(
@@ -163,7 +174,11 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
         ("number-name", {"name": 5}, "name"),
         ("long-name", {"name": "x" * 201}, "name"),
         ("control-chars", {"name": "a\x00b"}, "name"),
+        ("c1-control-char", {"name": "a\x85b"}, "name"),
+        ("unicode-blank-name", {"name": "\u00a0\u3000"}, "name"),
         ("bad-email", {"name": "A", "billing_email": "not-an-email"}, "billing_email"),
+        ("email-double-dot", {"name": "A", "billing_email": "a@b..co"}, "billing_email"),
+        ("blank-email", {"name": "A", "billing_email": " "}, "billing_email"),
         ("email-number", {"name": "A", "billing_email": 5}, "billing_email"),
     ],
     "create_project": [
@@ -183,7 +198,6 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
         ("negative-overage", {**GOOD["set_limits"], "overage_line": -1}, "overage_line"),
         ("negative-limit", {**GOOD["set_limits"], "daily_hard_limit": -5}, "daily_hard_limit"),
         ("float-limit", {**GOOD["set_limits"], "daily_hard_limit": 1.5}, "daily_hard_limit"),
-        ("whole-float-limit", {**GOOD["set_limits"], "daily_hard_limit": 5.0}, "daily_hard_limit"),
         ("string-limit", {**GOOD["set_limits"], "daily_hard_limit": "5"}, "daily_hard_limit"),
         ("bool-overage", {**GOOD["set_limits"], "overage_line": True}, "overage_line"),
         ("false-limit", {**GOOD["set_limits"], "daily_hard_limit": False}, "daily_hard_limit"),
@@ -199,7 +213,6 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
         ("zero", {**GOOD["add_credit"], "amount": 0}, "amount"),
         ("negative", {**GOOD["add_credit"], "amount": -5}, "amount"),
         ("float", {**GOOD["add_credit"], "amount": 1.5}, "amount"),
-        ("whole-float", {**GOOD["add_credit"], "amount": 5.0}, "amount"),
         ("string", {**GOOD["add_credit"], "amount": "5"}, "amount"),
         ("true", {**GOOD["add_credit"], "amount": True}, "amount"),
         ("false", {**GOOD["add_credit"], "amount": False}, "amount"),
@@ -220,10 +233,12 @@ FIELD_CASES: dict[str, list[tuple[str, Any, str]]] = {
     "resume": [("any-field", {"reason": "paid"}, "reason")],
 }
 
-# JSON allows integers orjson cannot write; it reads them as floats, so not amounts.
+# JSON allows integers orjson cannot write; they are read exactly, and out of range.
 BEYOND_64_BITS = (
     b'{"amount": 1000000000000000000000000000000, "description": "x", "idempotency_key": "k"}'
 )
+# Not a whole number, though a double reads it as 5.0.
+ALMOST_WHOLE = b'{"amount": 5.000000000000000001, "description": "x", "idempotency_key": "k"}'
 
 
 def cases_for(route: Route) -> list[tuple[str, Bad, str | None]]:
@@ -265,6 +280,7 @@ def cases_for(route: Route) -> list[tuple[str, Bad, str | None]]:
         out.append((label, Bad(body=body), field))
     if route.name == "add_credit":
         out.append(("beyond-64-bits", Bad(raw=BEYOND_64_BITS), "amount"))
+        out.append(("almost-whole", Bad(raw=ALMOST_WHOLE), "amount"))
     return out
 
 
@@ -306,3 +322,105 @@ async def test_the_snapshot_sees_every_good_write(
         body = GOOD[route.body] if route.body else None
         await call(client, route.method, route.path.format(**ids), body, status=ANY_2XX)
         assert await snapshot(database_url, redis_url) != before, route.name
+
+
+# -- query parameters of the history routes -----------------------------------------------------
+
+QUERY_CASES = [
+    # (route, query string, problem slug, the parameters the problem must name)
+    ("transactions", "limit=", "bad-query", ["limit"]),
+    ("transactions", "cursor=", "bad-cursor", ["cursor"]),
+    ("transactions", "limit=%C2%B2", "bad-query", ["limit"]),  # "²": was a 500
+    ("transactions", "limit=0", "bad-query", ["limit"]),
+    ("transactions", "cursor=garbage", "bad-cursor", ["cursor"]),
+    ("transactions", "limit=&cursor=", "bad-query", ["limit", "cursor"]),
+    ("usage", "to=", "bad-query", ["to"]),
+    ("usage", "from=", "bad-query", ["from"]),
+    ("usage", "group_by=", "bad-query", ["group_by"]),
+    ("usage", "from=20240101", "bad-query", ["from"]),
+    ("usage", "to=0001-01-01", "bad-query", ["to"]),  # was a 500
+    ("usage", "from=2024-02-30", "bad-query", ["from"]),
+    ("usage", "from=&to=&group_by=week", "bad-query", ["group_by", "to", "from"]),
+    ("usage", "from=2024-03-02&to=2024-03-01", "bad-query", ["from"]),
+    ("usage", "from=2000-01-01", "bad-query", ["from"]),  # to: today; more than 731 days
+]
+
+
+@pytest.mark.parametrize(("route", "query", "slug", "fields"), QUERY_CASES)
+async def test_malformed_query_parameters_are_a_400_naming_each(
+    world: Any, route: str, query: str, slug: str, fields: list[str]
+) -> None:
+    client, ids = world
+    response = await client.get(f"/v1/accounts/{ids['account']}/{route}?{query}", headers=AUTH)
+    problem = await response.json(content_type=None)
+    assert (response.status, response.content_type) == (400, PROBLEM), problem
+    assert problem["type"] == TYPE_BASE + slug
+    assert [e["field"] for e in problem["errors"]] == fields
+
+
+async def test_the_query_parameters_left_out_take_their_defaults(world: Any) -> None:
+    client, ids = world
+    base = f"/v1/accounts/{ids['account']}"
+    await add_credit(client, ids["account"], 1, "second")
+    page = await call(client, "GET", f"{base}/transactions?limit=1", status=200)
+    assert len(page["data"]) == 1 and page["next_cursor"].startswith("t1.")
+    rest = await call(
+        client, "GET", f"{base}/transactions?cursor={page['next_cursor']}", status=200
+    )
+    assert rest["next_cursor"] is None
+    usage = await call(client, "GET", f"{base}/usage", status=200)
+    assert len(usage["data"]) == 30
+
+
+# -- numbers: whole values are integers, as JSON Schema counts them -----------------------------
+
+
+async def test_whole_numbers_written_with_a_fraction_or_exponent_are_accepted(
+    world: Any,
+) -> None:
+    client, ids = world
+    body = b'{"amount": 2.5e3, "description": "exact", "idempotency_key": "whole"}'
+    response = await client.post(
+        f"/v1/accounts/{ids['account']}/credits",
+        data=body,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert response.status == 201, await response.text()
+    assert (await response.json())["amount"] == 2500
+    limits = {"overage_line": 7.0, "daily_hard_limit": 1e6, "daily_notify_threshold": None}
+    account = await call(client, "PUT", f"/v1/accounts/{ids['account']}/limits", limits, status=200)
+    assert (account["overage_line"], account["daily_hard_limit"]) == (7, 1_000_000)
+    assert type(account["overage_line"]) is int
+
+
+# -- requests aiohttp's parser refuses before any handler ---------------------------------------
+
+RAW_REQUESTS = {
+    "nul-in-header": b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-A: a\x00b\r\n\r\n",
+    "control-char-in-header": b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-A: a\x01b\r\n\r\n",
+    "nul-in-target": b"GET /healthz\x00 HTTP/1.1\r\nHost: admin\r\n\r\n",
+    "header-without-colon": b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-A\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", RAW_REQUESTS.values(), ids=RAW_REQUESTS.keys())
+async def test_an_unparseable_request_is_a_400_and_one_warning_line(
+    aiohttp_client: Any,
+    redis_url: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    raw: bytes,
+) -> None:
+    client = await start(aiohttp_client, redis_url, database_url)
+    with caplog.at_level(logging.INFO):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(raw)
+        answer = await reader.read()  # to the end: aiohttp closes after a parse error
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.") and answer.split(b" ", 2)[1] == b"400", answer
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, r.exc_info) for r in logged] == [(logging.WARNING, None)]
+    message = logged[0].getMessage()
+    assert message.startswith("malformed request refused with 400: ") and "\n" not in message
+    assert (await client.get("/healthz")).status == 200  # and the server serves on

@@ -145,3 +145,33 @@ async def test_redis_remembers_the_credit_by_its_ledger_entry_id(
     )
     assert members == [entry["id"].encode()]
     assert row["redis_applied"] is True
+
+
+async def test_a_credits_id_is_the_same_in_the_balance_history(
+    client: TestClient[Any, Any],
+) -> None:
+    """One form of a ledger entry's id everywhere: the credit response's, verbatim."""
+    account = await new_account(client)
+    first = await add_credit(client, account["id"], 1_000, "first")
+    second = await add_credit(client, account["id"], 2_000, "second")
+    replay = await add_credit(client, account["id"], 2_000, "second", status=200)
+    history = await call(client, "GET", f"/v1/accounts/{account['id']}/transactions", status=200)
+    assert (
+        [t["id"] for t in history["data"]]
+        == [second["id"], first["id"]]
+        == [
+            replay["id"],
+            first["id"],
+        ]
+    )
+    assert all(isinstance(t["id"], str) and t["id"].startswith("le_") for t in history["data"])
+    page = await call(
+        client, "GET", f"/v1/accounts/{account['id']}/transactions?limit=1", status=200
+    )
+    older = await call(
+        client,
+        "GET",
+        f"/v1/accounts/{account['id']}/transactions?cursor={page['next_cursor']}",
+        status=200,
+    )
+    assert [t["id"] for t in page["data"] + older["data"]] == [second["id"], first["id"]]

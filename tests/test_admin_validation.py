@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
+import jsonschema_rs
 import pytest
 
-from admin import ids, validation
+from admin import ids, openapi, validation
 from admin.auth import Principal, Role, TokenAuthenticator, authorize
 from admin.errors import BadRequest, Forbidden, InvalidInput, Unauthorized, UnsupportedMediaType
 from admin.provisioning import live_balance
+from ledger.errors import BadCursor, BadQuery
+from ledger.history_query import transactions_query, usage_query
 from meter.money import AccountState
 from meter.settings import Settings
 
@@ -49,33 +54,59 @@ def test_json_object_refuses(body: bytes, content_type: str, error: type[Excepti
         validation.json_object(body, content_type)
 
 
-# -- amounts: JSON integers only ----------------------------------------------------------------
+def test_numbers_with_a_fraction_or_exponent_are_read_exactly() -> None:
+    doc = validation.json_object(
+        b'{"a": 1.00000000000000001, "b": [5e0], "c": 7, "d": 1e-99999999999999999999}',
+        "application/json",
+    )
+    assert doc == {"a": Decimal("1.00000000000000001"), "b": [Decimal(5)], "c": 7, "d": 0.0}
+    assert type(doc["c"]) is int and isinstance(doc["a"], Decimal)
+    assert validation.json_object(b'{"c": 7}', "application/json") == {"c": 7}
+
+
+def test_a_float_beside_a_deeply_nested_value_is_a_bad_request() -> None:
+    deep = b"[" * 1023 + b"]" * 1023
+    with pytest.raises(BadRequest):
+        validation.json_object(b'{"x": 1.5, "y": ' + deep + b"}", "application/json")
+    assert validation.json_object(b'{"x": 1, "y": ' + deep + b"}", "application/json")["x"] == 1
+
+
+# -- amounts: whole JSON numbers, as JSON Schema counts integers --------------------------------
 
 CREDIT = {"amount": 1, "description": "d", "idempotency_key": "k"}
 
 
 @pytest.mark.parametrize(
-    ("amount", "ok"),
+    ("amount", "expected"),
     [
-        (1, True),
-        (validation.MAX_CREDIT_MICROS, True),
-        (validation.MAX_CREDIT_MICROS + 1, False),
-        (0, False),
-        (-1, False),
-        (True, False),
-        (False, False),
-        (1.0, False),
-        (1.5, False),
-        ("1", False),
-        (None, False),
-        ([1], False),
-        ({"micros": 1}, False),
+        (1, 1),
+        (validation.MAX_CREDIT_MICROS, validation.MAX_CREDIT_MICROS),
+        (Decimal("1.0"), 1),
+        (Decimal("1E+3"), 1000),
+        (Decimal("-0.0"), None),
+        (1.0, 1),
+        (validation.MAX_CREDIT_MICROS + 1, None),
+        (Decimal("1E+13") + 1, None),
+        (Decimal("1E+999999"), None),
+        (0, None),
+        (-1, None),
+        (True, None),
+        (False, None),
+        (Decimal("1.00000000000000001"), None),
+        (Decimal("1E-999999"), None),
+        (Decimal("NaN"), None),
+        (1.5, None),
+        ("1", None),
+        (None, None),
+        ([1], None),
+        ({"micros": 1}, None),
     ],
 )
-def test_credit_amount(amount: Any, ok: bool) -> None:
+def test_credit_amount(amount: Any, expected: int | None) -> None:
     doc = {**CREDIT, "amount": amount}
-    if ok:
-        assert validation.credit(doc).amount == amount
+    if expected is not None:
+        parsed = validation.credit(doc).amount
+        assert parsed == expected and type(parsed) is int
     else:
         with pytest.raises(InvalidInput) as info:
             validation.credit(doc)
@@ -96,7 +127,8 @@ LIMITS = {"overage_line": 0, "daily_hard_limit": None, "daily_notify_threshold":
         ({"overage_line": None}, "overage_line"),
         ({"overage_line": -1}, "overage_line"),
         ({"daily_hard_limit": True}, "daily_hard_limit"),
-        ({"daily_hard_limit": 2.0}, "daily_hard_limit"),
+        ({"daily_hard_limit": 2.5}, "daily_hard_limit"),
+        ({"daily_hard_limit": Decimal("2.0000000000000000001")}, "daily_hard_limit"),
         ({"daily_notify_threshold": "5"}, "daily_notify_threshold"),
         ({"daily_notify_threshold": validation.MAX_LIMIT_MICROS + 1}, "daily_notify_threshold"),
         ({"low_balance_threshold": -1}, "low_balance_threshold"),
@@ -112,12 +144,15 @@ def test_limits_refuse(change: dict[str, Any], field: str) -> None:
 def test_limits_tell_a_left_out_threshold_from_a_null_one() -> None:
     left_out = validation.limits(LIMITS)
     cleared = validation.limits({**LIMITS, "low_balance_threshold": None})
-    set_ = validation.limits({**LIMITS, "low_balance_threshold": 5, "daily_hard_limit": 0})
+    set_ = validation.limits(
+        {**LIMITS, "low_balance_threshold": Decimal("5.0"), "daily_hard_limit": 0}
+    )
     assert (left_out.low_balance_threshold_given, cleared.low_balance_threshold_given) == (
         False,
         True,
     )
     assert (set_.low_balance_threshold, set_.daily_hard_limit) == (5, 0)
+    assert type(set_.low_balance_threshold) is int
 
 
 def test_limits_require_all_three() -> None:
@@ -139,10 +174,24 @@ def test_limits_require_all_three() -> None:
         ({"name": "Acme", "billing_email": "a@b"}, False),
         ({"name": "Acme", "billing_email": "a b@c.co"}, False),
         ({"name": "Acme", "billing_email": "@c.co"}, False),
+        ({"name": "Acme", "billing_email": "a@b..co"}, False),
+        ({"name": "Acme", "billing_email": "a@b.co."}, False),
+        ({"name": "Acme", "billing_email": "a@b@c.co"}, False),
+        ({"name": "Acme", "billing_email": "a@b.co\n"}, False),
+        ({"name": "Acme", "billing_email": "a\u00a0b@c.co"}, False),
+        ({"name": "Acme", "billing_email": "   "}, False),
+        ({"name": "Acme", "billing_email": ""}, False),
         ({"name": "x" * validation.MAX_NAME_CHARS}, True),
         ({"name": "x" * (validation.MAX_NAME_CHARS + 1)}, False),
         ({"name": "tab\there"}, False),
+        ({"name": "nel\x85here"}, False),
+        ({"name": "del\x7f"}, False),
+        ({"name": "trailing newline\n"}, False),
         ({"name": ""}, False),
+        ({"name": " \u00a0\u3000"}, False),
+        ({"name": "\ufeff"}, True),
+        ({"name": " Acme \u2003"}, True),
+        ({"name": "\U0001f600"}, True),
         ({}, False),
     ],
 )
@@ -267,3 +316,135 @@ def test_live_balance(
     b = live_balance("acct_x", state, now)
     assert (b.spent_today, b.limit_remaining, b.available) == (spent, left, available)
     assert b.balance == state.balance and b.status == "active"
+
+
+# -- the OpenAPI document's rules are the server's ---------------------------------------------
+# jsonschema-rs (schemathesis' validator) says what the document allows; the parsers must
+# accept exactly that. Every code point of the BMP but the surrogates, which no JSON text
+# carries alone, and a stride through the planes above, which no rule names.
+
+CODE_POINTS = [
+    chr(i) for i in [*range(0xD800), *range(0xE000, 0x10000, 1), *range(0x10000, 0x110000, 97)]
+]
+
+
+def _document_allows(schema: dict[str, Any]) -> Any:
+    rule = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return jsonschema_rs.validator_for(rule, validate_formats=True).is_valid
+
+
+def _accepted(parse: Any, doc: dict[str, Any]) -> bool:
+    try:
+        parse(doc)
+    except InvalidInput:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("schema", "parse", "field", "template"),
+    [
+        ("NewProject", validation.new_project, "name", "{}"),
+        ("NewProject", validation.new_project, "name", "x{}y"),
+        ("NewAccount", validation.new_account, "billing_email", "a{}b@c.co"),
+        ("NewAccount", validation.new_account, "billing_email", "ab@c{}d.co"),
+    ],
+)
+def test_text_patterns_agree_with_the_server_on_every_character(
+    schema: str, parse: Any, field: str, template: str
+) -> None:
+    allows = _document_allows(openapi.SCHEMAS[schema]["properties"][field])
+    base = {"name": "n"} if field != "name" else {}
+    disagree = [
+        hex(ord(c))
+        for c in CODE_POINTS
+        if allows(template.format(c)) != _accepted(parse, {**base, field: template.format(c)})
+    ]
+    assert disagree == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"5", 5),
+        (b"5.0", 5),
+        (b"5e0", 5),
+        (b"5E+0", 5),
+        (b"50e-1", 5),
+        (b"5.5", None),
+        (b"5.000000000000000001", None),  # a double would read 5.0
+        (b"-0.0", None),
+        (b"1e-9999", None),
+    ],
+)
+def test_amounts_are_the_exact_value_of_the_number_written(
+    text: bytes, expected: int | None
+) -> None:
+    body = b'{"amount": ' + text + b', "description": "d", "idempotency_key": "k"}'
+    doc = validation.json_object(body, "application/json")
+    if expected is None:
+        assert not _accepted(validation.credit, doc)
+    else:
+        assert validation.credit(doc).amount == expected
+
+
+def _query_schema(path: str, name: str) -> dict[str, Any]:
+    operation = openapi.document()["paths"][path]["get"]
+    (param,) = [p for p in operation["parameters"] if p["name"] == name]
+    schema: dict[str, Any] = param["schema"]
+    return schema
+
+
+def _days(first: date, count: int) -> list[str]:
+    return [(first + timedelta(days=n)).isoformat() for n in range(count)]
+
+
+DATES = [
+    *_days(date(1969, 12, 25), 14),
+    *_days(date(2023, 2, 26), 6),
+    *_days(date(2024, 2, 26), 6),
+    "2023-02-29",
+    "2024-04-31",
+    "2024-13-01",
+    "2024-00-10",
+    "9999-12-31",
+    "0000-01-01",
+    "0001-01-01",
+    "20240101",
+    "2024-W01-1",
+    "2024-001",
+    "2024-1-01",
+    " 2024-01-01",
+    "2024-01-01\n",
+    "2024-01-01T00:00:00Z",
+    "\uff12\uff10\uff12\uff14-01-01",  # fullwidth digits: int() reads them, the pattern does not
+    "",
+]
+CURSORS = ["t1.5", "t1.0", "t1.007", "t1." + "9" * 19, "t1." + "9" * 20, "t1.", "t2.5", "t1.-5"]
+CURSORS += ["t1.\u00b2", "t1.5\n", " t1.5", "dDE6MTIzNDU", "", "le_5"]
+
+
+@pytest.mark.parametrize("text", DATES)
+def test_usage_dates_the_document_allows_are_the_ones_accepted(text: str) -> None:
+    path = "/v1/accounts/{account_id}/usage"
+    allows = _document_allows(_query_schema(path, "from")) and _document_allows(
+        _query_schema(path, "to")
+    )
+    try:
+        usage_query({"from": text, "to": text}, date(2025, 1, 1))
+        accepted = True
+    except BadQuery as exc:
+        assert {f for f, _ in exc.errors} == {"from", "to"}
+        accepted = False
+    assert accepted is allows(text)
+
+
+@pytest.mark.parametrize("text", CURSORS)
+def test_cursors_the_document_allows_are_the_ones_accepted(text: str) -> None:
+    allows = _document_allows(_query_schema("/v1/accounts/{account_id}/transactions", "cursor"))
+    try:
+        transactions_query({"cursor": text})
+        accepted = True
+    except BadCursor:
+        accepted = False
+    assert accepted is allows(text)

@@ -76,11 +76,23 @@ async def apply(db: asyncpg.Connection, events: list[UsageEvent]) -> None:
 # -- pure ----------------------------------------------------------------------------
 
 
-def test_cursors_round_trip_and_refuse_forgeries() -> None:
+def test_cursors_round_trip_and_refuse_anything_else() -> None:
     assert decode_cursor(encode_cursor(12345)) == 12345
-    for bad in ("", "!!", encode_cursor(1)[:-2] + "zz", "dDI6MQ"):
-        with pytest.raises(BadCursor):
+    assert decode_cursor("t1." + "9" * 19) == 2**63 - 1  # past every bigint: from the newest
+    for bad in (
+        "",
+        "!!",
+        "t1.",
+        "t2.5",
+        "t1.-1",
+        "t1.\u00b2",
+        "t1.5\n",
+        "dDE6NQ",
+        "t1." + "1" * 20,
+    ):
+        with pytest.raises(BadCursor) as info:
             decode_cursor(bad)
+        assert info.value.errors == [("cursor", "must be a next_cursor this API returned")]
 
 
 @pytest.mark.parametrize(
@@ -96,12 +108,29 @@ def test_transactions_query(params: dict[str, str], expected: TransactionsQuery)
 
 
 @pytest.mark.parametrize(
-    "params", [{"limit": "0"}, {"limit": "201"}, {"limit": "-1"}, {"limit": "x"}, {"cursor": "%%"}]
+    ("params", "fields"),
+    [
+        ({"limit": "0"}, ["limit"]),
+        ({"limit": "201"}, ["limit"]),
+        ({"limit": "-1"}, ["limit"]),
+        ({"limit": "x"}, ["limit"]),
+        ({"limit": "\u00b2"}, ["limit"]),  # "²".isdigit() is True; int("²") fails
+        ({"limit": "\uff15"}, ["limit"]),  # fullwidth 5: int() reads it, the document does not
+        ({"limit": " 5"}, ["limit"]),
+        ({"limit": "9" * 5000}, ["limit"]),
+        ({"limit": ""}, ["limit"]),
+        ({"cursor": ""}, ["cursor"]),
+        ({"cursor": "%%"}, ["cursor"]),
+        ({"limit": "", "cursor": ""}, ["limit", "cursor"]),
+    ],
 )
-def test_bad_transactions_query(params: dict[str, str]) -> None:
+def test_bad_transactions_query(params: dict[str, str], fields: list[str]) -> None:
     with pytest.raises(BadQuery) as info:
         transactions_query(params)
-    assert info.value.status == 400
+    assert info.value.status == 400 and [f for f, _ in info.value.errors] == fields
+    assert info.value.body()["errors"] == [{"field": f, "message": m} for f, m in info.value.errors]
+    slug = "bad-cursor" if fields == ["cursor"] else "bad-query"
+    assert info.value.slug == slug
 
 
 @pytest.mark.parametrize(
@@ -120,17 +149,35 @@ def test_usage_query(params: dict[str, str], expected: UsageQuery) -> None:
 
 
 @pytest.mark.parametrize(
-    "params",
+    ("params", "fields"),
     [
-        {"group_by": "week"},
-        {"from": "2025-13-01"},
-        {"from": "2025-11-10", "to": "2025-11-01"},
-        {"from": "2020-01-01", "to": "2025-01-01"},
+        ({"group_by": "week"}, ["group_by"]),
+        ({"group_by": ""}, ["group_by"]),
+        ({"from": "2025-13-01"}, ["from"]),
+        ({"from": "20251101"}, ["from"]),  # date.fromisoformat reads it; RFC 3339 does not
+        ({"to": ""}, ["to"]),
+        ({"from": ""}, ["from"]),
+        ({"to": "1969-12-31"}, ["to"]),
+        ({"to": "0001-01-01"}, ["to"]),  # was a 500: the default from fell before year 1
+        ({"from": "", "to": "", "group_by": ""}, ["group_by", "to", "from"]),
+        ({"from": "2025-11-10", "to": "2025-11-01"}, ["from"]),
+        ({"from": "2020-01-01", "to": "2025-01-01"}, ["from"]),
+        ({"from": "2020-01-01"}, ["from"]),  # to defaults to today
     ],
 )
-def test_bad_usage_query(params: dict[str, str]) -> None:
-    with pytest.raises(BadQuery):
+def test_bad_usage_query(params: dict[str, str], fields: list[str]) -> None:
+    with pytest.raises(BadQuery) as info:
         usage_query(params, TODAY)
+    assert [f for f, _ in info.value.errors] == fields
+
+
+def test_usage_range_limit_counts_both_ends() -> None:
+    """731 days from..to inclusive (to - from = 730) is the longest range."""
+    longest = usage_query({"from": "2023-11-23", "to": "2025-11-22"}, TODAY)
+    assert (longest.end - longest.start).days + 1 == 731
+    with pytest.raises(BadQuery):
+        usage_query({"from": "2023-11-22", "to": "2025-11-22"}, TODAY)
+    assert usage_query({"to": "1970-01-01"}, TODAY).start == date(1969, 12, 3)
 
 
 def test_periods_are_zero_filled_and_fold_into_months() -> None:
@@ -171,7 +218,8 @@ async def test_history_pages_newest_first(db: asyncpg.Connection) -> None:
         (-120, 880, "usage"),
     ]
     assert body["data"][0]["created_at"].endswith("Z")
-    assert body["next_cursor"] is not None
+    assert [t["id"] for t in body["data"]] == [f"le_{t.id}" for t in first.data]
+    assert body["next_cursor"] == f"t1.{first.data[-1].id}"
     rest = await transactions_response(db, "a1", {"limit": "2", "cursor": body["next_cursor"]})
     assert [t["description"] for t in rest["data"]] == ["Credit 1"]
     assert rest["next_cursor"] is None
