@@ -44,6 +44,7 @@ BODY_LIMIT = 1 << 20  # bytes of a JSON body kept to read its units at the end
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
+_EVENT_END = (b"\n\n", b"\n\r\n")  # a chunk ending so ends between events
 _ABSENT = object()
 
 
@@ -105,11 +106,25 @@ class _Paths:
 class EventStreamUnits:
     """``json:`` units from a ``text/event-stream`` body, parsed incrementally."""
 
-    __slots__ = ("_cr", "_data", "_line", "_over", "_paths", "_size", "_skip", "_started", "limit")
+    __slots__ = (
+        "_clean",
+        "_cr",
+        "_data",
+        "_keys",
+        "_line",
+        "_over",
+        "_paths",
+        "_size",
+        "_skip",
+        "_started",
+        "limit",
+    )
 
     def __init__(self, paths: Sequence[tuple[str, ...]], limit: int = EVENT_LIMIT) -> None:
         self._paths = _Paths(paths)
+        self._keys = self._paths.keys
         self.limit = limit
+        self._clean = False  # between events, nothing held: whole events may be skipped
         self._line = b""  # the line still arriving
         self._cr = False  # the last byte was a CR: an LF next is the same line end
         self._skip = False  # the line still arriving is past the limit: dropped
@@ -119,17 +134,16 @@ class EventStreamUnits:
         self._started = False
 
     def feed(self, chunk: bytes) -> None:
-        if (
-            self._started
-            and not self._data
-            and not self._line
-            and not self._over
-            and not self._skip
-            and (chunk.endswith(b"\n\n") or chunk.endswith(b"\n\r\n"))
-            and not self._paths.worth_decoding(chunk)
-        ):
-            return  # whole events, none with a unit in it: nothing to keep
+        if self._clean and chunk.endswith(_EVENT_END):
+            for key in self._keys:
+                if key in chunk:
+                    break
+            else:
+                return  # whole events, none with a unit in it: nothing to keep
         self._feed(chunk)
+        self._clean = (
+            not (self._line or self._data or self._over or self._skip or self._cr) and self._started
+        )
 
     def _feed(self, chunk: bytes) -> None:
         if not chunk:
