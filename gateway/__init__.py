@@ -17,6 +17,8 @@ refunds) with at most one more script call. Never touches Postgres.
                    on plain values (the Exchange seam the server implements)
     identity.py    API key from the request, key -> account cache
     pricing.py     the price table (pure), and its per-path memo
+    usage_meter.py the units a response reports (headers, trailers, JSON, SSE), read
+                   as the body passes (pure, bounded)
     admission.py   the seam to Redis (admit, settle)
     upstream.py    the seam to the upstream service
     upstream_pool.py  the upstream client: keep-alive pool on httptools

@@ -16,6 +16,8 @@ To the upstream (request):
 - ``X-Forwarded-For``: the client's address appended to any incoming list.
 - ``X-Forwarded-Proto``, ``X-Forwarded-Host``: the scheme and Host the client
   used (incoming values replaced).
+- ``Accept-Encoding: identity`` (the client's replaced) for a route whose units
+  are read from the response body, which the gateway cannot read compressed.
 - ``X-Meter-Account``, ``X-Meter-Project``, ``X-Meter-Key-Id``: who pays;
   ``X-Meter-Route``: the price-table route the call was priced as.
 
@@ -30,6 +32,12 @@ To the client (response):
   overage line, capped by what is left of today's hard limit), as of this call.
 - ``X-Daily-Limit-Remaining``: micros left of today's hard limit; absent when
   the account has none.
+
+A call settled at the end of its body (units from a trailer or the body) also
+carries ``X-Meter-Settlement``: ``trailer`` when the final three metering values
+follow as trailers (the client sent ``TE: trailers``; declared in ``Trailer``),
+``deferred`` when they do not follow (the head's values show the reserve). The
+upstream's own trailers are not passed on.
 
 Refusals of an admitted call (413 while streaming, 500, 502, 504) and the
 402 and 429 refusals carry the same three headers; other refusals carry none.
@@ -50,6 +58,10 @@ ACCOUNT = b"X-Meter-Account"
 PROJECT = b"X-Meter-Project"
 KEY_ID = b"X-Meter-Key-Id"
 ROUTE = b"X-Meter-Route"
+SETTLEMENT = b"X-Meter-Settlement"
+SETTLED_IN_TRAILER = [(SETTLEMENT, b"trailer")]
+SETTLED_LATER = [(SETTLEMENT, b"deferred")]
+TRAILER = b"Trailer"
 
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
@@ -101,8 +113,10 @@ def to_upstream(
     client_ip: str | None,
     proto: bytes,
     call: Call,
+    plain_body: bool = False,
 ) -> Pairs:
-    """The request headers for the upstream, ending with ``call_headers(call)``.
+    """The request headers for the upstream, ending with ``call_headers(call)``;
+    ``plain_body``: asking for an uncompressed response body.
 
     One pass; a second one only when a Connection header names more headers to drop.
     """
@@ -135,6 +149,9 @@ def to_upstream(
     out.append((b"X-Forwarded-Proto", proto))
     if host:
         out.append((b"X-Forwarded-Host", host))
+    if plain_body:
+        out = [(n, v) for n, v in out if n.lower() != b"accept-encoding"]
+        out.append((b"Accept-Encoding", b"identity"))
     out += call_headers(call)
     return out
 
@@ -165,6 +182,21 @@ def metering(charged: int, available: int, limit_remaining: int | None) -> Pairs
     if limit_remaining is not None:
         out.append((LIMIT_REMAINING, b"%d" % limit_remaining))
     return out
+
+
+def declare_trailers(trailers: Pairs) -> tuple[bytes, bytes]:
+    """The ``Trailer`` header that announces these trailers."""
+    return (TRAILER, b", ".join(name for name, _ in trailers))
+
+
+def accepts_trailers(pairs: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's ``TE`` header lists ``trailers`` (RFC 9110 10.1.4)."""
+    for name, value in pairs:
+        if len(name) == 2 and name.lower() == b"te":
+            for token in value.split(b","):
+                if token.partition(b";")[0].strip().lower() == b"trailers":
+                    return True
+    return False
 
 
 def find(pairs: Iterable[tuple[bytes, bytes]], lower_name: bytes) -> bytes | None:

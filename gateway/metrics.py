@@ -35,6 +35,15 @@ meter_gateway_refunds_dropped_total                             refunds given up
 meter_gateway_charged_micros_total            route             micros charged (after settlement)
 meter_gateway_units_header_invalid_total      route             variable-cost answers without a
                                                                 valid units header (charged max)
+meter_gateway_settlements_total               route, source     variable-cost calls settled from
+                                                                their units, by where they came
+                                                                from: header, trailer, json, sse
+                                                                (joined by + when mixed)
+meter_gateway_units_missing_total             route, reason     variable-cost calls charged the
+                                                                max for want of a unit: missing,
+                                                                invalid, too_large, encoded, cut
+meter_gateway_units_total                     route, kind       units of settled variable-cost
+                                                                calls, by the price table's kind
 meter_gateway_upstream_aborted_total                            response bodies that broke off
 meter_gateway_upstream_retries_total                            calls sent again on a fresh
                                                                 connection (stale keep-alive)
@@ -254,6 +263,24 @@ class GatewayMetrics:
             "meter_gateway_units_header_invalid",
             "Variable-cost answers without a valid units header (charged the maximum)",
             ["route"],
+        )
+        self.settlements = f(
+            "counter",
+            "meter_gateway_settlements",
+            "Variable-cost calls settled from their units, by where the units came from",
+            ["route", "source"],
+        )
+        self.units_missing = f(
+            "counter",
+            "meter_gateway_units_missing",
+            "Variable-cost calls charged the maximum because a unit was not known, by why",
+            ["route", "reason"],
+        )
+        self.units = f(
+            "counter",
+            "meter_gateway_units",
+            "Units of settled variable-cost calls, by kind",
+            ["route", "kind"],
         )
         self.upstream_aborted: Count = f(
             "counter", "meter_gateway_upstream_aborted", "Response bodies that broke off"

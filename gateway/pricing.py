@@ -19,6 +19,15 @@ Money is integer micros (1 USD = 1_000_000)::
     unit_price = 10           # ... settled at units x unit_price (capped at max_price)
     units_header = "X-Units-Used"   # ... from this upstream response header (the default)
 
+    [[routes]]                # variable cost with several kinds of unit, each priced
+    name = "llm"
+    match = "POST /v1/completions"
+    max_price = 200000        # reserved before forwarding; the cost is capped at it
+    units = [                 # cost = sum of units x price over the kinds
+      { kind = "input", price = 2, from = "json:usage.prompt_tokens" },
+      { kind = "output", price = 8, from = "json:usage.completion_tokens" },
+    ]
+
 Path patterns: literal segments, ``{name}`` for exactly one segment, and ``*``
 as the last segment for zero or more segments.
 
@@ -46,13 +55,30 @@ forwarded (the server refuses them with 501 before pricing).
 
 A variable-cost response whose units header is missing or not a whole number
 is charged the maximum (``units_cost`` says so, and the gateway counts it).
+
+Units (``units``, at most 8 kinds): ``kind`` names it (``[a-z][a-z0-9_]{0,31}``,
+unique in the route), ``price`` is micros per unit (a whole number >= 0; one
+kind at least above 0), ``from`` says where the upstream reports it:
+
+    header:<Name>      a response header (read when the head arrives)
+    trailer:<Name>     a trailer of a chunked response (read at its end)
+    json:<a.b.c>       a key path (``[A-Za-z0-9_-]`` keys, at most 8) in the response
+                       body: the JSON body, or, for ``text/event-stream``, the last
+                       event whose ``data`` has the path with a value that is not null
+
+A route reading nothing but headers settles when the head arrives; one reading
+a trailer or the body settles once the body has passed (``usage_meter.py``).
+Every kind must be found as a whole number (a header's digits, a JSON integer)
+or the call is charged ``max_price`` (``usage_cost`` says why). ``unit_price``
+with ``units_header`` is the one-kind spelling of ``units`` (kind ``units``,
+``from = "header:<units_header>"``); the two spellings exclude each other.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +97,37 @@ _PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
 _MAX_MICROS = 1 << 53  # prices stay exact as Lua numbers (doubles)
 _MAX_UNITS_DIGITS = 18
+_MAX_UNITS = 10**_MAX_UNITS_DIGITS - 1
+_MAX_KINDS = 8
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_PATH = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}")
+
+# What a variable-cost call's unit reading is: the units, or why they are not known.
+Reading = int | str
+MISSING = "missing"  # not sent (no such header, trailer, key or event)
+INVALID = "invalid"  # sent, but not a whole number of units
+TOO_LARGE = "too_large"  # in a body or event larger than the gateway reads
+ENCODED = "encoded"  # in a compressed body (Content-Encoding), which is not read
+CUT = "cut"  # the response (or its client) broke off before it came
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One kind of unit of a variable-cost route, its price, and where it is reported."""
+
+    kind: str
+    price: int  # micros per unit
+    source: str  # "header", "trailer" or "json"
+    name: str  # the header or trailer name, or the JSON key path, as written
+
+    @property
+    def field(self) -> bytes:
+        """The header or trailer name, lower-cased (for ``headers.find``)."""
+        return self.name.lower().encode("latin-1")
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(self.name.split("."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +138,24 @@ class Route:
     segments: tuple[str | None, ...]  # literal segment, or None for a {param}
     rest: bool  # the pattern ends in "*"
     price: int  # the fixed price, or the reserve (max_price) of a variable-cost route
-    unit_price: int | None = None
+    unit_price: int | None = None  # the one-kind spelling (units_header) ...
     units_header: str | None = None
+    units: tuple[Unit, ...] = ()  # ... or several kinds; filled from the above when empty
+    settles_late: bool = False  # a unit comes from a trailer or the body (set from units)
+    reads_body: bool = False  # a unit comes from the body (set from units)
+
+    def __post_init__(self) -> None:
+        units = self.units
+        if not units and self.unit_price is not None:
+            header = self.units_header or DEFAULT_UNITS_HEADER
+            units = (Unit("units", self.unit_price, "header", header),)
+            object.__setattr__(self, "units", units)
+        object.__setattr__(self, "settles_late", any(u.source != "header" for u in units))
+        object.__setattr__(self, "reads_body", any(u.source == "json" for u in units))
 
     @property
     def variable(self) -> bool:
-        return self.unit_price is not None
+        return bool(self.units)
 
     def matches(self, method: str, path: tuple[str, ...]) -> bool:
         if (
@@ -226,12 +295,39 @@ class RouteCache:
 
 
 def units_cost(route: Route, units_value: str | None) -> tuple[int, bool]:
-    """(cost, header was valid) of a variable-cost call, from the units header's value."""
-    assert route.unit_price is not None
-    value = (units_value or "").strip()
-    if not value.isascii() or not value.isdigit() or len(value) > _MAX_UNITS_DIGITS:
-        return route.price, False
-    return min(int(value) * route.unit_price, route.price), True
+    """(cost, header was valid) of a one-kind variable-cost call, from its header's value."""
+    cost, why = usage_cost(route, [read_units(units_value)])
+    return cost, why is None
+
+
+def read_units(value: str | bytes | None) -> Reading:
+    """A header's or trailer's value as units: its digits (spaces around allowed), or why not."""
+    if value is None:
+        return MISSING
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > _MAX_UNITS_DIGITS:
+        return INVALID
+    return int(text)
+
+
+def json_units(value: object) -> Reading:
+    """A JSON value as units: a whole number >= 0 (not a float, not true), or INVALID."""
+    if type(value) is int and 0 <= value <= _MAX_UNITS:
+        return value
+    return INVALID
+
+
+def usage_cost(route: Route, readings: Sequence[Reading]) -> tuple[int, str | None]:
+    """(cost, None) of a variable-cost call whose every unit is known: the sum of units x
+    price over its kinds, capped at the reserve; else (the reserve, why the first unknown
+    unit is not known)."""
+    cost = 0
+    for unit, reading in zip(route.units, readings, strict=True):
+        if isinstance(reading, str):
+            return route.price, reading
+        cost += reading * unit.price
+    return min(cost, route.price), None
 
 
 # -- loading and validation ------------------------------------------------------------
@@ -308,18 +404,31 @@ def _default(entry: Mapping[str, Any]) -> Route | None:
 
 
 def _route(entry: Mapping[str, Any], where: str) -> Route:
-    _only(entry, {"name", "match", "price", "max_price", "unit_price", "units_header"}, where)
+    _only(
+        entry, {"name", "match", "price", "max_price", "unit_price", "units_header", "units"}, where
+    )
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _Bad(f"{where}: name must match [A-Za-z0-9_.:-]{{1,64}}, got {name!r}")
     method, segments, rest = _pattern(entry.get("match"), where)
     pattern = str(entry["match"])
-    variable = {"max_price", "unit_price", "units_header"} & entry.keys()
+    variable = {"max_price", "unit_price", "units_header", "units"} & entry.keys()
     if "price" in entry:
         if variable:
             raise _Bad(f"{where}: a fixed price excludes {', '.join(sorted(variable))}")
         price = _micros(entry["price"], f"{where}: price")
         return Route(name, method, pattern, segments, rest, price)
+    if "units" in entry:
+        one_kind = sorted({"unit_price", "units_header"} & entry.keys())
+        if one_kind:
+            raise _Bad(f"{where}: units excludes {', '.join(one_kind)} (set it as a unit)")
+        if "max_price" not in entry:
+            raise _Bad(f"{where}: units needs max_price (the reserve)")
+        max_price = _micros(entry["max_price"], f"{where}: max_price")
+        units = _units(entry["units"], where)
+        if max_price == 0 or all(u.price == 0 for u in units):
+            raise _Bad(f"{where}: max_price and a unit's price must be above 0 (use price = 0)")
+        return Route(name, method, pattern, segments, rest, max_price, units=units)
     if not {"max_price", "unit_price"} <= entry.keys():
         raise _Bad(f"{where}: set price, or max_price and unit_price")
     max_price = _micros(entry["max_price"], f"{where}: max_price")
@@ -330,6 +439,46 @@ def _route(entry: Mapping[str, Any], where: str) -> Route:
     if not isinstance(header, str) or not _HEADER.fullmatch(header):
         raise _Bad(f"{where}: units_header must be a header name, got {header!r}")
     return Route(name, method, pattern, segments, rest, max_price, unit_price, header)
+
+
+def _units(raw: Any, where: str) -> tuple[Unit, ...]:
+    if not isinstance(raw, list) or not raw or len(raw) > _MAX_KINDS:
+        raise _Bad(f"{where}: units must be an array of 1 to {_MAX_KINDS} tables")
+    units: list[Unit] = []
+    for i, item in enumerate(raw):
+        at = f"{where}: units[{i}]"
+        entry = _section(item, at)
+        _only(entry, {"kind", "price", "from"}, at)
+        kind = entry.get("kind")
+        if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+            raise _Bad(f"{at}: kind must match [a-z][a-z0-9_]{{0,31}}, got {kind!r}")
+        if any(u.kind == kind for u in units):
+            raise _Bad(f"{at}: kind {kind!r} is already used")
+        if "price" not in entry:
+            raise _Bad(f"{at}: price is missing (micros per unit)")
+        price = _micros(entry["price"], f"{at}: price")
+        source, name = _source(entry.get("from"), at)
+        units.append(Unit(kind, price, source, name))
+    return tuple(units)
+
+
+def _source(raw: Any, where: str) -> tuple[str, str]:
+    kinds = "header:<Name>, trailer:<Name> or json:<key.path>"
+    if not isinstance(raw, str):
+        raise _Bad(f"{where}: from must be {kinds}, got {raw!r}")
+    source, _, name = raw.partition(":")
+    if source in ("header", "trailer"):
+        if not _HEADER.fullmatch(name):
+            raise _Bad(f"{where}: from = {raw!r}: {name!r} is not a header name")
+    elif source == "json":
+        if not _PATH.fullmatch(name):
+            raise _Bad(
+                f"{where}: from = {raw!r}: want a key path like usage.total_tokens"
+                " ([A-Za-z0-9_-] keys joined by '.', at most 8)"
+            )
+    else:
+        raise _Bad(f"{where}: from must be {kinds}, got {raw!r}")
+    return source, name
 
 
 def _pattern(raw: Any, where: str) -> tuple[str, tuple[str | None, ...], bool]:

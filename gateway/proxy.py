@@ -13,10 +13,18 @@ How money moves for one call:
     upstream never got the whole call);
   - the gateway itself failed before the response head (a bug, answered 500): the
     whole price back;
-  - a variable-cost route: the part of the reserve its units header did not use.
+  - a variable-cost route: the part of the reserve its units did not use.
 - Settlement happens when the response head arrives, so ``X-Meter-Charged``
   tells the truth; a body that breaks off later, or a client that goes away
   once the call reached the upstream, is counted, not refunded.
+- Except for a variable-cost route whose units come in a trailer or the body
+  (``Route.settles_late``): its body is relayed chunk by chunk as it comes,
+  read on the way (``UsageMeter``), and the call settled once after its end. A
+  body that all came with the head is settled before the answer goes out; else
+  the head shows the reserve, and the settled values follow as trailers if the
+  client accepts them (``TE: trailers``). A body that breaks off, or whose
+  client goes away, settles from the units seen by then; any not seen: the
+  reserve is kept (``max_price``).
 - A refund Redis cannot take then (away, or too slow) goes to ``RefundRetry``,
   which tries it again until it lands; the answer shows the charge as it stood.
 
@@ -39,9 +47,10 @@ from gateway.admission import Admitter, Started
 from gateway.headers import Pairs
 from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import PriceTable, Route, RouteCache, Unpriceable, units_cost
+from gateway.pricing import PriceTable, Reading, Route, RouteCache, Unpriceable, usage_cost
 from gateway.refund_retry import RefundRetry
 from gateway.upstream import Sent, Upstream, UpstreamResponse
+from gateway.usage_meter import UsageMeter
 from meter.admission_batcher import Listener
 from meter.live_state import Admission, Call, KeyCall, KeyRecord
 from meter.money import utc_day
@@ -93,7 +102,13 @@ class Exchange(Protocol):
         """Raises ConnectionError when the client is gone; waits while it is slow."""
         ...
 
-    async def finish(self) -> None: ...
+    def accepts_trailers(self) -> bool:
+        """Whether a streamed answer (``start`` with no length) can end in trailers."""
+        ...
+
+    async def finish(self, trailers: Pairs | None = None) -> None:
+        """The end of a streamed answer; ``trailers`` when ``accepts_trailers``."""
+        ...
 
     def abort(self) -> None:
         """Cut the connection: the client sees a truncated body, not a short complete one."""
@@ -250,9 +265,12 @@ class Proxy:
                     metered = await self.admit_unresolved(exchange)
                 upstream, waited = await self.forward(exchange, metered)
             try:
-                if self.to_settle(metered, upstream) is not None:
-                    await self.settle(metered, upstream)
-                await self.relay(exchange, metered, upstream, started, waited)
+                if metered.route.settles_late and not self.refunds_at_head(upstream):
+                    await self.relay_settling(exchange, metered, upstream, started, waited)
+                else:
+                    if self.to_settle(metered, upstream) is not None:
+                        await self.settle(metered, upstream)
+                    await self.relay(exchange, metered, upstream, started, waited)
             finally:
                 upstream.close()
         except errors.Refusal as refusal:
@@ -444,6 +462,7 @@ class Proxy:
             client_ip=exchange.client_ip,
             proto=exchange.scheme,
             call=metered.call,
+            plain_body=metered.route.reads_body,
         )
 
     async def resume(self, lane: Lane) -> tuple[UpstreamResponse, float]:
@@ -460,21 +479,38 @@ class Proxy:
         a plain answer keeps the price that was debited."""
         if response.status >= 500:
             return "upstream_5xx"
-        if metered.route.unit_price is not None:
+        if metered.route.variable:
             return "variable_cost"
         return None
 
+    def refunds_at_head(self, response: UpstreamResponse) -> bool:
+        return response.status >= 500 and self.refund_upstream_errors
+
     async def settle(self, metered: Metered, response: UpstreamResponse) -> None:
+        """Settle at the response head: an upstream error, or units from headers only."""
         route = metered.route
-        if response.status >= 500 and self.refund_upstream_errors:
+        if self.refunds_at_head(response):
             await self.give_back(metered, metered.call.price, "upstream_5xx")
-        elif route.unit_price is not None:
-            assert route.units_header is not None
-            raw = response.header(route.units_header.lower().encode())
-            cost, valid = units_cost(route, None if raw is None else raw.decode("latin-1"))
-            if not valid:
+        elif route.variable:
+            usage = UsageMeter(route.units, response.header_pairs())
+            await self.settle_units(metered, usage.end([]), usage.source)
+
+    async def settle_units(self, metered: Metered, readings: list[Reading], source: str) -> None:
+        """A variable-cost call's settlement: the reserve less what its units cost, back."""
+        route = metered.route
+        cost, unknown = usage_cost(route, readings)
+        if unknown is None:
+            self.metrics.settlements.labels(route.name, source).inc()
+            for unit, units in zip(route.units, readings, strict=True):
+                self.metrics.units.labels(route.name, unit.kind).inc(units)
+        else:
+            self.metrics.units_missing.labels(route.name, unknown).inc()
+            if any(
+                isinstance(r, str) and u.source == "header"
+                for u, r in zip(route.units, readings, strict=True)
+            ):
                 self.metrics.units_invalid.labels(route.name).inc()
-            await self.give_back(metered, metered.call.price - cost, "variable_cost")
+        await self.give_back(metered, metered.call.price - cost, "variable_cost")
 
     async def relay(
         self,
@@ -505,12 +541,81 @@ class Proxy:
         except Exception as exc:
             # The head is out; the only honest signal left is to cut the connection
             # so the client sees a truncated body rather than a short, complete one.
-            if isinstance(exc, errors.UpstreamAborted):
-                self.metrics.upstream_aborted.inc()
-                log.warning("upstream body broke off", extra={"route": metered.route.name})
-            else:
-                log.exception("relay failed", extra={"route": metered.route.name})
+            self.relay_failed(metered, exc)
             exchange.abort()
+
+    async def relay_settling(
+        self,
+        exchange: Exchange,
+        metered: Metered,
+        upstream: UpstreamResponse,
+        started: float,
+        waited: float,
+    ) -> None:
+        """``relay`` for a call whose units come after the head (a trailer, the body): the
+        body goes on as it comes, read on the way; the call is settled once, at its end."""
+        usage = UsageMeter(metered.route.units, upstream.header_pairs())
+        status = upstream.status
+        body = upstream.complete_body()
+        if body is not None:  # it all came with the head: settled before the answer
+            usage.feed(body)
+            await self.settle_units(metered, usage.end(upstream.trailer_pairs()), usage.source)
+            out = self.answer(metered, upstream)
+            with contextlib.suppress(ConnectionError):
+                await exchange.respond(
+                    status, upstream.reason, out, body, length=upstream.content_length
+                )
+            self.metrics.overhead.observe(perf_counter() - started - waited)
+            return
+        trailing = exchange.accepts_trailers()
+        out = headers.to_client(upstream.header_pairs(), metered.headers())
+        if trailing:
+            out += headers.SETTLED_IN_TRAILER
+            out.append(headers.declare_trailers(metered.headers()))
+        else:
+            out += headers.SETTLED_LATER
+        readings: list[Reading] | None = None
+        settled = False
+        try:
+            # With trailers to send, chunked whatever the upstream's framing.
+            length = None if trailing else upstream.content_length
+            await exchange.start(status, upstream.reason, out, length)
+            self.metrics.overhead.observe(perf_counter() - started - waited)
+            feed, write = usage.feed, exchange.write
+            async for chunk in upstream.body():
+                feed(chunk)
+                await write(chunk)
+            readings = usage.end(upstream.trailer_pairs())
+            if trailing:  # the settled values go in the trailers: settle first
+                settled = True
+                await self.settle_units(metered, readings, usage.source)
+                await exchange.finish(metered.headers())
+            else:  # the client has it all before the settle call (below)
+                await exchange.finish()
+        except ConnectionError:
+            pass  # the client went away; the server layer closes the connection
+        except Exception as exc:
+            self.relay_failed(metered, exc)
+            exchange.abort()
+        finally:
+            # Settled here at the end of a body without trailers, or when it broke off
+            # (upstream, client): then the units read so far count, the rest keep the reserve.
+            if not settled:
+                if readings is None:
+                    readings = usage.cut()
+                await self.settle_units(metered, readings, usage.source)
+            self.record(
+                metered.route.name,
+                "upstream_failed" if status >= 500 else "forwarded",
+                metered.charged,
+            )
+
+    def relay_failed(self, metered: Metered, exc: Exception) -> None:
+        if isinstance(exc, errors.UpstreamAborted):
+            self.metrics.upstream_aborted.inc()
+            log.warning("upstream body broke off", extra={"route": metered.route.name})
+        else:
+            log.exception("relay failed", extra={"route": metered.route.name})
 
     def answer(self, metered: Metered, upstream: UpstreamResponse) -> Pairs:
         """The headers of the answer to the client (the metering ones added); recorded."""

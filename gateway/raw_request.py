@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway import errors, http11
+from gateway import errors, headers, http11
 from gateway.headers import Pairs
 from meter.problems import PROBLEM_CONTENT_TYPE, render
 
@@ -279,9 +279,17 @@ class RawRequest:
         if conn.write_paused:
             await conn.drained()
 
-    async def finish(self) -> None:
+    def accepts_trailers(self) -> bool:
+        """Whether a streamed answer (``start`` with no length) can end in trailers: the
+        client said ``TE: trailers`` and the answer will be chunked."""
+        return not self.http10 and self.method != "HEAD" and headers.accepts_trailers(self.headers)
+
+    async def finish(self, trailers: Pairs | None = None) -> None:
         if self.chunked and not self.conn.lost:
-            self.conn.transport.write(http11.LAST_CHUNK)
+            if trailers:
+                self.conn.transport.write(b"0\r\n" + headers.encode(trailers) + b"\r\n")
+            else:
+                self.conn.transport.write(http11.LAST_CHUNK)
 
     # -- the lane (``RawConnection.lane``) --------------------------------------------------
 

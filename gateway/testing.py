@@ -14,6 +14,16 @@ obeys a few request headers so tests can script it:
     X-Echo-Hang: 1               answer only once ``EchoState.hang`` is set (counted in
                                  ``EchoState.hanging`` while it waits)
     X-Echo-Small: 1              answer "ok" at once (the benchmark's upstream)
+    X-Echo-Json: {"usage": {}}   merge these keys into the JSON answer; with X-Echo-Gate: 1
+                                 sent chunked in two parts, the second once ``gate`` is set
+    X-Echo-Events: ["a", {}]     answer text/event-stream, one write per event (``data: ``
+                                 and the item: a string as it is, else its JSON), then the
+                                 end; with X-Echo-Gate: 1, each event after the first once
+                                 ``gate`` is set; with X-Echo-Abort-After: N, the connection
+                                 dropped after N events
+
+``scripted_upstream`` answers every request with the same bytes, for framings
+aiohttp does not send (trailers), in parts a test can hold back.
 
 ``EchoState`` counts the requests that arrived and signals the first request
 and the first body chunk.
@@ -103,6 +113,8 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     status = int(h.get("X-Echo-Status", "200"))
     if "X-Echo-Stream" in h:
         return await _stream(request, state, status, out_headers, int(h["X-Echo-Stream"]))
+    if "X-Echo-Events" in h:
+        return await _events(request, state, status, out_headers, orjson.loads(h["X-Echo-Events"]))
     doc = {
         "method": request.method,
         "path": request.raw_path,
@@ -110,6 +122,10 @@ async def _echo(request: web.Request) -> web.StreamResponse:
         "body_bytes": size,
         "body_sha256": digest.hexdigest(),
     }
+    if "X-Echo-Json" in h:
+        doc.update(orjson.loads(h["X-Echo-Json"]))
+        if h.get("X-Echo-Gate"):
+            return await _in_two_parts(request, state, status, out_headers, orjson.dumps(doc))
     response = web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
     for name, value in out_headers:
         response.headers.add(name, value)
@@ -141,6 +157,94 @@ async def _stream(
             await state.gate.wait()
     await response.write_eof()
     return response
+
+
+async def _in_two_parts(
+    request: web.Request,
+    state: EchoState,
+    status: int,
+    out_headers: list[tuple[str, str]],
+    body: bytes,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+    for name, value in out_headers:
+        response.headers.add(name, value)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    half = len(body) // 2
+    await response.write(body[:half])
+    await state.gate.wait()
+    await response.write(body[half:])
+    await response.write_eof()
+    return response
+
+
+async def _events(
+    request: web.Request,
+    state: EchoState,
+    status: int,
+    out_headers: list[tuple[str, str]],
+    events: list[object],
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers={"Content-Type": "text/event-stream"})
+    for name, value in out_headers:
+        response.headers.add(name, value)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    abort_after = int(request.headers.get("X-Echo-Abort-After", len(events) + 1))
+    for i, event in enumerate(events):
+        if i >= abort_after and request.transport is not None:
+            request.transport.abort()
+            return response
+        if i and request.headers.get("X-Echo-Gate"):
+            await state.gate.wait()
+        data = event.encode() if isinstance(event, str) else orjson.dumps(event)
+        await response.write(b"data: " + data + b"\n\n")
+    await response.write_eof()
+    return response
+
+
+@contextlib.asynccontextmanager
+async def scripted_upstream(
+    *answer: bytes, gate: asyncio.Event | None = None
+) -> AsyncIterator[str]:
+    """An upstream on a loopback port (its URL) that reads each request (a body only by
+    Content-Length) and answers the parts of ``answer``, byte for byte, keeping the
+    connection; with ``gate``, each part after the first once the gate is set."""
+
+    serving: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        serving[task] = writer
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length" and int(value):
+                        await reader.readexactly(int(value))
+                for i, part in enumerate(answer):
+                    if i and gate is not None:
+                        await gate.wait()
+                    writer.write(part)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            serving.pop(task, None)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for writer in serving.values():
+            writer.transport.abort()
+        await asyncio.gather(*serving, return_exceptions=True)
+        await server.wait_closed()
 
 
 # -- provisioning straight into Redis (what the admin API does after Postgres) ------------

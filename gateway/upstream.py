@@ -42,6 +42,10 @@ class UpstreamResponse(Protocol):
         """The first value of a header; ``name`` lower-cased."""
         ...
 
+    def trailer_pairs(self) -> Pairs:
+        """The trailers of a chunked body, once it has ended (the first 8 KiB of them)."""
+        ...
+
     def complete_body(self) -> bytes | None:
         """The whole body when it has already arrived (small answers), else None."""
         ...

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 HIGH_WATER = 1 << 18  # response bytes buffered for a slow client before reading pauses
 _MAX_HEAD = 1 << 16  # a response head larger than this is garbage
+_MAX_TRAILERS = 1 << 13  # trailer bytes kept (for variable-cost units); the rest dropped
 _INF = float("inf")
 
 
@@ -70,6 +71,8 @@ class UpstreamConnection(asyncio.Protocol):
         "sent",
         "started",
         "status",
+        "trailer_bytes",
+        "trailers",
         "transport",
         "uses",
         "write_paused",
@@ -101,6 +104,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: Pairs = []
+        self.trailers: Pairs = []
+        self.trailer_bytes = 0
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = False
@@ -253,8 +258,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.head_done:
-            return  # a trailer: dropped
+        if self.head_done:  # a trailer: kept for the proxy (trailer: units), within bounds
+            self.trailer_bytes += len(name) + len(value)
+            if self.trailer_bytes <= _MAX_TRAILERS:
+                self.trailers.append((name, value))
+            return
         self.headers.append((name, value))
         self.head_bytes += len(name) + len(value)
         if self.head_bytes > _MAX_HEAD:
@@ -456,6 +464,9 @@ class PooledResponse:
 
     def header(self, name: bytes) -> bytes | None:
         return find(self._conn.headers, name)
+
+    def trailer_pairs(self) -> Pairs:
+        return self._conn.trailers
 
     def complete_body(self) -> bytes | None:
         conn = self._conn

@@ -152,7 +152,8 @@ def run(
         env={**os.environ, **load.environment(connections)},
     )
     assert proc.stdout is not None
-    text = proc.stdout.read().decode(errors="replace")
+    with proc.stdout:  # closed here: os.wait4 below reaps the process, not Popen
+        text = proc.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:

@@ -7,15 +7,23 @@ from pathlib import Path
 import pytest
 
 from gateway.pricing import (
+    CUT,
     DEFAULT_UNITS_HEADER,
+    INVALID,
+    MISSING,
     PriceTable,
+    Reading,
     Route,
     RouteCache,
+    Unit,
     Unpriceable,
     canonical_path,
+    json_units,
     load_prices,
     parse_prices,
+    read_units,
     units_cost,
+    usage_cost,
 )
 from meter.settings import ConfigError
 
@@ -321,5 +329,135 @@ ROUTE = '[default]\nprice = 1\n[[routes]]\nname = "r"\nmatch = "GET /r"\n'
 )
 def test_bad_tables_name_the_variable_and_the_entry(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"^METER_PRICES='src'") as info:
+        parse_prices(text, "src")
+    assert info.match(message)
+
+
+# -- several kinds of unit, from headers, trailers and the body ---------------------------
+
+LLM = """
+[default]
+price = 1
+
+[[routes]]
+name = "llm"
+match = "POST /v1/chat/*"
+max_price = 1_000
+
+[[routes.units]]
+kind = "input"
+price = 2
+from = "json:usage.prompt_tokens"
+
+[[routes.units]]
+kind = "output"
+price = 8
+from = "json:usage.completion_tokens"
+
+[[routes]]
+name = "mixed"
+match = "POST /v1/mixed"
+max_price = 500
+units = [
+  { kind = "a", price = 0, from = "header:X-A" },
+  { kind = "b", price = 3, from = "trailer:X-B" },
+]
+"""
+
+
+def test_units_of_several_kinds() -> None:
+    llm, mixed = parse_prices(LLM).routes
+    assert llm.units == (
+        Unit("input", 2, "json", "usage.prompt_tokens"),
+        Unit("output", 8, "json", "usage.completion_tokens"),
+    )
+    assert (llm.variable, llm.settles_late, llm.reads_body, llm.price) == (True, True, True, 1_000)
+    assert llm.units[0].path == ("usage", "prompt_tokens")
+    assert (mixed.settles_late, mixed.reads_body) == (True, False)
+    assert mixed.units[1].field == b"x-b"
+    legacy = parse_prices(TABLE).match("POST", ("v1", "chat"))
+    assert legacy is not None and not legacy.settles_late
+    assert legacy.units == (Unit("units", 10, "header", DEFAULT_UNITS_HEADER),)
+
+
+@pytest.mark.parametrize(
+    ("readings", "cost", "unknown"),
+    [
+        ([10, 20], 10 * 2 + 20 * 8, None),
+        ([0, 0], 0, None),
+        ([0, 125], 1_000, None),  # exactly the reserve
+        ([1, 125], 1_000, None),  # capped at the reserve
+        ([10**17, 10**17], 1_000, None),
+        ([10, MISSING], 1_000, MISSING),
+        ([INVALID, CUT], 1_000, INVALID),  # the first unknown one says why
+    ],
+)
+def test_usage_cost(readings: list[Reading], cost: int, unknown: str | None) -> None:
+    llm = parse_prices(LLM).routes[0]
+    assert usage_cost(llm, readings) == (cost, unknown)
+
+
+@pytest.mark.parametrize(
+    ("value", "reading"),
+    [(b"7", 7), (" 7 ", 7), (None, MISSING), (b"", INVALID), (b"-1", INVALID), ("9" * 19, INVALID)],
+)
+def test_read_units(value: bytes | str | None, reading: Reading) -> None:
+    assert read_units(value) == reading
+
+
+@pytest.mark.parametrize(
+    ("value", "reading"),
+    [
+        (3, 3),
+        (0, 0),
+        (-1, INVALID),
+        (2.0, INVALID),
+        (True, INVALID),
+        ("3", INVALID),
+        (10**18, INVALID),
+    ],
+)
+def test_json_units(value: object, reading: Reading) -> None:
+    assert json_units(value) == reading
+
+
+UNITS = ROUTE + "max_price = 100\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (UNITS + "units = []", "units must be an array of 1 to 8 tables"),
+        (UNITS + "units = 'x'", "units must be an array"),
+        (UNITS + "units = [" + "{kind='k', price=1, from='header:X'}," * 9 + "]", "1 to 8"),
+        (UNITS + "units = [3]", r"units\[0\] must be a table"),
+        (UNITS + "units = [{price=1, from='header:X'}]", r"units\[0\]: kind must match"),
+        (UNITS + "units = [{kind='In', price=1, from='header:X'}]", "kind must match"),
+        (
+            UNITS + "units = [{kind='k', price=1, from='header:X'}, {kind='k', from='header:Y'}]",
+            r"units\[1\]: kind 'k' is already used",
+        ),
+        (UNITS + "units = [{kind='k', from='header:X'}]", "price is missing"),
+        (
+            UNITS + "units = [{kind='k', price=1.5, from='header:X'}]",
+            "price must be a whole number",
+        ),
+        (UNITS + "units = [{kind='k', price=-1, from='header:X'}]", "price must be a whole number"),
+        (UNITS + "units = [{kind='k', price=1}]", "from must be header:<Name>"),
+        (UNITS + "units = [{kind='k', price=1, from='body:x'}]", "from must be header:<Name>"),
+        (UNITS + "units = [{kind='k', price=1, from='header:bad name'}]", "not a header name"),
+        (UNITS + "units = [{kind='k', price=1, from='trailer:'}]", "not a header name"),
+        (UNITS + "units = [{kind='k', price=1, from='json:usage..x'}]", "want a key path"),
+        (UNITS + "units = [{kind='k', price=1, from='json:a.b.c.d.e.f.g.h.i'}]", "key path"),
+        (UNITS + "units = [{kind='k', price=1, from='json:x', more=1}]", "unknown field"),
+        (UNITS + "units = [{kind='k', price=0, from='json:x'}]", "must be above 0"),
+        (ROUTE + "max_price = 0\nunits = [{kind='k', price=1, from='json:x'}]", "above 0"),
+        (ROUTE + "units = [{kind='k', price=1, from='json:x'}]", "units needs max_price"),
+        (UNITS + "unit_price = 1\nunits = [{kind='k', price=1, from='json:x'}]", "units excludes"),
+        (ROUTE + "price = 1\nunits = [{kind='k', price=1, from='json:x'}]", "excludes units"),
+    ],
+)
+def test_bad_units_name_the_variable_and_the_entry(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^METER_PRICES='src': routes\[0\] \('r'\)") as info:
         parse_prices(text, "src")
     assert info.match(message)
