@@ -4,8 +4,13 @@ It answers every request with a JSON echo (method, path, body size, the
 account and project the gateway passed on). When the request asks for
 ``?units=N`` (or sends ``X-Demo-Units: N``) it sets ``X-Units-Used: N``, the
 header the default price table settles variable-cost routes from; a path
-starting with ``/status/NNN`` answers that status. Built on asyncio + httptools
-(like uvicorn) so it stays far faster than the proxies measured in front of it.
+starting with ``/status/NNN`` answers that status. ``?sse=N`` answers an
+OpenAI-style event stream instead: N content chunks, a last chunk with the
+usage (``prompt_tokens`` and ``completion_tokens`` both N) and ``[DONE]``, each
+event its own HTTP chunk, ``gap_ms`` apart (default 0: all in one write), as
+an LLM streams (``loadtests/sse_bench.py`` measures the gateway on it). Built
+on asyncio + httptools (like uvicorn) so it stays far faster than the proxies
+measured in front of it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,34 @@ from urllib.parse import parse_qs
 
 import httptools
 import orjson
+
+CONTENT_EVENT = (
+    b"data: "
+    + orjson.dumps(
+        {
+            "id": "chatcmpl-echo",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "echo",
+            "choices": [{"index": 0, "delta": {"content": "token "}, "finish_reason": None}],
+            "usage": None,
+        }
+    )
+    + b"\n\n"
+)
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def usage_event(tokens: int) -> bytes:
+    usage = {"prompt_tokens": tokens, "completion_tokens": tokens, "total_tokens": 2 * tokens}
+    doc = {"id": "chatcmpl-echo", "object": "chat.completion.chunk", "choices": [], "usage": usage}
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+def event_stream(count: int) -> list[bytes]:
+    """The events of ``?sse=count``, each as one HTTP chunk."""
+    events = [CONTENT_EVENT] * count + [usage_event(count), DONE_EVENT]
+    return [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -69,9 +102,14 @@ class EchoProtocol(asyncio.Protocol):
         extra = b""
         units = self.headers.get(b"x-demo-units", b"")
         if parsed.query:
-            asked = parse_qs(parsed.query.decode()).get("units")
+            query = parse_qs(parsed.query.decode())
+            asked = query.get("units")
             if asked:
                 units = asked[0].encode()
+            if "sse" in query:
+                gap = float(query.get("gap_ms", ["0"])[0]) / 1000
+                self._events(event_stream(int(query["sse"][0])), gap, units)
+                return
         if units:
             extra = b"x-units-used: " + units + b"\r\n"
         method = self.parser.get_method()
@@ -97,6 +135,35 @@ class EchoProtocol(asyncio.Protocol):
         )
         if not keep:
             self.transport.close()
+
+    def _events(self, chunks: list[bytes], gap: float, units: bytes) -> None:
+        assert self.transport is not None
+        keep = self.parser.should_keep_alive()
+        head = b"HTTP/1.1 200 X\r\ncontent-type: text/event-stream\r\n"
+        head += b"transfer-encoding: chunked\r\n"
+        if units:
+            head += b"x-units-used: " + units + b"\r\n"
+        head += (b"" if keep else b"connection: close\r\n") + b"\r\n"
+        chunks = [*chunks, b"0\r\n\r\n"]
+        transport = self.transport
+        if not gap:
+            transport.write(head + b"".join(chunks))
+            if not keep:
+                transport.close()
+            return
+        transport.write(head)
+        loop = asyncio.get_running_loop()
+
+        def send(i: int) -> None:
+            if transport.is_closing():
+                return
+            transport.write(chunks[i])
+            if i + 1 < len(chunks):
+                loop.call_later(gap, send, i + 1)
+            elif not keep:
+                transport.close()
+
+        loop.call_later(gap, send, 0)
 
 
 async def serve(host: str, port: int) -> asyncio.Server:

@@ -44,6 +44,7 @@ from loadtests import (
     report,
     runs,
     servers,
+    sse_bench,
     stats,
     wrk,
 )
@@ -795,6 +796,17 @@ def test_key_lookup_bench_resolves_and_admits_every_key_and_reports_what_a_miss_
         assert float(rows[mode][0]) > 0 and float(rows[mode][1]) > 0  # client and Redis CPU
     for mode in key_lookup_bench.MODES[:2]:
         assert f"{mode}: more than a hit" in rows
+
+
+def test_sse_bench_measures_each_call_and_finds_the_metering_exact(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The SSE route's every settlement read its units, and the money adds up (else 1)."""
+    argv = ["--events", "3", "--gap-ms", "1", "--connections", "4", "--rounds", "1"]
+    assert sse_bench.main([*argv, "--seconds", "1", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "stream" in line]
+    assert len(rows) == 3 and "reading a stream's usage in process" in out
 
 
 # -- stopping -------------------------------------------------------------------------
