@@ -44,7 +44,7 @@ import redis as redis_sync
 
 from gateway.pricing import parse_prices
 from gateway.usage_meter import UsageMeter
-from meter import local_servers, open_files
+from meter import local_servers, open_files, program_paths
 from meter.echo_upstream import CONTENT_EVENT, DONE_EVENT, usage_event
 
 from . import keyspace, measure, redis_side, servers, stats, wrk
@@ -89,8 +89,8 @@ def paths(events: int, gap_ms: float) -> dict[str, str]:
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The gateway's counters: (name, labels) -> value."""
-    with urllib.request.urlopen(url + "/_meter/metrics", timeout=10) as response:
+    """The gateway's counters from its metrics ``url``: (name, labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for line in text.splitlines():
@@ -101,9 +101,11 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def check(url: str, redis_url: str, account: keyspace.BenchAccount, events: int) -> list[str]:
+def check(
+    metrics_url: str, redis_url: str, account: keyspace.BenchAccount, events: int
+) -> list[str]:
     """What is wrong with the metering of the whole run (nothing: [])."""
-    counters = scrape(url)
+    counters = scrape(metrics_url)
 
     def total(name: str, **labels: str) -> float:
         want = set(labels.items())
@@ -160,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 3, 2.0
-    if servers.ensure_debian_package("wrk", "wrk") is None:
-        raise SystemExit("sse_bench: wrk is not installed (apt-get install wrk)")
+    if program_paths.find_wrk() is None:
+        raise SystemExit("sse_bench: wrk is not installed (make bench installs it)")
     open_files.raise_limit(65536)
     with tempfile.TemporaryDirectory(prefix="meter-sse-bench-") as tmp:
         folder = Path(tmp)
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     cpu = sample["cpu_us_per_call"]["proxy"]
                     log(f"  round {r + 1} {name}: {cpu:.1f} us/call, {sample['ok_rps']:.0f}/s")
             time.sleep(0.5)  # the streams wrk cut at its last stop are settled by now
-            problems = check(gateway.url, redis.url, account, args.events)
+            problems = check(gateway.extra["metrics"], redis.url, account, args.events)
         finally:
             for server in reversed(started):
                 server.stop()
