@@ -604,11 +604,7 @@ class Proxy:
                 if readings is None:
                     readings = usage.cut()
                 await self.settle_units(metered, readings, usage.source)
-            self.record(
-                metered.route.name,
-                "upstream_failed" if status >= 500 else "forwarded",
-                metered.charged,
-            )
+            self.record_answered(metered, status)
 
     def relay_failed(self, metered: Metered, exc: Exception) -> None:
         if isinstance(exc, errors.UpstreamAborted):
@@ -619,9 +615,12 @@ class Proxy:
 
     def answer(self, metered: Metered, upstream: UpstreamResponse) -> Pairs:
         """The headers of the answer to the client (the metering ones added); recorded."""
-        outcome = "upstream_failed" if upstream.status >= 500 else "forwarded"
-        self.record(metered.route.name, outcome, metered.charged)
+        self.record_answered(metered, upstream.status)
         return headers.to_client(upstream.header_pairs(), metered.headers())
+
+    def record_answered(self, metered: Metered, status: int) -> None:
+        outcome = "upstream_failed" if status >= 500 else "forwarded"
+        self.record(metered.route.name, outcome, metered.charged)
 
     async def refuse(
         self,

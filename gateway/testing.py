@@ -132,6 +132,23 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _chunked(
+    request: web.Request,
+    status: int,
+    out_headers: list[tuple[str, str]],
+    content_type: str | None = None,
+) -> web.StreamResponse:
+    """A chunked answer's head, sent: the status, the scripted headers."""
+    response = web.StreamResponse(status=status)
+    if content_type is not None:
+        response.headers["Content-Type"] = content_type
+    for name, value in out_headers:
+        response.headers.add(name, value)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    return response
+
+
 async def _stream(
     request: web.Request,
     state: EchoState,
@@ -139,11 +156,7 @@ async def _stream(
     out_headers: list[tuple[str, str]],
     total: int,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=status)
-    for name, value in out_headers:
-        response.headers.add(name, value)
-    response.enable_chunked_encoding()
-    await response.prepare(request)
+    response = await _chunked(request, status, out_headers)
     sent = 0
     abort_after = int(request.headers.get("X-Echo-Abort-After", total + 1))
     while sent < total:
@@ -166,11 +179,7 @@ async def _in_two_parts(
     out_headers: list[tuple[str, str]],
     body: bytes,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
-    for name, value in out_headers:
-        response.headers.add(name, value)
-    response.enable_chunked_encoding()
-    await response.prepare(request)
+    response = await _chunked(request, status, out_headers, "application/json")
     half = len(body) // 2
     await response.write(body[:half])
     await state.gate.wait()
@@ -186,11 +195,7 @@ async def _events(
     out_headers: list[tuple[str, str]],
     events: list[object],
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, headers={"Content-Type": "text/event-stream"})
-    for name, value in out_headers:
-        response.headers.add(name, value)
-    response.enable_chunked_encoding()
-    await response.prepare(request)
+    response = await _chunked(request, status, out_headers, "text/event-stream")
     abort_after = int(request.headers.get("X-Echo-Abort-After", len(events) + 1))
     for i, event in enumerate(events):
         if i >= abort_after and request.transport is not None:

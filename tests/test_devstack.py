@@ -35,6 +35,18 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _meter_dev(env: dict[str, str], *options: str) -> subprocess.Popen[str]:
+    """``meter dev`` with ``env`` and ``options``, its output (the banner) read as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "meter", "dev", *options],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _read_until_ready(proc: subprocess.Popen[str], deadline: float) -> str:
     assert proc.stdout is not None
     seen = []
@@ -72,14 +84,7 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
         "METER_LEDGER_PORT": str(ports["ledger"]),
         "METER_ADMIN_TOKEN": "dev-test-token",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meter", "dev"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _meter_dev(env)
     try:
         banner = _read_until_ready(proc, time.monotonic() + 90)
         match = re.search(r"Authorization: Bearer (mtr_\w+)' \\\n\s+'(http://[^']+)'", banner)
@@ -244,20 +249,14 @@ def test_the_readme_example_call_on_meter_dev_started_with_options(data_dir: Pat
         **os.environ,
         "METER_DATA_DIR": str(data_dir / "not-here"),
         "METER_GATEWAY_PORT": str(decoys["gateway"]),
+        "METER_GATEWAY_METRICS_PORT": "0",
         "METER_ADMIN_PORT": str(decoys["admin"]),
         "METER_LEDGER_PORT": str(decoys["ledger"]),
         "METER_ADMIN_TOKEN": "dev-test-token",
     }
     options = [f"--{name}-port={port}" for name, port in ports.items()]
     options += ["--host", "127.0.0.1", "--data-dir", str(data_dir / "here")]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meter", "dev", *options],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _meter_dev(env, *options)
     try:
         banner = _read_until_ready(proc, time.monotonic() + 90)
         shown = re.search(r"Try a metered call:\n\n(.*?)\n\n", banner, re.DOTALL)

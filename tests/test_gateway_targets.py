@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -25,6 +24,7 @@ from test_gateway import PRICE, Gateway, MakeGateway, make_gateway, upstream
 from test_gateway_http import closed_by_server, connect, read_response, request
 
 from gateway.testing import until
+from meter import program_paths
 from meter.local_servers import free_port
 
 FIXTURES = (make_gateway, upstream)  # pytest finds them by name in this module
@@ -145,9 +145,7 @@ NGINX_TARGETS = [
 def nginx_origin(tmp_path: Path) -> Iterator[str]:
     """nginx as the origin, as users run it: merge_slashes and URI normalisation on, an
     exact location for the priced route and a catch-all; each answers which it was."""
-    binary = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
-    )
+    binary = program_paths.find_nginx()
     assert binary is not None, (
         "nginx not found: run `make test` (it installs it) or apt-get install nginx"
     )
