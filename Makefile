@@ -30,12 +30,12 @@ fuzz-admin: install
 		tests/test_admin_openapi_conformance.py
 
 lint: install
-	$(BIN)/ruff check meter gateway ledger admin tests loadtests
-	$(BIN)/ruff format --check meter gateway ledger admin tests loadtests
+	$(BIN)/ruff check meter gateway ledger admin portal tests loadtests
+	$(BIN)/ruff format --check meter gateway ledger admin portal tests loadtests
 
 format: install
-	$(BIN)/ruff format meter gateway ledger admin tests loadtests
-	$(BIN)/ruff check --fix meter gateway ledger admin tests loadtests
+	$(BIN)/ruff format meter gateway ledger admin portal tests loadtests
+	$(BIN)/ruff check --fix meter gateway ledger admin portal tests loadtests
 
 mypy: install
 	$(BIN)/mypy
