@@ -15,20 +15,11 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from aiohttp import web
 
-from admin import (
-    middlewares,
-    protocol_log,
-    routes_accounts,
-    routes_credits,
-    routes_history,
-    routes_ops,
-    routes_projects,
-    sync,
-)
+from admin import declared, middlewares, operations, protocol_log, routes_ops, sync
 from admin.auth import TokenAuthenticator
-from admin.context import CLOCK, FIRST_SYNC_DONE, LIVE, METRICS, POOL, PROVISIONING, SETTINGS
+from admin.context import CLOCK, FIRST_SYNC_DONE, LIVE, METRICS, POOL, SERVICES, SETTINGS
 from admin.metrics import AdminMetrics
-from admin.provisioning import Provisioning
+from admin.services import Services
 from meter.live_state import LiveState
 from meter.settings import ConfigError, Settings
 
@@ -51,8 +42,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[CLOCK] = clock
-    for module in (routes_accounts, routes_credits, routes_history, routes_projects, routes_ops):
-        app.add_routes(module.routes())
+    app.add_routes(routes_ops.routes())
+    app.add_routes(
+        declared.route_defs(operations.ALL, lambda op: metrics.live_deferred.labels(op).inc())
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # min_size=0: the API starts while Postgres is still coming up; /readyz tells.
@@ -60,7 +53,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         live = LiveState.from_url(settings.redis_url, timeout=settings.redis_timeout, clock=clock)
         app[POOL] = pool
         app[LIVE] = live
-        app[PROVISIONING] = Provisioning(pool, live, shards=settings.shards, clock=clock)
+        app[SERVICES] = Services.open(pool, live, shards=settings.shards, clock=clock)
         try:
             yield
         finally:

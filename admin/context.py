@@ -8,9 +8,10 @@ from collections.abc import Callable
 import asyncpg
 from aiohttp import web
 
-from admin.auth import Principal
+from admin.access import Principal
+from admin.audit import Actor
 from admin.metrics import AdminMetrics
-from admin.provisioning import Provisioning
+from admin.services import Services
 from meter.live_state import LiveState
 from meter.settings import Settings
 
@@ -21,8 +22,9 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 # Opened and closed in create_app's cleanup_ctx:
 POOL = web.AppKey("pool", asyncpg.Pool)
 LIVE = web.AppKey("live", LiveState)
-PROVISIONING = web.AppKey("provisioning", Provisioning)
+SERVICES = web.AppKey("services", Services)
 # Set once the start-up sync pass has finished (repaired what it could, or failed).
 FIRST_SYNC_DONE = web.AppKey("first_sync_done", asyncio.Event)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+ACTOR = web.RequestKey("actor", Actor)

@@ -12,6 +12,8 @@ as ``application/problem+json`` (RFC 9457)::
         +-- MethodNotAllowed            405 method-not-allowed
         +-- Conflict                    409 conflict
         |   +-- IdempotencyKeyReused    409 idempotency-key-reused
+        |   +-- LastOwner               409 last-owner
+        +-- PreconditionFailed          412 precondition-failed (a stale If-Match)
         +-- PayloadTooLarge             413 payload-too-large
         +-- UnsupportedMediaType        415 unsupported-media-type
         +-- InvalidInput                422 invalid-input (with "errors": [{field, message}])
@@ -76,6 +78,17 @@ class IdempotencyKeyReused(Conflict):
     title = "Idempotency key already used with a different request"
 
 
+class LastOwner(Conflict):
+    slug = "last-owner"
+    title = "An account keeps at least one owner"
+
+
+class PreconditionFailed(AdminError):
+    status = 412
+    slug = "precondition-failed"
+    title = "The object changed since it was read"
+
+
 class PayloadTooLarge(AdminError):
     status = 413
     slug = "payload-too-large"
@@ -132,6 +145,7 @@ BY_STATUS: dict[int, type[AdminError]] = {
     404: NotFound,
     405: MethodNotAllowed,
     409: Conflict,
+    412: PreconditionFailed,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     503: ServiceUnavailable,

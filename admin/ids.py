@@ -18,6 +18,10 @@ RANDOM_CHARS = 22
 ACCOUNT = "acct"
 PROJECT = "proj"
 API_KEY = "key"
+PERSON = "pers"
+MEMBER = "mem"
+TOKEN = "tok"
+TAX_ID = "txi"
 
 _SHAPE = re.compile(r"[a-z]{1,8}_[0-9A-Za-z]{1,64}")
 

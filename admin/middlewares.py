@@ -16,8 +16,9 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from admin import auth
-from admin.context import PRINCIPAL
+from admin import auth, declared
+from admin.audit import Actor
+from admin.context import ACTOR, PRINCIPAL, SERVICES
 from admin.errors import (
     BY_STATUS,
     AdminError,
@@ -107,10 +108,14 @@ def authenticate(authenticator: auth.TokenAuthenticator) -> Middleware:
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in auth.PUBLIC_PATHS:
             return await handler(request)
-        principal = authenticator.authenticate(request.headers.get("Authorization"))
-        auth.authorize(principal, request.method, route_template(request))
+        people = request.app[SERVICES].people
+        principal = await authenticator.authenticate(request.headers.get("Authorization"), people)
         request[PRINCIPAL] = principal
-        return await handler(request)
+        rid = declared.request_id(request)
+        request[ACTOR] = Actor(principal, rid, request.remote)
+        response = await handler(request)
+        response.headers["X-Request-Id"] = rid
+        return response
 
     return auth_middleware
 

@@ -1,4 +1,8 @@
-"""What each admin write does, in order: Postgres (one transaction), then Redis, then the mark.
+"""Accounts, projects, keys and credits: what each write does, in order.
+
+Postgres first, in one transaction with the write's audit entry; then Redis;
+then the mark. ``actor`` is who writes (already authorised by
+``admin.access``); ``if_match`` is the ETag the write is based on, if any.
 
 The customer-visible truth is Postgres. When the Redis step fails after the
 commit, the write still succeeds: it is recorded, and ``admin.sync`` applies
@@ -17,11 +21,18 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from admin import ids, sync
+from admin import audit, ids, models, sync
 from admin import repository as repo
-from admin.errors import IdempotencyKeyReused, LiveStateUnavailable, NotFound
-from admin.records import ACTIVE, SUSPENDED, Account, ApiKey, LedgerEntry, Project
-from admin.validation import Credit, Limits, NewAccount, NewProject
+from admin.audit import Actor
+from admin.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    LiveStateUnavailable,
+    NotFound,
+    PreconditionFailed,
+)
+from admin.records import ACTIVE, CLOSED, SUSPENDED, Account, ApiKey, LedgerEntry, Project
 from meter import apikeys, keys, money
 from meter.live_state import LiveState, StateUnavailable
 
@@ -84,6 +95,15 @@ def live_balance(account_id: str, state: money.AccountState, now: float) -> Live
     )
 
 
+def check_etag(current: str, if_match: str | None) -> None:
+    """A write based on an older read is refused (412); no If-Match: last write wins."""
+    if if_match is None:
+        return
+    tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
+    if "*" not in tags and current not in tags:
+        raise PreconditionFailed(f"the object is at {current}, not {if_match}; read it again")
+
+
 class Provisioning:
     def __init__(
         self, pool: asyncpg.Pool, live: LiveState, *, shards: int, clock: Callable[[], float]
@@ -106,14 +126,27 @@ class Provisioning:
             return False
         return True
 
+    async def owner_of(self, table: str, object_id: str) -> str | None:
+        return await repo.owner_of(self.pool, table, object_id)
+
     # -- accounts -------------------------------------------------------------------
 
-    async def create_account(self, new: NewAccount) -> Written[Account]:
+    async def create_account(self, actor: Actor, new: models.NewAccount) -> Written[Account]:
         account_id = ids.new_id(ids.ACCOUNT)
         shard = keys.shard_of(account_id, self.shards)
-        account = await repo.insert_account(
-            self.pool, account_id, new.name, new.billing_email, shard
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            account = await repo.insert_account(
+                conn, account_id, new.name, new.billing_email, shard
+            )
+            await audit.record(
+                conn,
+                actor,
+                "account.create",
+                "account",
+                account.id,
+                account_id=account.id,
+                after=account,
+            )
         live = await self._then_redis(
             f"account {account.id}", sync.apply_account(self.pool, self.live, account)
         )
@@ -122,33 +155,130 @@ class Provisioning:
     async def account(self, account_id: str) -> Account:
         account = await repo.get_account(self.pool, account_id)
         if account is None:
-            raise NotFound(f"no account {account_id}")
+            raise NotFound(f"no account {account_id!r}")
         return account
 
-    async def set_limits(self, account_id: str, limits: Limits) -> Written[Account]:
-        account = await repo.update_limits(
-            self.pool,
-            account_id,
-            overage_line=limits.overage_line,
-            daily_hard_limit=limits.daily_hard_limit,
-            daily_notify_threshold=limits.daily_notify_threshold,
-            low_balance_threshold=limits.low_balance_threshold,
-            set_low_balance_threshold=limits.low_balance_threshold_given,
+    async def accounts(
+        self, *, after: str, limit: int, name: str | None, status: str | None
+    ) -> list[Account]:
+        return await repo.list_accounts(
+            self.pool, after=after, limit=limit, name=name, status=status
         )
-        return await self._config_changed(account_id, account)
 
-    async def set_status(self, account_id: str, status: str) -> Written[Account]:
-        account = await repo.set_status(self.pool, account_id, status)
-        return await self._config_changed(account_id, account)
+    async def _change(
+        self,
+        actor: Actor,
+        account_id: str,
+        action: str,
+        decide: Callable[[Account], tuple[str, tuple[object, ...]] | None],
+        *,
+        config: bool,
+        if_match: str | None = None,
+    ) -> Written[Account]:
+        """One audited change of the account row; ``decide`` gives the SQL or refuses.
 
-    async def _config_changed(self, account_id: str, account: Account | None) -> Written[Account]:
-        if account is None:
-            raise NotFound(f"no account {account_id}")
+        ``decide`` sees the row locked, so its checks (status, ETag) hold at commit.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            before = await repo.get_account(conn, account_id, for_update=True)
+            if before is None:
+                raise NotFound(f"no account {account_id!r}")
+            check_etag(before.etag, if_match)
+            change = decide(before)
+            if change is None:  # already so: nothing written, nothing audited
+                return Written(before, True)
+            assignments, args = change
+            after = await repo.update_account(conn, account_id, assignments, *args, config=config)
+            assert after is not None
+            await audit.record(
+                conn,
+                actor,
+                action,
+                "account",
+                account_id,
+                account_id=account_id,
+                before=before,
+                after=after,
+            )
+        if not config:
+            return Written(after, True)
         live = await self._then_redis(
-            f"config v{account.config_version} of {account.id}",
-            sync.apply_account(self.pool, self.live, account),
+            f"config v{after.config_version} of {after.id}",
+            sync.apply_account(self.pool, self.live, after),
         )
-        return Written(account, live)
+        return Written(after, live)
+
+    async def set_limits(
+        self, actor: Actor, account_id: str, limits: models.Limits, *, if_match: str | None
+    ) -> Written[Account]:
+        given = "low_balance_threshold" in limits.model_fields_set
+
+        def decide(account: Account) -> tuple[str, tuple[object, ...]]:
+            _open(account)
+            if not actor.principal.is_operator and limits.overage_line != account.overage_line:
+                raise Forbidden("the overage line is extended by the provider: ask an operator")
+            return repo.LIMITS, (
+                limits.overage_line,
+                limits.daily_hard_limit,
+                limits.daily_notify_threshold,
+                limits.low_balance_threshold,
+                given,
+            )
+
+        return await self._change(
+            actor, account_id, "account.limits", decide, config=True, if_match=if_match
+        )
+
+    async def rename(
+        self, actor: Actor, account_id: str, name: str, *, if_match: str | None
+    ) -> Written[Account]:
+        def decide(account: Account) -> tuple[str, tuple[object, ...]] | None:
+            _open(account)
+            return None if account.name == name else ("name = $2", (name,))
+
+        return await self._change(
+            actor, account_id, "account.rename", decide, config=False, if_match=if_match
+        )
+
+    async def set_status(self, actor: Actor, account_id: str, status: str) -> Written[Account]:
+        def decide(account: Account) -> tuple[str, tuple[object, ...]] | None:
+            _open(account)
+            return None if account.status == status else ("status = $2", (status,))
+
+        action = "account.suspend" if status == SUSPENDED else "account.resume"
+        return await self._change(actor, account_id, action, decide, config=True)
+
+    async def request_deletion(self, actor: Actor, account_id: str) -> Written[Account]:
+        def decide(account: Account) -> tuple[str, tuple[object, ...]] | None:
+            _open(account)
+            if account.deletion_requested_at is not None:
+                return None
+            return "deletion_requested_at = now()", ()
+
+        return await self._change(
+            actor, account_id, "account.deletion_request", decide, config=False
+        )
+
+    async def cancel_deletion(self, actor: Actor, account_id: str) -> Written[Account]:
+        def decide(account: Account) -> tuple[str, tuple[object, ...]] | None:
+            _open(account)
+            if account.deletion_requested_at is None:
+                return None
+            return "deletion_requested_at = null", ()
+
+        return await self._change(
+            actor, account_id, "account.deletion_request_cancel", decide, config=False
+        )
+
+    async def close(self, actor: Actor, account_id: str) -> Written[Account]:
+        """Final: the gateway refuses the account's keys at once; the ledger keeps everything."""
+
+        def decide(account: Account) -> tuple[str, tuple[object, ...]] | None:
+            if account.status == CLOSED:
+                return None
+            return "status = $2, closed_at = now()", (CLOSED,)
+
+        return await self._change(actor, account_id, "account.close", decide, config=True)
 
     async def balance(self, account_id: str) -> LiveBalance:
         account = await self.account(account_id)
@@ -161,26 +291,61 @@ class Provisioning:
 
     # -- projects and keys ---------------------------------------------------------------
 
-    async def create_project(self, account_id: str, new: NewProject) -> Project:
-        account = await self.account(account_id)  # accounts are never deleted
-        return await repo.insert_project(self.pool, ids.new_id(ids.PROJECT), account.id, new.name)
+    async def create_project(
+        self, actor: Actor, account_id: str, new: models.NewProject
+    ) -> Project:
+        async with self.pool.acquire() as conn, conn.transaction():
+            account = await repo.get_account(conn, account_id, for_update=True)
+            if account is None:
+                raise NotFound(f"no account {account_id!r}")
+            _open(account)
+            project = await repo.insert_project(conn, ids.new_id(ids.PROJECT), account.id, new.name)
+            await audit.record(
+                conn,
+                actor,
+                "project.create",
+                "project",
+                project.id,
+                account_id=account.id,
+                after=project,
+            )
+        return project
+
+    async def projects(self, account_id: str) -> list[Project]:
+        await self.account(account_id)
+        return await repo.list_projects(self.pool, account_id)
 
     async def project(self, project_id: str) -> Project:
         project = await repo.get_project(self.pool, project_id)
         if project is None:
-            raise NotFound(f"no project {project_id}")
+            raise NotFound(f"no project {project_id!r}")
         return project
 
-    async def create_api_key(self, project_id: str) -> Written[NewKey]:
-        project = await self.project(project_id)
+    async def create_api_key(self, actor: Actor, project_id: str) -> Written[NewKey]:
         secret = apikeys.generate()
-        key = await repo.insert_api_key(
-            self.pool,
-            ids.new_id(ids.API_KEY),
-            project,
-            apikeys.digest(secret),
-            apikeys.visible_prefix(secret),
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            project = await repo.get_project(conn, project_id)
+            if project is None:
+                raise NotFound(f"no project {project_id!r}")
+            account = await repo.get_account(conn, project.account_id, for_update=True)
+            assert account is not None
+            _open(account)
+            key = await repo.insert_api_key(
+                conn,
+                ids.new_id(ids.API_KEY),
+                project,
+                apikeys.digest(secret),
+                apikeys.visible_prefix(secret),
+            )
+            await audit.record(
+                conn,
+                actor,
+                "api_key.create",
+                "api_key",
+                key.id,
+                account_id=key.account_id,
+                after=key,
+            )
         live = await self._then_redis(
             f"key {key.id}", sync.apply_api_key(self.pool, self.live, key)
         )
@@ -190,10 +355,20 @@ class Provisioning:
         project = await self.project(project_id)
         return await repo.list_api_keys(self.pool, project.id)
 
-    async def revoke_api_key(self, key_id: str) -> Written[ApiKey]:
-        key = await repo.revoke_api_key(self.pool, key_id)
-        if key is None:
-            raise NotFound(f"no API key {key_id}")
+    async def revoke_api_key(self, actor: Actor, key_id: str) -> Written[ApiKey]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            key = await repo.revoke_api_key(conn, key_id)
+            if key is None:
+                raise NotFound(f"no API key {key_id!r}")
+            await audit.record(
+                conn,
+                actor,
+                "api_key.revoke",
+                "api_key",
+                key.id,
+                account_id=key.account_id,
+                after=key,
+            )
         live = await self._then_redis(
             f"revocation of {key.id}", sync.apply_api_key(self.pool, self.live, key)
         )
@@ -201,7 +376,9 @@ class Provisioning:
 
     # -- credits ----------------------------------------------------------------------
 
-    async def add_credit(self, account_id: str, credit: Credit) -> Written[CreditResult]:
+    async def add_credit(
+        self, actor: Actor, account_id: str, credit: models.NewCredit
+    ) -> Written[CreditResult]:
         """Credit once per (account, idempotency key); a replay returns the first entry.
 
         The account row lock serialises credits of one account, so two requests
@@ -210,7 +387,7 @@ class Provisioning:
         async with self.pool.acquire() as conn, conn.transaction():
             account = await repo.get_account(conn, account_id, for_update=True)
             if account is None:
-                raise NotFound(f"no account {account_id}")
+                raise NotFound(f"no account {account_id!r}")
             entry = await repo.entry_by_idempotency_key(conn, account.id, credit.idempotency_key)
             if entry is not None:
                 if (entry.amount, entry.description, entry.kind) != (
@@ -225,6 +402,7 @@ class Provisioning:
                     )
                 replayed = True
             else:
+                _open(account)
                 entry = await repo.insert_credit(
                     conn,
                     account,
@@ -233,8 +411,22 @@ class Provisioning:
                     description=credit.description,
                     idempotency_key=credit.idempotency_key,
                 )
+                await audit.record(
+                    conn,
+                    actor,
+                    "credit.create",
+                    "ledger_entry",
+                    entry.credit_id,
+                    account_id=account.id,
+                    after=entry,
+                )
                 replayed = False
         live = entry.redis_applied or await self._then_redis(
             f"credit {entry.credit_id}", sync.apply_credit(self.pool, self.live, entry)
         )
         return Written(CreditResult(entry, replayed), live)
+
+
+def _open(account: Account) -> None:
+    if account.status == CLOSED:
+        raise Conflict(f"account {account.id} is closed")

@@ -59,40 +59,64 @@ async def get_account(conn: Conn, account_id: str, *, for_update: bool = False) 
     return None if row is None else Account.from_row(row)
 
 
-async def update_limits(
-    conn: Conn,
-    account_id: str,
-    *,
-    overage_line: int,
-    daily_hard_limit: int | None,
-    daily_notify_threshold: int | None,
-    low_balance_threshold: int | None,
-    set_low_balance_threshold: bool,
+async def update_account(
+    conn: Conn, account_id: str, assignments: str, *args: Any, config: bool
 ) -> Account | None:
+    """``update accounts set <assignments>`` ($2... are ``args``), bumping the versions.
+
+    ``config``: the change is one Redis must see (limits, status), so it gets a new
+    ``config_version``; every change gets a new ``row_version`` (the ETag).
+    """
+    bump = ", config_version = config_version + 1" if config else ""
     row = await conn.fetchrow(
-        "update accounts set overage_line = $2, daily_hard_limit = $3,"
-        " daily_notify_threshold = $4,"
-        " low_balance_threshold = case when $6 then $5 else low_balance_threshold end,"
-        " config_version = config_version + 1, updated_at = now()"
-        " where id = $1 returning *",
+        f"update accounts set {assignments}{bump}, row_version = row_version + 1,"
+        " updated_at = now() where id = $1 returning *",
         account_id,
-        overage_line,
-        daily_hard_limit,
-        daily_notify_threshold,
-        low_balance_threshold,
-        set_low_balance_threshold,
+        *args,
     )
     return None if row is None else Account.from_row(row)
 
 
-async def set_status(conn: Conn, account_id: str, status: str) -> Account | None:
-    row = await conn.fetchrow(
-        "update accounts set status = $2, config_version = config_version + 1, updated_at = now()"
-        " where id = $1 returning *",
-        account_id,
-        status,
+LIMITS = (
+    "overage_line = $2, daily_hard_limit = $3, daily_notify_threshold = $4,"
+    " low_balance_threshold = case when $6 then $5 else low_balance_threshold end"
+)
+
+
+def like_pattern(text: str) -> str:
+    """``text`` anywhere, with LIKE's own characters matched literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_accounts(
+    conn: Conn, *, after: str, limit: int, name: str | None, status: str | None
+) -> list[Account]:
+    """Keyset pages by id; ``name`` matches anywhere in the name, case-insensitively."""
+    clauses, args = ["id > $1"], [after, limit]
+    if name is not None:
+        args.append(like_pattern(name))
+        clauses.append(f"name ilike ${len(args)}")
+    if status == "pending_deletion":
+        clauses.append("status = 'active' and deletion_requested_at is not null")
+    elif status == "active":
+        clauses.append("status = 'active' and deletion_requested_at is null")
+    elif status is not None:
+        args.append(status)
+        clauses.append(f"status = ${len(args)}")
+    rows = await conn.fetch(
+        f"select * from accounts where {' and '.join(clauses)} order by id limit $2", *args
     )
-    return None if row is None else Account.from_row(row)
+    return [Account.from_row(r) for r in rows]
+
+
+async def owner_of(conn: Conn, table: str, object_id: str) -> str | None:
+    """The account an object belongs to (None: no such object, or an operator token)."""
+    assert table in ("projects", "api_keys", "api_tokens")
+    value: str | None = await conn.fetchval(
+        f"select account_id from {table} where id = $1", object_id
+    )
+    return value
 
 
 async def mark_account_synced(conn: Conn, account_id: str, version: int) -> None:
@@ -124,6 +148,13 @@ async def insert_project(conn: Conn, project_id: str, account_id: str, name: str
         name,
     )
     return Project.from_row(row)
+
+
+async def list_projects(conn: Conn, account_id: str) -> list[Project]:
+    rows = await conn.fetch(
+        "select * from projects where account_id = $1 order by created_at, id", account_id
+    )
+    return [Project.from_row(r) for r in rows]
 
 
 async def get_project(conn: Conn, project_id: str) -> Project | None:

@@ -1,71 +1,284 @@
-"""Billing accounts: create, read, limits, suspend/resume, live balance."""
+"""Billing accounts: create, list, read, rename, limits, status, deletion, live balance."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from datetime import UTC, datetime
+from typing import Any
 
-from admin import ids, validation, views
-from admin.context import PROVISIONING
+from admin import ids, models
+from admin.access import Permission as P
+from admin.declared import Call, Operation, Reply
+from admin.errors import InvalidInput
 from admin.provisioning import Written
-from admin.records import ACTIVE, SUSPENDED, Account
-from admin.request_io import json_body, json_response, live_sync_headers, path_id
+from admin.records import SUSPENDED, Account
+from meter.money import SECONDS_PER_DAY
+
+PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
+DEFAULT_PAGE, MAX_PAGE = 50, 200
 
 
-def written_response(
-    request: web.Request, written: Written[Account], kind: str, *, status: int = 200
-) -> web.Response:
-    headers = live_sync_headers(request, written.live, kind)
-    return json_response(views.account(written.value), status=status, headers=headers)
+def account_reply(written: Written[Account], status: int = 200) -> Reply:
+    a = written.value
+    return Reply(models.Account.model_validate(a), status, {"ETag": a.etag}, live=written.live)
 
 
-def _account_id(request: web.Request) -> str:
-    return path_id(request, "account_id", ids.ACCOUNT, "account")
+async def create_account(call: Call[models.NewAccount]) -> Reply:
+    written = await call.services.provisioning.create_account(call.actor, call.body)
+    return account_reply(written, 201)
 
 
-async def create_account(request: web.Request) -> web.Response:
-    new = validation.new_account(await json_body(request))
-    written = await request.app[PROVISIONING].create_account(new)
-    return written_response(request, written, "account", status=201)
+async def list_accounts(call: Call[Any]) -> Reply:
+    q = call.request.query
+    errors = []
+    limit = DEFAULT_PAGE
+    if "limit" in q:
+        raw = q["limit"]
+        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE:
+            limit = int(raw)
+        else:
+            errors.append(("limit", f"must be an integer from 1 to {MAX_PAGE}"))
+    cursor = q.get("cursor", "")
+    if cursor and not ids.well_formed(cursor, ids.ACCOUNT):
+        errors.append(("cursor", "must be the next_cursor of an earlier page"))
+    status = q.get("status")
+    if status is not None and status not in models.ACCOUNT_STATUSES:
+        errors.append(("status", "must be one of " + ", ".join(models.ACCOUNT_STATUSES)))
+    name = q.get("name")
+    if name is not None and not 1 <= len(name) <= models.MAX_NAME_CHARS:
+        errors.append(("name", f"must be 1 to {models.MAX_NAME_CHARS} characters"))
+    if errors:
+        raise InvalidInput(errors)
+    found = await call.services.provisioning.accounts(
+        after=cursor, limit=limit + 1, name=name, status=status
+    )
+    page = found[:limit]
+    return Reply(
+        models.AccountPage(
+            data=[models.Account.model_validate(a) for a in page],
+            next_cursor=page[-1].id if len(found) > limit else None,
+        )
+    )
 
 
-async def get_account(request: web.Request) -> web.Response:
-    account = await request.app[PROVISIONING].account(_account_id(request))
-    return json_response(views.account(account))
+async def get_account(call: Call[Any]) -> Reply:
+    account = await call.services.provisioning.account(call.account)
+    return account_reply(Written(account, True))
 
 
-async def put_limits(request: web.Request) -> web.Response:
-    account_id = _account_id(request)
-    limits = validation.limits(await json_body(request))
-    written = await request.app[PROVISIONING].set_limits(account_id, limits)
-    return written_response(request, written, "account")
+async def rename(call: Call[models.AccountChanges]) -> Reply:
+    p = call.services.provisioning
+    return account_reply(
+        await p.rename(call.actor, call.account, call.body.name, if_match=call.if_match)
+    )
 
 
-async def suspend(request: web.Request) -> web.Response:
-    return await _set_status(request, SUSPENDED)
+async def put_limits(call: Call[models.Limits]) -> Reply:
+    p = call.services.provisioning
+    return account_reply(
+        await p.set_limits(call.actor, call.account, call.body, if_match=call.if_match)
+    )
 
 
-async def resume(request: web.Request) -> web.Response:
-    return await _set_status(request, ACTIVE)
+async def suspend(call: Call[Any]) -> Reply:
+    return account_reply(
+        await call.services.provisioning.set_status(call.actor, call.account, SUSPENDED)
+    )
 
 
-async def _set_status(request: web.Request, status: str) -> web.Response:
-    account_id = _account_id(request)
-    validation.no_fields(await json_body(request, required=False))
-    written = await request.app[PROVISIONING].set_status(account_id, status)
-    return written_response(request, written, "account")
+async def resume(call: Call[Any]) -> Reply:
+    return account_reply(
+        await call.services.provisioning.set_status(call.actor, call.account, "active")
+    )
 
 
-async def get_balance(request: web.Request) -> web.Response:
-    live = await request.app[PROVISIONING].balance(_account_id(request))
-    return json_response(views.balance(live))
+async def request_deletion(call: Call[Any]) -> Reply:
+    return account_reply(
+        await call.services.provisioning.request_deletion(call.actor, call.account)
+    )
 
 
-def routes() -> list[web.RouteDef]:
-    return [
-        web.post("/v1/accounts", create_account),
-        web.get("/v1/accounts/{account_id}", get_account, allow_head=False),
-        web.put("/v1/accounts/{account_id}/limits", put_limits),
-        web.post("/v1/accounts/{account_id}/suspend", suspend),
-        web.post("/v1/accounts/{account_id}/resume", resume),
-        web.get("/v1/accounts/{account_id}/balance", get_balance, allow_head=False),
-    ]
+async def cancel_deletion(call: Call[Any]) -> Reply:
+    return account_reply(await call.services.provisioning.cancel_deletion(call.actor, call.account))
+
+
+async def close(call: Call[Any]) -> Reply:
+    return account_reply(await call.services.provisioning.close(call.actor, call.account))
+
+
+async def get_balance(call: Call[Any]) -> Reply:
+    b = await call.services.provisioning.balance(call.account)
+    return Reply(
+        models.Balance(
+            account_id=b.account_id,
+            status=b.status,  # type: ignore[arg-type]
+            balance=b.balance,
+            overage_line=b.overage_line,
+            daily_hard_limit=b.daily_hard_limit,
+            daily_notify_threshold=b.daily_notify_threshold,
+            spent_today=b.spent_today,
+            limit_remaining=b.limit_remaining,
+            available=b.available,
+            day=datetime.fromtimestamp(b.day * SECONDS_PER_DAY, UTC).date(),
+        )
+    )
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+ACCOUNT = {200: (models.Account, "The account (ETag header: its version).")}
+WRITTEN = {200: (models.Account, "The account." + PENDING)}
+A = "/v1/accounts/{account_id}"
+
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/v1/accounts",
+        "createAccount",
+        "Create a billing account",
+        create_account,
+        P.OPERATOR_WRITE,
+        None,
+        {201: (models.Account, "Created." + PENDING)},
+        models.NewAccount,
+    ),
+    Operation(
+        "GET",
+        "/v1/accounts",
+        "listAccounts",
+        "List billing accounts, by id",
+        list_accounts,
+        P.OPERATOR_READ,
+        None,
+        {200: (models.AccountPage, "One page.")},
+        errors=(422,),
+        parameters=(
+            _q(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+                "Accounts per page.",
+            ),
+            _q(
+                "cursor",
+                {"type": "string", "pattern": "^acct_[0-9A-Za-z]{1,64}$"},
+                "next_cursor of the page before.",
+            ),
+            _q(
+                "name",
+                {"type": "string", "minLength": 1, "maxLength": models.MAX_NAME_CHARS},
+                "Part of the name, any case.",
+            ),
+            _q("status", {"enum": list(models.ACCOUNT_STATUSES)}, "Only accounts in this status."),
+        ),
+    ),
+    Operation(
+        "GET",
+        A,
+        "getAccount",
+        "Read an account",
+        get_account,
+        P.READ,
+        "account_id",
+        ACCOUNT,
+        etag=True,
+    ),
+    Operation(
+        "PATCH",
+        A,
+        "renameAccount",
+        "Rename an account",
+        rename,
+        P.ACCOUNT_WRITE,
+        "account_id",
+        WRITTEN,
+        models.AccountChanges,
+        errors=(409,),
+        etag=True,
+    ),
+    Operation(
+        "PUT",
+        A + "/limits",
+        "setLimits",
+        "Set the overage line, daily hard limit and thresholds",
+        put_limits,
+        P.LIMITS_WRITE,
+        "account_id",
+        WRITTEN,
+        models.Limits,
+        errors=(409,),
+        etag=True,
+        description="Only an operator may change the overage line (the provider's credit).",
+    ),
+    Operation(
+        "POST",
+        A + "/suspend",
+        "suspendAccount",
+        "Suspend: the gateway answers 403 for the account's keys",
+        suspend,
+        P.OPERATOR_WRITE,
+        "account_id",
+        WRITTEN,
+        errors=(409,),
+    ),
+    Operation(
+        "POST",
+        A + "/resume",
+        "resumeAccount",
+        "Resume a suspended account",
+        resume,
+        P.OPERATOR_WRITE,
+        "account_id",
+        WRITTEN,
+        errors=(409,),
+    ),
+    Operation(
+        "POST",
+        A + "/deletion-request",
+        "requestDeletion",
+        "Ask for the account's deletion (pending_deletion)",
+        request_deletion,
+        P.ACCOUNT_DELETE,
+        "account_id",
+        WRITTEN,
+        errors=(409,),
+    ),
+    Operation(
+        "POST",
+        A + "/deletion-request/cancel",
+        "cancelDeletion",
+        "Withdraw a deletion request",
+        cancel_deletion,
+        P.ACCOUNT_DELETE,
+        "account_id",
+        WRITTEN,
+        errors=(409,),
+    ),
+    Operation(
+        "POST",
+        A + "/close",
+        "closeAccount",
+        "Close: keys refused at once; the ledger keeps everything",
+        close,
+        P.OPERATOR_WRITE,
+        "account_id",
+        WRITTEN,
+    ),
+    Operation(
+        "GET",
+        A + "/balance",
+        "getBalance",
+        "The live balance and what is available to spend now",
+        get_balance,
+        P.READ,
+        "account_id",
+        {200: (models.Balance, "Live values from Redis.")},
+        errors=(503,),
+    ),
+]

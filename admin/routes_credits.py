@@ -8,28 +8,40 @@ credited. The same key with a different body is a ``409``.
 
 from __future__ import annotations
 
-from aiohttp import web
-
-from admin import ids, validation, views
-from admin.context import PROVISIONING
-from admin.request_io import json_body, json_response, live_sync_headers, path_id
+from admin import models
+from admin.access import Permission as P
+from admin.declared import Call, Operation, Reply
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
 
 
-async def add_credit(request: web.Request) -> web.Response:
-    account_id = path_id(request, "account_id", ids.ACCOUNT, "account")
-    credit = validation.credit(await json_body(request))
-    written = await request.app[PROVISIONING].add_credit(account_id, credit)
-    headers = live_sync_headers(request, written.live, "credit")
-    if written.value.replayed:
-        headers[REPLAYED_HEADER] = "true"
-    return json_response(
-        views.ledger_entry(written.value),
-        status=200 if written.value.replayed else 201,
-        headers=headers,
+async def add_credit(call: Call[models.NewCredit]) -> Reply:
+    written = await call.services.provisioning.add_credit(call.actor, call.account, call.body)
+    result = written.value
+    headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
+    entry = models.LedgerEntry.model_validate(result.entry)
+    return Reply(entry, 200 if result.replayed else 201, headers, live=written.live)
+
+
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/v1/accounts/{account_id}/credits",
+        "addCredit",
+        "Add credits, once per idempotency key",
+        add_credit,
+        P.OPERATOR_WRITE,
+        "account_id",
+        {
+            201: (models.LedgerEntry, "Credited." + PENDING),
+            200: (
+                models.LedgerEntry,
+                "Replay of an earlier request with the same idempotency key: the same entry,"
+                " nothing more credited (Idempotent-Replayed: true).",
+            ),
+        },
+        models.NewCredit,
+        errors=(409,),
     )
-
-
-def routes() -> list[web.RouteDef]:
-    return [web.post("/v1/accounts/{account_id}/credits", add_credit)]
+]

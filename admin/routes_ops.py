@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from admin import openapi
+from admin import operations
 from admin import repository as repo
 from admin.context import LIVE, METRICS, POOL
 from admin.errors import ServiceUnavailable
@@ -50,7 +50,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return json_response(openapi.document())
+    return json_response(operations.document())
 
 
 def routes() -> list[web.RouteDef]:

@@ -2,53 +2,99 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import Any
 
-from admin import ids, validation, views
-from admin.context import PROVISIONING
-from admin.request_io import json_body, json_response, live_sync_headers, path_id
+from admin import models
+from admin.access import Permission as P
+from admin.declared import Call, Operation, Reply
 
-
-async def create_project(request: web.Request) -> web.Response:
-    account_id = path_id(request, "account_id", ids.ACCOUNT, "account")
-    new = validation.new_project(await json_body(request))
-    project = await request.app[PROVISIONING].create_project(account_id, new)
-    return json_response(views.project(project), status=201)
+PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
+NO_STORE = {"Cache-Control": "no-store"}  # a secret must not linger in caches or proxies
 
 
-def _project_id(request: web.Request) -> str:
-    return path_id(request, "project_id", ids.PROJECT, "project")
+async def create_project(call: Call[models.NewProject]) -> Reply:
+    project = await call.services.provisioning.create_project(call.actor, call.account, call.body)
+    return Reply(models.Project.model_validate(project), 201)
 
 
-async def create_api_key(request: web.Request) -> web.Response:
-    project_id = _project_id(request)
-    validation.no_fields(await json_body(request, required=False))
-    written = await request.app[PROVISIONING].create_api_key(project_id)
-    return json_response(
-        views.new_api_key(written.value),
-        status=201,
-        # The secret must not linger in caches or proxies.
-        headers={"Cache-Control": "no-store", **live_sync_headers(request, written.live, "key")},
+async def list_projects(call: Call[Any]) -> Reply:
+    projects = await call.services.provisioning.projects(call.account)
+    return Reply(models.ProjectList(data=[models.Project.model_validate(p) for p in projects]))
+
+
+async def create_api_key(call: Call[Any]) -> Reply:
+    project_id = call.request.match_info["project_id"]
+    written = await call.services.provisioning.create_api_key(call.actor, project_id)
+    key = models.ApiKey.model_validate(written.value.key)
+    body = models.NewApiKey(**key.model_dump(), key=written.value.secret)
+    return Reply(body, 201, dict(NO_STORE), live=written.live)
+
+
+async def list_api_keys(call: Call[Any]) -> Reply:
+    keys = await call.services.provisioning.api_keys(call.request.match_info["project_id"])
+    return Reply(models.ApiKeyList(data=[models.ApiKey.model_validate(k) for k in keys]))
+
+
+async def revoke_api_key(call: Call[Any]) -> Reply:
+    written = await call.services.provisioning.revoke_api_key(
+        call.actor, call.request.match_info["key_id"]
     )
+    return Reply(models.ApiKey.model_validate(written.value), live=written.live)
 
 
-async def list_api_keys(request: web.Request) -> web.Response:
-    keys = await request.app[PROVISIONING].api_keys(_project_id(request))
-    return json_response({"object": "list", "data": [views.api_key(k) for k in keys]})
-
-
-async def revoke_api_key(request: web.Request) -> web.Response:
-    key_id = path_id(request, "key_id", ids.API_KEY, "API key")
-    written = await request.app[PROVISIONING].revoke_api_key(key_id)
-    return json_response(
-        views.api_key(written.value), headers=live_sync_headers(request, written.live, "key")
-    )
-
-
-def routes() -> list[web.RouteDef]:
-    return [
-        web.post("/v1/accounts/{account_id}/projects", create_project),
-        web.post("/v1/projects/{project_id}/keys", create_api_key),
-        web.get("/v1/projects/{project_id}/keys", list_api_keys, allow_head=False),
-        web.delete("/v1/keys/{key_id}", revoke_api_key),
-    ]
+A = "/v1/accounts/{account_id}"
+OPERATIONS = [
+    Operation(
+        "POST",
+        A + "/projects",
+        "createProject",
+        "Create a project billed to the account",
+        create_project,
+        P.KEYS_WRITE,
+        "account_id",
+        {201: (models.Project, "Created.")},
+        models.NewProject,
+        errors=(409,),
+    ),
+    Operation(
+        "GET",
+        A + "/projects",
+        "listProjects",
+        "The account's projects",
+        list_projects,
+        P.READ,
+        "account_id",
+        {200: (models.ProjectList, "The projects.")},
+    ),
+    Operation(
+        "POST",
+        "/v1/projects/{project_id}/keys",
+        "createApiKey",
+        "Create an API key (the key is shown only in this response)",
+        create_api_key,
+        P.KEYS_WRITE,
+        "project_id",
+        {201: (models.NewApiKey, "Created." + PENDING)},
+        errors=(409,),
+    ),
+    Operation(
+        "GET",
+        "/v1/projects/{project_id}/keys",
+        "listApiKeys",
+        "List the project's API keys (no secrets)",
+        list_api_keys,
+        P.READ,
+        "project_id",
+        {200: (models.ApiKeyList, "The keys.")},
+    ),
+    Operation(
+        "DELETE",
+        "/v1/keys/{key_id}",
+        "revokeApiKey",
+        "Revoke an API key (idempotent); the gateway refuses it at once",
+        revoke_api_key,
+        P.KEYS_WRITE,
+        "key_id",
+        {200: (models.ApiKey, "The revoked key." + PENDING)},
+    ),
+]

@@ -166,7 +166,7 @@ async def read_shard_for_repair(
                 daily_hard_limit=r["daily_hard_limit"],
                 daily_notify_threshold=r["daily_notify_threshold"],
                 low_balance_threshold=r["low_balance_threshold"],
-                suspended=r["status"] == "suspended",
+                suspended=r["status"] in ("suspended", "closed"),
                 spent_today=spent_today.get(r["id"], 0),
                 notify_fired_today=(r["id"], "notify_threshold") in fired_today,
                 limit_fired_today=(r["id"], "hard_limit") in fired_today,

@@ -22,7 +22,7 @@ from test_admin_support import (
     start,
 )
 
-from admin import openapi
+from admin import operations as openapi
 from admin.app import create_app
 from admin.provisioning import Provisioning
 from meter import apikeys, keys

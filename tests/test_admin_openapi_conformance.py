@@ -25,7 +25,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from test_admin_support import NOW, TOKEN, Clock, settings
 
-from admin import openapi
+from admin import operations as openapi
 from admin.app import create_app
 
 EXAMPLES = int(os.environ.get("ADMIN_FUZZ_EXAMPLES", "25"))

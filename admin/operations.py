@@ -1,0 +1,40 @@
+"""Every operation of the admin API, and the OpenAPI document generated from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from admin import (
+    declared,
+    routes_accounts,
+    routes_credits,
+    routes_history,
+    routes_people,
+    routes_profile,
+    routes_projects,
+)
+
+ALL: list[declared.Operation] = [
+    *routes_accounts.OPERATIONS,
+    *routes_history.OPERATIONS,
+    *routes_credits.OPERATIONS,
+    *routes_projects.OPERATIONS,
+    *routes_people.OPERATIONS,
+    *routes_profile.OPERATIONS,
+]
+
+INFO = {
+    "title": "meter admin API",
+    "version": "1",
+    "description": "Provision billing accounts, projects, API keys, limits and credits; members,"
+    " roles and tokens; billing profiles, tax registrations and the audit log. Amounts are"
+    ' integer micros (1 USD = 1,000,000), written as JSON integers: 5.0 and "5" are refused.'
+    " Writes land in Postgres first, then in the live state the gateway reads (Redis). Each"
+    " operation's x-permission names what its token's role must hold; an account token sees"
+    " another account's objects as not found (404). A request body over the server's"
+    " METER_ADMIN_MAX_BODY_BYTES (64 KiB by default) is refused with 413.",
+}
+
+
+def document() -> dict[str, Any]:
+    return declared.openapi_document(ALL, INFO)
