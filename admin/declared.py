@@ -120,6 +120,14 @@ class Operation:
         return self.method != "GET"
 
 
+def live_kind(op: Operation) -> str:
+    """What a deferred write was, for the metric: the kind of row the sync loop will apply."""
+    model = next(iter(op.responses.values()))[0]
+    return {models.LedgerEntry: "credit", models.NewApiKey: "key", models.ApiKey: "key"}.get(
+        model, "account"
+    )
+
+
 def raise_not_found(noun: str, value: str) -> None:
     from admin.errors import NotFound
 
@@ -214,7 +222,7 @@ def handler_of(
         call: Call[Any] = Call(request, services, request[ACTOR], account_id, body)
         reply = await op.handler(call)
         if not reply.live:
-            on_deferred(op.op_id)
+            on_deferred(live_kind(op))
             reply.headers[LIVE_SYNC_HEADER] = "pending"
         return render(reply)
 

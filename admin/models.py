@@ -81,7 +81,9 @@ class Input(BaseModel):
 
 
 class Output(BaseModel):
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
+    model_config = ConfigDict(
+        extra="forbid", from_attributes=True, json_schema_serialization_defaults_required=True
+    )
 
 
 # -- requests ----------------------------------------------------------------------------
