@@ -17,7 +17,18 @@ PROBLEM = "application/problem+json"
 MAX_BODY = 2048
 # 2024-03-01T12:00:00Z: a fixed "now" for the balance's day roll-over.
 NOW = 1_709_294_400.0
-TABLES = ("accounts", "projects", "api_keys", "ledger_entries")
+TABLES = (
+    "accounts",
+    "projects",
+    "api_keys",
+    "ledger_entries",
+    "people",
+    "members",
+    "api_tokens",
+    "billing_profiles",
+    "tax_ids",
+    "audit_log",
+)
 ANY_2XX = -200  # for ``call``: any 2xx status
 
 
