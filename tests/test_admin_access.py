@@ -326,7 +326,7 @@ async def test_no_role_hands_out_more_than_it_holds(world: World) -> None:
         f"/v1/accounts/{a}/tokens", json={"name": "x", "role": "owner"}, headers=admin
     )
     assert owner_token.status == 403
-    readonly = [t for t, (role, _) in world.tokens.items() if role == Role.OPERATOR_READONLY][0]
+    (readonly,) = [t for t, (role, _) in world.tokens.items() if role == Role.OPERATOR_READONLY]
     escalate = await world.client.post(
         "/v1/operator-tokens",
         json={"name": "x", "role": "operator"},
