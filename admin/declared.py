@@ -24,7 +24,7 @@ from admin import access, ids, models
 from admin.access import Permission, Principal
 from admin.audit import Actor
 from admin.context import ACTOR, PRINCIPAL, SERVICES
-from admin.errors import BY_STATUS, BadRequest, InvalidInput, UnsupportedMediaType
+from admin.errors import BY_STATUS, BadRequest, InvalidInput, NotFound, UnsupportedMediaType
 from admin.services import Services
 
 JSON = "application/json"
@@ -129,8 +129,6 @@ def live_kind(op: Operation) -> str:
 
 
 def raise_not_found(noun: str, value: str) -> None:
-    from admin.errors import NotFound
-
     raise NotFound(f"no {noun} {value!r}")
 
 
@@ -145,9 +143,9 @@ async def authorise(
     value = request.match_info[op.scope]
     not_found = f"no {scope.noun} {value!r}"
     if not ids.well_formed(value, scope.prefix):
-        access.require_on(principal, op.permission, None, not_found)
-    if scope.owner is None:
-        owner: str | None = value  # missing accounts are the handler's 404
+        owner: str | None = None  # cannot exist: no query
+    elif scope.owner is None:
+        owner = value  # the account itself; a missing one is the handler's 404
     else:
         owner = await scope.owner(services, value)
     access.require_on(principal, op.permission, owner, not_found)
@@ -178,14 +176,9 @@ def _invalid(exc: ValidationError) -> BadRequest | InvalidInput:
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
-    # A union's branch names ("int", "constrained-str") are not the client's field names.
-    return ".".join(
-        str(p)
-        for p in loc
-        if not (
-            isinstance(p, str) and ((p[:1].islower() and "-" in p) or p in ("int", "str", "none"))
-        )
-    )
+    # Every input field is top-level and optional ones are nullable, not unions, so the
+    # first part of the location is the field the client sent.
+    return str(loc[0])
 
 
 def _message(error: Mapping[str, Any]) -> str:
