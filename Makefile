@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test fuzz-admin lint format mypy bench ledger-bench clean
+.PHONY: install demo test fuzz fuzz-admin lint format mypy bench ledger-bench clean
 
 install: $(STAMP)
 
@@ -25,9 +25,11 @@ test: install
 
 # The admin API against its OpenAPI document, longer than in `make test` (25 examples).
 ADMIN_FUZZ_EXAMPLES ?= 1000
-fuzz-admin: install
+fuzz: install
 	ADMIN_FUZZ_EXAMPLES=$(ADMIN_FUZZ_EXAMPLES) $(BIN)/pytest -q -s --timeout=0 \
 		tests/test_admin_openapi_conformance.py
+
+fuzz-admin: fuzz  # the target's former name
 
 lint: install
 	$(BIN)/ruff check meter gateway ledger admin portal tests loadtests

@@ -6,8 +6,10 @@ the views (responses are these models, read from ``admin.records`` values by
 attribute) and the OpenAPI document (``admin.declared.openapi_document``).
 
 Text has no control characters (U+0000-U+001F, U+007F-U+009F) and is not blank;
-patterns are matched with Python's ``re`` and written in the subset that
-ECMA-262, JSON Schema's dialect, reads alike: no ``\\s``, ``\\w`` or ``\\d``.
+patterns are matched with Rust's ``regex`` (pydantic's default: its ``$`` is the
+end of the text, as in ECMA-262; Python's ``re`` lets ``$`` match before a final
+newline, so ``"name\\n"`` got through) and written in the subset both read
+alike: no ``\\s``, ``\\w`` or ``\\d``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from admin.access import ACCOUNT_ROLES, OPERATOR_ROLES
-from admin.tax_registrations import check_country
+from admin.tax_registrations import COUNTRY_CODES, TAX_ID_TYPES, check_country
 from ledger import history_query
 from meter import entry_kinds
 
@@ -62,11 +64,15 @@ Line = Annotated[str, _text(MAX_FIELD_CHARS), _TEXT]
 Short = Annotated[str, _text(64), _TEXT]
 Micros = Annotated[int, Field(ge=0, le=MAX_LIMIT_MICROS, description=MICROS)]
 CreditMicros = Annotated[int, Field(ge=1, le=MAX_CREDIT_MICROS, description=MICROS)]
+# The document lists the codes; admin.profiles refuses any other with 422 (pycountry's list).
 CountryCode = Annotated[
     str,
     StringConstraints(pattern="^[A-Z]{2}$"),
     AfterValidator(check_country),
-    Field(description="ISO 3166-1 alpha-2, an assigned code (pycountry)."),
+    Field(
+        description="ISO 3166-1 alpha-2, an assigned code (pycountry).",
+        json_schema_extra={"enum": list(COUNTRY_CODES)},
+    ),
 ]
 Email = Annotated[
     str,
@@ -81,7 +87,7 @@ assert set(OperatorRole.__args__) == set(OPERATOR_ROLES)  # type: ignore[attr-de
 
 
 class Input(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", regex_engine="python-re")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class Output(BaseModel):
@@ -161,7 +167,10 @@ class BillingProfileIn(Input):
 
 
 class NewTaxId(Input):
-    type: Short = Field(description="eu_vat, gb_vat, au_abn, in_gst, us_ein, ca_bn, ...")
+    type: Short = Field(
+        description="Stripe's name of the kind of tax id.",
+        json_schema_extra={"enum": list(TAX_ID_TYPES)},
+    )
     country: CountryCode
     value: Short
     description: Description | None = None

@@ -38,7 +38,7 @@ async def list_accounts(call: Call[Any]) -> Reply:
         else:
             errors.append(("limit", f"must be an integer from 1 to {MAX_PAGE}"))
     cursor = q.get("cursor", "")
-    if cursor and not ids.well_formed(cursor, ids.ACCOUNT):
+    if "cursor" in q and not ids.well_formed(cursor, ids.ACCOUNT):  # cursor= included
         errors.append(("cursor", "must be the next_cursor of an earlier page"))
     status = q.get("status")
     if status is not None and status not in models.ACCOUNT_STATUSES:

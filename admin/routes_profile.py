@@ -137,6 +137,9 @@ OPERATIONS = [
         {201: (models.TaxId, "Registered, unverified.")},
         models.NewTaxId,
         errors=(409,),
+        description="The country must be one the type is issued in, and the value must have"
+        " its type's format and check digits (python-stdnum's rules); otherwise 422"
+        " invalid-input naming country or value.",
     ),
     Operation(
         "DELETE",

@@ -2,15 +2,28 @@
 
 Not a test module: ``test_admin_openapi_conformance.py`` runs the schemathesis CLI with
 this module on its path. It adds one check in place of the stock
-``positive_data_acceptance``: the same check, except for the one rule the OpenAPI
-document can only state in words, because JSON Schema cannot relate two parameters.
-On ``GET .../usage``, ``from`` after ``to``, or a range of ``MAX_RANGE_DAYS`` days or
-more, is refused with 400 bad-query naming ``from`` (``to`` defaults to today, the
-server's clock, which the test fixes and passes in ``ADMIN_FUZZ_TODAY``). A request
-that breaks the rule must not be accepted, and a 400 must be exactly that refusal;
-any other schema-valid request must be accepted, as the stock check says.
+``positive_data_acceptance``: the same check, except for the rules the OpenAPI
+document states but JSON Schema cannot express. A schema-valid request that breaks
+one of them must be refused exactly as the document says (the status, the problem
+type and the fields named), never accepted; any other schema-valid request must be
+accepted, as the stock check says.
 
-The rule is written out here from the document, not imported from the server.
+- Integers are JSON integers as written. JSON Schema counts ``5.0`` as an integer
+  (a number whose fraction is zero), the server refuses it (``admin.models``: strict
+  on purpose, ``5.0`` and ``5e0`` are not amounts, as the document's description
+  says). A body holding a float with an integral value where the schema says
+  ``integer`` may be refused with 422 invalid-input naming exactly those fields.
+- ``If-Match`` is an ETag list the server compares with the object's current one;
+  the schema can only say it is a string. Without ``*`` among its tags, 412
+  precondition-failed is the documented answer to a stale (or made-up) tag.
+- Tax ids: the country must be one the type is issued in and the value must pass
+  its type's format and check digits (the operation's description). 422
+  invalid-input naming only ``country`` and ``value`` is that refusal.
+- ``GET .../usage``: ``from`` after ``to``, or a range of ``MAX_RANGE_DAYS`` days or
+  more, is refused with 400 bad-query naming ``from`` (``to`` defaults to today, the
+  server's clock, which the test fixes and passes in ``ADMIN_FUZZ_TODAY``).
+
+The rules are written out here from the document, not imported from the server.
 """
 
 from __future__ import annotations
@@ -23,8 +36,10 @@ import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 USAGE = "GET /v1/accounts/{account_id}/usage"
+TAX_IDS = "POST /v1/accounts/{account_id}/tax-ids"
 MAX_RANGE_DAYS = 731  # the document: "the range may span at most 731 days"
 TODAY = date.fromisoformat(os.environ["ADMIN_FUZZ_TODAY"])
+PROBLEMS = "https://meter.dev/problems/"
 
 
 def breaks_the_range_rule(query: dict[str, Any]) -> bool:
@@ -39,25 +54,63 @@ def breaks_the_range_rule(query: dict[str, Any]) -> bool:
     return start > end or (end - start).days >= MAX_RANGE_DAYS
 
 
-@schemathesis.check
-def documented_positive_data_acceptance(ctx: Any, response: Any, case: Any) -> bool | None:
-    meta = case.meta
-    if (
-        case.operation.label == USAGE
-        and meta is not None
-        and meta.generation.mode.is_positive
-        and breaks_the_range_rule(dict(case.query or {}))
-    ):
+def integral_floats(body: Any) -> set[str]:
+    """The top-level fields of ``body`` written as floats with an integral value (5.0)."""
+    if not isinstance(body, dict):
+        return set()
+    return {k for k, v in body.items() if isinstance(v, float) and v.is_integer()}
+
+
+def if_match_tags(headers: Any) -> list[str] | None:
+    for name, value in (headers or {}).items():
+        if name.lower() == "if-match":
+            return [t.strip().removeprefix("W/") for t in str(value).split(",")]
+    return None
+
+
+def problem_of(response: Any) -> tuple[str, list[str]]:
+    """The problem's type slug and the fields its ``errors`` name."""
+    try:
+        problem = response.json()
+    except ValueError:
+        return "", []
+    if not isinstance(problem, dict):
+        return "", []
+    slug = str(problem.get("type", "")).removeprefix(PROBLEMS)
+    return slug, [str(e.get("field")) for e in problem.get("errors") or []]
+
+
+def documented_refusal(case: Any, response: Any) -> bool:
+    """Whether ``response`` is the refusal the document describes in words for ``case``.
+
+    Raises when the request breaks such a rule and the server accepted it anyway.
+    """
+    status = response.status_code
+    slug, fields = problem_of(response)
+    label = case.operation.label
+    if label == USAGE and breaks_the_range_rule(dict(case.query or {})):
         # 400 must be that refusal; 2xx is a disagreement; others (404: no such account,
         # checked first when the id cannot exist) are for the other checks to judge.
-        status = response.status_code
-        problem = response.json() if status == 400 else {}
-        fields = [e.get("field") for e in problem.get("errors", [])]
-        refused = str(problem.get("type", "")).endswith("/bad-query") and fields == ["from"]
-        if 200 <= status < 300 or (status == 400 and not refused):
+        if 200 <= status < 300 or (status == 400 and (slug, fields) != ("bad-query", ["from"])):
             raise AssertionError(
                 f"a range the document refuses got {status}: {response.text[:300]}"
             )
+        return status != 400 or slug == "bad-query"
+    floats = integral_floats(case.body)
+    if status == 422 and slug == "invalid-input" and floats:
+        return set(fields) == floats
+    if status == 422 and slug == "invalid-input" and label == TAX_IDS:
+        return bool(fields) and set(fields) <= {"country", "value"}
+    tags = if_match_tags(case.headers)
+    if status == 412 and slug == "precondition-failed" and tags is not None:
+        return "*" not in tags
+    return False
+
+
+@schemathesis.check
+def documented_positive_data_acceptance(ctx: Any, response: Any, case: Any) -> bool | None:
+    meta = case.meta
+    if meta is not None and meta.generation.mode.is_positive and documented_refusal(case, response):
         return True
     result: bool | None = positive_data_acceptance(ctx, response, case)
     return result

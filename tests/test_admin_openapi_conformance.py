@@ -4,10 +4,12 @@ The admin app runs in this test's event loop over real Redis and Postgres; the
 schemathesis CLI runs as a child process against it, over every operation and all
 its phases (coverage, fuzzing, stateful) and checks: status codes, content types,
 response headers and schemas, schema-violating requests refused, schema-valid ones
-accepted (``admin_openapi_checks``: the one rule the document states in words), no
-5xx, auth enforced. Seeded, one worker, no example database: the same cases each run.
+accepted (``admin_openapi_checks``: the rules the document states in words, strict
+integers among them), no 5xx, auth enforced. Seeded, one worker, no example database:
+the same cases each run. Before the run the test registers an account's tax ids, whose
+check digits the fuzzer would not find (``admin_openapi.toml`` names them).
 
-``ADMIN_FUZZ_EXAMPLES`` sets the examples per operation (``make fuzz-admin`` runs many).
+``ADMIN_FUZZ_EXAMPLES`` sets the examples per operation (``make fuzz`` runs many).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
-from test_admin_support import NOW, TOKEN, Clock, settings
+from test_admin_support import AUTH, NOW, TOKEN, Clock, settings
 
 from admin import operations as openapi
 from admin.app import create_app
@@ -34,6 +37,10 @@ SEED = int(os.environ.get("ADMIN_FUZZ_SEED", "23"))
 # object_level_authorization: needs two principals; the admin API has one token.
 EXCLUDED_CHECKS = "positive_data_acceptance,object_level_authorization"
 HOOKS = "admin_openapi_checks"
+DOCUMENTED_MISMATCH = {
+    "POST /v1/accounts/{account_id}/credits",
+    "POST /v1/accounts/{account_id}/tax-ids",
+}
 CONFIG = Path(__file__).with_name("admin_openapi.toml")
 # The default body limit: every body the schemas allow fits (test_admin_support's 2 KiB
 # would refuse a valid 200-character name written as JSON escapes with 413).
@@ -43,6 +50,32 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 def operations(doc: dict[str, Any]) -> int:
     return sum(1 for ops in doc["paths"].values() for method in ops if method in METHODS)
+
+
+async def seed(server: TestServer) -> dict[str, str]:
+    """An account with two tax ids, for the operations on one (the config names them)."""
+    values = ("DE136695976", "DE129273398")
+    async with ClientSession(headers=AUTH) as http:
+
+        async def post(path: str, body: dict[str, Any]) -> str:
+            async with http.post(server.make_url(path), json=body) as response:
+                assert response.status == 201, await response.text()
+                created: str = (await response.json())["id"]
+                return created
+
+        account = await post("/v1/accounts", {"name": "Tax ids"})
+        delete, verify = [
+            await post(
+                f"/v1/accounts/{account}/tax-ids",
+                {"type": "eu_vat", "country": "DE", "value": value},
+            )
+            for value in values
+        ]
+    return {
+        "ADMIN_FUZZ_ACCOUNT": account,
+        "ADMIN_FUZZ_TAX_ID_DELETE": delete,
+        "ADMIN_FUZZ_TAX_ID_VERIFY": verify,
+    }
 
 
 async def test_the_admin_api_agrees_with_its_openapi_document(
@@ -68,6 +101,7 @@ async def test_the_admin_api_agrees_with_its_openapi_document(
         "ADMIN_FUZZ_TODAY": datetime.fromtimestamp(NOW, UTC).date().isoformat(),
     }
     try:
+        env.update(await seed(server))
         with caplog.at_level(logging.WARNING):
             child = await asyncio.create_subprocess_exec(
                 *command,
@@ -93,8 +127,13 @@ async def test_the_admin_api_agrees_with_its_openapi_document(
     ran = {name: phase["status"] for name, phase in run["phases"].items() if name != "examples"}
     assert ran == {"coverage": "success", "fuzzing": "success", "stateful": "success"}, ran
     assert cases["generated"] >= 20 * run["operations"]["tested"], cases  # it ran for real
-    # No pattern it could not read, no operation it could not reach, ...
-    assert not any(run["warnings"].values()), run["warnings"]
+    # No pattern it could not read, no operation it could not reach, ... Only the
+    # operations whose every positive case the documented rules may refuse can have had
+    # all of them refused (validation_mismatch): the generator writes most integers as
+    # 5.0, and a tax id's check digits are out of its reach (see admin_openapi_checks).
+    warnings = {name: set(labels) for name, labels in run["warnings"].items() if labels}
+    assert warnings.pop("validation_mismatch", set()) <= DOCUMENTED_MISMATCH, run["warnings"]
+    assert warnings == {}, run["warnings"]
     # The server logged nothing at ERROR: no traceback for any request the fuzzer sent,
     # the NUL-in-a-header probe included (a warning line, see admin.protocol_log).
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
