@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from admin.access import Principal
-from admin.errors import InvalidInput
+from ledger.errors import BadQuery
 
 Conn = Any
 
@@ -97,7 +97,7 @@ def _json(doc: dict[str, Any] | None) -> str | None:
 
 
 def page_params(query: Mapping[str, str]) -> tuple[int, int]:
-    """``limit`` and ``cursor`` (``aud_<id>``) of a page, or ``InvalidInput`` naming both."""
+    """``limit`` and ``cursor`` (``aud_<id>``) of a page, or ``BadQuery`` naming each bad one."""
     errors = []
     limit, before = DEFAULT_LIMIT, 2**63 - 1
     raw_limit = query.get("limit")
@@ -114,7 +114,7 @@ def page_params(query: Mapping[str, str]) -> tuple[int, int]:
         else:
             errors.append(("cursor", "must be the next_cursor of an earlier page"))
     if errors:
-        raise InvalidInput(errors)
+        raise BadQuery(errors)
     return limit, before
 
 

@@ -8,9 +8,9 @@ from typing import Any
 from admin import ids, models
 from admin.access import Permission as P
 from admin.declared import Call, Operation, Reply
-from admin.errors import InvalidInput
 from admin.provisioning import Written
 from admin.records import SUSPENDED, Account
+from ledger.errors import BadQuery
 from meter.money import SECONDS_PER_DAY
 
 PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
@@ -47,7 +47,7 @@ async def list_accounts(call: Call[Any]) -> Reply:
     if name is not None and not 1 <= len(name) <= models.MAX_NAME_CHARS:
         errors.append(("name", f"must be 1 to {models.MAX_NAME_CHARS} characters"))
     if errors:
-        raise InvalidInput(errors)
+        raise BadQuery(errors)
     found = await call.services.provisioning.accounts(
         after=cursor, limit=limit + 1, name=name, status=status
     )
@@ -158,7 +158,7 @@ OPERATIONS = [
         P.OPERATOR_READ,
         None,
         {200: (models.AccountPage, "One page.")},
-        errors=(422,),
+        errors=(400,),
         parameters=(
             _q(
                 "limit",

@@ -170,7 +170,7 @@ OPERATIONS = [
         P.AUDIT_READ,
         "account_id",
         {200: (models.AuditPage, "One page.")},
-        errors=(422,),
+        errors=(400,),
         parameters=_PAGE,
     ),
     Operation(
@@ -182,7 +182,7 @@ OPERATIONS = [
         P.OPERATOR_READ,
         None,
         {200: (models.AuditPage, "One page.")},
-        errors=(422,),
+        errors=(400,),
         parameters=_PAGE,
     ),
 ]
