@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test fuzz fuzz-admin lint format mypy bench ledger-bench clean
+.PHONY: install demo test fuzz fuzz-admin lint format mypy bench ledger-bench portal-bench clean
 
 install: $(STAMP)
 
@@ -48,7 +48,13 @@ bench: install
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 ledger-bench: install
+	$(BIN)/python -m meter.system_needs demo
 	$(BIN)/python -m loadtests.ledger_bench
+
+# The portal's pages with 100 signed-in sessions on an account of 10 million usage events.
+portal-bench: install
+	$(BIN)/python -m meter.system_needs demo
+	$(BIN)/python -m loadtests.portal_bench $(PORTAL_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
