@@ -28,7 +28,11 @@ TABLES = (
     "billing_profiles",
     "tax_ids",
     "audit_log",
+    "portal_links",
+    "portal_sessions",
 )
+RETURN_URLS = "https://app.example.test/billing,http://127.0.0.1"
+RETURN_URL = "https://app.example.test/billing/done"
 ANY_2XX = -200  # for ``call``: any 2xx status
 
 
@@ -48,6 +52,7 @@ def settings(redis_url: str, database_url: str, **env: str) -> Settings:
         "METER_SHARDS": "4",
         "METER_ADMIN_MAX_BODY_BYTES": str(MAX_BODY),
         "METER_REDIS_TIMEOUT": "0.5",
+        "METER_PORTAL_RETURN_URLS": RETURN_URLS,
         **env,
     }
     return Settings.from_env(values)
