@@ -15,9 +15,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from admin.access import ACCOUNT_ROLES, OPERATOR_ROLES
+from admin.tax_registrations import check_country
 from ledger import history_query
 from meter import entry_kinds
 
@@ -62,7 +63,10 @@ Short = Annotated[str, _text(64), _TEXT]
 Micros = Annotated[int, Field(ge=0, le=MAX_LIMIT_MICROS, description=MICROS)]
 CreditMicros = Annotated[int, Field(ge=1, le=MAX_CREDIT_MICROS, description=MICROS)]
 CountryCode = Annotated[
-    str, StringConstraints(pattern="^[A-Z]{2}$"), Field(description="ISO 3166-1 alpha-2.")
+    str,
+    StringConstraints(pattern="^[A-Z]{2}$"),
+    AfterValidator(check_country),
+    Field(description="ISO 3166-1 alpha-2, an assigned code (pycountry)."),
 ]
 Email = Annotated[
     str,

@@ -18,7 +18,7 @@ from admin.audit import Actor
 from admin.errors import Conflict, InvalidInput, NotFound
 from admin.provisioning import check_etag
 from admin.records import CLOSED, BillingProfile, TaxRegistration
-from admin.tax_registrations import check_all, check_country
+from admin.tax_registrations import check_all
 
 PROFILE_FIELDS = (
     "legal_name",
@@ -54,11 +54,6 @@ class Profiles:
         *,
         if_match: str | None,
     ) -> BillingProfile:
-        if new.country is not None:
-            try:
-                check_country(new.country)
-            except ValueError as exc:
-                raise InvalidInput([("country", str(exc))]) from None
         async with self.pool.acquire() as conn, conn.transaction():
             account = await repo.get_account(conn, account_id, for_update=True)
             if account is None:

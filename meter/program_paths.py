@@ -1,4 +1,5 @@
-"""Where the outside programs we run are found: redis-server, PostgreSQL, wrk, nginx.
+"""Where the outside programs we run are found: redis-server, PostgreSQL, wrk, nginx,
+chromium.
 
 One set of finders for ``meter dev``, the test fixtures, the benchmark and the
 step that installs what they need (``meter.system_needs``). A ``Search`` says
@@ -81,3 +82,9 @@ def find_wrk(search: Search = SYSTEM) -> str | None:
 
 def find_nginx(search: Search = SYSTEM) -> str | None:
     return find_program("nginx", search)
+
+
+def find_chromium(search: Search = SYSTEM) -> str | None:
+    """Debian's chromium (/usr/bin/chromium), which the browser tests drive through
+    Playwright instead of a browser Playwright would download."""
+    return find_program("chromium", search)

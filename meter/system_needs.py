@@ -28,6 +28,7 @@ from typing import IO, Literal
 from meter.program_paths import (
     SYSTEM,
     Search,
+    find_chromium,
     find_nginx,
     find_pg_bin,
     find_program,
@@ -51,6 +52,7 @@ REDIS = Need("redis-server", "redis-server", "redis-server", True, find_redis_se
 POSTGRES = Need("PostgreSQL", "postgresql", "postgresql", True, find_pg_bin)
 WRK = Need("wrk", "wrk", None, False, find_wrk)  # tests/test_loadtests.py drives wrk
 NGINX = Need("nginx", "nginx", "nginx", False, find_nginx)  # a real upstream; the bench
+CHROMIUM = Need("chromium", "chromium", None, False, find_chromium)  # tests/browser.py drives it
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ class Profile:
 
 PROFILES = {
     "demo": Profile("meter dev", (REDIS, POSTGRES), embedded=True),
-    "test": Profile("the tests", (REDIS, POSTGRES, WRK, NGINX), embedded=False),
+    "test": Profile("the tests", (REDIS, POSTGRES, WRK, NGINX, CHROMIUM), embedded=False),
     "bench": Profile("the benchmark", (REDIS, WRK, NGINX), embedded=False),
 }
 

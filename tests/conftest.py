@@ -4,7 +4,8 @@ Each test gets an empty Redis database (FLUSHALL before it) and its own
 Postgres database cloned from a migrated template, so tests never see each
 other's data. Servers run on random free ports with data in a temp folder.
 Without the programs the suite needs (``make test`` installs them first), the
-session stops at once with the line saying what to install.
+session stops at once with the line saying what to install. The browser tests'
+fixtures (a chromium per test, its pages) are in browser.py, loaded here as a plugin.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import trustme
 from meter import local_servers, system_needs
 from meter.live_state import LiveState
 from meter.migrate import migrate
+
+pytest_plugins = ("browser",)
 
 TEMPLATE_DB = "meter_template"
 _db_counter = itertools.count()

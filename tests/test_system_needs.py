@@ -15,7 +15,17 @@ import pytest
 
 from meter import system_needs
 from meter.program_paths import Search
-from meter.system_needs import NGINX, POSTGRES, PROFILES, REDIS, WRK, Machine, Plan, decide
+from meter.system_needs import (
+    CHROMIUM,
+    NGINX,
+    POSTGRES,
+    PROFILES,
+    REDIS,
+    WRK,
+    Machine,
+    Plan,
+    decide,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +63,8 @@ def machine(
             ),
         ),
         ("test", machine(NGINX, services=None), Plan(apt=("nginx",))),
+        # Debian's chromium starts no service: nothing to stop
+        ("test", machine(CHROMIUM, WRK), Plan(apt=("chromium", "wrk"))),
         (
             "test",
             machine(NGINX, root=False, sudo=True),
@@ -73,6 +85,7 @@ def machine(
         "root-apt",
         "root-apt-systemd",
         "root-apt-no-service-manager",
+        "root-apt-chromium",
         "sudo-apt",
         "root-apt-and-pip",
         "not-root-embedded",
@@ -200,6 +213,7 @@ STUBS = {  # package -> what installing it leaves, relative to the fake machine
     "redis-server": "bin/redis-server",
     "wrk": "bin/wrk",
     "nginx": "bin/nginx",
+    "chromium": "bin/chromium",
     "postgresql": "pg/15/bin/initdb",
 }
 
@@ -250,7 +264,7 @@ def test_as_root_it_installs_what_is_missing_updating_first_and_stops_the_servic
         "test", fake.search, root=True, systemd_marker=str(tmp_path / "no-systemd"), out=out
     )
     assert line is None
-    install = "apt-get install -y -qq redis-server postgresql wrk nginx"
+    install = "apt-get install -y -qq redis-server postgresql wrk nginx chromium"
     assert fake.calls() == [
         install,  # failed: the package list is stale
         "apt-get update -qq",
@@ -259,7 +273,7 @@ def test_as_root_it_installs_what_is_missing_updating_first_and_stops_the_servic
         "service postgresql stop",
         "service nginx stop",
     ]
-    assert "installing redis-server postgresql wrk nginx from Debian" in out.getvalue()
+    assert "installing redis-server postgresql wrk nginx chromium from Debian" in out.getvalue()
     assert system_needs.probe(PROFILES["test"], fake.search, root=True).missing == ()
 
 
@@ -274,7 +288,7 @@ def test_only_what_is_missing_is_installed_and_nothing_when_nothing_is(
     assert system_needs.ensure("demo", fake.search, root=True, out=io.StringIO()) is None
     assert fake.calls() == []
     assert system_needs.ensure("test", fake.search, root=True, out=io.StringIO()) is None
-    assert fake.calls() == ["apt-get install -y -qq wrk nginx", "service nginx stop"]
+    assert fake.calls() == ["apt-get install -y -qq wrk nginx chromium", "service nginx stop"]
 
 
 def test_not_root_it_installs_through_passwordless_sudo(fake: FakeMachine, tmp_path: Path) -> None:
@@ -305,15 +319,15 @@ def test_it_stops_with_the_one_line_when_it_cannot_install(
 ) -> None:
     not_root = system_needs.ensure("test", fake.search, root=False, out=io.StringIO())
     assert not_root == (
-        "the tests: missing redis-server, PostgreSQL, wrk, nginx; run as root (or with"
-        " passwordless sudo) to have them installed, or install them:"
-        " `sudo apt-get install redis-server postgresql wrk nginx`"
+        "the tests: missing redis-server, PostgreSQL, wrk, nginx, chromium; run as root (or"
+        " with passwordless sudo) to have them installed, or install them:"
+        " `sudo apt-get install redis-server postgresql wrk nginx chromium`"
     )
     (fake.bin / "apt-get").unlink()
     no_apt = system_needs.ensure("test", fake.search, root=True, out=io.StringIO())
     assert no_apt == (
-        "the tests: missing redis-server, PostgreSQL, wrk, nginx; there is no apt-get here:"
-        " install them"
+        "the tests: missing redis-server, PostgreSQL, wrk, nginx, chromium; there is no apt-get"
+        " here: install them"
     )
     assert fake.calls() == []  # nothing was tried
 
