@@ -79,9 +79,7 @@ async def start_session(
 
 
 def principal_of(member: Member) -> Principal:
-    return Principal(
-        ActorType.MEMBER, member.id, member.name, Role(member.role), member.account_id
-    )
+    return Principal(ActorType.MEMBER, member.id, member.name, Role(member.role), member.account_id)
 
 
 class PortalSessions:

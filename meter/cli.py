@@ -2,6 +2,7 @@
 
     meter gateway            the metering proxy (hot path)
     meter admin              the admin API
+    meter portal             the billing portal (customers' pages)
     meter ledger             the ledger worker (Redis streams -> Postgres)
     meter migrate            apply the SQL migrations
     meter reconcile [--repair]  prove Redis == Postgres; rebuild Redis from Postgres
@@ -32,6 +33,13 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 def _admin(settings: Settings, args: argparse.Namespace) -> int:
     from admin.service import main
+
+    main(settings)
+    return 0
+
+
+def _portal(settings: Settings, args: argparse.Namespace) -> int:
+    from portal.service import main
 
     main(settings)
     return 0
@@ -136,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("gateway", help="run the metering proxy").set_defaults(run=_gateway)
     sub.add_parser("admin", help="run the admin API").set_defaults(run=_admin)
+    sub.add_parser("portal", help="run the billing portal").set_defaults(run=_portal)
     sub.add_parser("ledger", help="run the ledger worker").set_defaults(run=_ledger)
     sub.add_parser("migrate", help="apply the SQL migrations").set_defaults(run=_migrate)
     rec = sub.add_parser("reconcile", help="compare Redis with Postgres, per account")
