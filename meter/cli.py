@@ -68,9 +68,10 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 # `meter dev`'s options: each overrides these settings (and so their variables).
 DEV_OPTIONS = {
-    "host": ("gateway_host", "admin_host", "ledger_host"),
+    "host": ("gateway_host", "admin_host", "ledger_host", "portal_host"),
     "gateway_port": ("gateway_port",),
     "admin_port": ("admin_port",),
+    "portal_port": ("portal_port",),
     "ledger_port": ("ledger_port",),
     "data_dir": ("data_dir",),
 }
@@ -111,18 +112,20 @@ def _dev_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     dev = sub.add_parser(
         "dev",
         help=summary,
-        description=f"{summary}: Redis, PostgreSQL, an echo upstream, the gateway, the admin API"
-        " and the ledger worker. Options override the METER_* variables (see the README).",
+        description=f"{summary}: Redis, PostgreSQL, an echo upstream, the gateway, the admin API,"
+        " the billing portal and the ledger worker. Options override the METER_* variables"
+        " (see the README).",
     )
     dev.add_argument(
         "--host",
         metavar="ADDRESS",
-        help="listen address of the gateway, admin API and"
+        help="listen address of the gateway, admin API, billing portal and"
         f" ledger worker {_from(*DEV_OPTIONS['host'])}",
     )
     for service, whose in (
         ("gateway", "gateway's"),
         ("admin", "admin API's"),
+        ("portal", "billing portal's"),
         ("ledger", "ledger worker's"),
     ):
         dev.add_argument(
