@@ -239,3 +239,17 @@ async def test_a_member_of_two_accounts_switches_between_them(
         "/switch", data={"account_id": stranger.account_id, "csrf_token": csrf}
     )
     assert refused.status == 404
+
+
+async def test_the_last_owner_cannot_leave_and_the_page_says_why(
+    portal: TestClient[Any, Any], provider: Provider
+) -> None:
+    csrf = await sign_in(portal, provider)
+    owner = provider.members["owner"]
+    response = await portal.post(f"/members/{owner}/remove", data={"csrf_token": csrf})
+    assert response.status == 409
+    assert "last owner" in await response.text()
+    listed = await call(
+        provider.admin, "GET", f"/v1/accounts/{provider.account_id}/members", status=200
+    )
+    assert owner in [m["id"] for m in listed["data"]]
