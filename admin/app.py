@@ -19,7 +19,7 @@ from admin import declared, middlewares, operations, protocol_log, routes_ops, s
 from admin.auth import TokenAuthenticator
 from admin.context import CLOCK, FIRST_SYNC_DONE, LIVE, METRICS, POOL, SERVICES, SETTINGS
 from admin.metrics import AdminMetrics
-from admin.services import Services
+from admin.services import open_services
 from meter.live_state import LiveState
 from meter.settings import ConfigError, Settings
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         live = LiveState.from_url(settings.redis_url, timeout=settings.redis_timeout, clock=clock)
         app[POOL] = pool
         app[LIVE] = live
-        app[SERVICES] = Services.open(pool, live, shards=settings.shards, clock=clock)
+        app[SERVICES] = open_services(pool, live, settings, clock)
         try:
             yield
         finally:

@@ -10,6 +10,7 @@ from admin import (
     routes_credits,
     routes_history,
     routes_people,
+    routes_portal,
     routes_profile,
     routes_projects,
 )
@@ -21,6 +22,7 @@ ALL: list[declared.Operation] = [
     *routes_projects.OPERATIONS,
     *routes_people.OPERATIONS,
     *routes_profile.OPERATIONS,
+    *routes_portal.OPERATIONS,
 ]
 
 INFO = {

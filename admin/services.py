@@ -15,11 +15,14 @@ import asyncpg
 from admin import audit
 from admin.audit import Actor, AuditEntry
 from admin.people import People
+from admin.portal_links import LinkRules, PortalLinks
+from admin.portal_sessions import PortalSessions
 from admin.profiles import Profiles
 from admin.provisioning import Provisioning
 from meter.live_state import LiveState
+from meter.settings import Settings
 
-__all__ = ["Actor", "Services"]
+__all__ = ["Actor", "Services", "open_services"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,8 @@ class Services:
     provisioning: Provisioning
     people: People
     profiles: Profiles
+    portal_links: PortalLinks
+    portal_sessions: PortalSessions
     clock: Callable[[], float]
 
     @classmethod
@@ -38,12 +43,16 @@ class Services:
         *,
         shards: int,
         clock: Callable[[], float] = time.time,
+        portal: LinkRules | None = None,
+        session_idle: float = 3600.0,
     ) -> Services:
         return cls(
             pool=pool,
             provisioning=Provisioning(pool, live, shards=shards, clock=clock),
             people=People(pool),
             profiles=Profiles(pool),
+            portal_links=PortalLinks(pool, portal or LinkRules()),
+            portal_sessions=PortalSessions(pool, idle=session_idle),
             clock=clock,
         )
 
@@ -53,3 +62,22 @@ class Services:
         if account_id is not None:
             await self.provisioning.account(account_id)
         return await audit.entries(self.pool, account_id, limit, before)
+
+
+def open_services(
+    pool: asyncpg.Pool, live: LiveState, settings: Settings, clock: Callable[[], float]
+) -> Services:
+    """The services as a service's settings configure them (admin API and portal alike)."""
+    return Services.open(
+        pool,
+        live,
+        shards=settings.shards,
+        clock=clock,
+        portal=LinkRules(
+            public_url=settings.portal_public_url,
+            return_urls=settings.portal_return_urls,
+            ttl=settings.portal_link_ttl,
+            session_max=settings.portal_session_max,
+        ),
+        session_idle=settings.portal_session_idle,
+    )

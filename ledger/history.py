@@ -174,3 +174,18 @@ async def usage_response(
 ) -> dict[str, Any]:
     """The whole route: query string in, response body out (raises LedgerError)."""
     return await usage(db, account_id, usage_query(params, today), today)
+
+
+async def credit_totals(db: Db, account_id: str) -> tuple[int, int]:
+    """(granted, purchased) micros over the account's life: the overview's total credits.
+
+    Grants are the provider's gifts and plan credits; purchases are paid credits and
+    auto-recharges. Refunds of usage are neither (they undo a debit).
+    """
+    row = await db.fetchrow(
+        "select coalesce(sum(amount) filter (where kind = 'grant'), 0)::bigint as granted,"
+        " coalesce(sum(amount) filter (where kind in ('credit', 'recharge')), 0)::bigint"
+        " as purchased from ledger_entries where account_id = $1 and amount > 0",
+        account_id,
+    )
+    return int(row["granted"]), int(row["purchased"])

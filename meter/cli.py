@@ -2,6 +2,7 @@
 
     meter gateway            the metering proxy (hot path)
     meter admin              the admin API
+    meter portal             the billing portal (customers' pages)
     meter ledger             the ledger worker (Redis streams -> Postgres)
     meter migrate            apply the SQL migrations
     meter reconcile [--repair]  prove Redis == Postgres; rebuild Redis from Postgres
@@ -37,6 +38,13 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _portal(settings: Settings, args: argparse.Namespace) -> int:
+    from portal.service import main
+
+    main(settings)
+    return 0
+
+
 def _ledger(settings: Settings, args: argparse.Namespace) -> int:
     from ledger.service import main
 
@@ -60,9 +68,10 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 # `meter dev`'s options: each overrides these settings (and so their variables).
 DEV_OPTIONS = {
-    "host": ("gateway_host", "admin_host", "ledger_host"),
+    "host": ("gateway_host", "admin_host", "ledger_host", "portal_host"),
     "gateway_port": ("gateway_port",),
     "admin_port": ("admin_port",),
+    "portal_port": ("portal_port",),
     "ledger_port": ("ledger_port",),
     "data_dir": ("data_dir",),
 }
@@ -103,18 +112,20 @@ def _dev_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     dev = sub.add_parser(
         "dev",
         help=summary,
-        description=f"{summary}: Redis, PostgreSQL, an echo upstream, the gateway, the admin API"
-        " and the ledger worker. Options override the METER_* variables (see the README).",
+        description=f"{summary}: Redis, PostgreSQL, an echo upstream, the gateway, the admin API,"
+        " the billing portal and the ledger worker. Options override the METER_* variables"
+        " (see the README).",
     )
     dev.add_argument(
         "--host",
         metavar="ADDRESS",
-        help="listen address of the gateway, admin API and"
+        help="listen address of the gateway, admin API, billing portal and"
         f" ledger worker {_from(*DEV_OPTIONS['host'])}",
     )
     for service, whose in (
         ("gateway", "gateway's"),
         ("admin", "admin API's"),
+        ("portal", "billing portal's"),
         ("ledger", "ledger worker's"),
     ):
         dev.add_argument(
@@ -136,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("gateway", help="run the metering proxy").set_defaults(run=_gateway)
     sub.add_parser("admin", help="run the admin API").set_defaults(run=_admin)
+    sub.add_parser("portal", help="run the billing portal").set_defaults(run=_portal)
     sub.add_parser("ledger", help="run the ledger worker").set_defaults(run=_ledger)
     sub.add_parser("migrate", help="apply the SQL migrations").set_defaults(run=_migrate)
     rec = sub.add_parser("reconcile", help="compare Redis with Postgres, per account")

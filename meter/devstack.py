@@ -3,8 +3,9 @@
 Starts Redis and PostgreSQL under the data folder (system binaries or the
 ``embedded`` extra's wheels; ``make demo`` installs them first, see
 ``meter.system_needs``), applies the migrations, starts the echo upstream, the
-gateway, the admin API and the ledger worker as child processes, seeds a demo
-billing account through the admin API, prints a ready ``curl`` line and waits.
+gateway, the admin API, the billing portal and the ledger worker as child
+processes, seeds a demo billing account and its owner through the admin API,
+prints a ready ``curl`` line and a portal sign-in link, and waits.
 Ctrl-C, SIGTERM or SIGHUP (the terminal gone) stops everything it started, in
 order; killed outright, it leaves nothing running either (``parent_death``).
 """
@@ -32,6 +33,7 @@ from meter.money import usd
 from meter.settings import Secret, Settings
 
 DEMO_FILE = "demo-account.json"
+DEMO_OWNER = "owner@demo.test"
 
 
 def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
@@ -147,9 +149,36 @@ def seed_demo(settings: Settings, data: Path) -> dict[str, Any]:
             f"/v1/accounts/{account['id']}/credits",
             {"amount": usd(20), "description": "Demo credits", "idempotency_key": "demo-seed"},
         )
+    if "owner" not in demo:  # also a data folder from before the portal
+        demo["owner"] = _demo_owner(settings, demo["account_id"])
         saved.write_bytes(orjson.dumps(demo))
     key = _admin_call(settings, "POST", f"/v1/projects/{demo['project_id']}/keys")
     return {**demo, "key": key["key"]}
+
+
+def _demo_owner(settings: Settings, account_id: str) -> str:
+    members = _admin_call(settings, "GET", f"/v1/accounts/{account_id}/members")["data"]
+    for member in members:
+        if member["email"] == DEMO_OWNER and member["role"] == "owner":
+            return str(member["id"])
+    owner = _admin_call(
+        settings,
+        "POST",
+        f"/v1/accounts/{account_id}/members",
+        {"email": DEMO_OWNER, "name": "Demo Owner", "role": "owner"},
+    )
+    return str(owner["id"])
+
+
+def portal_link(settings: Settings, demo: dict[str, Any]) -> str:
+    """A fresh one-time sign-in link for the demo account's owner, minted as a provider would."""
+    link = _admin_call(
+        settings,
+        "POST",
+        f"/v1/accounts/{demo['account_id']}/portal-sessions",
+        {"member_id": demo["owner"], "return_url": settings.portal_public_url + "/"},
+    )
+    return str(link["url"])
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -177,6 +206,13 @@ def run(settings: Settings) -> int:
         asyncio.run(migrate(settings.database_url))
         upstream_port = local_servers.free_port()
         settings = settings.replace(upstream_url=f"http://127.0.0.1:{upstream_port}")
+        portal_base = f"http://{settings.portal_host}:{settings.portal_port}"
+        # Local plain http: no Secure cookie; the demo's "back to the app" is the portal.
+        settings = settings.replace(
+            portal_public_url=portal_base,
+            portal_cookie_secure=False,
+            portal_return_urls=settings.portal_return_urls or (portal_base,),
+        )
         if settings.refund_spool_dir is None:
             settings = settings.replace(refund_spool_dir=str(data / "refund-spool"))
         env = child_environment(settings)
@@ -191,19 +227,23 @@ def run(settings: Settings) -> int:
         _spawn(started, "admin", [py, "-m", "meter", "admin"], env, logs / "admin.log")
         _spawn(started, "gateway", [py, "-m", "meter", "gateway"], env, logs / "gateway.log")
         _spawn(started, "ledger", [py, "-m", "meter", "ledger"], env, logs / "ledger.log")
+        _spawn(started, "portal", [py, "-m", "meter", "portal"], env, logs / "portal.log")
         admin_base = f"http://{settings.admin_host}:{settings.admin_port}"
         gateway_base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         _wait_http(f"{admin_base}/healthz", started[1].proc, "admin")
         _wait_http(f"{gateway_base}/_meter/healthz", started[2].proc, "gateway")
         ledger_base = f"http://{settings.ledger_host}:{settings.ledger_port}"
         _wait_http(f"{ledger_base}/healthz", started[3].proc, "ledger")  # running when it says so
+        _wait_http(f"{portal_base}/healthz", started[4].proc, "portal")
         demo = seed_demo(settings, data)
+        link = portal_link(settings, demo)
         print(
             f"""
 meter dev is running (logs in {logs}, data in {data}).
 
   gateway      {gateway_base}
   admin API    {admin_base}   (token: {settings.admin_token.reveal()})
+  portal       {portal_base}
   Redis        {redis_server.url}
   Postgres     {pg.url("meter")}
 
@@ -217,6 +257,11 @@ and the balance:
 
   curl -s -H 'Authorization: Bearer {settings.admin_token.reveal()}' \\
        {admin_base}/v1/accounts/{demo["account_id"]}/balance
+
+Sign in to the billing portal as the demo account's owner (works once, for
+{settings.portal_link_ttl:.0f} seconds; POST .../portal-sessions mints another):
+
+  {link}
 
 Ctrl-C stops everything.
 """,

@@ -126,6 +126,15 @@ def _secret(raw: str) -> Secret:
 CRASH_POINTS = ("after_read", "mid_insert", "before_commit", "after_commit", "after_trim")
 
 
+def _return_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+            raise ValueError(f"{url!r} is not an http(s) origin or URL prefix")
+    return urls
+
+
 def _crash_points(raw: str) -> frozenset[str]:
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
     unknown = points - set(CRASH_POINTS)
@@ -169,7 +178,7 @@ class Settings:
     # facing port (which answers /_meter/healthz and /_meter/readyz, never metrics). Worker
     # i of METER_GATEWAY_WORKERS listens on this port + i; 0: a free port (tests).
     gateway_metrics_host: str = _env("METER_GATEWAY_METRICS_HOST", "127.0.0.1", _str)
-    gateway_metrics_port: int = _env("METER_GATEWAY_METRICS_PORT", "8083", _int(0, 65535))
+    gateway_metrics_port: int = _env("METER_GATEWAY_METRICS_PORT", "9464", _int(0, 65535))
     # Gateway worker processes sharing the port (SO_REUSEPORT); 1 = serve in-process.
     gateway_workers: int = _env("METER_GATEWAY_WORKERS", "1", _int(1, 256))
     admin_host: str = _env("METER_ADMIN_HOST", "127.0.0.1", _str)
@@ -224,6 +233,20 @@ class Settings:
     # Admin API.
     admin_max_body_bytes: int = _env("METER_ADMIN_MAX_BODY_BYTES", "65536", _int(1024, 1 << 30))
     sync_interval: float = _env("METER_SYNC_INTERVAL", "2.0", _float(0.01, 3600))
+    # Billing portal (portal/): its own listener, facing customers.
+    portal_host: str = _env("METER_PORTAL_HOST", "127.0.0.1", _str)
+    portal_port: int = _env("METER_PORTAL_PORT", "8083", _int(0, 65535))
+    # The base of the one-time sign-in links the admin API mints (as customers reach it).
+    portal_public_url: str = _env(
+        "METER_PORTAL_PUBLIC_URL", "http://127.0.0.1:8083", _url("http", "https")
+    )
+    # Comma list of origins or URL prefixes a link's return_url may point at; empty: none.
+    portal_return_urls: tuple[str, ...] = _env("METER_PORTAL_RETURN_URLS", "", _return_urls)
+    # The session cookie's Secure flag; false only for a portal served over plain local http.
+    portal_cookie_secure: bool = _env("METER_PORTAL_COOKIE_SECURE", "true", _bool)
+    portal_link_ttl: float = _env("METER_PORTAL_LINK_TTL", "300", _float(1, 86_400))
+    portal_session_idle: float = _env("METER_PORTAL_SESSION_IDLE", "3600", _float(1, 86_400))
+    portal_session_max: float = _env("METER_PORTAL_SESSION_MAX", "43200", _float(1, 604_800))
     # Ledger worker (see ledger/worker.py). A batch closes at METER_LEDGER_BATCH events or
     # METER_LEDGER_MAX_WAIT seconds after its first event, whichever comes first.
     ledger_host: str = _env("METER_LEDGER_HOST", "127.0.0.1", _str)

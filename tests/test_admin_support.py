@@ -17,6 +17,8 @@ PROBLEM = "application/problem+json"
 MAX_BODY = 2048
 # 2024-03-01T12:00:00Z: a fixed "now" for the balance's day roll-over.
 NOW = 1_709_294_400.0
+RETURN_URLS = "https://app.example.test/billing,http://127.0.0.1"
+RETURN_URL = "https://app.example.test/billing/done"
 ANY_2XX = -200  # for ``call``: any 2xx status
 
 
@@ -36,6 +38,7 @@ def settings(redis_url: str, database_url: str, **env: str) -> Settings:
         "METER_SHARDS": "4",
         "METER_ADMIN_MAX_BODY_BYTES": str(MAX_BODY),
         "METER_REDIS_TIMEOUT": "0.5",
+        "METER_PORTAL_RETURN_URLS": RETURN_URLS,
         **env,
     }
     return Settings.from_env(values)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,21 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.timeout(120)
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _first_response(url: str) -> urllib.error.HTTPError:
+    """The answer itself, a redirect not followed (urllib raises it as an HTTPError)."""
+    try:
+        urllib.request.build_opener(_NoRedirect()).open(url, timeout=10)
+    except urllib.error.HTTPError as answer:
+        answer.close()
+        return answer
+    raise AssertionError(f"{url} did not redirect")
+
+
 @pytest.mark.parametrize(
     "stop", [signal.SIGINT, signal.SIGHUP, signal.SIGKILL], ids=["ctrl-c", "hangup", "kill-9"]
 )
@@ -74,7 +90,7 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
 ) -> None:
     """Ctrl-C, or the terminal going away (SIGHUP), stops every process it started; so
     does killing it outright (each gets its stop signal when its parent dies)."""
-    ports = {name: free_port() for name in ("gateway", "admin", "ledger")}
+    ports = {name: free_port() for name in ("gateway", "admin", "ledger", "portal")}
     env = {
         **os.environ,
         "METER_DATA_DIR": str(data_dir),
@@ -82,6 +98,7 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
         "METER_GATEWAY_METRICS_PORT": "0",
         "METER_ADMIN_PORT": str(ports["admin"]),
         "METER_LEDGER_PORT": str(ports["ledger"]),
+        "METER_PORTAL_PORT": str(ports["portal"]),
         "METER_ADMIN_TOKEN": "dev-test-token",
     }
     proc = _meter_dev(env)
@@ -92,6 +109,11 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
         key, url = match.groups()
         account = re.search(r"Demo account (acct_\w+)", banner)
         assert account, banner
+        link = re.search(r"(http://127\.0\.0\.1:\d+/s/[\w-]+)\n", banner)
+        assert link, banner
+        signed_in = _first_response(link.group(1))
+        assert signed_in.code == 303, banner
+        assert "meter_portal=" in signed_in.headers.get("Set-Cookie", ""), banner
         for store in ("Redis", "Postgres"):
             port = re.search(store + r" +\w+://[^ ]*127\.0\.0\.1:(\d+)", banner)
             assert port, banner
@@ -174,7 +196,14 @@ def test_meter_dev_help_lists_its_options() -> None:
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())  # argparse wraps its lines
     for option, help_text in [
-        ("--host ADDRESS", "listen address of the gateway, admin API and ledger worker"),
+        (
+            "--host ADDRESS",
+            "listen address of the gateway, admin API, billing portal and ledger worker",
+        ),
+        (
+            "--portal-port PORT",
+            "the billing portal's port (default: $METER_PORTAL_PORT, else 8083)",
+        ),
         ("--gateway-port PORT", "the gateway's port (default: $METER_GATEWAY_PORT, else 8080)"),
         ("--admin-port PORT", "the admin API's port (default: $METER_ADMIN_PORT, else 8081)"),
         ("--ledger-port PORT", "the ledger worker's port (default: $METER_LEDGER_PORT, else 8082)"),
@@ -243,7 +272,7 @@ def test_the_readme_example_call_on_meter_dev_started_with_options(data_dir: Pat
     example = re.search(r"```\n(curl -i .*?)\n```", readme, re.DOTALL)
     claimed = re.search(r"`X-Meter-Charged: (\d+)`", readme)
     assert example and claimed
-    ports = {name: free_port() for name in ("gateway", "admin", "ledger")}
+    ports = {name: free_port() for name in ("gateway", "admin", "ledger", "portal")}
     decoys = {name: free_port() for name in ports}
     env = {
         **os.environ,
@@ -252,6 +281,7 @@ def test_the_readme_example_call_on_meter_dev_started_with_options(data_dir: Pat
         "METER_GATEWAY_METRICS_PORT": "0",
         "METER_ADMIN_PORT": str(decoys["admin"]),
         "METER_LEDGER_PORT": str(decoys["ledger"]),
+        "METER_PORTAL_PORT": str(decoys["portal"]),
         "METER_ADMIN_TOKEN": "dev-test-token",
     }
     options = [f"--{name}-port={port}" for name, port in ports.items()]

@@ -1,0 +1,96 @@
+"""The overview and the balance history: money as the gateway and the ledger see it."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from aiohttp import web
+
+from admin.access import Permission as P
+from admin.access import require_on
+from ledger import history
+from ledger.history_query import UsageQuery, first_of_month, transactions_query
+from meter import entry_kinds
+from portal.context import CLOCK, SERVICES, VIEWER
+from portal.rendering import render
+
+routes = web.RouteTableDef()
+HISTORY_PAGE = 25
+
+
+def _today(request: web.Request) -> datetime:
+    return datetime.fromtimestamp(request.app[CLOCK](), UTC)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@routes.get("/")
+async def overview(request: web.Request) -> web.StreamResponse:
+    viewer, services = request[VIEWER], request.app[SERVICES]
+    account_id = viewer.account.id
+    require_on(viewer.principal, P.READ, account_id, "no account")
+    balance = await services.provisioning.balance(account_id)
+    granted, purchased = await history.credit_totals(services.pool, account_id)
+    today = _today(request).date()
+    period = UsageQuery(first_of_month(today), today, "month")
+    usage = await history.usage(services.pool, account_id, period, today)
+    used = sum(int(row["amount"]) for row in usage["data"])
+    profile = await services.profiles.profile(account_id)
+    return render(
+        request,
+        "overview.html",
+        section="overview",
+        balance=balance,
+        granted=granted,
+        purchased=purchased,
+        total_credits=granted + purchased,
+        usage_this_period=used,
+        period_start=_midnight(period.start),
+        profile=profile,
+        account_status=viewer.account.public_status,
+    )
+
+
+@routes.get("/balance-history")
+async def balance_history(request: web.Request) -> web.StreamResponse:
+    viewer, services = request[VIEWER], request.app[SERVICES]
+    account_id = viewer.account.id
+    require_on(viewer.principal, P.READ, account_id, "no account")
+    view = "summary" if request.query.get("view") == "summary" else "detailed"
+    today = _today(request).date()
+    recent = await history.usage(services.pool, account_id, UsageQuery(today, today, "day"), today)
+    context: dict[str, Any] = {
+        "view": view,
+        "today": recent["today"],
+        "yesterday": recent["yesterday"],
+    }
+    if view == "detailed":
+        params = {"limit": str(HISTORY_PAGE)}
+        if "cursor" in request.query:
+            params["cursor"] = request.query["cursor"]
+        page = await history.transactions(services.pool, account_id, transactions_query(params))
+        context["rows"] = [
+            {
+                "id": entry_kinds.entry_id(t.id),
+                "description": t.description,
+                "created_at": datetime.fromisoformat(t.created_at),
+                "amount": t.amount,
+            }
+            for t in page.data
+        ]
+        context["next_cursor"] = page.next_cursor
+        context["first_page"] = "cursor" not in request.query
+    else:
+        months = await history.usage(
+            services.pool, account_id, UsageQuery(first_of_month(today, 11), today, "month"), today
+        )
+        by_route = await history.usage(
+            services.pool, account_id, UsageQuery(first_of_month(today), today, "route"), today
+        )
+        context["months"] = list(reversed(months["data"]))
+        context["categories"] = by_route["data"]
+        context["month_start"] = _midnight(first_of_month(today))
+    return render(request, "balance_history.html", section="balance_history", **context)
