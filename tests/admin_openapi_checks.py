@@ -19,6 +19,9 @@ accepted, as the stock check says.
 - Tax ids: the country must be one the type is issued in and the value must pass
   its type's format and check digits (the operation's description). 422
   invalid-input naming only ``country`` and ``value`` is that refusal.
+- Portal sessions: ``return_url`` must start with one of the server's
+  METER_PORTAL_RETURN_URLS (configuration, passed in ``ADMIN_FUZZ_RETURN_URLS``);
+  422 naming only ``return_url`` is the refusal of one that does not.
 - ``GET .../usage``: ``from`` after ``to``, or a range of ``MAX_RANGE_DAYS`` days or
   more, is refused with 400 bad-query naming ``from`` (``to`` defaults to today, the
   server's clock, which the test fixes and passes in ``ADMIN_FUZZ_TODAY``).
@@ -37,6 +40,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 USAGE = "GET /v1/accounts/{account_id}/usage"
 TAX_IDS = "POST /v1/accounts/{account_id}/tax-ids"
+PORTAL_SESSIONS = "POST /v1/accounts/{account_id}/portal-sessions"
+# The server's METER_PORTAL_RETURN_URLS, as the test configured it.
+RETURN_URLS = tuple(os.environ["ADMIN_FUZZ_RETURN_URLS"].split(","))
 MAX_RANGE_DAYS = 731  # the document: "the range may span at most 731 days"
 TODAY = date.fromisoformat(os.environ["ADMIN_FUZZ_TODAY"])
 PROBLEMS = "https://meter.dev/problems/"
@@ -101,6 +107,9 @@ def documented_refusal(case: Any, response: Any) -> bool:
         return set(fields) == floats
     if status == 422 and slug == "invalid-input" and label == TAX_IDS:
         return bool(fields) and set(fields) <= {"country", "value"}
+    if status == 422 and slug == "invalid-input" and label == PORTAL_SESSIONS:
+        url = str((case.body or {}).get("return_url", ""))
+        return fields == ["return_url"] and not url.startswith(RETURN_URLS)
     tags = if_match_tags(case.headers)
     if status == 412 and slug == "precondition-failed" and tags is not None:
         return "*" not in tags
