@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         await conn.close()
         admin_port, portal_port = local_servers.free_port(), local_servers.free_port()
-        env = _env(redis.url(), dsn, admin_port, portal_port)
+        env = _env(redis.url, dsn, admin_port, portal_port)
         admin = f"http://127.0.0.1:{admin_port}"
         portal = f"http://127.0.0.1:{portal_port}"
         procs.append(_spawn("admin", env, tmp / "admin.log"))
