@@ -180,12 +180,15 @@ async def credit_totals(db: Db, account_id: str) -> tuple[int, int]:
     """(granted, purchased) micros over the account's life: the overview's total credits.
 
     Grants are the provider's gifts and plan credits; purchases are paid credits and
-    auto-recharges. Refunds of usage are neither (they undo a debit).
+    auto-recharges. Refunds of usage are neither (they undo a debit). ``kind <> 'usage'``
+    lets the planner read the partial index ``ledger_entries_credits``: a busy account
+    has millions of usage entries and a handful of credits.
     """
     row = await db.fetchrow(
         "select coalesce(sum(amount) filter (where kind = 'grant'), 0)::bigint as granted,"
         " coalesce(sum(amount) filter (where kind in ('credit', 'recharge')), 0)::bigint"
-        " as purchased from ledger_entries where account_id = $1 and amount > 0",
+        " as purchased from ledger_entries"
+        " where account_id = $1 and kind <> 'usage' and amount > 0",
         account_id,
     )
     return int(row["granted"]), int(row["purchased"])
