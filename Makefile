@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test fuzz fuzz-admin lint format mypy bench ledger-bench portal-bench clean
+.PHONY: install demo test fuzz fuzz-admin lint format mypy bench admin-bench ledger-bench portal-bench clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: install
 	$(BIN)/python -c 'import locust, matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[load]'
 	$(BIN)/python -m meter.system_needs bench
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# The admin API's CPU per request; ADMIN_BENCH_ARGS="--compare /path/to/old/checkout" for an A/B.
+admin-bench: install
+	$(BIN)/python -m meter.system_needs admin-bench
+	$(BIN)/python -m loadtests.admin_bench $(ADMIN_BENCH_ARGS)
 
 ledger-bench: install
 	$(BIN)/python -m meter.system_needs demo

@@ -1,4 +1,4 @@
-"""The processes under test: echo upstream, nginx, the plain aiohttp proxy, the gateway.
+"""The processes under test: echo upstream, nginx, plain aiohttp proxy, gateway, admin API.
 
 Each is started as its own process (the gateway exactly as an operator runs it,
 ``python -m meter gateway`` configured by METER_* variables) and handed back as
@@ -222,6 +222,37 @@ def start_nginx(folder: Path, upstream_url: str, workers: int = 1) -> Server:
     return server
 
 
+# -- the services, from this checkout or another -------------------------------------
+
+
+def checkout(env: dict[str, str], source: Path | None) -> tuple[Path, dict[str, str]]:
+    """The tree a service runs from (this checkout unless ``source``) and ``env`` for it:
+    another checkout's packages go ahead of the installed one (``python -m`` also puts
+    the cwd first, and the service runs in its tree); the Python stays this venv's."""
+    if source is None:
+        return HERE.parent, env
+    tree = source.resolve()
+    return tree, {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(tree), env.get("PYTHONPATH")))),
+    }
+
+
+def start_admin(folder: Path, env: dict[str, str], name: str, source: Path | None = None) -> Server:
+    """``python -m meter admin`` with ``env`` (METER_* settings; its own port is chosen
+    here), from ``source`` like ``start_gateway``; up once ``/readyz`` answers."""
+    port = free_port()
+    tree, env = checkout(env, source)
+    env = {**env, "METER_ADMIN_HOST": "127.0.0.1", "METER_ADMIN_PORT": str(port)}
+    if not (tree / "admin" / "service.py").exists():
+        raise ServerFailed(f"{tree}/admin/service.py does not exist: no admin API to run")
+    log = folder / f"{name}.log"
+    proc = _spawn(name, [sys.executable, "-m", "meter", "admin"], log, env, cwd=tree)
+    server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+    wait_http(server, "/readyz")
+    return server
+
+
 # -- the gateway ---------------------------------------------------------------------
 
 
@@ -231,7 +262,7 @@ def start_gateway(
     """``python -m meter gateway`` with ``env`` (METER_* settings) and ``workers`` workers;
     ``source``: the gateway of another checkout (an A/B of a change), same Python."""
     port, metrics_port = free_port(), free_port()
-    tree = HERE.parent if source is None else source.resolve()
+    tree, env = checkout(env, source)
     env = {
         **env,
         "METER_GATEWAY_HOST": "127.0.0.1",
@@ -239,8 +270,6 @@ def start_gateway(
         "METER_GATEWAY_METRICS_PORT": str(metrics_port),
         "METER_GATEWAY_WORKERS": str(workers),
     }
-    if source is not None:  # ahead of the installed checkout (python -m: the cwd first)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(tree), env.get("PYTHONPATH"))))
     log = folder / f"{name}.log"
     if not (tree / "gateway" / "service.py").exists():
         raise ServerFailed(f"{tree}/gateway/service.py does not exist: no gateway to run")

@@ -1,4 +1,4 @@
-"""What `make demo`, `make test` and `make bench` need on the machine, installed first.
+"""What `make demo`, `make test`, `make bench` and `make admin-bench` need, installed first.
 
     python -m meter.system_needs test      # the first step of `make test` (and of CI)
 
@@ -68,6 +68,7 @@ PROFILES = {
     "demo": Profile("meter dev", (REDIS, POSTGRES), embedded=True),
     "test": Profile("the tests", (REDIS, POSTGRES, WRK, NGINX, CHROMIUM), embedded=False),
     "bench": Profile("the benchmark", (REDIS, WRK, NGINX), embedded=False),
+    "admin-bench": Profile("the admin benchmark", (REDIS, POSTGRES), embedded=False),
 }
 
 

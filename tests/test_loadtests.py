@@ -33,6 +33,9 @@ from gateway.metrics import GatewayMetrics
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtests import (
+    admin_bench,
+    admin_mix,
+    admin_report,
     bench,
     figures,
     harness,
@@ -405,6 +408,26 @@ def test_parse_proc_stat_with_an_awkward_command_name() -> None:
     assert procstat.parse_stat(text) == (17, 325)
     assert procstat.parse_vmrss_kb("Name:\tx\nVmRSS:\t  51200 kB\nThreads:\t1\n") == 51200
     assert procstat.parse_vmrss_kb("Name:\tzombie\n") == 0
+
+
+def test_run_time_between_two_readings_counts_threads_that_started_and_not_those_that_ended() -> (
+    None
+):
+    assert procstat.parse_schedstat_ns("1234567890 5000 42\n") == 1_234_567_890
+    before = {(1, 1): 4_000_000_000, (1, 2): 1_000_000_000}
+    after = {(1, 1): 4_250_000_000, (1, 3): 50_000_000}  # thread 2 ended, thread 3 started
+    assert procstat.run_seconds_between(before, after) == pytest.approx(0.3)
+
+
+def test_run_time_of_a_process_agrees_with_its_utime_and_stime() -> None:
+    """The nanosecond count and /proc/<pid>/stat's ticks are the same CPU."""
+    me = os.getpid()
+    before, ticks = procstat.run_ns(me), procstat.cpu_seconds(me)
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    ran = procstat.run_seconds_between(before, procstat.run_ns(me))
+    assert ran == pytest.approx(procstat.cpu_seconds(me) - ticks, abs=0.03)
 
 
 def test_commandstats_separate_scripts_external_and_executed() -> None:
@@ -807,6 +830,57 @@ def test_sse_bench_measures_each_call_and_finds_the_metering_exact(
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "stream" in line]
     assert len(rows) == 3 and "reading a stream's usage in process" in out
+
+
+def test_admin_bench_requests_are_the_same_for_both_apis_and_credits_never_repeat() -> None:
+    accounts = ["acct_a", "acct_b"]
+    for kind in admin_mix.CLASSES:
+        assert admin_mix.request(kind, 3, accounts, "t") == admin_mix.request(
+            kind, 3, accounts, "t"
+        )
+    credits = [admin_mix.request("post_credit", i, accounts, "t").body for i in range(50)]
+    keys = {orjson.loads(body or b"")["idempotency_key"] for body in credits}
+    assert len(keys) == 50
+    assert admin_mix.request("get_account", 3, accounts, "t").path == "/v1/accounts/acct_b"
+    assert admin_mix.chunks(20, 6) == [4, 4, 3, 3, 3, 3]
+
+
+def test_admin_bench_latency_histogram_is_within_one_percent() -> None:
+    latencies = [i / 10_000 for i in range(1, 1001)]  # 0.1 .. 100 ms
+    buckets = admin_report.histogram(latencies)
+    for fraction in (0.5, 0.99):
+        exact = admin_mix.percentile(latencies, fraction)
+        assert exact is not None
+        assert admin_report.histogram_percentile(buckets, fraction) == pytest.approx(
+            exact * 1e3, rel=0.01
+        )
+    assert admin_report.histogram_percentile({}, 0.5) is None
+
+
+def test_admin_bench_measures_every_class_of_two_checkouts_and_each_answer_is_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny A/B: this checkout against a copy of it, run from the copy's own code."""
+    old = tmp_path / "old"
+    for package in ("meter", "gateway", "ledger", "admin", "portal"):
+        shutil.copytree(ROOT / package, old / package, ignore=shutil.ignore_patterns("__pycache__"))
+    results_dir = tmp_path / "results"
+    argv = ["--requests", "300", "--rounds", "1", "--warmup", "5", "--accounts", "2"]
+    argv += ["--compare", str(old), "--results-dir", str(results_dir)]
+    argv += ["--noise-retries", "0"]  # other work on the machine slows this test, no more
+    assert admin_bench.main(argv) == 0
+    results = orjson.loads((results_dir / "admin-bench-latest.json").read_bytes())
+    assert results["checkouts"]["old"]["path"] == str(old.resolve())
+    (measured,) = results["rounds"]
+    for kind, status in admin_mix.EXPECTED.items():
+        for name in ("old", "new"):
+            phase = measured["classes"][kind][name]
+            assert phase["cpu_us"] > 0, (kind, name)
+            assert phase["statuses"] == {str(status): 50}, (kind, name, phase["surprises"])
+    for kind in (*admin_mix.CLASSES, admin_report.OVERALL):
+        assert results["ratios"][kind]["cpu_us"] > 0
+    table = (results_dir / "admin-bench-latest.md").read_text()
+    assert table in capsys.readouterr().out and "| **overall** |" in table
 
 
 # -- stopping -------------------------------------------------------------------------
