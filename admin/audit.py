@@ -52,16 +52,16 @@ class AuditEntry:
     created_at: datetime
 
 
-def snapshot(value: Any) -> dict[str, Any] | None:
-    """A record's public fields as JSON values (datetimes as ISO text)."""
+def snapshot(value: Any) -> str | None:
+    """A record's public fields as JSON text (datetimes in RFC 3339), for a jsonb column."""
     if value is None:
         return None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = dataclasses.asdict(value)
+        names = [f.name for f in dataclasses.fields(value)]
+        fields = {n: getattr(value, n) for n in names if n not in SECRET_FIELDS}
     else:
-        fields = dict(value)
-    out = {k: v for k, v in fields.items() if k not in SECRET_FIELDS}
-    return orjson.loads(orjson.dumps(out, default=str))  # type: ignore[no-any-return]
+        fields = {k: v for k, v in dict(value).items() if k not in SECRET_FIELDS}
+    return orjson.dumps(fields, default=str).decode()
 
 
 async def record(
@@ -85,15 +85,11 @@ async def record(
         action,
         object_type,
         object_id,
-        _json(snapshot(before)),
-        _json(snapshot(after)),
+        snapshot(before),
+        snapshot(after),
         actor.request_id,
         actor.client_addr,
     )
-
-
-def _json(doc: dict[str, Any] | None) -> str | None:
-    return None if doc is None else orjson.dumps(doc).decode()
 
 
 def page_params(query: Mapping[str, str]) -> tuple[int, int]:
