@@ -63,6 +63,7 @@ from .harness import log
 ROOT = Path(__file__).resolve().parent.parent
 RERUNS_PER_CLASS = 2  # so that a long burst of other work does not spend the whole budget
 MIN_TURN = 50  # requests
+MIN_TURNS = 10  # a class, each round, to each API
 
 
 @dataclass
@@ -315,10 +316,15 @@ async def measure(
             wrong = [s["surprises"] for s in warm.values() if s["unexpected"]]
             if wrong:
                 raise SystemExit(f"admin_bench: {kind} in the warm-up: {wrong}")
-            # Turns of a time, not a count: as short for a cheap class as for a dear one.
+            # Turns of a time, not a count: as short for a cheap class as for a dear one,
+            # and at least MIN_TURNS of them, so that a blip of the machine's speed in one
+            # turn moves a class's figure by a little only.
             rate = min(s["rps"] or 0.0 for s in warm.values())
+            most = max(MIN_TURN, counts[kind] // MIN_TURNS)
             alone = len(started) == 1  # then a turn would only add readings of /proc
-            turns[kind] = counts[kind] if alone else max(MIN_TURN, round(rate * args.turn))
+            turns[kind] = (
+                counts[kind] if alone else max(MIN_TURN, min(most, round(rate * args.turn)))
+            )
         log(f"{args.accounts} accounts each, warmed up ({args.warmup} a class); measuring")
         attempts = itertools.count()
         for r in range(args.rounds):
