@@ -18,6 +18,7 @@ import orjson
 
 from admin.access import Principal
 from ledger.errors import BadQuery
+from ledger.history_query import page_limit
 
 Conn = Any
 
@@ -94,14 +95,9 @@ async def record(
 
 def page_params(query: Mapping[str, str]) -> tuple[int, int]:
     """``limit`` and ``cursor`` (``aud_<id>``) of a page, or ``BadQuery`` naming each bad one."""
-    errors = []
-    limit, before = DEFAULT_LIMIT, 2**63 - 1
-    raw_limit = query.get("limit")
-    if raw_limit is not None:
-        if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
-            limit = int(raw_limit)
-        else:
-            errors.append(("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
+    errors: list[tuple[str, str]] = []
+    limit = page_limit(query, errors, default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+    before = 2**63 - 1
     cursor = query.get("cursor")
     if cursor is not None:
         digits = cursor.removeprefix("aud_")

@@ -31,6 +31,9 @@ JSON = "application/json"
 B = TypeVar("B", bound=BaseModel)
 # Set on a write whose Redis step was left to the sync loop.
 LIVE_SYNC_HEADER = "Meter-Live-Sync"
+# The documentation of that header, on every write that may carry it.
+PENDING = f" Header {LIVE_SYNC_HEADER}: pending when Redis will get it from the sync loop."
+NO_STORE = {"Cache-Control": "no-store"}  # a secret must not linger in caches or proxies
 _REQUEST_ID = re.compile(r"[0-9A-Za-z._:-]{1,100}")
 
 

@@ -7,13 +7,13 @@ from typing import Any
 
 from admin import ids, models
 from admin.access import Permission as P
-from admin.declared import Call, Operation, Reply
+from admin.declared import PENDING, Call, Operation, Reply
 from admin.provisioning import Written
 from admin.records import SUSPENDED, Account
 from ledger.errors import BadQuery
+from ledger.history_query import page_limit
 from meter.money import SECONDS_PER_DAY
 
-PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
 DEFAULT_PAGE, MAX_PAGE = 50, 200
 
 
@@ -29,14 +29,8 @@ async def create_account(call: Call[models.NewAccount]) -> Reply:
 
 async def list_accounts(call: Call[Any]) -> Reply:
     q = call.request.query
-    errors = []
-    limit = DEFAULT_PAGE
-    if "limit" in q:
-        raw = q["limit"]
-        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE:
-            limit = int(raw)
-        else:
-            errors.append(("limit", f"must be an integer from 1 to {MAX_PAGE}"))
+    errors: list[tuple[str, str]] = []
+    limit = page_limit(q, errors, default=DEFAULT_PAGE, maximum=MAX_PAGE)
     cursor = q.get("cursor", "")
     if "cursor" in q and not ids.well_formed(cursor, ids.ACCOUNT):  # cursor= included
         errors.append(("cursor", "must be the next_cursor of an earlier page"))

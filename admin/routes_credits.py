@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from admin import models
 from admin.access import Permission as P
-from admin.declared import Call, Operation, Reply
+from admin.declared import PENDING, Call, Operation, Reply
 
 REPLAYED_HEADER = "Idempotent-Replayed"
-PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
 
 
 async def add_credit(call: Call[models.NewCredit]) -> Reply:

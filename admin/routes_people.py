@@ -6,10 +6,8 @@ from typing import Any
 
 from admin import ids, models
 from admin.access import Permission as P
-from admin.declared import Call, Operation, Reply
+from admin.declared import NO_STORE, Call, Operation, Reply
 from admin.records import Token
-
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 async def list_members(call: Call[Any]) -> Reply:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from admin import models
 from admin.access import Permission as P
-from admin.declared import Call, Operation, Reply
-
-NO_STORE = {"Cache-Control": "no-store"}
+from admin.declared import NO_STORE, Call, Operation, Reply
 
 
 async def create_portal_session(call: Call[models.NewPortalSession]) -> Reply:

@@ -6,10 +6,7 @@ from typing import Any
 
 from admin import models
 from admin.access import Permission as P
-from admin.declared import Call, Operation, Reply
-
-PENDING = " Header Meter-Live-Sync: pending when Redis will get it from the sync loop."
-NO_STORE = {"Cache-Control": "no-store"}  # a secret must not linger in caches or proxies
+from admin.declared import NO_STORE, PENDING, Call, Operation, Reply
 
 
 async def create_project(call: Call[models.NewProject]) -> Reply:

@@ -70,16 +70,27 @@ class TransactionsQuery:
     before_id: int | None = None  # from the cursor: entries older than this one
 
 
+def page_limit(
+    params: Mapping[str, str],
+    errors: list[tuple[str, str]],
+    *,
+    default: int = DEFAULT_LIMIT,
+    maximum: int = MAX_LIMIT,
+) -> int:
+    """A list's ``limit`` (ASCII digits, 1 to ``maximum``); a malformed one joins ``errors``."""
+    if "limit" not in params:
+        return default
+    match = _LIMIT.fullmatch(params["limit"])
+    if match is None or not 1 <= int(match[1]) <= maximum:
+        errors.append(("limit", f"must be an integer between 1 and {maximum}"))
+        return default
+    return int(match[1])
+
+
 def transactions_query(params: Mapping[str, str]) -> TransactionsQuery:
     """``?limit=&cursor=`` -> a query (BadQuery listing every malformed parameter)."""
     errors: list[tuple[str, str]] = []
-    limit = DEFAULT_LIMIT
-    if "limit" in params:
-        match = _LIMIT.fullmatch(params["limit"])
-        if match is None or not 1 <= int(match[1]) <= MAX_LIMIT:
-            errors.append(("limit", f"must be an integer between 1 and {MAX_LIMIT}"))
-        else:
-            limit = int(match[1])
+    limit = page_limit(params, errors)
     before_id = None
     if "cursor" in params:
         try:
