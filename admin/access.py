@@ -40,6 +40,7 @@ class Permission(StrEnum):
     ACCOUNT_DELETE = "account:delete"  # request deletion, cancel the request
     MEMBERS_WRITE = "members:write"
     PROFILE_WRITE = "profile:write"  # billing profile and tax registrations
+    PAYMENTS_WRITE = "payments:write"  # cards, buying credits, auto-recharge
     OPERATOR_READ = "operator:read"  # every account: list, the global audit log
     OPERATOR_WRITE = "operator:write"  # create, suspend, close, grant credits, verify...
 
@@ -60,7 +61,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.KEYS_WRITE,
         Permission.ACCOUNT_WRITE,
     },
-    Role.BILLING: _READS | {Permission.PROFILE_WRITE},
+    Role.BILLING: _READS | {Permission.PROFILE_WRITE, Permission.PAYMENTS_WRITE},
     Role.VIEWER: _READS,
 }
 

@@ -58,11 +58,16 @@ async def _token_owner(s: Services, token_id: str) -> str | None:
     return await s.provisioning.owner_of("api_tokens", token_id)
 
 
+async def _payment_owner(s: Services, payment_id: str) -> str | None:
+    return await s.provisioning.owner_of("payments", payment_id)
+
+
 SCOPES: dict[str, Scope] = {
     "account_id": Scope(ids.ACCOUNT, "account", None),
     "project_id": Scope(ids.PROJECT, "project", _project_owner),
     "key_id": Scope(ids.API_KEY, "API key", _key_owner),
     "token_id": Scope(ids.TOKEN, "token", _token_owner),
+    "payment_id": Scope(ids.PAYMENT, "payment", _payment_owner),
 }
 
 

@@ -22,6 +22,8 @@ PERSON = "pers"
 MEMBER = "mem"
 TOKEN = "tok"
 TAX_ID = "txi"
+PAYMENT = "pay"
+REFUND = "rfd"
 
 _SHAPE = re.compile(r"[a-z]{1,8}_[0-9A-Za-z]{1,64}")
 

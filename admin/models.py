@@ -233,7 +233,9 @@ class Transaction(Output):
     created_at: datetime
     amount: int = Field(description=MICROS + " Signed.")
     balance_after: int
-    kind: Literal["credit", "grant", "recharge", "usage", "refund", "adjustment"]
+    kind: Literal[
+        "credit", "grant", "recharge", "usage", "refund", "adjustment", "purchase", "payment_refund"
+    ]
 
 
 class TransactionPage(Output):
@@ -414,3 +416,170 @@ class Problem(BaseModel):
         description="invalid-input (a body field) and bad-query (a query parameter):"
         " every field that is wrong, at once.",
     )
+
+
+# -- payments ----------------------------------------------------------------------------
+
+PAYMENT_ID_PATTERN = "^pay_[0-9A-Za-z]{1,64}$"
+PaymentMethodId = Annotated[
+    str, StringConstraints(pattern="^pm_[0-9A-Za-z_]{1,100}$"), Field(description="pm_...")
+]
+WholeCents = Annotated[
+    int,
+    Field(ge=0, le=MAX_LIMIT_MICROS, multiple_of=10_000, description=MICROS + " Whole cents."),
+]
+
+
+class NewPurchase(Input):
+    amount: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_CREDIT_MICROS,
+            description=MICROS
+            + " Whole cents, within METER_CREDIT_PURCHASE_MIN and _MAX (422 outside).",
+        ),
+    ]
+    idempotency_key: IdempotencyKey
+    payment_method_id: PaymentMethodId | None = Field(
+        default=None, description="A card of this account; left out: the default card."
+    )
+    method: Literal["card", "crypto"] = Field(
+        default="card", description="crypto: answers a Stripe Checkout URL to pay at."
+    )
+
+
+class AutoRechargeIn(Input):
+    enabled: bool
+    threshold: WholeCents = Field(
+        description=MICROS + " Recharge when the balance falls below this (it is the account's"
+        " low-balance threshold)."
+    )
+    amount: WholeCents | None = Field(default=None, description="Each recharge adds this.")
+    target_balance: WholeCents | None = Field(
+        default=None, description="Instead of amount: one charge closes the whole gap to this."
+    )
+    max_per_day: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None, description="At most this many recharges a UTC day; null: no cap."
+    )
+    max_amount_per_day: WholeCents | None = Field(
+        default=None, description="At most this much recharged a UTC day; null: no cap."
+    )
+
+
+class NewRefund(Input):
+    amount: WholeCents | None = Field(
+        default=None, description="Left out: all that is not refunded yet."
+    )
+    force: bool = Field(default=False, description="Refund more than the unspent balance.")
+    reason: Description | None = None
+    idempotency_key: IdempotencyKey
+
+
+class PaymentSettingsIn(Input):
+    require_payment_method: bool = Field(
+        description="The gateway refuses the account's calls (402) until a card is on file."
+    )
+
+
+class SetupCompletion(Input):
+    setup_intent_id: Annotated[str, StringConstraints(pattern="^seti_[0-9A-Za-z_]{1,100}$")]
+
+
+class NextAction(Output):
+    type: Literal["use_stripe_sdk", "redirect_to_url"]
+    client_secret: str | None = Field(
+        description="For Stripe.js handleCardAction / confirmCardPayment (3-D Secure)."
+    )
+    url: str | None = Field(description="For redirect_to_url: where the buyer pays (crypto).")
+
+
+class Payment(Output):
+    id: str = Field(pattern=PAYMENT_ID_PATTERN)
+    object: Literal["payment"] = "payment"
+    account_id: str
+    purpose: Literal["purchase", "recharge"]
+    method: Literal["card", "crypto"]
+    amount: int = Field(description=MICROS)
+    currency: str
+    status: Literal["pending", "requires_action", "succeeded", "failed", "canceled", "refused"]
+    payment_method_id: str | None
+    card_brand: str | None
+    card_last4: str | None
+    stripe_reference: str | None = Field(description="The PaymentIntent (pi_) or Checkout (cs_).")
+    failure_code: str | None
+    failure_message: str | None
+    refunded: int = Field(description=MICROS)
+    credit_entry_id: str | None = Field(description="The ledger entry that credited it.")
+    idempotency_key: str | None
+    created_at: datetime
+    settled_at: datetime | None
+    next_action: NextAction | None = None
+
+
+class PaymentPage(Output):
+    data: list[Payment]
+    next_cursor: str | None = Field(pattern=PAYMENT_ID_PATTERN)
+
+
+class PaymentMethod(Output):
+    id: str
+    object: Literal["payment_method"] = "payment_method"
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    name: str | None
+    is_default: bool
+    created_at: datetime
+
+
+class PaymentMethodList(Output):
+    object: Literal["list"] = "list"
+    data: list[PaymentMethod]
+
+
+class SetupIntent(Output):
+    id: str
+    object: Literal["setup_intent"] = "setup_intent"
+    client_secret: str = Field(description="For Stripe.js confirmCardSetup; shown once.")
+    publishable_key: str
+
+
+class AutoRecharge(Output):
+    object: Literal["auto_recharge"] = "auto_recharge"
+    enabled: bool
+    threshold: int
+    amount: int | None
+    target_balance: int | None
+    max_per_day: int | None
+    max_amount_per_day: int | None
+    state: Literal["off", "on", "in_flight", "backing_off", "paused"]
+    consecutive_failures: int
+    retry_at: datetime | None
+    paused_at: datetime | None
+    pause_reason: str | None
+    in_flight: Payment | None
+    last_recharge: Payment | None
+
+
+class Refund(Output):
+    id: str = Field(pattern="^rfd_[0-9A-Za-z]{1,64}$")
+    object: Literal["refund"] = "refund"
+    payment_id: str
+    account_id: str
+    amount: int
+    forced: bool
+    reason: str | None
+    status: Literal["pending", "succeeded", "failed"]
+    stripe_refund: str | None
+    failure_message: str | None
+    created_at: datetime
+    settled_at: datetime | None
+
+
+class PaymentSettings(Output):
+    object: Literal["payment_settings"] = "payment_settings"
+    require_payment_method: bool
+    has_payment_method: bool
+    payments_configured: bool

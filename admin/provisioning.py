@@ -248,6 +248,21 @@ class Provisioning:
         action = "account.suspend" if status == SUSPENDED else "account.resume"
         return await self._change(actor, account_id, action, decide, config=True)
 
+    async def set_require_payment_method(
+        self, actor: Actor, account_id: str, required: bool
+    ) -> Written[Account]:
+        """The payment gate: with it on and no card on file the gateway answers 402."""
+
+        def decide(account: Account) -> tuple[str, tuple[object, ...]] | None:
+            _open(account)
+            if account.require_payment_method == required:
+                return None
+            return "require_payment_method = $2", (required,)
+
+        return await self._change(
+            actor, account_id, "account.require_payment_method", decide, config=True
+        )
+
     async def request_deletion(self, actor: Actor, account_id: str) -> Written[Account]:
         def decide(account: Account) -> tuple[str, tuple[object, ...]] | None:
             _open(account)

@@ -41,6 +41,8 @@ class Account:
     closed_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    require_payment_method: bool = False
+    has_payment_method: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Account:
@@ -66,6 +68,7 @@ class Account:
             daily_notify_threshold=self.daily_notify_threshold,
             low_balance_threshold=self.low_balance_threshold,
             suspended=self.status in REFUSED_AT_GATEWAY,
+            payment_method_required=self.require_payment_method and not self.has_payment_method,
         )
 
 

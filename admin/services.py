@@ -21,6 +21,8 @@ from admin.profiles import Profiles
 from admin.provisioning import Provisioning
 from meter.live_state import LiveState
 from meter.settings import Settings
+from payments.recharges import Recharges
+from payments.service import Context, Payments, open_context
 
 __all__ = ["Actor", "Services", "open_services"]
 
@@ -33,6 +35,8 @@ class Services:
     profiles: Profiles
     portal_links: PortalLinks
     portal_sessions: PortalSessions
+    payments: Payments
+    recharges: Recharges
     clock: Callable[[], float]
 
     @classmethod
@@ -45,7 +49,10 @@ class Services:
         clock: Callable[[], float] = time.time,
         portal: LinkRules | None = None,
         session_idle: float = 3600.0,
+        payments: Context | None = None,
     ) -> Services:
+        ctx = payments or open_context(pool, live, Settings.from_env({}), clock=clock)
+        paying = Payments(ctx)
         return cls(
             pool=pool,
             provisioning=Provisioning(pool, live, shards=shards, clock=clock),
@@ -53,6 +60,8 @@ class Services:
             profiles=Profiles(pool),
             portal_links=PortalLinks(pool, portal or LinkRules()),
             portal_sessions=PortalSessions(pool, idle=session_idle),
+            payments=paying,
+            recharges=Recharges(ctx, paying),
             clock=clock,
         )
 
@@ -80,4 +89,5 @@ def open_services(
             session_max=settings.portal_session_max,
         ),
         session_idle=settings.portal_session_idle,
+        payments=open_context(pool, live, settings, clock=clock),
     )

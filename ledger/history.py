@@ -186,8 +186,8 @@ async def credit_totals(db: Db, account_id: str) -> tuple[int, int]:
     """
     row = await db.fetchrow(
         "select coalesce(sum(amount) filter (where kind = 'grant'), 0)::bigint as granted,"
-        " coalesce(sum(amount) filter (where kind in ('credit', 'recharge')), 0)::bigint"
-        " as purchased from ledger_entries"
+        " coalesce(sum(amount) filter (where kind in ('credit', 'recharge', 'purchase')), 0)"
+        "::bigint as purchased from ledger_entries"
         " where account_id = $1 and kind <> 'usage' and amount > 0",
         account_id,
     )

@@ -1,24 +1,30 @@
-"""`meter ledger`: the worker and its HTTP server (/metrics, /healthz, /readyz) in one
-process, on uvloop, with JSON logs. SIGTERM or SIGINT ends it gracefully: each shard
-finishes the batch in hand (or rolls it back after ``METER_SHUTDOWN_GRACE``), its
-lock is released, and the process exits.
+"""`meter ledger`: the worker, its payments loop (payments/loop.py) and its HTTP server
+(/metrics, /healthz, /readyz) in one process, on uvloop, with JSON logs. SIGTERM or
+SIGINT ends it gracefully: each shard finishes the batch in hand (or rolls it back after
+``METER_SHUTDOWN_GRACE``), its lock is released, and the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 
+import asyncpg
 import uvloop
 from aiohttp import web
 
 from ledger.app import create_app
 from ledger.metrics import LedgerMetrics
 from ledger.worker import create_worker, redis_client
+from meter.live_state import LiveState
 from meter.logs import setup_logging
 from meter.settings import Settings
+from payments import loop as payments_loop
+from payments.metrics import PaymentMetrics
+from payments.service import open_context
 
 log = logging.getLogger("meter.ledger")
 
@@ -36,12 +42,23 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     site = web.TCPSite(runner, settings.ledger_host, settings.ledger_port)
     await site.start()
     log.info("ledger worker started", extra={"worker": worker.name, "listen": runner.addresses})
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    live = LiveState.from_url(settings.redis_url, timeout=settings.redis_timeout)
+    ctx = open_context(pool, live, settings, metrics=PaymentMetrics(metrics.registry))
+    payments = asyncio.create_task(payments_loop.run(ctx, stop), name="payments")
     try:
         await worker.run(stop)
     finally:
         log.info("ledger worker stopping", extra={"worker": worker.name})
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(payments, settings.shutdown_grace)
         await runner.cleanup()
         await client.aclose()
+        if ctx.api is not None:
+            await ctx.api.close()
+        await live.close()
+        await pool.close()
 
 
 def main(settings: Settings) -> None:

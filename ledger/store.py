@@ -267,6 +267,8 @@ async def apply_batch(
                 [s.stream_id for s in signals],
                 batch.shard,
             )
+            # Wakes the payments loop (delivered at commit, not before).
+            await conn.execute("select pg_notify('meter_signals', '')")
         await conn.execute(
             "update ledger_offsets set last_id = $2, events_applied = events_applied + $3,"
             " updated_at = now() where shard = $1",

@@ -123,7 +123,15 @@ def _secret(raw: str) -> Secret:
     return Secret(raw.strip())
 
 
-CRASH_POINTS = ("after_read", "mid_insert", "before_commit", "after_commit", "after_trim")
+CRASH_POINTS = (
+    "after_read",
+    "mid_insert",
+    "before_commit",
+    "after_commit",
+    "after_trim",
+    "payment_before_stripe",  # a payment is written, Stripe not yet called
+    "payment_after_stripe",  # Stripe answered, the answer not yet recorded
+)
 
 
 def _return_urls(raw: str) -> tuple[str, ...]:
@@ -247,6 +255,34 @@ class Settings:
     portal_link_ttl: float = _env("METER_PORTAL_LINK_TTL", "300", _float(1, 86_400))
     portal_session_idle: float = _env("METER_PORTAL_SESSION_IDLE", "3600", _float(1, 86_400))
     portal_session_max: float = _env("METER_PORTAL_SESSION_MAX", "43200", _float(1, 604_800))
+    # Payments through Stripe (payments/). Without a secret key the payment routes answer
+    # 503 payments-not-configured; METER_STRIPE_API_BASE points at a test double.
+    stripe_secret_key: Secret = _env("METER_STRIPE_SECRET_KEY", "", _secret)
+    stripe_publishable_key: str = _env("METER_STRIPE_PUBLISHABLE_KEY", "", _str)
+    stripe_webhook_secret: Secret = _env("METER_STRIPE_WEBHOOK_SECRET", "", _secret)
+    stripe_api_base: str = _env(
+        "METER_STRIPE_API_BASE", "https://api.stripe.com", _url("http", "https")
+    )
+    # Where the portal loads Stripe.js from (the test double serves a stand-in).
+    stripe_js_url: str = _env(
+        "METER_STRIPE_JS_URL", "https://js.stripe.com/v3/", _url("http", "https")
+    )
+    stripe_timeout: float = _env("METER_STRIPE_TIMEOUT", "20", _float(0.1, 120))
+    # A credit purchase's bounds in micros, inclusive (seed 001: $5 to $5,000).
+    credit_purchase_min: int = _env("METER_CREDIT_PURCHASE_MIN", "5000000", _int(10_000, 10**15))
+    credit_purchase_max: int = _env("METER_CREDIT_PURCHASE_MAX", "5000000000", _int(10_000, 10**15))
+    # Auto-recharge pauses after this many failures in a row (declines, authentication).
+    recharge_max_failures: int = _env("METER_RECHARGE_MAX_FAILURES", "3", _int(1, 100))
+    # The first back-off after a failed recharge; each further failure doubles it.
+    recharge_backoff: float = _env("METER_RECHARGE_BACKOFF", "3600", _float(0.01, 7 * 86_400))
+    # Who calls Stripe for a payment holds it this long; then the sweep may take it over.
+    payment_lease: float = _env("METER_PAYMENT_LEASE", "60", _float(0.05, 3600))
+    # How often the ledger worker's payments loop sweeps unsettled payments and levels.
+    payments_sweep_interval: float = _env("METER_PAYMENTS_SWEEP_INTERVAL", "10", _float(0.01, 3600))
+    # A purchase waiting for 3-D Secure is canceled after this long.
+    payment_action_timeout: float = _env(
+        "METER_PAYMENT_ACTION_TIMEOUT", "86400", _float(1, 30 * 86_400)
+    )
     # Ledger worker (see ledger/worker.py). A batch closes at METER_LEDGER_BATCH events or
     # METER_LEDGER_MAX_WAIT seconds after its first event, whichever comes first.
     ledger_host: str = _env("METER_LEDGER_HOST", "127.0.0.1", _str)
