@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         try:
             yield
         finally:
+            await app[SERVICES].payments.close()
             await live.close()
             await pool.close()
 
