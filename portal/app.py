@@ -17,7 +17,7 @@ from aiohttp import web
 from admin.services import open_services
 from meter.live_state import LiveState
 from meter.settings import Settings
-from portal import pages_keys, pages_money, pages_people, pages_profile, signin
+from portal import pages_keys, pages_money, pages_people, pages_profile, signin, stripe_webhook
 from portal.context import CLOCK, SERVICES, SETTINGS
 from portal.rendering import Handler, problem_pages
 from portal.session import MAX_FORM_BYTES, signed_in
@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[SETTINGS] = settings
     app[CLOCK] = clock
     setup_templates(app)
-    for module in (signin, pages_money, pages_profile, pages_people, pages_keys):
+    for module in (signin, pages_money, pages_profile, pages_people, pages_keys, stripe_webhook):
         app.add_routes(module.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ from portal.rendering import Handler, error_page, render
 from portal.viewer import Viewer
 
 PUBLIC_PREFIXES = ("/s/", "/static/")
-PUBLIC_PATHS = frozenset({"/healthz", "/signed-out"})
+PUBLIC_PATHS = frozenset({"/healthz", "/signed-out", "/stripe/webhook"})
 MAX_FORM_BYTES = 64 * 1024
 
 
