@@ -41,10 +41,11 @@ async def sweep(ctx: Context, recharges: Recharges) -> int:
     rows = await ctx.pool.fetch(
         "update payments set lease_until = $1, attempts = attempts + 1, updated_at = now()"
         " where id in (select id from payments where status in ('pending', 'requires_action')"
-        " and lease_until < now() order by lease_until limit $2 for update skip locked)"
+        " and lease_until < $3 order by lease_until limit $2 for update skip locked)"
         " returning *",
         ctx.lease(),
         SWEEP_BATCH,
+        ctx.now(),
     )
     for row in rows:
         p = Payment.from_row(row)

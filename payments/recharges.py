@@ -370,19 +370,20 @@ class Recharges:
 
     async def level_check(self, account_id: str | None = None) -> int:
         """Signal a crossing for accounts still below the threshold with nothing under way."""
-        args: list[Any] = [today_start(self.ctx.now())]
+        now = self.ctx.now()
+        args: list[Any] = [now, today_start(now)]
         only = ""
         if account_id is not None:
-            only = " and r.account_id = $2"
+            only = " and r.account_id = $3"
             args.append(account_id)
         rows = await self.ctx.pool.fetch(
             "select r.account_id, r.threshold, r.crossings, a.shard from auto_recharge r"
             " join accounts a on a.id = r.account_id"
             " where r.enabled and r.paused_at is null and a.status = 'active'"
-            " and (r.retry_at is null or r.retry_at <= now())"
+            " and (r.retry_at is null or r.retry_at <= $1)"
             " and not exists (select 1 from payments p where p.account_id = r.account_id"
             "   and p.purpose = 'recharge' and (p.status = 'pending' or (p.status = 'refused'"
-            "   and p.created_at >= greatest($1, r.updated_at))))" + only,
+            "   and p.created_at >= greatest($2, r.updated_at))))" + only,
             *args,
         )
         signalled = 0

@@ -178,7 +178,9 @@ class StripeApi:
             settings.stripe_secret_key.reveal(),
             base_addresses={"api": settings.stripe_api_base},
             http_client=stripe.AIOHTTPClient(timeout=settings.stripe_timeout),
-            max_network_retries=2,
+            # No blind retries: a POST whose answer was lost may have charged, and only
+            # Stripe's idempotency would make its retry safe. The sweep asks first.
+            max_network_retries=0,
         )
         self.v1 = self.client.v1
 
