@@ -5,7 +5,8 @@ Postgres database cloned from a migrated template, so tests never see each
 other's data. Servers run on random free ports with data in a temp folder.
 Without the programs the suite needs (``make test`` installs them first), the
 session stops at once with the line saying what to install. The browser tests'
-fixtures (a chromium per test, its pages) are in browser.py, loaded here as a plugin.
+fixtures (a chromium per test, its pages) are in browser.py and the Stripe test
+double's in stripe_fixtures.py, both loaded here as plugins.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from meter import local_servers, system_needs
 from meter.live_state import LiveState
 from meter.migrate import migrate
 
-pytest_plugins = ("browser",)
+pytest_plugins = ("browser", "stripe_fixtures")
 
 TEMPLATE_DB = "meter_template"
 _db_counter = itertools.count()
