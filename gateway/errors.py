@@ -3,7 +3,8 @@
 Every refusal is rendered by one code path (``proxy.Proxy.refuse``) as an
 RFC 9457 ``application/problem+json`` body whose ``type`` is
 ``https://meter.dev/problems/<slug>``; the slug is also the ``reason`` label of
-the refusal metric, so both are stable.
+the refusal metric, so both are stable. The 402s link to the billing portal page
+where the customer fixes it (``PortalLinks``, built once at start-up).
 
     meter.problems.Problem
     +-- Refusal
@@ -16,7 +17,9 @@ the refusal metric, so both are stable.
         |   +-- MissingKey ................. 401 missing-api-key
         |   +-- MalformedKey ............... 401 malformed-api-key
         |   +-- UnknownKey ................. 401 unknown-api-key
-        +-- NoCredit ....................... 402 insufficient-credits
+        +-- NoCredit ....................... 402 insufficient-credits (+ auto_recharge when
+        |                                        one is in flight, declined or paused)
+        +-- PaymentMethodRequired .......... 402 payment-method-required
         +-- Forbidden ...................... 403
         |   +-- KeyRevoked ................. 403 api-key-revoked
         |   +-- AccountSuspended ........... 403 account-suspended
@@ -44,8 +47,10 @@ the refusal metric, so both are stable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
+from meter import keys
 from meter.live_state import Admission
 from meter.money import Outcome, seconds_until_next_day
 from meter.problems import Problem
@@ -127,6 +132,12 @@ class NoCredit(Refusal):
     status = 402
     slug = "insufficient-credits"
     title = "Not enough credits for this call"
+
+
+class PaymentMethodRequired(Refusal):
+    status = 402
+    slug = "payment-method-required"
+    title = "Add a payment method to use the API"
 
 
 class Forbidden(Refusal):
@@ -258,13 +269,69 @@ class AccountStateMissing(Unavailable):
     title = "The billing account has no live state yet; the call was not admitted"
 
 
-def for_outcome(admission: Admission, price: int, now: float) -> Refusal | None:
+@dataclass(frozen=True, slots=True)
+class PortalLinks:
+    """The portal pages a 402 sends the customer to, as customers reach them."""
+
+    add_credits_url: str
+    add_payment_method_url: str
+
+    @classmethod
+    def under(cls, portal_url: str) -> PortalLinks:
+        base = portal_url.rstrip("/")
+        return cls(base + "/credits", base + "/payment-methods")
+
+
+# A no-credit refusal's auto-recharge state (the account's "rch", keys.py): its name in
+# the problem and what the customer should do.
+_RECHARGE = {
+    keys.RECHARGE_IN_FLIGHT: (
+        "in_flight",
+        "An auto-recharge is in progress; retry in a few seconds.",
+    ),
+    keys.RECHARGE_DECLINED: (
+        "declined",
+        "Your last auto-recharge was declined; update your payment method.",
+    ),
+    keys.RECHARGE_PAUSED: (
+        "paused",
+        "Auto-recharge is paused after repeated failures; update your payment method or"
+        " add credits.",
+    ),
+}
+_NO_RECHARGE_DETAIL = "Add credits to make more calls."
+
+
+def no_credit(admission: Admission, price: int, links: PortalLinks) -> NoCredit:
+    # admit.lua answers NO_CREDIT with the account's auto-recharge state in the slot of the
+    # usage event id (a refusal for no credit writes no event).
+    recharge = _RECHARGE.get(admission.event_id)
+    if recharge is None:
+        return NoCredit(
+            _NO_RECHARGE_DETAIL,
+            price=price,
+            available=admission.available,
+            add_credits_url=links.add_credits_url,
+        )
+    name, detail = recharge
+    return NoCredit(
+        detail,
+        price=price,
+        available=admission.available,
+        auto_recharge=name,
+        add_credits_url=links.add_credits_url,
+    )
+
+
+def for_outcome(admission: Admission, price: int, now: float, links: PortalLinks) -> Refusal | None:
     """The refusal for an admission reply, or None when the call was admitted."""
     outcome = admission.outcome
     if outcome is Outcome.ADMITTED:
         return None
     if outcome is Outcome.NO_CREDIT:
-        return NoCredit(price=price, available=admission.available)
+        return no_credit(admission, price, links)
+    if outcome is Outcome.PAYMENT_METHOD_REQUIRED:
+        return PaymentMethodRequired(add_payment_method_url=links.add_payment_method_url)
     if outcome is Outcome.DAILY_LIMIT:
         return DailyLimitReached(
             seconds_until_next_day(now), price=price, limit_remaining=admission.limit_remaining

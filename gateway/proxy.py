@@ -229,6 +229,7 @@ class Proxy:
         refund_upstream_errors: bool,
         clock: Callable[[], float],
         refund_retry: RefundRetry,
+        links: errors.PortalLinks,
     ) -> None:
         self.identity = identity
         self.prices = prices
@@ -240,6 +241,7 @@ class Proxy:
         self.refund_upstream_errors = refund_upstream_errors
         self.clock = clock
         self.refund_retry = refund_retry  # where a refund goes when Redis is away
+        self.links = links  # built once: the 402s' portal links
 
     async def handle(self, exchange: Exchange) -> None:
         early = exchange.early
@@ -429,7 +431,8 @@ class Proxy:
         """The admitted call, or the refusal that says why not and what is left."""
         if admission.admitted:
             return Metered(call, route, admission, day)
-        raise _refusal(admission, route, now)  # no local holds it: no cycle through this frame
+        # no local holds it: no cycle through this frame
+        raise _refusal(admission, route, now, self.links)
 
     async def forward(self, exchange: Exchange, metered: Metered) -> tuple[UpstreamResponse, float]:
         """Send the call upstream; (response with its head read, seconds waited for it)."""
@@ -689,10 +692,12 @@ class Proxy:
             self.metrics.charged_micros.labels(route).inc(charged)
 
 
-def _refusal(admission: Admission, route: Route, now: float) -> errors.Refusal:
+def _refusal(
+    admission: Admission, route: Route, now: float, links: errors.PortalLinks
+) -> errors.Refusal:
     """Why an admission was refused, with what is left for the caller to act on (a revoked
     key learns nothing more)."""
-    refusal = errors.for_outcome(admission, route.price, now)
+    refusal = errors.for_outcome(admission, route.price, now, links)
     assert refusal is not None
     if isinstance(refusal, errors.NoCredit | errors.DailyLimitReached):
         refusal.headers.update(

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from gateway.admission import DirectAdmitter
+from gateway.errors import PortalLinks
 from gateway.identity import Identifier, KeyCache
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable, load_prices
@@ -127,6 +128,7 @@ async def open_runtime(
             refund_upstream_errors=settings.refund_upstream_errors,
             clock=clock,
             refund_retry=refunds,
+            links=PortalLinks.under(settings.portal_public_url),
         )
         yield runtime
     finally:

@@ -272,6 +272,7 @@ async def provision(
     overage_line: int = 0,
     daily_hard_limit: int | None = None,
     suspended: bool = False,
+    payment_method_required: bool = False,
 ) -> Provisioned:
     shard = keys.shard_of(account_id, shards)
     await state.sync_account(
@@ -284,6 +285,7 @@ async def provision(
             daily_notify_threshold=None,
             low_balance_threshold=None,
             suspended=suspended,
+            payment_method_required=payment_method_required,
         ),
     )
     if balance:

@@ -48,6 +48,8 @@ class AccountRecord:
     limit_fired_today: bool
     credits: tuple[tuple[str, int], ...]  # (credit id, created at ms), recent ones
     revoked_keys: tuple[str, ...]
+    # Required and none on file: the gateway refuses the calls (status p) until one is.
+    payment_method_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,8 @@ async def read_shard_for_repair(
                 limit_fired_today=(r["id"], "hard_limit") in fired_today,
                 credits=tuple(credit_ids.get(r["id"], ())),
                 revoked_keys=tuple(revoked.get(r["id"], ())),
+                # payment_method_required comes with the payments migration's columns
+                # (require_payment_method and not has_payment_method); until then False.
             )
             for r in accounts
         ),

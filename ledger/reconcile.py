@@ -216,7 +216,9 @@ def repair_plan(
             daily_hard_limit=_opt(r.daily_hard_limit),
             daily_notify_threshold=_opt(r.daily_notify_threshold),
             low_balance_threshold=_opt(r.low_balance_threshold),
-            status="s" if r.suspended else "a",
+            status=keys.account_status(
+                suspended=r.suspended, payment_method_required=r.payment_method_required
+            ),
             notify_fired_day=today if r.notify_fired_today else NONE,
             limit_fired_day=today if r.limit_fired_today else NONE,
             credits=r.credits,

@@ -189,7 +189,7 @@ class RepairAccount:
     daily_hard_limit: int  # -1 none
     daily_notify_threshold: int
     low_balance_threshold: int
-    status: str  # a | s
+    status: str  # a | s | p (keys.account_status)
     notify_fired_day: int  # -1 none
     limit_fired_day: int
     credits: tuple[tuple[str, int], ...]  # (credit id, applied at ms)

@@ -116,7 +116,7 @@ def _sync_command(a: BenchAccount, config: AccountConfig) -> bytes:
         "EVALSHA", SYNC_ACCOUNT.sha, 1, keys.account(a.shard, a.account_id),
         config.version, config.overage_line, _opt(config.daily_hard_limit),
         _opt(config.daily_notify_threshold), _opt(config.low_balance_threshold),
-        "s" if config.suspended else "a",
+        config.status,
     )  # fmt: skip
 
 

@@ -42,6 +42,8 @@ def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
     values = {f.name: getattr(settings, f.name) for f in fields(settings)}
     values.update(overrides)
     for f in fields(settings):
+        for alias in f.metadata["aliases"]:  # the one name below wins, not an inherited alias
+            env.pop(alias, None)
         value = values[f.name]
         if value is None:
             env.pop(f.metadata["env"], None)

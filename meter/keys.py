@@ -34,7 +34,7 @@ ACCOUNT_FIELDS = {
     "lim": "daily hard limit, micros; -1 = none",
     "ntf": "daily notify threshold, micros; -1 = none",
     "rth": "low-balance (auto-recharge) threshold, micros; -1 = none",
-    "st": "status: a = active, s = suspended",
+    "st": "status: a = active, s = suspended, p = payment method required (account_status)",
     "day": "UTC day number (days since 1970-01-01) that spt counts",
     "spt": "spent during day, micros",
     "nfd": "day the notify-threshold signal last fired",
@@ -42,7 +42,26 @@ ACCOUNT_FIELDS = {
     "low": "1 while the low-balance signal has fired and not re-armed",
     "ver": "config version last applied from Postgres",
     "rk:<key id>": "1 when that API key is revoked",
+    "rch": "auto-recharge, advisory (payments): i = in flight, d = declined or needs"
+    " authentication, p = paused; absent = none. Read only to explain a no-credit refusal",
 }
+
+# Values of "st". Suspended wins over payment method required: a suspended account learns
+# nothing it could fix by adding a card.
+STATUS_ACTIVE, STATUS_SUSPENDED, STATUS_PAYMENT_METHOD_REQUIRED = "a", "s", "p"
+# Values of "rch".
+RECHARGE_IN_FLIGHT, RECHARGE_DECLINED, RECHARGE_PAUSED = "i", "d", "p"
+RECHARGE_STATES = (RECHARGE_IN_FLIGHT, RECHARGE_DECLINED, RECHARGE_PAUSED)
+
+
+def account_status(*, suspended: bool, payment_method_required: bool) -> str:
+    """The "st" field for an account's status as Postgres decides it."""
+    if suspended:
+        return STATUS_SUSPENDED
+    if payment_method_required:
+        return STATUS_PAYMENT_METHOD_REQUIRED
+    return STATUS_ACTIVE
+
 
 SETTLED_TTL_SECONDS = 86_400
 # An admission batch's record (admit.lua, void.lua): deleted as soon as its reply is

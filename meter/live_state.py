@@ -29,6 +29,7 @@ from meter.scripts import (
     ADMIT,
     ADMIT_REPLY_PER_CALL,
     CREDIT,
+    RECHARGE_STATE,
     SETTLE,
     SYNC_ACCOUNT,
     VOID,
@@ -84,7 +85,9 @@ class Admission(NamedTuple):
     available: int
     limit_remaining: int | None
     signals: Signal
-    event_id: str  # the usage event's stream id ("" when none was written)
+    # The usage event's stream id ("" when none was written); for NO_CREDIT, which
+    # writes none, the account's auto-recharge state instead (admit.lua's reply).
+    event_id: str
     key: KeyRecord | None = None  # a KeyCall's key, as admit.lua read it (None: unknown)
 
     @property
@@ -102,6 +105,14 @@ class AccountConfig:
     daily_notify_threshold: int | None
     low_balance_threshold: int | None
     suspended: bool
+    # The account must have a payment method and has none on file (Postgres decides).
+    payment_method_required: bool = False
+
+    @property
+    def status(self) -> str:
+        return keys.account_status(
+            suspended=self.suspended, payment_method_required=self.payment_method_required
+        )
 
 
 API_KEY_FIELDS = ("id", "project", "account", "shard")  # of an API key's hash
@@ -237,10 +248,17 @@ class LiveState:
                 _opt(config.daily_hard_limit),
                 _opt(config.daily_notify_threshold),
                 _opt(config.low_balance_threshold),
-                "s" if config.suspended else "a",
+                config.status,
             ],
         )
         return int(reply[0]) == 1
+
+    async def set_recharge_state(self, shard: int, account_id: str, state: str | None) -> None:
+        """Record the account's auto-recharge state (``keys.RECHARGE_STATES``; None: none),
+        which a no-credit refusal reports; an account Redis does not have is left alone."""
+        if state is not None and state not in keys.RECHARGE_STATES:
+            raise ValueError(f"unknown auto-recharge state {state!r}")
+        await self._run(RECHARGE_STATE, [keys.account(shard, account_id)], [state or ""])
 
     async def revoke_key(self, shard: int, account_id: str, key_id: str) -> None:
         await self._translated(
@@ -286,6 +304,7 @@ def account_state_from_hash(raw: dict[bytes, bytes]) -> AccountState:
         daily_notify_threshold=_from_opt(raw.get(b"ntf")),
         low_balance_threshold=_from_opt(raw.get(b"rth")),
         suspended=raw.get(b"st") == b"s",
+        payment_method_required=raw.get(b"st") == b"p",
         day=num(b"day", 0),
         spent_today=num(b"spt", 0),
         notify_fired_day=num(b"nfd", NONE),

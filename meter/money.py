@@ -8,11 +8,12 @@ inside Redis; ``tests/test_lua_scripts.py`` checks the two agree.
 The admission order, which both follow:
 
 1. suspended account        -> SUSPENDED (403)
-2. revoked key              -> KEY_REVOKED (403)
-3. roll the day: a new UTC day starts ``spent_today`` at 0
-4. daily hard limit         -> DAILY_LIMIT (429) if price > what is left of the limit
-5. balance + overage line   -> NO_CREDIT (402) if price > max(0, balance + overage_line)
-6. debit; report the signals crossed by this debit
+2. payment method required  -> PAYMENT_METHOD_REQUIRED (402): the account must add one
+3. revoked key              -> KEY_REVOKED (403)
+4. roll the day: a new UTC day starts ``spent_today`` at 0
+5. daily hard limit         -> DAILY_LIMIT (429) if price > what is left of the limit
+6. balance + overage line   -> NO_CREDIT (402) if price > max(0, balance + overage_line)
+7. debit; report the signals crossed by this debit
 
 A free call (price 0) always fits. The limit is checked before the money
 because it is the refusal with a known end (00:00 UTC); a customer over both
@@ -38,6 +39,7 @@ class Outcome(IntEnum):
     KEY_REVOKED = 4
     UNKNOWN_ACCOUNT = 5
     UNKNOWN_KEY = 6  # a call admitted by its key's hash, and no key has that hash
+    PAYMENT_METHOD_REQUIRED = 7  # the account must have a payment method and has none
 
 
 class Signal(IntFlag):
@@ -58,6 +60,7 @@ class AccountState:
     daily_notify_threshold: int | None = None
     low_balance_threshold: int | None = None
     suspended: bool = False
+    payment_method_required: bool = False  # required and none on file (Postgres decides)
     day: int = 0
     spent_today: int = 0
     notify_fired_day: int = NONE
@@ -124,6 +127,8 @@ def admit(state: AccountState, price: int, day: int, *, key_revoked: bool = Fals
         raise ValueError("price must not be negative")
     if state.suspended:
         return Decision(Outcome.SUSPENDED, state, Signal.NONE)
+    if state.payment_method_required:
+        return Decision(Outcome.PAYMENT_METHOD_REQUIRED, state, Signal.NONE)
     if key_revoked:
         return Decision(Outcome.KEY_REVOKED, state, Signal.NONE)
     state = rolled(state, day)

@@ -30,6 +30,7 @@ SETTLE = _load("settle")
 VOID = _load("void")
 CREDIT = _load("credit")
 SYNC_ACCOUNT = _load("sync_account")
+RECHARGE_STATE = _load("recharge_state")
 # The ledger's: trim after commit, pause trimming, reconcile's read, repair.
 LEDGER_TRIM = _load("ledger_trim")
 LEDGER_HOLD = _load("ledger_hold")
@@ -44,6 +45,7 @@ SCRIPTS = {
         VOID,
         CREDIT,
         SYNC_ACCOUNT,
+        RECHARGE_STATE,
         LEDGER_TRIM,
         LEDGER_HOLD,
         LEDGER_BALANCES,

@@ -3,6 +3,8 @@
 Nothing else in the project reads ``os.environ``: services receive a ``Settings``
 from their wiring point. Every field is one line: its variable, its default.
 A bad value stops start-up with one line naming the variable (``ConfigError``).
+A few variables have another accepted name (``aliases``); both set and different
+is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -161,8 +163,27 @@ def _shown(raw: str) -> str:
     return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
-def _env(name: str, default: str, parse: Callable[[str], Any]) -> Any:
-    return field(default=None, metadata={"env": name, "default": default, "parse": parse})
+def _env(
+    name: str, default: str, parse: Callable[[str], Any], *, aliases: tuple[str, ...] = ()
+) -> Any:
+    return field(
+        default=None,
+        metadata={"env": name, "default": default, "parse": parse, "aliases": aliases},
+    )
+
+
+def _raw(
+    env: Mapping[str, str], name: str, aliases: tuple[str, ...], default: str
+) -> tuple[str, str]:
+    """(the variable given, its value) of ``name`` or its aliases, which must agree."""
+    given = [(n, env[n]) for n in (name, *aliases) if n in env]
+    if not given:
+        return name, default
+    first_name, first = given[0]
+    for other_name, other in given[1:]:
+        if other.strip() != first.strip():
+            raise ConfigError(f"{first_name} and {other_name} differ: set one of them")
+    return first_name, first
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +261,13 @@ class Settings:
     # Billing portal (portal/): its own listener, facing customers.
     portal_host: str = _env("METER_PORTAL_HOST", "127.0.0.1", _str)
     portal_port: int = _env("METER_PORTAL_PORT", "8083", _int(0, 65535))
-    # The base of the one-time sign-in links the admin API mints (as customers reach it).
+    # The portal as customers reach it: the base of the sign-in links the admin API mints
+    # and of the pages the gateway's 402s link to (/credits, /payment-methods).
     portal_public_url: str = _env(
-        "METER_PORTAL_PUBLIC_URL", "http://127.0.0.1:8083", _url("http", "https")
+        "METER_PORTAL_PUBLIC_URL",
+        "http://127.0.0.1:8083",
+        _url("http", "https"),
+        aliases=("METER_PORTAL_URL",),
     )
     # Comma list of origins or URL prefixes a link's return_url may point at; empty: none.
     portal_return_urls: tuple[str, ...] = _env("METER_PORTAL_RETURN_URLS", "", _return_urls)
@@ -306,11 +331,11 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            name, parse = f.metadata["env"], f.metadata["parse"]
+            parse = f.metadata["parse"]
             if f.name in overrides:
                 values[f.name] = overrides[f.name]
                 continue
-            raw = env.get(name, f.metadata["default"])
+            name, raw = _raw(env, f.metadata["env"], f.metadata["aliases"], f.metadata["default"])
             try:
                 values[f.name] = parse(raw)
             except (ValueError, TypeError) as exc:
@@ -324,5 +349,10 @@ class Settings:
 
 
 def documented() -> list[tuple[str, str]]:
-    """(variable, default) for every setting, in declaration order: the README table."""
-    return [(f.metadata["env"], f.metadata["default"]) for f in fields(Settings)]
+    """(variable, default) for every setting and alias, in declaration order: the README
+    table."""
+    return [
+        (name, f.metadata["default"])
+        for f in fields(Settings)
+        for name in (f.metadata["env"], *f.metadata["aliases"])
+    ]

@@ -156,11 +156,14 @@ def test_find_and_encode() -> None:
     assert headers.encode(pairs) == b"A: 1\r\ncontent-LENGTH: 5\r\na: 2\r\n"
 
 
-def admission(outcome: Outcome, available: int = 0, left: int | None = None) -> Admission:
-    return Admission(outcome, 0, available, left, Signal.NONE, "")
+def admission(
+    outcome: Outcome, available: int = 0, left: int | None = None, event_id: str = ""
+) -> Admission:
+    return Admission(outcome, 0, available, left, Signal.NONE, event_id)
 
 
 NOON = 20_000 * SECONDS_PER_DAY + 43_200.5
+LINKS = errors.PortalLinks.under("https://billing.example.com/")
 
 
 @pytest.mark.parametrize(
@@ -172,24 +175,63 @@ NOON = 20_000 * SECONDS_PER_DAY + 43_200.5
         (Outcome.KEY_REVOKED, 403, "api-key-revoked"),
         (Outcome.UNKNOWN_ACCOUNT, 503, "account-state-missing"),
         (Outcome.UNKNOWN_KEY, 401, "unknown-api-key"),
+        (Outcome.PAYMENT_METHOD_REQUIRED, 402, "payment-method-required"),
     ],
 )
 def test_refusal_for_each_outcome(outcome: Outcome, status: int, slug: str) -> None:
-    refusal = errors.for_outcome(admission(outcome), 100, NOON)
+    refusal = errors.for_outcome(admission(outcome), 100, NOON, LINKS)
     assert refusal is not None
     assert (refusal.status, refusal.type, refusal.reason) == (status, TYPE_BASE + slug, slug)
 
 
 def test_admitted_is_no_refusal() -> None:
-    assert errors.for_outcome(admission(Outcome.ADMITTED), 100, NOON) is None
+    assert errors.for_outcome(admission(Outcome.ADMITTED), 100, NOON, LINKS) is None
 
 
 def test_daily_limit_retry_after_runs_to_midnight_utc() -> None:
-    refusal = errors.for_outcome(admission(Outcome.DAILY_LIMIT, 0, 40), 100, NOON)
+    refusal = errors.for_outcome(admission(Outcome.DAILY_LIMIT, 0, 40), 100, NOON, LINKS)
     assert refusal is not None
     assert refusal.headers["Retry-After"] == "43200"  # 11:59:59.5 left, rounded up
     assert refusal.body()["retry_after"] == 43200
     assert refusal.body()["limit_remaining"] == 40
+
+
+def test_portal_links_are_built_under_the_portal_url() -> None:
+    assert (
+        errors.PortalLinks(
+            "https://billing.example.com/credits", "https://billing.example.com/payment-methods"
+        )
+        == LINKS
+    )
+
+
+@pytest.mark.parametrize(
+    ("rch", "auto_recharge", "detail"),
+    [
+        ("i", "in_flight", "An auto-recharge is in progress; retry in a few seconds."),
+        ("d", "declined", "Your last auto-recharge was declined; update your payment method."),
+        ("p", "paused", "Auto-recharge is paused after repeated failures; "),
+        ("", None, "Add credits"),
+    ],
+)
+def test_no_credit_says_what_auto_recharge_is_doing(
+    rch: str, auto_recharge: str | None, detail: str
+) -> None:
+    refusal = errors.for_outcome(admission(Outcome.NO_CREDIT, 40, None, rch), 100, NOON, LINKS)
+    assert refusal is not None
+    body = refusal.body()
+    assert body.get("auto_recharge") == auto_recharge
+    assert body["detail"].startswith(detail)
+    assert (body["price"], body["available"]) == (100, 40)
+    assert body["add_credits_url"] == "https://billing.example.com/credits"
+
+
+def test_payment_method_required_links_to_the_page() -> None:
+    refusal = errors.for_outcome(admission(Outcome.PAYMENT_METHOD_REQUIRED), 100, NOON, LINKS)
+    assert refusal is not None
+    body = refusal.body()
+    assert body["title"] == "Add a payment method to use the API"
+    assert body["add_payment_method_url"] == "https://billing.example.com/payment-methods"
 
 
 def test_401_carries_www_authenticate() -> None:

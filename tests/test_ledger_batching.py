@@ -303,3 +303,18 @@ def test_repair_plan_subtracts_what_the_stream_still_holds() -> None:
     assert (plan.daily_hard_limit, plan.daily_notify_threshold, plan.status) == (500, -1, "s")
     assert (plan.notify_fired_day, plan.limit_fired_day) == (DAY, -1)
     assert plan.credits == (("7", 1),) and plan.revoked_keys == ("k9",)
+
+
+@pytest.mark.parametrize(
+    ("suspended", "payment_method_required", "status"),
+    [(False, False, "a"), (False, True, "p"), (True, True, "s"), (True, False, "s")],
+)
+def test_repair_plan_restores_the_status(
+    suspended: bool, payment_method_required: bool, status: str
+) -> None:
+    record = AccountRecord(
+        "a1", 0, 1, 0, None, None, None, suspended, 0, False, False, (), (),
+        payment_method_required=payment_method_required,
+    )  # fmt: skip
+    (plan,) = repair_plan([record], [], DAY)
+    assert plan.status == status

@@ -13,7 +13,7 @@ from ledger.events import StreamId, parse_event
 from ledger.streams import RepairAccount
 from meter import keys
 from meter.live_state import AccountConfig, Call, LiveState
-from meter.money import usd
+from meter.money import Outcome, usd
 
 SHARD = 1
 DAY = 20_400
@@ -226,6 +226,17 @@ async def test_repair_recreates_a_lost_account(live_state: LiveState) -> None:
     assert await client.hget(keys.account(SHARD, "a"), "rk:k-old") == b"1"
     # The credit is remembered as applied: a retry of it credits nothing.
     assert await live_state.credit(SHARD, "a", "17", 1_000) == (0, 750)
+
+
+async def test_repair_restores_payment_method_required(live_state: LiveState) -> None:
+    plan = repair_account("a", 750, status=keys.STATUS_PAYMENT_METHOD_REQUIRED)
+    await streams.repair_accounts(
+        live_state.redis, SHARD, StreamId(0, 0), StreamId(0, 0), DAY, [plan]
+    )
+    state = await live_state.read_account(SHARD, "a")
+    assert state is not None and state.payment_method_required and not state.suspended
+    refused = await live_state.admit(Call(SHARD, "a", "p", "k", "chat", 1), DAY)
+    assert refused.outcome is Outcome.PAYMENT_METHOD_REQUIRED
 
 
 async def test_repair_counts_events_appended_after_the_read(live_state: LiveState) -> None:

@@ -12,6 +12,7 @@ import pytest
 from meter import keys, money
 from meter.live_state import AccountConfig, Call, KeyCall, KeyRecord, LiveState
 from meter.money import AccountState, Outcome, Signal, usd
+from meter.scripts import SCRIPTS
 
 DAY = 20_400
 SHARD = 3
@@ -74,6 +75,9 @@ async def test_admit_debits_and_appends_one_event(live_state: LiveState) -> None
     ("setup", "price", "outcome"),
     [
         (dict(suspended=True), 1, Outcome.SUSPENDED),
+        (dict(payment_method_required=True), 1, Outcome.PAYMENT_METHOD_REQUIRED),
+        (dict(payment_method_required=True), 0, Outcome.PAYMENT_METHOD_REQUIRED),
+        (dict(suspended=True, payment_method_required=True), 1, Outcome.SUSPENDED),
         (dict(daily_hard_limit=10), 11, Outcome.DAILY_LIMIT),
         (dict(), usd(1) + 1, Outcome.NO_CREDIT),
         (dict(overage_line=5), usd(1) + 6, Outcome.NO_CREDIT),
@@ -104,6 +108,70 @@ async def test_revoked_key(live_state: LiveState) -> None:
     await live_state.revoke_key(SHARD, ACCOUNT, "key_bad")
     assert (await live_state.admit(call(1, key_id="key_bad"), DAY)).outcome is Outcome.KEY_REVOKED
     assert (await live_state.admit(call(1, key_id="key_good"), DAY)).outcome is Outcome.ADMITTED
+
+
+async def test_payment_method_required_is_checked_after_suspended_and_before_the_key(
+    live_state: LiveState,
+) -> None:
+    await provision(live_state, usd(1), payment_method_required=True)
+    await live_state.revoke_key(SHARD, ACCOUNT, "key_bad")
+    refused = await live_state.admit(call(1, key_id="key_bad"), DAY)
+    assert refused.outcome is Outcome.PAYMENT_METHOD_REQUIRED
+    assert (refused.balance, refused.available, refused.event_id) == (usd(1), usd(1), "")
+    assert await live_state.sync_account(SHARD, ACCOUNT, config(2, payment_method_required=False))
+    assert (await live_state.admit(call(1), DAY)).admitted
+    assert (await live_state.admit(call(1, key_id="key_bad"), DAY)).outcome is Outcome.KEY_REVOKED
+    assert await live_state.sync_account(
+        SHARD, ACCOUNT, config(3, suspended=True, payment_method_required=True)
+    )
+    assert (await live_state.admit(call(1), DAY)).outcome is Outcome.SUSPENDED
+    state = await live_state.read_account(SHARD, ACCOUNT)
+    assert state is not None and state.suspended and not state.payment_method_required
+
+
+@pytest.mark.parametrize(
+    "rch", [keys.RECHARGE_IN_FLIGHT, keys.RECHARGE_DECLINED, keys.RECHARGE_PAUSED]
+)
+async def test_a_no_credit_refusal_carries_the_auto_recharge_state(
+    live_state: LiveState, rch: str
+) -> None:
+    await provision(live_state, 10)
+    assert (await live_state.admit(call(11), DAY)).event_id == ""
+    await live_state.set_recharge_state(SHARD, ACCOUNT, rch)
+    refused, admitted, again = await live_state.admit_many([call(11), call(10), call(1)], DAY)
+    assert (refused.outcome, refused.event_id) == (Outcome.NO_CREDIT, rch)
+    # Every other reply keeps its usage event id (or none) in that slot.
+    [event] = await live_state.redis.xrange(keys.usage_stream(SHARD))
+    assert (admitted.outcome, admitted.event_id) == (Outcome.ADMITTED, event[0].decode())
+    assert (again.outcome, again.event_id) == (Outcome.NO_CREDIT, rch)
+    await live_state.set_recharge_state(SHARD, ACCOUNT, None)
+    assert (await live_state.admit(call(1), DAY)).event_id == ""
+    assert await live_state.redis.hget(keys.account(SHARD, ACCOUNT), "rch") is None
+
+
+async def test_the_auto_recharge_state_is_not_read_for_other_refusals(
+    live_state: LiveState,
+) -> None:
+    await provision(live_state, 10, daily_hard_limit=5)
+    await live_state.set_recharge_state(SHARD, ACCOUNT, keys.RECHARGE_IN_FLIGHT)
+    first, second = await live_state.admit_many([call(6), call(6)], DAY)
+    [signal] = await live_state.redis.xrange(keys.usage_stream(SHARD))  # the first's signal
+    assert (first.outcome, first.event_id) == (Outcome.DAILY_LIMIT, signal[0].decode())
+    assert (second.outcome, second.event_id) == (Outcome.DAILY_LIMIT, "")
+    assert await live_state.sync_account(SHARD, ACCOUNT, config(2, payment_method_required=True))
+    refused = await live_state.admit(call(1), DAY)
+    assert (refused.outcome, refused.event_id) == (Outcome.PAYMENT_METHOD_REQUIRED, "")
+
+
+async def test_set_recharge_state_creates_no_account(live_state: LiveState) -> None:
+    await live_state.set_recharge_state(SHARD, "acct_missing", keys.RECHARGE_DECLINED)
+    await live_state.set_recharge_state(SHARD, "acct_missing", None)
+    assert await live_state.redis.exists(keys.account(SHARD, "acct_missing")) == 0
+    assert (await live_state.admit(call(1, account="acct_missing"), DAY)).outcome is (
+        Outcome.UNKNOWN_ACCOUNT
+    )
+    with pytest.raises(ValueError):
+        await live_state.set_recharge_state(SHARD, ACCOUNT, "x")
 
 
 async def test_unknown_account(live_state: LiveState) -> None:
@@ -230,18 +298,24 @@ async def test_a_key_call_is_refused_for_a_revoked_key_or_a_suspended_account(
     other = await key_of(live_state, "acct_off", "key_off")
     assert await live_state.sync_account(SHARD, "acct_off", config(suspended=True))
     orphan = await key_of(live_state, "acct_never_made", "key_orphan")
+    no_card = await key_of(live_state, "acct_no_card", "key_no_card")
+    assert await live_state.sync_account(
+        SHARD, "acct_no_card", config(payment_method_required=True)
+    )
 
-    results = await live_state.admit_many([revoked, other, orphan], DAY)
+    results = await live_state.admit_many([revoked, other, orphan, no_card], DAY)
 
     assert [r.outcome for r in results] == [
         Outcome.KEY_REVOKED,
         Outcome.SUSPENDED,
         Outcome.UNKNOWN_ACCOUNT,
+        Outcome.PAYMENT_METHOD_REQUIRED,
     ]
     assert [r.key.key_id if r.key else None for r in results] == [
         "key_gone",
         "key_off",
         "key_orphan",
+        "key_no_card",
     ]
     assert await stream_events(live_state) == []
 
@@ -279,6 +353,7 @@ def _to_config(state: AccountState, version: int) -> AccountConfig:
         daily_notify_threshold=state.daily_notify_threshold,
         low_balance_threshold=state.low_balance_threshold,
         suspended=state.suspended,
+        payment_method_required=state.payment_method_required,
     )
 
 
@@ -289,7 +364,9 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int, 
 
     ``batches``: up to 7 calls a script run, as the gateway sends them, so that a call
     reads what the calls before it in the same run wrote (the day rolled over, a
-    signal's day); some runs come from a replica whose clock is a day behind."""
+    signal's day); some runs come from a replica whose clock is a day behind. The
+    status (suspended, payment method required) and the auto-recharge state change now
+    and then: a no-credit reply carries the state, every other reply its event id."""
     rng = random.Random(seed)
     model = AccountState(
         balance=rng.randint(0, 1000),
@@ -303,12 +380,27 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int, 
     if model.balance:
         await live_state.credit(SHARD, ACCOUNT, "seed", model.balance)
     day = DAY
+    version = 1
+    rch = ""
     expected_events: list[tuple[str, str, str, str]] = []
     for step in range(120):
         roll = rng.random()
         if roll < 0.05:
             day += 1
-        elif roll < 0.12:
+        elif roll < 0.08:
+            version += 1
+            model = replace(
+                model,
+                suspended=rng.random() < 0.2,
+                payment_method_required=rng.random() < 0.4,
+            )
+            assert await live_state.sync_account(SHARD, ACCOUNT, _to_config(model, version))
+            continue
+        elif roll < 0.10:
+            rch = rng.choice(["", *keys.RECHARGE_STATES])
+            await live_state.set_recharge_state(SHARD, ACCOUNT, rch or None)
+            continue
+        elif roll < 0.14:
             amount = rng.randint(1, 400)
             model = money.credit(model, amount)
             await live_state.credit(SHARD, ACCOUNT, f"c{step}", amount)
@@ -324,6 +416,10 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int, 
             assert reply.balance == model.balance
             assert reply.available == money.available(model)
             assert reply.limit_remaining == money.limit_remaining(model)
+            if decision.outcome is Outcome.NO_CREDIT:
+                assert reply.event_id == rch, step
+            elif not (decision.admitted or decision.signals):
+                assert reply.event_id == "", step
             if decision.admitted or decision.signals:
                 charged = price if decision.admitted else 0
                 kind = "d" if decision.admitted else "x"
@@ -346,6 +442,10 @@ async def test_lua_agrees_with_the_pure_model(live_state: LiveState, seed: int, 
         model.limit_fired_day,
     )
     assert stored.low_fired == model.low_fired
+    assert (stored.suspended, stored.payment_method_required) == (
+        model.suspended,
+        not model.suspended and model.payment_method_required,
+    )
     events = await stream_events(live_state)
     debits = [(e["t"], e["m"], e["d"], e["g"]) for e in events if e["t"] in ("d", "x")]
     assert debits == expected_events
@@ -380,6 +480,14 @@ async def test_script_reloads_after_script_flush(live_state: LiveState) -> None:
     await provision(live_state, usd(1))
     await live_state.redis.script_flush()
     assert (await live_state.admit(call(1), DAY)).admitted
+
+
+@pytest.mark.parametrize(
+    "script", ["admit", "settle", "void", "credit", "sync_account", "recharge_state"]
+)
+def test_each_script_documents_keys_argv_and_reply(script: str) -> None:
+    head = SCRIPTS[script].source.split("\n\n")[0]
+    assert "KEYS" in head and "ARGV" in head and "Reply" in head
 
 
 def test_model_helpers_are_consistent() -> None:

@@ -41,6 +41,29 @@ BASE = AccountState(balance=usd(10), day=DAY)
         # The limit is checked before the money.
         (replace(BASE, balance=0, daily_hard_limit=0), 1, Outcome.DAILY_LIMIT, 0, 0),
         (replace(BASE, suspended=True), 1, Outcome.SUSPENDED, usd(10), 0),
+        # No payment method: refused whatever the money, even a free call.
+        (
+            replace(BASE, payment_method_required=True),
+            0,
+            Outcome.PAYMENT_METHOD_REQUIRED,
+            usd(10),
+            0,
+        ),
+        (
+            replace(BASE, payment_method_required=True, daily_hard_limit=0),
+            1,
+            Outcome.PAYMENT_METHOD_REQUIRED,
+            usd(10),
+            0,
+        ),
+        # Suspended wins: adding a card would not help.
+        (
+            replace(BASE, suspended=True, payment_method_required=True),
+            1,
+            Outcome.SUSPENDED,
+            usd(10),
+            0,
+        ),
         (replace(BASE, balance=-usd(1)), 0, Outcome.ADMITTED, -usd(1), 0),
         (replace(BASE, balance=-usd(1)), 1, Outcome.NO_CREDIT, -usd(1), 0),
         # An admin lowered the limit below what was spent: paid calls wait, free ones pass.
@@ -59,6 +82,16 @@ def test_admit_table(
 
 def test_revoked_key_is_refused_before_money() -> None:
     assert money.admit(BASE, 1, DAY, key_revoked=True).outcome is Outcome.KEY_REVOKED
+
+
+def test_payment_method_required_comes_after_suspended_and_before_the_key() -> None:
+    needs_card = replace(BASE, payment_method_required=True)
+    decision = money.admit(needs_card, 1, DAY + 1, key_revoked=True)
+    assert decision.outcome is Outcome.PAYMENT_METHOD_REQUIRED
+    assert decision.state == needs_card  # not even the day rolls
+    assert decision.signals is Signal.NONE
+    suspended = replace(needs_card, suspended=True)
+    assert money.admit(suspended, 1, DAY, key_revoked=True).outcome is Outcome.SUSPENDED
 
 
 def test_negative_price_is_a_bug() -> None:

@@ -85,6 +85,32 @@ def test_bad_config_stops_the_command_with_one_line() -> None:
     ]
 
 
+def test_portal_url_is_another_name_for_the_portal_public_url() -> None:
+    assert Settings.from_env({}).portal_public_url == "http://127.0.0.1:8083"
+    url = "https://billing.example.com"
+    assert Settings.from_env({"METER_PORTAL_URL": url}).portal_public_url == url
+    assert Settings.from_env({"METER_PORTAL_PUBLIC_URL": url}).portal_public_url == url
+    both = {"METER_PORTAL_URL": url, "METER_PORTAL_PUBLIC_URL": url + " "}
+    assert Settings.from_env(both).portal_public_url == url
+
+
+def test_portal_url_and_its_alias_must_agree() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(
+            {
+                "METER_PORTAL_PUBLIC_URL": "https://a.example",
+                "METER_PORTAL_URL": "https://b.example",
+            }
+        )
+    assert str(err.value) == "METER_PORTAL_PUBLIC_URL and METER_PORTAL_URL differ: set one of them"
+
+
+def test_a_bad_alias_value_names_the_alias() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"METER_PORTAL_URL": "ftp://x"})
+    assert str(err.value).startswith("METER_PORTAL_URL=")
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [name for name, _ in documented() if f"`{name}`" not in readme]

@@ -21,15 +21,21 @@
 --          its record as '-': nothing is decided, nothing changes); else n groups
 --          of 6:
 --          outcome (0 admitted, 1 no credit, 2 daily limit, 3 suspended,
---          4 key revoked, 5 unknown account, 6 unknown key), balance after,
---          available after, daily limit remaining (-1 = no limit), signals (bit
---          flags), usage event id ("" when no event was written)
+--          4 key revoked, 5 unknown account, 6 unknown key, 7 payment method
+--          required), balance after, available after, daily limit remaining
+--          (-1 = no limit), signals (bit flags), then a slot of two meanings: the
+--          usage event id ("" when no event was written) or, for outcome 1, the
+--          account's auto-recharge state (its 'rch' field, "" when absent). A
+--          no-credit refusal never writes an event (it fires no signal), so the
+--          slot is free there; the field is read only then.
 --          then, for a call resolved by its key's hash, 4 more: key id, project
 --          id, account id, shard (all nil when the key is unknown)
 --
 -- How it works: one HMGET reads everything the decision needs, including the
--- revocation flag of the calling key; counters change only through HINCRBY
--- (exact integers; Lua numbers are doubles and must never be written back);
+-- status (a active, s suspended, p payment method required: checked in money.py's
+-- order, s before p before the key) and the revocation flag of the calling key;
+-- counters change only through HINCRBY (exact integers; Lua numbers are doubles
+-- and must never be written back);
 -- every admitted call appends one event to its shard's usage stream, which the
 -- ledger worker moves into Postgres. A refusal that fires a signal appends a
 -- zero-amount event so the signal is never lost.
@@ -113,6 +119,8 @@ local function decide(akey, skey, price_s, keyid, project, account, route)
     local outcome, signals, eid = 0, 0, ''
     if f[6] == 's' then
       outcome = 3
+    elseif f[6] == 'p' then
+      outcome = 7
     elseif f[12] then
       outcome = 4
     else
@@ -131,6 +139,7 @@ local function decide(akey, skey, price_s, keyid, project, account, route)
         end
       elseif price > money then
         outcome = 1
+        eid = redis.call('HGET', akey, 'rch') or ''  -- why there is no money (see Reply)
       else
         local before_bal, before_spt = bal, spt
         if price > 0 then

@@ -9,7 +9,7 @@
 -- ARGV[3]: today (UTC day number)   ARGV[4]: n, the number of accounts; then per account:
 --          account id, base balance, base spent today, config version, overage line,
 --          daily hard limit (-1 none), notify threshold (-1 none), low-balance
---          threshold (-1 none), status (a|s), notify fired day (-1 none), limit fired
+--          threshold (-1 none), status (a|s|p), notify fired day (-1 none), limit fired
 --          day (-1 none), c, r; then c pairs (credit id, applied at ms); then r revoked
 --          API key ids
 -- Reply:   {status, created, rebuilt}: status 1 = done; 0 = stale: the stream was

@@ -3,7 +3,8 @@
 --
 -- KEYS[1]: account hash
 -- ARGV: version, overage line, daily hard limit (-1 none), daily notify
---       threshold (-1 none), low-balance threshold (-1 none), status (a|s)
+--       threshold (-1 none), low-balance threshold (-1 none), status (a|s|p: active,
+--       suspended, payment method required; keys.account_status)
 -- Reply: {status, balance}: status 1 applied, 0 Redis already had this
 --        version or a newer one (nothing changed)
 --
