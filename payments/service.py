@@ -799,8 +799,10 @@ class Payments:
         card: PaymentMethod | None = None
         if method == "card":
             card = await self._card_for(account_id, payment_method_id)
+        # No account lock here: the unique (account, idempotency key) decides a race,
+        # and settling takes payment then account; taking them the other way deadlocks.
         async with self.ctx.pool.acquire() as conn, conn.transaction():
-            account = await self._account(conn, account_id, lock=True)
+            account = await self._account(conn, account_id)
             _open(account)
             row = await conn.fetchrow(
                 "insert into payments (id, account_id, purpose, method, amount, status,"

@@ -152,7 +152,7 @@ def checkout_of(obj: Any) -> Checkout:
 
 def _translate(exc: stripe.StripeError) -> StripeFailure:
     if isinstance(exc, stripe.CardError):
-        error = exc.error
+        error = exc.error.to_dict() if exc.error is not None else None
         intent = _get(error, "payment_intent") if error is not None else None
         code = (
             (_get(error, "decline_code") if error is not None else None)
@@ -189,10 +189,12 @@ class StripeApi:
         return {"idempotency_key": idempotency_key} if idempotency_key else None
 
     async def _call(self, coro: Any) -> Any:
+        """Stripe's answer as plain dicts and lists (its objects are not mappings)."""
         try:
-            return await coro
+            obj = await coro
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
+        return obj.to_dict() if hasattr(obj, "to_dict") else obj
 
     # -- customers ----------------------------------------------------------------------
 
@@ -390,6 +392,7 @@ def _any(params: dict[str, Any]) -> Any:
     return params
 
 
-def construct_event(payload: bytes, signature: str, secret: str) -> Any:
-    """A verified event (raises ``stripe.SignatureVerificationError`` or ``ValueError``)."""
-    return stripe.Webhook.construct_event(payload, signature, secret)
+def construct_event(payload: bytes, signature: str, secret: str) -> dict[str, Any]:
+    """A verified event as a plain dict (raises ``stripe.SignatureVerificationError``
+    or ``ValueError``)."""
+    return stripe.Webhook.construct_event(payload, signature, secret).to_dict()

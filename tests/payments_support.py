@@ -104,7 +104,10 @@ class Paying:
                 ACTOR,
                 account_id,
                 models.NewCredit(
-                    amount=credit, description="Opening credit", idempotency_key="open", kind="grant"
+                    amount=credit,
+                    description="Opening credit",
+                    idempotency_key="open",
+                    kind="grant",
                 ),
             )
         return account_id
@@ -143,7 +146,9 @@ class Paying:
         return state.balance
 
     async def book_balance(self, account_id: str) -> int:
-        return int(await self.pool.fetchval("select balance from accounts where id = $1", account_id))
+        return int(
+            await self.pool.fetchval("select balance from accounts where id = $1", account_id)
+        )
 
     async def credits(self, account_id: str, kind: str) -> list[asyncpg.Record]:
         return await self.pool.fetch(

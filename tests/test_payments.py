@@ -18,13 +18,12 @@ from payments_support import (
     THREE_D_SECURE,
     USD,
     Paying,
-    paying,  # noqa: F401 - the fixture
 )
 
 from admin.errors import Conflict, InvalidInput, NotFound
 from payments.loop import sweep
-from payments.service import NoPaymentMethod, PaymentsNotConfigured, Payments
 from payments.service import Context as PayContext
+from payments.service import NoPaymentMethod, Payments, PaymentsNotConfigured
 
 
 async def settled(value: Any) -> Any:
@@ -57,9 +56,7 @@ async def test_a_purchase_charges_once_and_credits_once(paying: Paying) -> None:
     assert len(await paying.events(account, "purchase.succeeded")) == 1
     assert len(await paying.events(account, "credits.added")) == 1
 
-    again = await paying.payments.purchase(
-        ACTOR, account, amount=25 * USD, idempotency_key="buy-1"
-    )
+    again = await paying.payments.purchase(ACTOR, account, amount=25 * USD, idempotency_key="buy-1")
     assert again.replayed and again.payment.id == p.id
     assert len(await charges(paying)) == 1
     assert len(await paying.credits(account, "purchase")) == 1

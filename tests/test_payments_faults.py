@@ -25,7 +25,6 @@ from payments_support import (
     ACTOR,
     USD,
     Paying,
-    paying,  # noqa: F401 - the fixture
 )
 
 from admin import models
@@ -215,9 +214,9 @@ async def test_a_worker_killed_around_the_stripe_call_charges_and_credits_once(
 
         await wait_for(done, 30, "the sweep settled the recharge")
         await wait_for(lambda: _applied(paying, account), 10, "the credit in Redis")
+        await wait_for(lambda: _booked(paying, account), 10, "the usage in the book")
     await assert_each_charge_credited_once(paying, account)
     assert len(paying.double.charges()) == 1
-        await wait_for(lambda: _booked(paying, account), 10, "the usage in the book")
     assert await paying.live_balance(account) == 29 * USD
 
 

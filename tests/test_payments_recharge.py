@@ -18,7 +18,6 @@ from payments_support import (
     DECLINED_WHEN_CHARGED,
     USD,
     Paying,
-    paying,  # noqa: F401 - the fixture
 )
 
 from meter.live_state import Call
@@ -84,9 +83,7 @@ async def test_one_crossing_one_charge_one_credit(paying: Paying) -> None:
         await spend(paying, account, 3 * USD)
         assert await crossings(paying) == 1
     rows = await recharges(paying, account)
-    assert [(r["status"], r["amount"], r["crossing"]) for r in rows] == [
-        ("succeeded", 20 * USD, 1)
-    ]
+    assert [(r["status"], r["amount"], r["crossing"]) for r in rows] == [("succeeded", 20 * USD, 1)]
     entries = await paying.credits(account, "recharge")
     assert [e["amount"] for e in entries] == [20 * USD]
     assert entries[0]["description"].startswith("Auto recharge pi_")

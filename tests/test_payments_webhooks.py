@@ -24,7 +24,6 @@ from payments_support import (
     USD,
     WEBHOOK_SECRET,
     Paying,
-    paying,  # noqa: F401 - the fixture
 )
 
 from payments.loop import sweep
