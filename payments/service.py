@@ -567,6 +567,15 @@ class Payments:
         except StripeFailure as exc:
             raise _stripe_failure(exc) from exc
         assert setup.client_secret is not None
+        async with self.ctx.pool.acquire() as conn:
+            await audit.record(
+                conn,
+                actor,
+                "payment_method.setup",
+                "setup_intent",
+                setup.id,
+                account_id=account_id,
+            )
         return setup.id, setup.client_secret
 
     async def finish_setup(self, actor: Actor, account_id: str, setup_id: str) -> PaymentMethod:

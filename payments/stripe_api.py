@@ -268,10 +268,14 @@ class StripeApi:
         )
 
     async def cards(self, customer_id: str) -> list[Card]:
-        found = await self._call(
-            self.v1.payment_methods.list_async({"customer": customer_id, "type": "card"})
-        )
-        return [card_of(pm) for pm in found["data"]]
+        cards: list[Card] = []
+        params: dict[str, Any] = {"customer": customer_id, "type": "card", "limit": 100}
+        while True:
+            found = await self._call(self.v1.payment_methods.list_async(_any(params)))
+            cards.extend(card_of(pm) for pm in found["data"])
+            if not found.get("has_more") or not found["data"]:
+                return cards
+            params["starting_after"] = found["data"][-1]["id"]
 
     async def card(self, pm_id: str) -> Card:
         return card_of(await self._call(self.v1.payment_methods.retrieve_async(pm_id)))

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from test_admin_support import AUTH, RETURN_URL, TOKEN, call, start
+from test_admin_support import AUTH, RETURN_URL, TOKEN, call, start, stripe_env
 
 from admin import operations
 from admin.access import ROLE_PERMISSIONS, Role
@@ -39,6 +39,40 @@ class World:
     pool: asyncpg.Pool
     objects: dict[str, dict[str, str]]  # "A"/"B" -> path parameter -> id
     tokens: dict[str, tuple[Role, str | None]]  # bearer token -> (role, its account or None)
+    double: Any  # the Stripe double
+
+
+def _new_card(double: Any, customer: str) -> str:
+    """A card made at the double, as Stripe.js would, attached to ``customer``."""
+    client = double.client()
+    pm = client.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+        }
+    )
+    client.v1.payment_methods.attach(pm.id, {"customer": customer})
+    return str(pm.id)
+
+
+async def _paying(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, double: Any, aid: str
+) -> dict[str, str]:
+    """A card (the default) and a $5 purchase on it: what the payment routes act on."""
+    await call(client, "GET", f"/v1/accounts/{aid}/payment-methods", status=200)
+    customer = await pool.fetchval(
+        "select stripe_customer_id from payment_customers where account_id = $1", aid
+    )
+    card = _new_card(double, customer)
+    await call(client, "GET", f"/v1/accounts/{aid}/payment-methods", status=200)
+    bought = await call(
+        client,
+        "POST",
+        f"/v1/accounts/{aid}/purchases",
+        {"amount": 5_000_000, "idempotency_key": "matrix"},
+        status=201,
+    )
+    return {"payment_method_id": card, "payment_id": bought["id"]}
 
 
 async def _account(client: TestClient[Any, Any], name: str) -> dict[str, str]:
@@ -79,9 +113,14 @@ async def _token(client: TestClient[Any, Any], path: str, role: str) -> dict[str
 
 
 @pytest.fixture
-async def world(aiohttp_client: Any, redis_url: str, database_url: str) -> AsyncIterator[World]:
-    client = await start(aiohttp_client, redis_url, database_url)
+async def world(
+    aiohttp_client: Any, redis_url: str, database_url: str, stripe: Any
+) -> AsyncIterator[World]:
+    client = await start(aiohttp_client, redis_url, database_url, **stripe_env(stripe))
     objects = {"A": await _account(client, "a"), "B": await _account(client, "b")}
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    for side in ("A", "B"):
+        objects[side].update(await _paying(client, pool, stripe, objects[side]["account_id"]))
     for side in ("A", "B"):
         token = await _token(client, f"/v1/accounts/{objects[side]['account_id']}/tokens", "viewer")
         objects[side]["token_id"] = token["id"]
@@ -91,9 +130,8 @@ async def world(aiohttp_client: Any, redis_url: str, database_url: str) -> Async
     a = objects["A"]["account_id"]
     for role in (Role.OWNER, Role.ADMIN, Role.BILLING, Role.VIEWER):
         tokens[(await _token(client, f"/v1/accounts/{a}/tokens", role))["token"]] = (role, a)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        yield World(client, pool, objects, tokens)
+        yield World(client, pool, objects, tokens, stripe)
     finally:
         await pool.close()
 
@@ -155,6 +193,42 @@ async def _fresh_account(w: World, ids: dict[str, str]) -> dict[str, str]:
     return await _account(w.client, unique("c"))
 
 
+async def _fresh_card(w: World, ids: dict[str, str]) -> dict[str, str]:
+    """A second card, not the default, to delete."""
+    customer = await w.pool.fetchval(
+        "select stripe_customer_id from payment_customers where account_id = $1",
+        ids["account_id"],
+    )
+    card = _new_card(w.double, customer)
+    await call(w.client, "GET", f"/v1/accounts/{ids['account_id']}/payment-methods", status=200)
+    return {**ids, "payment_method_id": card}
+
+
+async def _confirmed_setup(w: World, ids: dict[str, str]) -> dict[str, str]:
+    """A SetupIntent confirmed with a new card, as the browser leaves it."""
+    customer = await w.pool.fetchval(
+        "select stripe_customer_id from payment_customers where account_id = $1",
+        ids["account_id"],
+    )
+    client = w.double.client()
+    pm = client.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2032, "cvc": "123"},
+        }
+    )
+    setup = client.v1.setup_intents.create({"customer": customer, "usage": "off_session"})
+    client.v1.setup_intents.confirm(setup.id, {"payment_method": pm.id})
+    return {**ids, "setup_intent_id": str(setup.id)}
+
+
+async def _gate_open(w: World, ids: dict[str, str]) -> dict[str, str]:
+    await w.pool.execute(
+        "update accounts set require_payment_method = false where id = $1", ids["account_id"]
+    )
+    return ids
+
+
 def _then(method: str, action: str) -> Prepare:
     """A state change first, so that the write under test changes something."""
 
@@ -185,10 +259,16 @@ BODIES: dict[str, Callable[[], Any]] = {
     "createOperatorToken": lambda: {"name": "o", "role": "operator-readonly"},
     "putBillingProfile": lambda: {"legal_name": unique("Acme "), "country": "DE"},
     "addTaxId": lambda: {"type": "eu_vat", "country": "DE", "value": "DE136695976"},
+    "createPurchase": lambda: {"amount": 5_000_000, "idempotency_key": unique("p")},
+    "refundPayment": lambda: {"amount": 10_000, "force": True, "idempotency_key": unique("r")},
+    "refundPurchase": lambda: {"amount": 10_000, "force": True, "idempotency_key": unique("r")},
+    "putAutoRecharge": lambda: {"enabled": False, "threshold": 1_000_000, "amount": 5_000_000},
+    "putPaymentSettings": lambda: {"require_payment_method": True},
 }
 # Bodies naming an object of the account the call is on.
 BODIES_OF: dict[str, Callable[[dict[str, str]], Any]] = {
     "createPortalSession": lambda ids: {"member_id": ids["member_id"], "return_url": RETURN_URL},
+    "addPaymentMethod": lambda ids: {"setup_intent_id": ids["setup_intent_id"]},
 }
 # Writes without a body.
 NO_BODY = {
@@ -204,6 +284,9 @@ NO_BODY = {
     "revokeOperatorToken",
     "deleteTaxId",
     "verifyTaxId",
+    "createSetupIntent",
+    "setDefaultPaymentMethod",
+    "deletePaymentMethod",
 }
 PREPARE: dict[str, Prepare] = {
     "changeMember": _fresh_member,
@@ -218,6 +301,9 @@ PREPARE: dict[str, Prepare] = {
     "resumeAccount": _then("POST", "suspend"),
     "requestDeletion": _then("POST", "deletion-request/cancel"),
     "cancelDeletion": _then("POST", "deletion-request"),
+    "deletePaymentMethod": _fresh_card,
+    "addPaymentMethod": _confirmed_setup,
+    "putPaymentSettings": _gate_open,
 }
 
 

@@ -44,10 +44,24 @@ def settings(redis_url: str, database_url: str, **env: str) -> Settings:
     return Settings.from_env(values)
 
 
+def stripe_env(double: Any) -> dict[str, str]:
+    """The settings that point payments at the Stripe double (tests/stripe_fixtures.py)."""
+    return {
+        "METER_STRIPE_SECRET_KEY": double.secret_key,
+        "METER_STRIPE_PUBLISHABLE_KEY": double.publishable_key,
+        "METER_STRIPE_API_BASE": double.api_base,
+        "METER_STRIPE_WEBHOOK_SECRET": "whsec_admin_tests_0123456789",
+    }
+
+
 async def start(
-    aiohttp_client: Any, redis_url: str, database_url: str, clock: Clock | None = None
+    aiohttp_client: Any,
+    redis_url: str,
+    database_url: str,
+    clock: Clock | None = None,
+    **env: str,
 ) -> TestClient[Any, Any]:
-    app = create_app(settings(redis_url, database_url), clock=clock or Clock())
+    app = create_app(settings(redis_url, database_url, **env), clock=clock or Clock())
     client: TestClient[Any, Any] = await aiohttp_client(app)
     return client
 

@@ -20,6 +20,7 @@ from payments_support import (
     Paying,
 )
 
+from meter import keys
 from meter.live_state import Call
 from meter.money import utc_day
 from payments.loop import sweep
@@ -69,6 +70,13 @@ async def recharges(paying: Paying, account_id: str) -> list[Any]:
         "select * from payments where account_id = $1 and purpose = 'recharge' order by crossing",
         account_id,
     )
+
+
+async def gateway_sees(paying: Paying, account_id: str) -> str | None:
+    """The advisory recharge state the gateway's 402 explains itself with."""
+    account = await paying.services.provisioning.account(account_id)
+    raw = await paying.live.redis.hget(keys.account(account.shard, account_id), "rch")
+    return None if raw is None else raw.decode()
 
 
 async def charges(paying: Paying) -> list[dict[str, Any]]:
@@ -172,6 +180,7 @@ async def test_declines_back_off_then_pause_until_the_settings_change(paying: Pa
     view = await paying.recharges.view(account)
     assert view.state == "backing_off" and view.settings is not None
     assert view.settings.consecutive_failures == 1
+    assert await gateway_sees(paying, account) == "d"
     assert await paying.recharges.level_check() == 0  # backing off: no retry yet
     for failures in (2, 3):
         paying.clock.offset += paying.settings.recharge_backoff * 2 ** (failures - 2) + 1
@@ -181,6 +190,7 @@ async def test_declines_back_off_then_pause_until_the_settings_change(paying: Pa
         assert view.settings is not None and view.settings.consecutive_failures == failures
     assert view.state == "paused" and "3 recharges failed" in (view.settings.pause_reason or "")
     assert len(await paying.events(account, "recharge.paused")) == 1
+    assert await gateway_sees(paying, account) == "p"
     assert len(await paying.events(account, "recharge.failed")) == 3
     paying.clock.offset += 10 * paying.settings.recharge_backoff
     assert await paying.recharges.level_check() == 0  # paused stays paused
@@ -192,6 +202,7 @@ async def test_declines_back_off_then_pause_until_the_settings_change(paying: Pa
     await paying.recharges.process_signals()
     assert [e["amount"] for e in await paying.credits(account, "recharge")] == [20 * USD]
     assert (await paying.recharges.view(account)).state == "on"
+    assert await gateway_sees(paying, account) is None
 
 
 async def test_settings_changed_while_a_recharge_is_in_flight(paying: Paying) -> None:
@@ -209,6 +220,7 @@ async def test_settings_changed_while_a_recharge_is_in_flight(paying: Paying) ->
     [flight] = await recharges(paying, account)
     assert flight["status"] == "pending"  # Stripe charged; we did not hear
     assert (await paying.recharges.view(account)).state == "in_flight"
+    assert await gateway_sees(paying, account) == "i"
     await paying.recharges.put(ACTOR, account, rule(amount=40 * USD, threshold=15 * USD))
     assert await paying.recharges.level_check() == 0  # one in flight: no second
     paying.clock.offset = paying.settings.payment_lease + 1

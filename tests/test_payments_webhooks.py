@@ -183,3 +183,26 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(
     assert (await r.json(content_type=None))["type"].endswith("bad-webhook-signature")
     assert await paying.pool.fetchval("select count(*) from stripe_events") == 0
     assert len(await paying.credits(account, "purchase")) == 1
+
+
+async def test_crypto_is_paid_at_a_checkout_and_credited_on_its_completion(
+    paying: Paying, deliveries: Deliveries, portal: TestClient[Any, Any]
+) -> None:
+    account = await paying.account()
+    result = await paying.payments.purchase(
+        ACTOR, account, amount=50 * USD, idempotency_key="c", method="crypto"
+    )
+    p = result.payment
+    assert p.status == "pending" and p.stripe_checkout_session
+    assert result.checkout_url and p.stripe_checkout_session in result.checkout_url
+    assert await paying.credits(account, "purchase") == []
+    paying.double.complete_checkout(p.stripe_checkout_session)
+    _event, body, signature = await deliveries.next("checkout.session.completed")
+    for _ in range(3):
+        assert (await post(portal, body, signature))[0] == 200
+    done = await paying.payments.payment(account, p.id)
+    assert done.status == "succeeded"
+    entries = await paying.credits(account, "purchase")
+    assert [e["amount"] for e in entries] == [50 * USD]
+    assert entries[0]["description"].startswith("Crypto payment ")
+    assert await paying.live_balance(account) == 50 * USD
