@@ -113,7 +113,8 @@ async def read_shard_for_repair(
         offset = await _offset(conn, shard)
         accounts = await conn.fetch(
             "select id, balance, config_version, overage_line, daily_hard_limit,"
-            " daily_notify_threshold, low_balance_threshold, status"
+            " daily_notify_threshold, low_balance_threshold, status,"
+            " require_payment_method and not has_payment_method as payment_method_required"
             " from accounts where shard = $1 order by id",
             shard,
         )
@@ -174,8 +175,7 @@ async def read_shard_for_repair(
                 limit_fired_today=(r["id"], "hard_limit") in fired_today,
                 credits=tuple(credit_ids.get(r["id"], ())),
                 revoked_keys=tuple(revoked.get(r["id"], ())),
-                # payment_method_required comes with the payments migration's columns
-                # (require_payment_method and not has_payment_method); until then False.
+                payment_method_required=r["payment_method_required"],
             )
             for r in accounts
         ),

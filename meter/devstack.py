@@ -183,6 +183,19 @@ def portal_link(settings: Settings, demo: dict[str, Any]) -> str:
     return str(link["url"])
 
 
+def _register_webhook(double_base: str, url: str, settings: Settings) -> None:
+    """Have the double send its events to the portal, signed with our webhook secret."""
+    import urllib.parse
+    import urllib.request
+
+    form = urllib.parse.urlencode(
+        {"url": url, "secret": settings.stripe_webhook_secret.reveal()}
+    ).encode()
+    request = urllib.request.Request(f"{double_base}/_config/webhooks/meter-dev", data=form)
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        resp.read()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -217,8 +230,29 @@ def run(settings: Settings) -> int:
         )
         if settings.refund_spool_dir is None:
             settings = settings.replace(refund_spool_dir=str(data / "refund-spool"))
-        env = child_environment(settings)
         py = sys.executable
+        double_base = None
+        if not settings.stripe_secret_key:
+            # No Stripe account given: the Stripe test double, so cards and purchases work.
+            double_port = local_servers.free_port()
+            double_base = f"http://127.0.0.1:{double_port}"
+            settings = settings.replace(
+                stripe_secret_key=Secret("sk_test_double"),
+                stripe_publishable_key="pk_test_double",
+                stripe_api_base=double_base,
+                stripe_js_url=f"{double_base}/js.stripe.com/v3/",
+                stripe_webhook_secret=Secret("whsec_" + secrets.token_urlsafe(24)),
+            )
+            _spawn(
+                started,
+                "stripe-double",
+                [py, "-m", "meter.stripe_double", "--port", str(double_port)],
+                dict(os.environ),
+                logs / "stripe-double.log",
+            )
+            _wait_http(f"{double_base}/_double/ready", started[-1].proc, "stripe double")
+            _register_webhook(double_base, f"{portal_base}/stripe/webhook", settings)
+        env = child_environment(settings)
         _spawn(
             started,
             "upstream",
@@ -232,13 +266,19 @@ def run(settings: Settings) -> int:
         _spawn(started, "portal", [py, "-m", "meter", "portal"], env, logs / "portal.log")
         admin_base = f"http://{settings.admin_host}:{settings.admin_port}"
         gateway_base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-        _wait_http(f"{admin_base}/healthz", started[1].proc, "admin")
-        _wait_http(f"{gateway_base}/_meter/healthz", started[2].proc, "gateway")
+        proc = {c.name: c.proc for c in started}
+        _wait_http(f"{admin_base}/healthz", proc["admin"], "admin")
+        _wait_http(f"{gateway_base}/_meter/healthz", proc["gateway"], "gateway")
         ledger_base = f"http://{settings.ledger_host}:{settings.ledger_port}"
-        _wait_http(f"{ledger_base}/healthz", started[3].proc, "ledger")  # running when it says so
-        _wait_http(f"{portal_base}/healthz", started[4].proc, "portal")
+        _wait_http(f"{ledger_base}/healthz", proc["ledger"], "ledger")  # running when it says so
+        _wait_http(f"{portal_base}/healthz", proc["portal"], "portal")
         demo = seed_demo(settings, data)
         link = portal_link(settings, demo)
+        stripe_note = (
+            "   (test double: card 4242 4242 4242 4242, 3-D Secure 4000 0025 0000 3155)"
+            if double_base
+            else ""
+        )
         print(
             f"""
 meter dev is running (logs in {logs}, data in {data}).
@@ -246,6 +286,7 @@ meter dev is running (logs in {logs}, data in {data}).
   gateway      {gateway_base}
   admin API    {admin_base}   (token: {settings.admin_token.reveal()})
   portal       {portal_base}
+  Stripe       {double_base or settings.stripe_api_base}{stripe_note}
   Redis        {redis_server.url}
   Postgres     {pg.url("meter")}
 

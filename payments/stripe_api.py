@@ -399,4 +399,5 @@ def _any(params: dict[str, Any]) -> Any:
 def construct_event(payload: bytes, signature: str, secret: str) -> dict[str, Any]:
     """A verified event as a plain dict (raises ``stripe.SignatureVerificationError``
     or ``ValueError``)."""
-    return stripe.Webhook.construct_event(payload, signature, secret).to_dict()
+    event: dict[str, Any] = stripe.Webhook.construct_event(payload, signature, secret).to_dict()
+    return event
