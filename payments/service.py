@@ -937,7 +937,10 @@ class Payments:
         p = await self.payment(account_id, payment_id)
         if p.status not in ("pending", "requires_action") or self.ctx.api is None:
             return PurchaseResult(p, True)
-        p = await settle_from_stripe(self.ctx, p)
+        try:
+            p = await settle_from_stripe(self.ctx, p)
+        except StripeFailure as exc:  # a Problem (503, ...), not a bare exception
+            raise _stripe_failure(exc) from exc
         secret = await self._client_secret(p) if p.status == "requires_action" else None
         return PurchaseResult(p, True, secret)
 

@@ -107,7 +107,10 @@ def _id(value: Any) -> str | None:
 
 def _metadata(obj: Any) -> dict[str, str]:
     raw = _get(obj, "metadata", {}) or {}
-    return {str(k): str(v) for k, v in dict(raw).items()}
+    # A webhook's event is StripeObjects, which dict() refuses (stripe >= 12); API
+    # answers may be plain dicts.
+    plain = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
+    return {str(k): str(v) for k, v in plain.items()}
 
 
 def intent_of(obj: Any) -> Intent:

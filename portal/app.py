@@ -17,17 +17,27 @@ from aiohttp import web
 from admin.services import open_services
 from meter.live_state import LiveState
 from meter.settings import Settings
-from portal import pages_keys, pages_money, pages_people, pages_profile, signin, stripe_webhook
-from portal.context import CLOCK, SERVICES, SETTINGS
+from portal import (
+    csp,
+    pages_keys,
+    pages_money,
+    pages_payments,
+    pages_people,
+    pages_profile,
+    pages_recharge,
+    signin,
+    stripe_webhook,
+)
+from portal.context import CLOCK, SERVICES, SETTINGS, STRIPE_JS
 from portal.rendering import Handler, problem_pages
 from portal.session import MAX_FORM_BYTES, signed_in
 from portal.templating import setup_templates
 
 POOL_MAX_SIZE = 10
-# No scripts, no frames, forms only to ourselves: what the pages need and nothing more.
+# No scripts, no frames, forms only to ourselves: what the pages need and nothing more
+# (portal.csp: the card pages alone also allow Stripe.js).
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self';"
-    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": csp.POLICY,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",  # the sign-in link's token never leaves in a Referer
@@ -38,6 +48,8 @@ SECURITY_HEADERS = {
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     response.headers.update(SECURITY_HEADERS)
+    if request.get(STRIPE_JS):
+        response.headers["Content-Security-Policy"] = csp.stripe_policy(request.app[SETTINGS])
     return response
 
 
@@ -49,7 +61,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[SETTINGS] = settings
     app[CLOCK] = clock
     setup_templates(app)
-    for module in (signin, pages_money, pages_profile, pages_people, pages_keys, stripe_webhook):
+    pages = (signin, pages_money, pages_payments, pages_recharge, pages_profile, pages_people)
+    for module in (*pages, pages_keys, stripe_webhook):
         app.add_routes(module.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -16,3 +16,5 @@ SERVICES = web.AppKey("services", Services)  # opened and closed in cleanup_ctx
 
 VIEWER = web.RequestKey("viewer", Viewer)  # who is signed in, set by portal.session
 FORM: web.RequestKey[dict[str, str]] = web.RequestKey("form")  # a POST's fields, CSRF checked
+# Set by a page that loads Stripe.js: its response gets portal.csp.stripe_policy.
+STRIPE_JS: web.RequestKey[bool] = web.RequestKey("stripe_js")

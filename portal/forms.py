@@ -3,16 +3,20 @@
 A form is read into the same pydantic model the JSON API takes (``admin.models``),
 so the portal accepts exactly what the API accepts. Blank fields of optional
 values are ``None``; a field's first error is shown beside it in people's words.
+Amounts people type in dollars become micros exactly (``dollars``: integer digits,
+never float), or an error; whole cents only, as Stripe charges.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from admin.errors import InvalidInput
+from meter.money import MICROS_PER_USD
 
 M = TypeVar("M", bound=BaseModel)
 Errors = dict[str, str]
@@ -22,6 +26,32 @@ _PATTERN_MESSAGES = {
     "invoice_email": "Enter an email address like name@example.com.",
     "country": "Choose a country.",
 }
+
+
+# "5", "5.5", "5.00", "1,000.50", "$1000": digits with optional thousands commas (in
+# threes), at most two decimal places. Anything else (a sign, "1e3", "5.001", another
+# script's digits: re.ASCII) is refused. At most fifteen digits of dollars (past any
+# bound), so int() stays cheap.
+_DOLLARS = re.compile(
+    r"\$?(?P<whole>\d{1,3}(?:,\d{3}){1,4}|\d{1,15})(?:\.(?P<cents>\d{1,2}))?", re.ASCII
+)
+_SUB_CENT = re.compile(r"\$?[\d,]+\.\d{3,}", re.ASCII)
+MICROS_PER_CENT = MICROS_PER_USD // 100
+NOT_DOLLARS = "Enter an amount in dollars and cents, like 25 or 25.00."
+SUB_CENT = "Enter whole cents: at most two digits after the point."
+
+
+def dollars(raw: str) -> int | str:
+    """The micros of an amount typed in dollars, or why it is not one (a message)."""
+    text = raw.strip()
+    if not text:
+        return "Required."
+    found = _DOLLARS.fullmatch(text)
+    if found is None:
+        return SUB_CENT if _SUB_CENT.fullmatch(text) else NOT_DOLLARS
+    # Integer arithmetic on the digits: exact at any length, no float or Decimal context.
+    cents = int((found["cents"] or "0").ljust(2, "0"))
+    return int(found["whole"].replace(",", "")) * MICROS_PER_USD + cents * MICROS_PER_CENT
 
 
 def _message(field: str, error: Mapping[str, Any]) -> str:

@@ -39,6 +39,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     usage = await history.usage(services.pool, account_id, period, today)
     used = sum(int(row["amount"]) for row in usage["data"])
     profile = await services.profiles.profile(account_id)
+    methods = await services.payments.methods(account_id)  # our copy: no call to Stripe
     return render(
         request,
         "overview.html",
@@ -51,6 +52,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
         period_start=_midnight(period.start),
         profile=profile,
         account_status=viewer.account.public_status,
+        recharge=await services.recharges.view(account_id),
+        card=next((m for m in methods if m.is_default), None),
     )
 
 

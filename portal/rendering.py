@@ -22,6 +22,9 @@ from portal.context import VIEWER
 SECTIONS: dict[str, tuple[str, P]] = {
     "overview": ("/", P.READ),
     "balance_history": ("/balance-history", P.READ),
+    "payment_methods": ("/payment-methods", P.READ),
+    "credits": ("/credits", P.READ),
+    "auto_recharge": ("/auto-recharge", P.READ),
     "billing_profile": ("/billing-profile", P.READ),
     "tax_settings": ("/tax-settings", P.READ),
     "members": ("/members", P.READ),
@@ -42,6 +45,10 @@ DONE = {
     "project": "Project created.",
     "key_revoked": "API key revoked.",
     "switched": "Switched account.",
+    "card_added": "Card added.",
+    "card_default": "Default card changed.",
+    "card_deleted": "Card deleted.",
+    "recharge_saved": "Auto recharge saved.",
 }
 NO_STORE = {"Cache-Control": "no-store"}
 
