@@ -138,7 +138,11 @@ class Recharges:
                 errors.append(("target_balance", "must be above the threshold"))
             if c.target_balance - c.threshold > s.credit_purchase_max:
                 errors.append(
-                    ("target_balance", f"the gap to close may not pass {s.credit_purchase_max}")
+                    (
+                        "target_balance",
+                        "may be at most "
+                        f"{decisions.dollars(s.credit_purchase_max)} above the threshold",
+                    )
                 )
         if (
             c.max_amount_per_day is not None

@@ -608,8 +608,17 @@ class Payments:
         raise Conflict(f"setup intent {setup_id}'s card is no longer attached")
 
     async def refresh_methods(self, account_id: str) -> list[PaymentMethod]:
-        """Read the cards from Stripe (the source of truth) into our copy; the list."""
-        cid = await self.customer(account_id)
+        """Read the cards from Stripe (the source of truth) into our copy; the list.
+
+        An account without a Stripe customer has no cards, and reading makes none.
+        """
+        cid = await self.ctx.pool.fetchval(
+            "select stripe_customer_id from payment_customers where account_id = $1", account_id
+        )
+        if not cid:
+            async with self.ctx.pool.acquire() as conn:
+                await self._account(conn, account_id)
+            return await self.methods(account_id)
         try:
             cards = await self.ctx.stripe.cards(cid)
             default = await self.ctx.stripe.default_payment_method(cid)

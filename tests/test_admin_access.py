@@ -59,7 +59,7 @@ async def _paying(
     client: TestClient[Any, Any], pool: asyncpg.Pool, double: Any, aid: str
 ) -> dict[str, str]:
     """A card (the default) and a $5 purchase on it: what the payment routes act on."""
-    await call(client, "GET", f"/v1/accounts/{aid}/payment-methods", status=200)
+    await call(client, "POST", f"/v1/accounts/{aid}/setup-intents", status=201)
     customer = await pool.fetchval(
         "select stripe_customer_id from payment_customers where account_id = $1", aid
     )

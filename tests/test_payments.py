@@ -208,3 +208,22 @@ async def test_a_purchase_that_never_reached_stripe_is_failed_not_charged(
     assert (p.status, p.failure_code) == ("failed", "not_sent")
     assert await charges(paying) == []
     assert await paying.credits(account, "purchase") == []
+
+
+async def test_the_card_gate_follows_the_cards_on_file(paying: Paying) -> None:
+    account = await paying.account()
+    acct = await paying.services.provisioning.account(account)
+
+    async def gated() -> bool:
+        state = await paying.live.read_account(acct.shard, account)
+        assert state is not None
+        return state.payment_method_required
+
+    await paying.services.provisioning.set_require_payment_method(ACTOR, account, True)
+    assert await gated()
+    pm = await paying.card(account)
+    assert not await gated()
+    await paying.payments.delete_method(ACTOR, account, pm)
+    assert await gated()
+    await paying.services.provisioning.set_require_payment_method(ACTOR, account, False)
+    assert not await gated()
