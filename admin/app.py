@@ -22,6 +22,7 @@ from admin.metrics import AdminMetrics
 from admin.services import open_services
 from meter.live_state import LiveState
 from meter.settings import ConfigError, Settings
+from payments.metrics import PaymentMetrics
 
 POOL_MAX_SIZE = 10
 
@@ -53,7 +54,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         live = LiveState.from_url(settings.redis_url, timeout=settings.redis_timeout, clock=clock)
         app[POOL] = pool
         app[LIVE] = live
-        app[SERVICES] = open_services(pool, live, settings, clock)
+        app[SERVICES] = open_services(
+            pool, live, settings, clock, payment_metrics=PaymentMetrics(metrics.registry)
+        )
         try:
             yield
         finally:

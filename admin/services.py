@@ -21,6 +21,7 @@ from admin.profiles import Profiles
 from admin.provisioning import Provisioning
 from meter.live_state import LiveState
 from meter.settings import Settings
+from payments.metrics import PaymentMetrics
 from payments.recharges import Recharges
 from payments.service import Context, Payments, open_context
 
@@ -74,7 +75,12 @@ class Services:
 
 
 def open_services(
-    pool: asyncpg.Pool, live: LiveState, settings: Settings, clock: Callable[[], float]
+    pool: asyncpg.Pool,
+    live: LiveState,
+    settings: Settings,
+    clock: Callable[[], float],
+    *,
+    payment_metrics: PaymentMetrics | None = None,
 ) -> Services:
     """The services as a service's settings configure them (admin API and portal alike)."""
     return Services.open(
@@ -89,5 +95,5 @@ def open_services(
             session_max=settings.portal_session_max,
         ),
         session_idle=settings.portal_session_idle,
-        payments=open_context(pool, live, settings, clock=clock),
+        payments=open_context(pool, live, settings, metrics=payment_metrics, clock=clock),
     )
