@@ -434,15 +434,19 @@ class NewPurchase(Input):
     amount: Annotated[
         int,
         Field(
-            ge=1,
+            ge=10_000,
             le=MAX_CREDIT_MICROS,
+            multiple_of=10_000,
             description=MICROS
-            + " Whole cents, within METER_CREDIT_PURCHASE_MIN and _MAX (422 outside).",
+            + " Whole cents, within the deployment's METER_CREDIT_PURCHASE_MIN and _MAX"
+            " ($5 and $5,000 by default): 422 naming amount outside them.",
         ),
     ]
     idempotency_key: IdempotencyKey
     payment_method_id: PaymentMethodId | None = Field(
-        default=None, description="A card of this account; left out: the default card."
+        default=None,
+        description="A card of this account (422 naming payment_method_id otherwise);"
+        " left out: the default card (409 no-payment-method when there is none).",
     )
     method: Literal["card", "crypto"] = Field(
         default="card", description="crypto: answers a Stripe Checkout URL to pay at."
@@ -450,6 +454,11 @@ class NewPurchase(Input):
 
 
 class AutoRechargeIn(Input):
+    """Exactly one of amount and target_balance; amount within the purchase bounds;
+    target_balance above the threshold by at most the purchase maximum;
+    max_amount_per_day at least amount. 422 names the field that breaks a rule;
+    enabling without a card is 409 no-payment-method."""
+
     enabled: bool
     threshold: WholeCents = Field(
         description=MICROS + " Recharge when the balance falls below this (it is the account's"
@@ -468,8 +477,12 @@ class AutoRechargeIn(Input):
 
 
 class NewRefund(Input):
-    amount: WholeCents | None = Field(
-        default=None, description="Left out: all that is not refunded yet."
+    amount: Annotated[int, Field(ge=10_000, le=MAX_CREDIT_MICROS, multiple_of=10_000)] | None = (
+        Field(
+            default=None,
+            description=MICROS + " Whole cents; left out: all that is not refunded yet (409"
+            " refund-exceeds-payment for more than is left).",
+        )
     )
     force: bool = Field(default=False, description="Refund more than the unspent balance.")
     reason: Description | None = None
@@ -483,7 +496,11 @@ class PaymentSettingsIn(Input):
 
 
 class SetupCompletion(Input):
-    setup_intent_id: Annotated[str, StringConstraints(pattern="^seti_[0-9A-Za-z_]{1,100}$")]
+    setup_intent_id: Annotated[
+        str,
+        StringConstraints(pattern="^seti_[0-9A-Za-z_]{1,100}$"),
+        Field(description="A SetupIntent of this account, confirmed (422 naming it otherwise)."),
+    ]
 
 
 class NextAction(Output):

@@ -8,6 +8,7 @@ tax ids are checked by ``admin.tax_registrations`` (pycountry, python-stdnum).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -40,8 +41,16 @@ _TAX = "id, account_id, type, country, value, description, status, created_at, v
 
 
 class Profiles:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, on_change: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         self.pool = pool
+        # Told the account after a committed change (payments passes it to Stripe).
+        self.on_change = on_change
+
+    async def _changed(self, account_id: str) -> None:
+        if self.on_change is not None:
+            await self.on_change(account_id)
 
     async def profile(self, account_id: str) -> BillingProfile:
         return await _profile(self.pool, account_id)
@@ -87,6 +96,7 @@ class Profiles:
                 before=before,
                 after=after,
             )
+        await self._changed(account_id)
         return after
 
     # -- tax registrations ---------------------------------------------------------------
@@ -170,6 +180,7 @@ class Profiles:
                 before=before,
                 after=after,
             )
+        await self._changed(account_id)
         return after
 
 

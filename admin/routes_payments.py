@@ -419,5 +419,6 @@ OPERATIONS = [
         "account_id",
         SETTINGS,
         models.PaymentSettingsIn,
+        errors=(409,),
     ),
 ]

@@ -58,7 +58,7 @@ class Services:
             pool=pool,
             provisioning=Provisioning(pool, live, shards=shards, clock=clock),
             people=People(pool),
-            profiles=Profiles(pool),
+            profiles=Profiles(pool, on_change=paying.push_profile),
             portal_links=PortalLinks(pool, portal or LinkRules()),
             portal_sessions=PortalSessions(pool, idle=session_idle),
             payments=paying,

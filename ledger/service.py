@@ -42,7 +42,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     site = web.TCPSite(runner, settings.ledger_host, settings.ledger_port)
     await site.start()
     log.info("ledger worker started", extra={"worker": worker.name, "listen": runner.addresses})
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    # min_size=0: the worker starts while Postgres is away; /readyz says so.
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
     live = LiveState.from_url(settings.redis_url, timeout=settings.redis_timeout)
     ctx = open_context(pool, live, settings, metrics=PaymentMetrics(metrics.registry))
     payments = asyncio.create_task(payments_loop.run(ctx, stop), name="payments")

@@ -25,6 +25,11 @@ from payments.stripe_api import StripeFailure, Unavailable
 log = logging.getLogger("meter.payments")
 
 
+class RefundExceedsPayment(Conflict):
+    slug = "refund-exceeds-payment"
+    title = "The refund is more than what is left of the payment"
+
+
 class RefundExceedsBalance(Conflict):
     slug = "refund-exceeds-balance"
     title = "The refund is more than the account has left unspent"
@@ -151,13 +156,13 @@ async def _reserve(
         raise Conflict(f"payment {p.id} is {p.status}; only a succeeded card payment refunds")
     left = p.amount - p.refunded
     want = left if amount is None else amount
-    errors = []
-    if want % decisions.MICROS_PER_CENT:
-        errors.append(("amount", "must be a whole number of cents"))
-    if not 0 < want <= left:
-        errors.append(("amount", f"must be between 1 and {left} micros (not yet refunded)"))
-    if errors:
-        raise InvalidInput(errors)
+    if want > left or left == 0:  # the payment's state, not the request's shape
+        raise RefundExceedsPayment(
+            f"{decisions.dollars(left)} of {p.id} is left to refund, not {decisions.dollars(want)}",
+            left=left,
+        )
+    if want % decisions.MICROS_PER_CENT or want <= 0:
+        raise InvalidInput([("amount", "must be a positive whole number of cents")])
     account = await repo.get_account(conn, p.account_id, for_update=True)
     assert account is not None
     unspent = account.balance

@@ -501,9 +501,8 @@ class Payments:
             "select * from billing_profiles where account_id = $1", account.id
         )
         details: dict[str, Any] = {"name": account.name}
-        email = (profile and profile["invoice_email"]) or account.billing_email
-        if email:
-            details["email"] = email
+        if account.billing_email:  # the profile's invoice email is the account's
+            details["email"] = account.billing_email
         if profile is not None:
             if profile["legal_name"]:
                 details["name"] = profile["legal_name"]
@@ -537,7 +536,8 @@ class Payments:
             account = await self._account(conn, account_id)
             details = await self._customer_details(conn, account)
             verified = await conn.fetch(
-                "select type, value from tax_ids where account_id = $1 and status = 'verified'",
+                "select type, value from tax_ids where account_id = $1 and status = 'verified'"
+                " and deleted_at is null",
                 account_id,
             )
         try:
@@ -581,14 +581,18 @@ class Payments:
     async def finish_setup(self, actor: Actor, account_id: str, setup_id: str) -> PaymentMethod:
         """Record the card a confirmed SetupIntent attached (called by the browser's page)."""
         cid = await self.customer(account_id)
+        # The account exists (the path); a setup intent that is not its own is bad input.
+        unknown = InvalidInput(
+            [("setup_intent_id", f"{setup_id} is not a SetupIntent of this account")]
+        )
         try:
             setup = await self.ctx.stripe.retrieve_setup_intent(setup_id)
         except Rejected as exc:
-            raise NotFound(f"no setup intent {setup_id!r}") from exc
+            raise unknown from exc
         except StripeFailure as exc:
             raise _stripe_failure(exc) from exc
         if setup.customer != cid:
-            raise NotFound(f"no setup intent {setup_id!r}")
+            raise unknown
         if setup.status != "succeeded" or setup.payment_method is None:
             raise Conflict(f"setup intent {setup_id} is {setup.status}, not succeeded")
         methods = await self.refresh_methods(account_id)

@@ -26,6 +26,15 @@ accepted, as the stock check says.
   more, is refused with 400 bad-query naming ``from`` (``to`` defaults to today, the
   server's clock, which the test fixes and passes in ``ADMIN_FUZZ_TODAY``).
 
+- Purchases: ``amount`` must lie within the deployment's purchase bounds
+  (configuration, passed in ``ADMIN_FUZZ_PURCHASE_BOUNDS``) and ``payment_method_id``
+  must be a card of the account; 422 naming only the field that breaks it.
+- Adding a card: ``setup_intent_id`` must name a confirmed SetupIntent of the
+  account (made in a browser with Stripe.js); 422 naming it otherwise.
+- Auto-recharge: exactly one of ``amount`` and ``target_balance``, ``amount``
+  within the purchase bounds, ``target_balance`` above ``threshold`` by at most the
+  maximum, ``max_amount_per_day`` at least ``amount``; 422 naming only those fields.
+
 The rules are written out here from the document, not imported from the server.
 """
 
@@ -46,6 +55,26 @@ RETURN_URLS = tuple(os.environ["ADMIN_FUZZ_RETURN_URLS"].split(","))
 MAX_RANGE_DAYS = 731  # the document: "the range may span at most 731 days"
 TODAY = date.fromisoformat(os.environ["ADMIN_FUZZ_TODAY"])
 PROBLEMS = "https://meter.dev/problems/"
+PURCHASES = "POST /v1/accounts/{account_id}/purchases"
+ADD_CARD = "POST /v1/accounts/{account_id}/payment-methods"
+AUTO_RECHARGE = "PUT /v1/accounts/{account_id}/auto-recharge"
+PURCHASE_MIN, PURCHASE_MAX = map(int, os.environ["ADMIN_FUZZ_PURCHASE_BOUNDS"].split(","))
+
+
+def recharge_rules_broken(body: dict[str, Any]) -> set[str]:
+    """The fields of an auto-recharge body that break the rules the document states."""
+    amount, target = body.get("amount"), body.get("target_balance")
+    threshold, cap = body.get("threshold", 0), body.get("max_amount_per_day")
+    broken: set[str] = set()
+    if (amount is None) == (target is None):
+        broken.add("amount")
+    if amount is not None and not PURCHASE_MIN <= amount <= PURCHASE_MAX:
+        broken.add("amount")
+    if target is not None and (target <= threshold or target - threshold > PURCHASE_MAX):
+        broken.add("target_balance")
+    if cap is not None and amount is not None and cap < amount:
+        broken.add("max_amount_per_day")
+    return broken
 
 
 def breaks_the_range_rule(query: dict[str, Any]) -> bool:
@@ -110,6 +139,16 @@ def documented_refusal(case: Any, response: Any) -> bool:
     if status == 422 and slug == "invalid-input" and label == PORTAL_SESSIONS:
         url = str((case.body or {}).get("return_url", ""))
         return fields == ["return_url"] and not url.startswith(RETURN_URLS)
+    body = case.body if isinstance(case.body, dict) else {}
+    if status == 422 and slug == "invalid-input" and label == PURCHASES:
+        amount = body.get("amount", 0)
+        outside = not PURCHASE_MIN <= amount <= PURCHASE_MAX
+        return fields == ["amount"] if outside else fields == ["payment_method_id"]
+    if status == 422 and slug == "invalid-input" and label == ADD_CARD:
+        return fields == ["setup_intent_id"]  # a confirmed one is made in a browser
+    if status == 422 and slug == "invalid-input" and label == AUTO_RECHARGE:
+        broken = recharge_rules_broken(body)
+        return bool(broken) and set(fields) <= broken
     tags = if_match_tags(case.headers)
     if status == 412 and slug == "precondition-failed" and tags is not None:
         return "*" not in tags

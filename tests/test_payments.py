@@ -20,6 +20,7 @@ from payments_support import (
     Paying,
 )
 
+from admin import models
 from admin.errors import Conflict, InvalidInput, NotFound
 from payments.loop import sweep
 from payments.service import Context as PayContext
@@ -227,3 +228,53 @@ async def test_the_card_gate_follows_the_cards_on_file(paying: Paying) -> None:
     assert await gated()
     await paying.services.provisioning.set_require_payment_method(ACTOR, account, False)
     assert not await gated()
+
+
+async def test_the_profile_and_verified_tax_ids_reach_the_stripe_customer(paying: Paying) -> None:
+    account = await paying.account()
+    customer = await paying.payments.customer(account)
+    profiles = paying.services.profiles
+    await profiles.put_profile(
+        ACTOR,
+        account,
+        models.BillingProfileIn(
+            legal_name="Acme GmbH",
+            address_line1="Unter den Linden 1",
+            city="Berlin",
+            postal_code="10117",
+            country="DE",
+            invoice_email="invoices@acme.test",
+        ),
+        if_match=None,
+    )
+    tax = await profiles.add_tax_id(
+        ACTOR, account, models.NewTaxId(type="eu_vat", country="DE", value="DE136695976")
+    )
+    client = paying.stripe_client()
+    assert client.v1.customers.tax_ids.list(customer).data == []  # not verified yet
+    await profiles.verify_tax_id(ACTOR, account, tax.id)
+    seen = client.v1.customers.retrieve(customer)
+    assert (seen.name, seen.email, seen.address.city) == (
+        "Acme GmbH",
+        "invoices@acme.test",
+        "Berlin",
+    )
+    assert [(t.type, t.value) for t in client.v1.customers.tax_ids.list(customer).data] == [
+        ("eu_vat", "DE136695976")
+    ]
+    # A second customer is never made, whoever asks.
+    assert await paying.payments.customer(account) == customer
+    assert await paying.pool.fetchval("select count(*) from payment_customers") == 1
+
+
+async def test_a_customer_orphaned_by_a_crash_is_found_not_made_again(paying: Paying) -> None:
+    account = await paying.account()
+    # What a crash after Stripe's answer and before our commit leaves: a customer at
+    # Stripe with our account id in its metadata, and our row without its id.
+    await paying.pool.execute("insert into payment_customers (account_id) values ($1)", account)
+    client = paying.stripe_client()
+    orphan = client.v1.customers.create({"name": "Acme", "metadata": {"account_id": account}})
+    paying.double.configure(idempotency=False)
+    assert await paying.payments.customer(account) == orphan.id
+    made = [r for r in paying.double.requests() if r["path"] == "/v1/customers"]
+    assert [r["method"] for r in made] == ["POST"]  # only the orphan's own creation

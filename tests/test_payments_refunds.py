@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from payments_support import ACTOR, USD, Paying
 
-from admin.errors import Conflict, InvalidInput
+from admin.errors import Conflict
 from meter.live_state import Call
 from meter.money import utc_day
-from payments.refunds import RefundExceedsBalance, refund
+from payments.refunds import RefundExceedsBalance, RefundExceedsPayment, refund
 
 
 async def bought(paying: Paying, amount: int = 20 * USD) -> tuple[str, str]:
@@ -75,7 +75,7 @@ async def test_more_than_the_unspent_balance_needs_force(paying: Paying) -> None
     )
     assert (forced.status, forced.amount, forced.forced) == ("succeeded", 20 * USD, True)
     assert await paying.live_balance(account) == -18 * USD
-    with pytest.raises(InvalidInput, match="not yet refunded"):
+    with pytest.raises(RefundExceedsPayment, match=r"\$0.00 of pay_\w+ is left to refund"):
         await refund(
             paying.ctx, ACTOR, payment, amount=USD, force=True, reason=None, idempotency_key="z"
         )
