@@ -278,3 +278,21 @@ async def test_a_customer_orphaned_by_a_crash_is_found_not_made_again(paying: Pa
     assert await paying.payments.customer(account) == orphan.id
     made = [r for r in paying.double.requests() if r["path"] == "/v1/customers"]
     assert [r["method"] for r in made] == ["POST"]  # only the orphan's own creation
+
+
+async def test_a_purchase_left_waiting_for_3d_secure_is_canceled_in_time(paying: Paying) -> None:
+    account = await paying.account()
+    await paying.card(account, THREE_D_SECURE)
+    result = await paying.payments.purchase(ACTOR, account, amount=5 * USD, idempotency_key="w")
+    assert result.payment.status == "requires_action"
+    paying.clock.offset = paying.settings.payment_lease + 1
+    await sweep(paying.ctx, paying.recharges)  # the buyer may still come back
+    assert (await paying.payments.payment(account, result.payment.id)).status == ("requires_action")
+    paying.clock.offset = paying.settings.payment_action_timeout + 2 * paying.settings.payment_lease
+    await sweep(paying.ctx, paying.recharges)
+    p = await paying.payments.payment(account, result.payment.id)
+    assert p.status == "canceled"
+    assert p.stripe_payment_intent is not None
+    intent = paying.stripe_client().v1.payment_intents.retrieve(p.stripe_payment_intent)
+    assert intent.status == "canceled"
+    assert await paying.credits(account, "purchase") == []
