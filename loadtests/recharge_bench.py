@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,17 @@ def cents_down(micros: float) -> int:
 class Account:
     id: str
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the phases set: each on phase's recharge amount, how far below each balance
+    its threshold goes (micros), and each off phase's grant."""
+
+    accounts: list[Account]
+    amount: int
+    lead: int
+    cover: int
 
 
 class Admin:
@@ -191,14 +203,14 @@ async def histogram(metrics_url: str) -> dict[str, Any]:
     return out
 
 
-async def crossing_to_credit(db: asyncpg.Pool) -> list[float]:
+async def crossing_to_credit(db: asyncpg.Pool) -> dict[str, float]:
     """Seconds from crossed_at to settled_at of every succeeded recharge of a crossing."""
     rows = await db.fetch(
-        "select extract(epoch from settled_at - crossed_at)::float8 as s from payments"
+        "select id, extract(epoch from settled_at - crossed_at)::float8 as s from payments"
         " where purpose = 'recharge' and status = 'succeeded' and reason = 'crossing'"
         " order by created_at"
     )
-    return [r["s"] for r in rows]
+    return {r["id"]: r["s"] for r in rows}
 
 
 async def sanity(db: asyncpg.Pool, double_url: str) -> dict[str, Any]:
@@ -269,6 +281,7 @@ class Bench:
         self.folder = folder
         self.started: list[servers.Server] = []
         self.phases: list[dict[str, Any]] = []
+        self.settled: dict[str, float] = {}  # payment id -> crossing to credit (s)
 
     async def run(self) -> dict[str, Any]:
         a, folder = self.args, self.folder
@@ -341,40 +354,21 @@ class Bench:
                 f" account: recharges of {amount} micros, every ~{amount / per_account:.1f} s"
             )
             await drained(db)
-            for pair in range(a.pairs):
-                for on in (True, False):
-                    before = await counts(db)
-                    for x in accounts:
-                        balance = await admin.balance(x.id)
-                        if on:
-                            await admin.recharge(x.id, True, cents_down(balance - lead), amount)
-                        else:
-                            threshold = cents_down(balance - lead)
-                            await admin.recharge(x.id, False, threshold, amount)
-                            cover = cents_up(3 * per_account * a.seconds) + lead
-                            await admin.grant(x.id, cover, f"off-{pair}")
-                    quiet = wait_quiet(a.noise_threshold)
-                    sample = await asyncio.to_thread(measured, a.seconds)
-                    await drained(db)
-                    after = await counts(db)
-                    sample.update(
-                        pair=pair,
-                        auto_recharge=on,
-                        busy_before_cores=quiet,
-                        **{k: after[k] - before[k] for k in after},
-                    )
-                    # how often each account crossed: accounts x seconds / crossings
-                    crossed = sample["crossings"]
-                    sample["period_s"] = len(accounts) * a.seconds / crossed if crossed else None
-                    self.phases.append(sample)
-                    log(
-                        f"pair {pair + 1} {'on ' if on else 'off'}: "
-                        f"{sample['cpu_us_per_call']['gateway']:.1f} us/call,"
-                        f" {sample['ok_rps']:,.0f} calls/s, {sample['crossings']} crossings,"
-                        f" {sample['succeeded']} recharges, {sample['non_2xx']} refused,"
-                        f" {sample['foreign_cores']:.2f} cores elsewhere"
-                    )
-            latencies = await crossing_to_credit(db)
+            plan = Plan(accounts, amount, lead, cents_up(3 * per_account * a.seconds) + lead)
+            retries, run = a.noise_retries, 0
+            while sum(p["kept"] for p in self.phases) < 2 * a.pairs:
+                pair = [
+                    await self.phase(admin, db, plan, run, on, measured) for on in (True, False)
+                ]
+                run += 1
+                noisy = any(p["foreign_cores"] > a.noise_threshold for p in pair)
+                if noisy and retries > 0:
+                    retries -= 1
+                    log("  other programs used the CPU: the pair again")
+                    continue
+                for p in pair:
+                    p["kept"] = True
+            latencies = [s for p in self.phases if p["kept"] for s in p["latencies_s"]]
             checks = await sanity(db, double.url)
             hist = await histogram(ledger.url + "/metrics")
         finally:
@@ -411,6 +405,50 @@ class Bench:
             },
         )
 
+    async def phase(
+        self,
+        admin: Admin,
+        db: asyncpg.Pool,
+        plan: Plan,
+        run: int,
+        on: bool,
+        measured: Callable[[float], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """One phase: the settings, the traffic, the drain; what it did."""
+        a = self.args
+        before = await counts(db)
+        for x in plan.accounts:
+            threshold = cents_down(await admin.balance(x.id) - plan.lead)
+            await admin.recharge(x.id, on, threshold, plan.amount)
+            if not on:
+                await admin.grant(x.id, plan.cover, f"off-{run}")
+        quiet = wait_quiet(a.noise_threshold, a.quiet_wait)
+        sample = await asyncio.to_thread(measured, a.seconds)
+        await drained(db)
+        after = await counts(db)
+        sample.update(
+            pair=run,
+            auto_recharge=on,
+            kept=False,
+            busy_before_cores=quiet,
+            **{k: after[k] - before[k] for k in after},
+        )
+        # how often each account crossed: accounts x seconds / crossings
+        crossed = sample["crossings"]
+        sample["period_s"] = len(plan.accounts) * a.seconds / crossed if crossed else None
+        seen = self.settled
+        self.settled = await crossing_to_credit(db)
+        sample["latencies_s"] = [s for i, s in self.settled.items() if i not in seen]
+        self.phases.append(sample)
+        log(
+            f"pair {run + 1} {'on ' if on else 'off'}: "
+            f"{sample['cpu_us_per_call']['gateway']:.1f} us/call,"
+            f" {sample['ok_rps']:,.0f} calls/s, {sample['crossings']} crossings,"
+            f" {sample['succeeded']} recharges, {sample['non_2xx']} refused,"
+            f" {sample['foreign_cores']:.2f} cores elsewhere"
+        )
+        return sample
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
@@ -425,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--period", type=float, default=2.0, help="seconds between crossings")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--noise-threshold", type=float, default=0.35, metavar="CORES")
+    p.add_argument(
+        "--quiet-wait", type=float, default=30.0, help="seconds a phase waits for a quiet machine"
+    )
+    p.add_argument(
+        "--noise-retries", type=int, default=3, help="pairs run again when others used the CPU"
+    )
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if program_paths.find_wrk() is None:
