@@ -174,8 +174,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| crossing to credit, p99 | {_ms(c['p99_s'])} ms |",
         f"| crossing to credit, max | {_ms(c['max_s'])} ms |",
         f"| recharges measured | {c['count']} |",
-        f"| histogram: count, mean | {h['count']}, {_ms(h['mean_s'])} ms |",
-        f"| histogram: p50, p99 at most | {_ms(h['p50_at_most_s'])} ms,"
+        f"| histogram (the whole run): count, mean | {h['count']}, {_ms(h['mean_s'])} ms |",
+        f"| histogram (the whole run): p50, p99 at most | {_ms(h['p50_at_most_s'])} ms,"
         f" {_ms(h['p99_at_most_s'])} ms |",
         f"| gateway CPU per admitted call, on (median) | {stats.shown(cpu['on_median_us'], 1)}"
         " us |",
