@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test fuzz fuzz-admin lint format mypy bench admin-bench ledger-bench portal-bench clean
+.PHONY: install demo test fuzz fuzz-admin lint format mypy bench admin-bench ledger-bench portal-bench recharge-bench clean
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ ledger-bench: install
 portal-bench: install
 	$(BIN)/python -m meter.system_needs demo
 	$(BIN)/python -m loadtests.portal_bench $(PORTAL_BENCH_ARGS)
+
+# Auto-recharge under gateway traffic: crossing to credit, gateway CPU per call on / off.
+recharge-bench: install
+	$(BIN)/python -m meter.system_needs recharge-bench
+	$(BIN)/python -m loadtests.recharge_bench $(RECHARGE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""What `make demo`, `make test`, `make bench` and `make admin-bench` need, installed first.
+"""What `make demo`, `make test` and the benchmarks (`make bench`, ...) need, installed first.
 
     python -m meter.system_needs test      # the first step of `make test` (and of CI)
 
@@ -69,6 +69,7 @@ PROFILES = {
     "test": Profile("the tests", (REDIS, POSTGRES, WRK, NGINX, CHROMIUM), embedded=False),
     "bench": Profile("the benchmark", (REDIS, WRK, NGINX), embedded=False),
     "admin-bench": Profile("the admin benchmark", (REDIS, POSTGRES), embedded=False),
+    "recharge-bench": Profile("the recharge benchmark", (REDIS, POSTGRES, WRK), embedded=False),
 }
 
 

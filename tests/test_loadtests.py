@@ -43,6 +43,8 @@ from loadtests import (
     keyspace,
     measure,
     procstat,
+    recharge_bench,
+    recharge_report,
     redis_side,
     report,
     runs,
@@ -830,6 +832,50 @@ def test_sse_bench_measures_each_call_and_finds_the_metering_exact(
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "stream" in line]
     assert len(rows) == 3 and "reading a stream's usage in process" in out
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([], 0.5, None), ([3.0], 0.99, 3.0), ([4.0, 1.0, 3.0, 2.0], 0.5, 2.0),
+     ([float(v) for v in range(1, 101)], 0.99, 99.0), ([1.0, 2.0], 1.0, 2.0)],
+)  # fmt: skip
+def test_recharge_percentile_is_the_nearest_rank(
+    values: list[float], q: float, expected: float | None
+) -> None:
+    assert recharge_report.percentile(values, q) == expected
+
+
+def test_recharge_histogram_bound_is_the_first_bucket_holding_the_quantile() -> None:
+    buckets = {"0.1": 0.0, "0.25": 60.0, "0.5": 99.0, "1.0": 100.0, "+Inf": 100.0}
+    assert recharge_report.histogram_bound(buckets, 0.5) == 0.25
+    assert recharge_report.histogram_bound(buckets, 0.99) == 0.5
+    assert recharge_report.histogram_bound({"+Inf": 0.0}, 0.5) is None
+
+
+def test_recharge_cpu_pairs_compare_on_with_off_of_the_same_pair() -> None:
+    def phase(pair: int, on: bool, us: float) -> dict[str, Any]:
+        return {"pair": pair, "auto_recharge": on, "cpu_us_per_call": {"gateway": us}}
+
+    cpu = recharge_report.cpu_pairs(
+        [phase(0, True, 60.0), phase(0, False, 50.0), phase(1, True, 40.0), phase(1, False, 40.0)]
+    )
+    assert [p["ratio"] for p in cpu["pairs"]] == [1.2, 1.0]
+    assert cpu["on_median_us"] == 50.0 and cpu["off_median_us"] == 45.0
+    assert cpu["median_of_pair_ratios"] == pytest.approx(1.1)
+
+
+def test_recharge_bench_recharges_every_crossing_once_and_reports_both_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One short pair on the whole stack: exits 0 only when every check held."""
+    argv = ["--accounts", "2", "--pairs", "1", "--seconds", "1", "--warmup", "1"]
+    argv += ["--period", "0.3", "--connections", "8", "--results-dir", str(tmp_path)]
+    argv += ["--noise-retries", "0", "--quiet-wait", "0"]  # others' work slows it, no more
+    assert recharge_bench.main(argv) == 0
+    result = orjson.loads((tmp_path / "recharge-latest.json").read_bytes())
+    assert result["crossing_to_credit"]["count"] > 0 and result["checks"]["ok"]
+    assert [p["auto_recharge"] for p in result["phases"]] == [True, False]
+    assert (tmp_path / "recharge-latest.md").read_text() in capsys.readouterr().out
 
 
 def test_admin_bench_requests_are_the_same_for_both_apis_and_credits_never_repeat() -> None:
