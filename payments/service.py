@@ -901,7 +901,7 @@ class Payments:
                     raise InvalidInput(
                         [("payment_method_id", f"{pm_id} is not a card of this account")]
                     ) from None
-        methods = await self.methods(account_id)
+        methods = await self.methods(account_id) or await self.refresh_methods(account_id)
         for m in methods:
             if m.is_default:
                 return m
