@@ -58,14 +58,9 @@ DAILY = frozenset({"notify_threshold", "hard_limit"})
 CLAIM = 100
 
 
-@dataclass(frozen=True, slots=True)
-class RechargeChanges:
-    enabled: bool
-    threshold: int
-    amount: int | None
-    target_balance: int | None
-    max_per_day: int | None
-    max_amount_per_day: int | None
+# What a settings change gives: the rule's settings (its state fields keep their
+# defaults; ``put`` starts the state afresh).
+RechargeChanges = decisions.RechargeRule
 
 
 @dataclass(frozen=True, slots=True)

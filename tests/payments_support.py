@@ -113,18 +113,9 @@ class Paying:
         return account_id
 
     async def card(self, account_id: str, number: str = VISA) -> str:
-        customer = await self.payments.customer(account_id)
-        client = self.stripe_client()
-        pm = client.v1.payment_methods.create(
-            {
-                "type": "card",
-                "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
-                "billing_details": {"name": "Ada Lovelace"},
-            }
-        )
-        client.v1.payment_methods.attach(pm.id, {"customer": customer})
+        pm = self.double.attach_card(await self.payments.customer(account_id), number)
         await self.payments.refresh_methods(account_id)
-        return str(pm.id)
+        return pm
 
     async def authenticate(self, intent_id: str, client_secret: str, success: bool = True) -> None:
         """What the buyer's click in the double's 3-D Secure dialog does."""

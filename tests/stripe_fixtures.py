@@ -63,6 +63,19 @@ class StripeDouble:
             **options,
         )
 
+    def attach_card(self, customer: str, number: str = "4242424242424242") -> str:
+        """A card made as Stripe.js would make it, attached to ``customer``: its id."""
+        client = self.client()
+        pm = client.v1.payment_methods.create(
+            {
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+                "billing_details": {"name": "Ada Lovelace"},
+            }
+        )
+        client.v1.payment_methods.attach(pm.id, {"customer": customer})
+        return str(pm.id)
+
     def reset(self) -> None:
         self._call("DELETE", "/_double/data")
 

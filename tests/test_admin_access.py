@@ -42,19 +42,6 @@ class World:
     double: Any  # the Stripe double
 
 
-def _new_card(double: Any, customer: str) -> str:
-    """A card made at the double, as Stripe.js would, attached to ``customer``."""
-    client = double.client()
-    pm = client.v1.payment_methods.create(
-        {
-            "type": "card",
-            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"},
-        }
-    )
-    client.v1.payment_methods.attach(pm.id, {"customer": customer})
-    return str(pm.id)
-
-
 async def _paying(
     client: TestClient[Any, Any], pool: asyncpg.Pool, double: Any, aid: str
 ) -> dict[str, str]:
@@ -63,7 +50,7 @@ async def _paying(
     customer = await pool.fetchval(
         "select stripe_customer_id from payment_customers where account_id = $1", aid
     )
-    card = _new_card(double, customer)
+    card = double.attach_card(customer)
     await call(client, "GET", f"/v1/accounts/{aid}/payment-methods", status=200)
     bought = await call(
         client,
@@ -199,7 +186,7 @@ async def _fresh_card(w: World, ids: dict[str, str]) -> dict[str, str]:
         "select stripe_customer_id from payment_customers where account_id = $1",
         ids["account_id"],
     )
-    card = _new_card(w.double, customer)
+    card = w.double.attach_card(customer)
     await call(w.client, "GET", f"/v1/accounts/{ids['account_id']}/payment-methods", status=200)
     return {**ids, "payment_method_id": card}
 

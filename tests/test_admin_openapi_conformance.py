@@ -91,22 +91,7 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
         customer = await pool.fetchval(
             "select stripe_customer_id from payment_customers where account_id = $1", paying
         )
-        client = double.client()
-        cards = []
-        for _ in range(2):
-            pm = client.v1.payment_methods.create(
-                {
-                    "type": "card",
-                    "card": {
-                        "number": "4242424242424242",
-                        "exp_month": 12,
-                        "exp_year": 2031,
-                        "cvc": "123",
-                    },
-                }
-            )
-            client.v1.payment_methods.attach(pm.id, {"customer": customer})
-            cards.append(pm.id)
+        cards = [double.attach_card(customer) for _ in range(2)]
         async with http.get(server.make_url(f"/v1/accounts/{paying}/payment-methods")) as r:
             assert r.status == 200
         bought = await post(

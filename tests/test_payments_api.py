@@ -31,18 +31,9 @@ async def paying_account(api: TestClient[Any, Any], double: Any, database_url: s
     account = (await call(api, "POST", "/v1/accounts", {"name": "Acme"}, status=201))["id"]
     await call(api, "POST", f"/v1/accounts/{account}/setup-intents", status=201)
     customer = await customer_of(database_url, account)
-    client = double.client()
-    pm = client.v1.payment_methods.create(
-        {
-            "type": "card",
-            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"},
-        }
-    )
-    client.v1.payment_methods.attach(pm.id, {"customer": customer})
+    pm = double.attach_card(customer, "4242424242424242")
     listed = await call(api, "GET", f"/v1/accounts/{account}/payment-methods", status=200)
-    assert [(m["id"], m["is_default"], m["last4"]) for m in listed["data"]] == [
-        (pm.id, True, "4242")
-    ]
+    assert [(m["id"], m["is_default"], m["last4"]) for m in listed["data"]] == [(pm, True, "4242")]
     return str(account)
 
 
@@ -113,14 +104,7 @@ async def test_a_declined_card_is_a_402_with_the_reason(
     account = (await call(api, "POST", "/v1/accounts", {"name": "Acme"}, status=201))["id"]
     await call(api, "POST", f"/v1/accounts/{account}/setup-intents", status=201)
     customer = await customer_of(database_url, account)
-    client = stripe.client()
-    pm = client.v1.payment_methods.create(
-        {
-            "type": "card",
-            "card": {"number": "4000000000000341", "exp_month": 12, "exp_year": 2031, "cvc": "123"},
-        }
-    )
-    client.v1.payment_methods.attach(pm.id, {"customer": customer})
+    stripe.attach_card(customer, "4000000000000341")
     r = await api.post(
         f"/v1/accounts/{account}/purchases",
         json={"amount": 5_000_000, "idempotency_key": "d"},
