@@ -138,7 +138,7 @@ async def provision(
         project = await admin.call("POST", f"/v1/accounts/{account}/projects", {"name": "p"})
         key = (await admin.call("POST", f"/v1/projects/{project['id']}/keys"))["key"]
         await admin.grant(account, OPENING, "opening")
-        await admin.call("GET", f"/v1/accounts/{account}/payment-methods")  # makes the customer
+        await admin.call("POST", f"/v1/accounts/{account}/setup-intents")  # makes the customer
         customer = await db.fetchval(
             "select stripe_customer_id from payment_customers where account_id = $1", account
         )
