@@ -80,7 +80,9 @@ def problems(
         name = f"pair {p['pair'] + 1} {'on' if p['auto_recharge'] else 'off'}"
         if p["non_2xx"] or p["socket_errors"]:
             out.append(f"{name}: {p['non_2xx']} refused calls, {p['socket_errors']} socket errors")
-        if not p["auto_recharge"] and (p["crossings"] or p["recharges"]):
+        # Off, a fall below the (kept) threshold is still told (balance.low) but must
+        # never charge.
+        if not p["auto_recharge"] and p["recharges"]:
             out.append(f"{name}: {p['crossings']} crossings, {p['recharges']} recharges")
         if p["auto_recharge"] and not p["succeeded"]:
             out.append(f"{name}: no recharge")
