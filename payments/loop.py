@@ -4,9 +4,10 @@ It wakes on ``NOTIFY meter_signals`` (sent by the batch transaction that recorde
 signal) or every sweep interval. Each pass claims pending signals (see
 ``recharges``); the sweep takes the unsettled payments whose lease ran out, asks
 Stripe what became of them (by PaymentIntent id, else by the payment id in its
-metadata) and settles them: a recharge Stripe never saw is sent again under the same
-idempotency key, a purchase Stripe never saw is failed (its buyer has gone), and a
-purchase left waiting for 3-D Secure past ``METER_PAYMENT_ACTION_TIMEOUT`` is canceled.
+metadata) and settles them (pending refunds likewise): a recharge Stripe never saw is
+sent again under the same idempotency key, a purchase Stripe never saw is failed (its
+buyer has gone), and a purchase left waiting for 3-D Secure past
+``METER_PAYMENT_ACTION_TIMEOUT`` is canceled.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from meter import postgres_errors
 from meter.live_state import StateUnavailable
 from payments.recharges import CLAIM, Recharges
 from payments.records import Payment
+from payments.refunds import sweep_refunds
 from payments.service import Context, Payments, Report, settle, settle_from_stripe
 from payments.stripe_api import StripeFailure
 
@@ -56,6 +58,7 @@ async def sweep(ctx: Context, recharges: Recharges) -> int:
             log.warning("sweep could not settle %s: %s", p.id, exc)
     if ctx.api is not None:
         await recharges.level_check()
+        await sweep_refunds(ctx, ctx.now() - timedelta(seconds=ctx.settings.payment_lease))
     paused = await ctx.pool.fetchval(
         "select count(*) from auto_recharge where enabled and paused_at is not null"
     )

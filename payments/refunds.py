@@ -9,6 +9,7 @@ refund id. At most the unspent balance is refunded unless ``force`` says otherwi
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from admin import audit, sync
@@ -85,6 +86,40 @@ async def refund(
     except StripeFailure as exc:
         return await _finish(ctx, r.id, None, str(exc))
     return await _finish(ctx, r.id, stripe_id, None)
+
+
+async def sweep_refunds(ctx: Context, older_than: datetime) -> int:
+    """Refunds left pending by a lost answer: settle from Stripe, else send once more.
+
+    Stripe's refund list for the PaymentIntent is read first (it is consistent), so a
+    refund Stripe made is recorded, not made twice, whatever Stripe's idempotency does.
+    """
+    rows = await ctx.pool.fetch(
+        "select r.*, p.stripe_payment_intent from payment_refunds r"
+        " join payments p on p.id = r.payment_id"
+        " where r.status = 'pending' and r.created_at < $1 order by r.created_at limit 50",
+        older_than,
+    )
+    for row in rows:
+        r = Refund.from_row(row)  # reads its own columns of the joined row
+        intent = row["stripe_payment_intent"]
+        try:
+            found = await ctx.stripe.find_refund(intent, r.id)
+            if found is None:
+                found = await ctx.stripe.refund(
+                    intent,
+                    decisions.cents(r.amount),
+                    {"refund_id": r.id, "payment_id": r.payment_id},
+                    idempotency_key=r.id,
+                )
+        except Unavailable as exc:
+            log.warning("refund %s still pending: %s", r.id, exc)
+            continue
+        except StripeFailure as exc:
+            await _finish(ctx, r.id, None, str(exc))
+            continue
+        await _finish(ctx, r.id, found[0], None)
+    return len(rows)
 
 
 async def _finish(ctx: Context, refund_id: str, stripe_id: str | None, error: str | None) -> Refund:

@@ -388,6 +388,16 @@ class StripeApi:
         )
         return str(obj["id"]), str(obj["status"])
 
+    async def find_refund(self, intent_id: str, refund_id: str) -> tuple[str, str] | None:
+        """The refund our ``refund_id`` made of ``intent_id`` (a lost answer): (id, status)."""
+        found = await self._call(
+            self.v1.refunds.list_async(_any({"payment_intent": intent_id, "limit": 100}))
+        )
+        for r in found["data"]:
+            if (r.get("metadata") or {}).get("refund_id") == refund_id:
+                return str(r["id"]), str(r["status"])
+        return None
+
     async def close(self) -> None:
         http: Any = self.client._requestor._client
         if http is not None and hasattr(http, "close_async"):

@@ -16,7 +16,13 @@ from typing import Any
 import asyncpg
 import stripe
 
+from admin import repository as repo
+from admin import sync
 from admin.errors import BadRequest
+from admin.records import LedgerEntry
+from meter.live_state import StateUnavailable
+from payments import outbox
+from payments.decisions import micros_of_cents
 from payments.service import (
     Context,
     Payments,
@@ -73,6 +79,7 @@ async def receive(ctx: Context, payload: bytes, signature: str | None) -> str:
     obj = event["data"]["object"]
     settled: Settled | None = None
     refresh: str | None = None
+    refunded: LedgerEntry | None = None
     async with ctx.pool.acquire() as conn, conn.transaction():
         fresh = await conn.fetchval(
             "insert into stripe_events (id, type, object_id) values ($1, $2, $3)"
@@ -92,9 +99,17 @@ async def receive(ctx: Context, payload: bytes, signature: str | None) -> str:
             refresh = await _detached(conn, obj)
         elif etype == "payment_method.attached":
             refresh = await account_of_customer(ctx, _str(obj.get("customer")))
-    result = "applied" if settled is not None or refresh is not None else "ignored"
+        elif etype == "charge.refunded":
+            refunded = await _refunded_elsewhere(conn, obj)
+    applied = settled is not None or refresh is not None or refunded is not None
+    result = "applied" if applied else "ignored"
     if settled is not None:
         await after_settle(ctx, settled)
+    if refunded is not None:
+        try:
+            await sync.apply_credit(ctx.pool, ctx.live, refunded)
+        except StateUnavailable as exc:
+            log.warning("refund debit left for the sync loop: %s", exc)
     if refresh is not None:
         try:
             await Payments(ctx).refresh_methods(refresh)
@@ -145,6 +160,53 @@ async def _checkout(ctx: Context, conn: asyncpg.Connection, etype: str, obj: Any
     else:
         return None  # completed, but the payment is still on its way (async)
     return await settle_in(ctx, conn, payment_id, report)
+
+
+async def _refunded_elsewhere(conn: asyncpg.Connection, obj: Any) -> LedgerEntry | None:
+    """A refund Stripe made that we did not start (its dashboard): debit the difference.
+
+    Our own refunds reserve their amount on the payment before Stripe is called, so
+    for them Stripe's total equals ours and nothing is written. The entry is keyed by
+    the charge and Stripe's total, so a redelivered event debits nothing more.
+    """
+    intent = _str(obj.get("payment_intent"))
+    if intent is None:
+        return None
+    row = await conn.fetchrow(
+        "select * from payments where stripe_payment_intent = $1 for update", intent
+    )
+    if row is None or row["status"] != "succeeded":
+        return None
+    total = micros_of_cents(int(obj.get("amount_refunded") or 0))
+    missing = min(total, row["amount"]) - row["refunded"]
+    if missing <= 0:
+        return None
+    account = await repo.get_account(conn, row["account_id"], for_update=True)
+    assert account is not None
+    key = f"stripe-refund:{obj['id']}:{total}"
+    if await repo.entry_by_idempotency_key(conn, account.id, key) is not None:
+        return None
+    entry = await repo.insert_credit(
+        conn,
+        account,
+        amount=-missing,
+        kind="payment_refund",
+        description=f"Refund at Stripe of {intent} ({row['id']})",
+        idempotency_key=key,
+    )
+    await conn.execute(
+        "update payments set refunded = refunded + $2, updated_at = now() where id = $1",
+        row["id"],
+        missing,
+    )
+    await outbox.raise_event(
+        conn,
+        "payment.refunded",
+        account.id,
+        f"payment.refunded:{key}",
+        {"payment_id": row["id"], "amount": missing, "source": "stripe"},
+    )
+    return entry
 
 
 async def _detached(conn: asyncpg.Connection, obj: Any) -> str | None:

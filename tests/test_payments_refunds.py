@@ -9,7 +9,9 @@ from payments_support import ACTOR, USD, Paying
 from admin.errors import Conflict
 from meter.live_state import Call
 from meter.money import utc_day
+from payments.loop import sweep
 from payments.refunds import RefundExceedsBalance, RefundExceedsPayment, refund
+from payments.service import StripeUnavailable
 
 
 async def bought(paying: Paying, amount: int = 20 * USD) -> tuple[str, str]:
@@ -79,3 +81,32 @@ async def test_more_than_the_unspent_balance_needs_force(paying: Paying) -> None
         await refund(
             paying.ctx, ACTOR, payment, amount=USD, force=True, reason=None, idempotency_key="z"
         )
+
+
+@pytest.mark.parametrize("acted", [True, False])
+async def test_a_refund_whose_answer_was_lost_is_settled_by_the_sweep_once(
+    paying: Paying, acted: bool
+) -> None:
+    account, payment = await bought(paying)
+    paying.double.configure(idempotency=False)
+    mode = "drop_after" if acted else "error_before"
+    paying.double.configure(fail_next={"path_prefix": "/v1/refunds", "times": 1, "mode": mode})
+    with pytest.raises(StripeUnavailable):
+        await refund(
+            paying.ctx,
+            ACTOR,
+            payment,
+            amount=4 * USD,
+            force=False,
+            reason=None,
+            idempotency_key="lost",
+        )
+    assert paying.double.charges()[0]["amount_refunded"] == (400 if acted else 0)
+    assert await paying.credits(account, "payment_refund") == []
+    paying.clock.offset = paying.settings.payment_lease + 1
+    await sweep(paying.ctx, paying.recharges)
+    assert paying.double.charges()[0]["amount_refunded"] == 400  # made once, either way
+    assert [e["amount"] for e in await paying.credits(account, "payment_refund")] == [-4 * USD]
+    assert await paying.live_balance(account) == 16 * USD
+    await sweep(paying.ctx, paying.recharges)
+    assert len(await paying.credits(account, "payment_refund")) == 1

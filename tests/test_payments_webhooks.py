@@ -27,6 +27,7 @@ from payments_support import (
 )
 
 from payments.loop import sweep
+from payments.refunds import refund
 from portal.app import create_app as create_portal
 
 
@@ -206,3 +207,35 @@ async def test_crypto_is_paid_at_a_checkout_and_credited_on_its_completion(
     assert [e["amount"] for e in entries] == [50 * USD]
     assert entries[0]["description"].startswith("Crypto payment ")
     assert await paying.live_balance(account) == 50 * USD
+
+
+async def test_a_refund_made_at_stripe_is_debited_once_ours_are_not_twice(
+    paying: Paying, deliveries: Deliveries, portal: TestClient[Any, Any]
+) -> None:
+    account = await paying.account()
+    await paying.card(account)
+    result = await paying.payments.purchase(ACTOR, account, amount=10 * USD, idempotency_key="r")
+    p = result.payment
+    assert p.stripe_payment_intent is not None
+    # Someone refunds $3 in Stripe's dashboard: we hear of it only by the webhook.
+    paying.stripe_client().v1.refunds.create(
+        {"payment_intent": p.stripe_payment_intent, "amount": 300}
+    )
+    _event, body, signature = await deliveries.next("charge.refunded")
+    for _ in range(3):
+        assert (await post(portal, body, signature))[0] == 200
+    entries = await paying.credits(account, "payment_refund")
+    assert [e["amount"] for e in entries] == [-3 * USD]
+    assert await paying.live_balance(account) == 7 * USD
+    assert (await paying.payments.payment(account, p.id)).refunded == 3 * USD
+    # Our own refund of $2: its event finds Stripe's total equal to ours.
+    await refund(
+        paying.ctx, ACTOR, p.id, amount=2 * USD, force=False, reason=None, idempotency_key="o"
+    )
+    _event, body, signature = await deliveries.next("charge.refunded")
+    assert (await post(portal, body, signature))[0] == 200
+    assert [e["amount"] for e in await paying.credits(account, "payment_refund")] == [
+        -3 * USD,
+        -2 * USD,
+    ]
+    assert await paying.live_balance(account) == 5 * USD
