@@ -304,6 +304,9 @@ class Settings:
     payment_action_timeout: float = _env(
         "METER_PAYMENT_ACTION_TIMEOUT", "86400", _float(1, 30 * 86_400)
     )
+    # Webhook targets may be private, loopback or link-local addresses (on-premises use);
+    # cloud metadata addresses stay refused (notifications/webhook_delivery.py).
+    webhook_allow_private: bool = _env("METER_WEBHOOK_ALLOW_PRIVATE", "false", _bool)
     # Ledger worker (see ledger/worker.py). A batch closes at METER_LEDGER_BATCH events or
     # METER_LEDGER_MAX_WAIT seconds after its first event, whichever comes first.
     ledger_host: str = _env("METER_LEDGER_HOST", "127.0.0.1", _str)

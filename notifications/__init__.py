@@ -1,0 +1,1 @@
+"""Telling people: webhook deliveries (and, to come, email) from the outbox."""
