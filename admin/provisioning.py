@@ -15,7 +15,7 @@ a stale number.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -34,14 +34,11 @@ from admin.errors import (
 )
 from admin.records import ACTIVE, CLOSED, SUSPENDED, Account, ApiKey, LedgerEntry, Project
 from meter import apikeys, keys, money
-from meter.live_state import LiveState, StateUnavailable
+from meter.live_state import LiveState
 
 log = logging.getLogger("admin.provisioning")
 
 T = TypeVar("T")
-
-# After the Postgres commit, these leave the rest of a write to the sync loop.
-DEFERRABLE: tuple[type[Exception], ...] = (StateUnavailable, *repo.CONNECTION_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +110,6 @@ class Provisioning:
         self.shards = shards
         self.clock = clock
 
-    async def _then_redis(self, what: str, step: Awaitable[None]) -> bool:
-        """Run the Redis half (and the mark) of a committed write; False (logged) if it failed.
-
-        Either way the write stands: the row stays unmarked and the sync loop
-        finishes it, so the client is not told "failed" about a recorded change.
-        """
-        try:
-            await step
-        except DEFERRABLE as exc:
-            log.warning("%s committed; Redis step deferred to the sync loop: %s", what, exc)
-            return False
-        return True
-
     async def owner_of(self, table: str, object_id: str) -> str | None:
         return await repo.owner_of(self.pool, table, object_id)
 
@@ -147,7 +131,7 @@ class Provisioning:
                 account_id=account.id,
                 after=account,
             )
-        live = await self._then_redis(
+        live = await sync.then_redis(
             f"account {account.id}", sync.apply_account(self.pool, self.live, account)
         )
         return Written(account, live)
@@ -202,7 +186,7 @@ class Provisioning:
             )
         if not config:
             return Written(after, True)
-        live = await self._then_redis(
+        live = await sync.then_redis(
             f"config v{after.config_version} of {after.id}",
             sync.apply_account(self.pool, self.live, after),
         )
@@ -361,9 +345,7 @@ class Provisioning:
                 account_id=key.account_id,
                 after=key,
             )
-        live = await self._then_redis(
-            f"key {key.id}", sync.apply_api_key(self.pool, self.live, key)
-        )
+        live = await sync.then_redis(f"key {key.id}", sync.apply_api_key(self.pool, self.live, key))
         return Written(NewKey(key, secret), live)
 
     async def api_keys(self, project_id: str) -> list[ApiKey]:
@@ -384,7 +366,7 @@ class Provisioning:
                 account_id=key.account_id,
                 after=key,
             )
-        live = await self._then_redis(
+        live = await sync.then_redis(
             f"revocation of {key.id}", sync.apply_api_key(self.pool, self.live, key)
         )
         return Written(key, live)
@@ -436,7 +418,7 @@ class Provisioning:
                     after=entry,
                 )
                 replayed = False
-        live = entry.redis_applied or await self._then_redis(
+        live = entry.redis_applied or await sync.then_redis(
             f"credit {entry.credit_id}", sync.apply_credit(self.pool, self.live, entry)
         )
         return Written(CreditResult(entry, replayed), live)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -36,6 +36,8 @@ log = logging.getLogger("admin.sync")
 
 BATCH = 500
 CREDIT_APPLIED, CREDIT_ALREADY, CREDIT_NO_ACCOUNT = 1, 0, -1
+# After the Postgres commit, these leave the rest of a write to the sync loop.
+DEFERRABLE: tuple[type[Exception], ...] = (StateUnavailable, *repo.CONNECTION_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,20 @@ class SyncReport:
 
 
 # -- one row each: used by the write path right after its commit, and by the loop ---
+
+
+async def then_redis(what: str, step: Awaitable[None]) -> bool:
+    """Run the Redis half (and the mark) of a committed write; False (logged) if it failed.
+
+    Either way the write stands: the row stays unmarked and the sync loop
+    finishes it, so the client is not told "failed" about a recorded change.
+    """
+    try:
+        await step
+    except DEFERRABLE as exc:
+        log.warning("%s committed; Redis step deferred to the sync loop: %s", what, exc)
+        return False
+    return True
 
 
 async def apply_account(pool: repo.Conn, live: LiveState, account: Account) -> None:

@@ -205,10 +205,10 @@ class Recharges:
                 after=after,
             )
         if changed is not None:
-            try:
-                await sync.apply_account(self.ctx.pool, self.ctx.live, changed)
-            except StateUnavailable as exc:
-                log.warning("threshold left for the sync loop: %s", exc)
+            await sync.then_redis(
+                f"threshold of {account_id}",
+                sync.apply_account(self.ctx.pool, self.ctx.live, changed),
+            )
         await publish_recharge_state(self.ctx, account_id)
         if c.enabled:
             await self.level_check(account_id)  # already below: recharge now

@@ -169,10 +169,7 @@ async def _finish(ctx: Context, refund_id: str, stripe_id: str | None, error: st
             await conn.fetchrow("select * from payment_refunds where id = $1", refund_id)
         )
     if entry is not None:
-        try:
-            await sync.apply_credit(ctx.pool, ctx.live, entry)
-        except StateUnavailable as exc:
-            log.warning("refund debit left for the sync loop: %s", exc)
+        await sync.then_redis(f"refund {refund_id}", sync.apply_credit(ctx.pool, ctx.live, entry))
     return r
 
 

@@ -345,10 +345,9 @@ async def after_settle(ctx: Context, outcome: Settled) -> None:
     """After the commit: the credit into Redis, the advisory state, the metrics."""
     p = outcome.payment
     if outcome.entry is not None:
-        try:
-            await sync.apply_credit(ctx.pool, ctx.live, outcome.entry)
-        except StateUnavailable as exc:
-            log.warning("credit left for the sync loop: %s", exc, extra={"payment": p.id})
+        await sync.then_redis(
+            f"credit of {p.id}", sync.apply_credit(ctx.pool, ctx.live, outcome.entry)
+        )
         if p.purpose == "recharge" and p.crossed_at is not None:
             ctx.metrics.crossing_to_credit.observe(max(0.0, ctx.clock() - p.crossed_at.timestamp()))
     if p.status in decisions.TERMINAL and (outcome.entry is not None or p.status != "succeeded"):
@@ -685,10 +684,9 @@ class Payments:
     async def _sync_later(self, account: Account | None) -> None:
         if account is None:
             return
-        try:
-            await sync.apply_account(self.ctx.pool, self.ctx.live, account)
-        except StateUnavailable as exc:
-            log.warning("account config left for the sync loop: %s", exc)
+        await sync.then_redis(
+            f"card gate of {account.id}", sync.apply_account(self.ctx.pool, self.ctx.live, account)
+        )
 
     async def methods(self, account_id: str) -> list[PaymentMethod]:
         rows = await self.ctx.pool.fetch(

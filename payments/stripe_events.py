@@ -20,7 +20,6 @@ from admin import repository as repo
 from admin import sync
 from admin.errors import BadRequest
 from admin.records import LedgerEntry
-from meter.live_state import StateUnavailable
 from payments import outbox
 from payments.decisions import micros_of_cents
 from payments.service import (
@@ -106,10 +105,9 @@ async def receive(ctx: Context, payload: bytes, signature: str | None) -> str:
     if settled is not None:
         await after_settle(ctx, settled)
     if refunded is not None:
-        try:
-            await sync.apply_credit(ctx.pool, ctx.live, refunded)
-        except StateUnavailable as exc:
-            log.warning("refund debit left for the sync loop: %s", exc)
+        await sync.then_redis(
+            f"refund at Stripe {event['id']}", sync.apply_credit(ctx.pool, ctx.live, refunded)
+        )
     if refresh is not None:
         try:
             await Payments(ctx).refresh_methods(refresh)
