@@ -8,8 +8,6 @@ idempotency keys, or to drop its answer after acting, the hazard exactly-once is
 from __future__ import annotations
 
 import asyncio
-import inspect
-from typing import Any
 
 import pytest
 from payments_support import (
@@ -25,14 +23,6 @@ from admin.errors import Conflict, InvalidInput, NotFound
 from payments.loop import sweep
 from payments.service import Context as PayContext
 from payments.service import NoPaymentMethod, Payments, PaymentsNotConfigured
-
-
-async def settled(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-async def charges(paying: Paying) -> list[dict[str, Any]]:
-    return list(await settled(paying.double.charges()))
 
 
 async def test_a_purchase_charges_once_and_credits_once(paying: Paying) -> None:
@@ -53,13 +43,13 @@ async def test_a_purchase_charges_once_and_credits_once(paying: Paying) -> None:
     assert entries[0]["description"] == f"Card payment {p.stripe_payment_intent} (visa 4242)"
     assert await paying.live_balance(account) == 25 * USD
     assert await paying.book_balance(account) == 25 * USD
-    assert [c["amount"] for c in await charges(paying)] == [2500]
+    assert [c["amount"] for c in paying.double.charges()] == [2500]
     assert len(await paying.events(account, "purchase.succeeded")) == 1
     assert len(await paying.events(account, "credits.added")) == 1
 
     again = await paying.payments.purchase(ACTOR, account, amount=25 * USD, idempotency_key="buy-1")
     assert again.replayed and again.payment.id == p.id
-    assert len(await charges(paying)) == 1
+    assert len(paying.double.charges()) == 1
     assert len(await paying.credits(account, "purchase")) == 1
     with pytest.raises(Conflict, match="different amount"):
         await paying.payments.purchase(ACTOR, account, amount=30 * USD, idempotency_key="buy-1")
@@ -76,7 +66,7 @@ async def test_ten_concurrent_requests_with_one_key_charge_once(paying: Paying) 
     )
     assert len({r.payment.id for r in results}) == 1
     assert sum(not r.replayed for r in results) == 1
-    assert len(await charges(paying)) == 1
+    assert len(paying.double.charges()) == 1
     assert [e["amount"] for e in await paying.credits(account, "purchase")] == [5 * USD]
     assert await paying.live_balance(account) == 5 * USD
 
@@ -90,7 +80,7 @@ async def test_a_declined_card_credits_nothing_and_says_why(paying: Paying) -> N
     assert p.failure_code and "declin" in (p.failure_message or "").lower()
     assert await paying.credits(account, "purchase") == []
     assert await paying.live_balance(account) == 0
-    assert await charges(paying) == []
+    assert paying.double.charges() == []
     assert len(await paying.events(account, "purchase.failed")) == 1
 
 
@@ -111,7 +101,7 @@ async def test_bad_amounts_are_refused_before_anything_is_written(
         await paying.payments.purchase(ACTOR, account, amount=amount, idempotency_key="bad")
     assert why in str(caught.value.body())
     assert await paying.pool.fetchval("select count(*) from payments") == 0
-    assert await charges(paying) == []
+    assert paying.double.charges() == []
 
 
 async def test_another_accounts_card_is_refused(paying: Paying) -> None:
@@ -126,7 +116,7 @@ async def test_another_accounts_card_is_refused(paying: Paying) -> None:
         await paying.payments.set_default(ACTOR, mine, their_card)
     with pytest.raises(NotFound):
         await paying.payments.delete_method(ACTOR, mine, their_card)
-    assert await charges(paying) == []
+    assert paying.double.charges() == []
 
 
 async def test_no_card_is_a_clear_refusal(paying: Paying) -> None:
@@ -159,7 +149,7 @@ async def test_3d_secure_waits_for_the_buyer_then_credits_once(paying: Paying) -
     again = await paying.payments.refresh(account, p.id)
     assert again.payment.status == "succeeded"
     assert [e["amount"] for e in await paying.credits(account, "purchase")] == [5 * USD]
-    assert len(await charges(paying)) == 1
+    assert len(paying.double.charges()) == 1
 
 
 @pytest.mark.parametrize("idempotency", [True, False])
@@ -168,23 +158,21 @@ async def test_an_answer_lost_after_stripe_charged_is_settled_by_the_sweep_once(
 ) -> None:
     account = await paying.account()
     await paying.card(account)
-    await settled(paying.double.configure(idempotency=idempotency))
-    await settled(
-        paying.double.configure(
-            fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "drop_after"}
-        )
+    paying.double.configure(idempotency=idempotency)
+    paying.double.configure(
+        fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "drop_after"}
     )
     result = await paying.payments.purchase(ACTOR, account, amount=7 * USD, idempotency_key="lost")
     assert result.payment.status == "pending"
-    assert len(await charges(paying)) == 1, "the double charged, then dropped its answer"
-    await settled(paying.double.configure(fail_next=None))
+    assert len(paying.double.charges()) == 1, "the double charged, then dropped its answer"
+    paying.double.configure(fail_next=None)
     paying.clock.offset = paying.settings.payment_lease + 1
     assert await sweep(paying.ctx, paying.recharges) == 1
     p = await paying.payments.payment(account, result.payment.id)
     assert p.status == "succeeded"
     assert [e["amount"] for e in await paying.credits(account, "purchase")] == [7 * USD]
     assert await paying.live_balance(account) == 7 * USD
-    assert len(await charges(paying)) == 1  # asked by metadata, not charged again
+    assert len(paying.double.charges()) == 1  # asked by metadata, not charged again
     paying.clock.offset += paying.settings.payment_lease + 1
     await sweep(paying.ctx, paying.recharges)
     assert len(await paying.credits(account, "purchase")) == 1
@@ -195,19 +183,17 @@ async def test_a_purchase_that_never_reached_stripe_is_failed_not_charged(
 ) -> None:
     account = await paying.account()
     await paying.card(account)
-    await settled(
-        paying.double.configure(
-            fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "error_before"}
-        )
+    paying.double.configure(
+        fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "error_before"}
     )
     result = await paying.payments.purchase(ACTOR, account, amount=5 * USD, idempotency_key="e")
     assert result.payment.status == "pending"
-    await settled(paying.double.configure(fail_next=None))
+    paying.double.configure(fail_next=None)
     paying.clock.offset = paying.settings.payment_lease + 1
     await sweep(paying.ctx, paying.recharges)
     p = await paying.payments.payment(account, result.payment.id)
     assert (p.status, p.failure_code) == ("failed", "not_sent")
-    assert await charges(paying) == []
+    assert paying.double.charges() == []
     assert await paying.credits(account, "purchase") == []
 
 

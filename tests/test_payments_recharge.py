@@ -8,7 +8,6 @@ worker records the crossing, and the payments loop's steps (``process_signals``,
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import Any
 
 import pytest
@@ -26,10 +25,6 @@ from meter.money import utc_day
 from payments.loop import sweep
 from payments.recharges import RechargeChanges
 from payments.service import NoPaymentMethod, PaymentMethodInUse
-
-
-async def settled(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 def rule(**kw: Any) -> RechargeChanges:
@@ -79,10 +74,6 @@ async def gateway_sees(paying: Paying, account_id: str) -> str | None:
     return None if raw is None else raw.decode()
 
 
-async def charges(paying: Paying) -> list[dict[str, Any]]:
-    return list(await settled(paying.double.charges()))
-
-
 async def test_one_crossing_one_charge_one_credit(paying: Paying) -> None:
     account = await paying.account(credit=12 * USD)
     await paying.card(account)
@@ -96,13 +87,13 @@ async def test_one_crossing_one_charge_one_credit(paying: Paying) -> None:
     assert [e["amount"] for e in entries] == [20 * USD]
     assert entries[0]["description"].startswith("Auto recharge pi_")
     assert await paying.live_balance(account) == 29 * USD
-    assert [c["amount"] for c in await charges(paying)] == [2000]
+    assert [c["amount"] for c in paying.double.charges()] == [2000]
     assert len(await paying.events(account, "recharge.succeeded")) == 1
     assert len(await paying.events(account, "balance.low")) == 1
     # Processing again, or a level check, finds nothing to do.
     assert await paying.recharges.process_signals() == 0
     assert await paying.recharges.level_check() == 0
-    assert len(await charges(paying)) == 1
+    assert len(paying.double.charges()) == 1
 
 
 async def test_a_target_balance_closes_the_whole_gap_in_one_charge(paying: Paying) -> None:
@@ -132,7 +123,7 @@ async def test_concurrent_loops_make_one_charge_per_crossing(paying: Paying) -> 
             *(paying.recharges.level_check() for _ in range(4)),
         )
         await asyncio.gather(*(paying.recharges.process_signals() for _ in range(4)))
-    assert len(await charges(paying)) == 1
+    assert len(paying.double.charges()) == 1
     assert len(await paying.credits(account, "recharge")) == 1
 
 
@@ -167,7 +158,7 @@ async def test_a_cap_refusal_is_recorded_and_told_never_skipped(paying: Paying) 
     ]
     assert len(await paying.events(account, "recharge.refused_by_cap")) == 1
     assert await paying.recharges.level_check() == 0  # refused once, not every sweep
-    assert len(await charges(paying)) == 1
+    assert len(paying.double.charges()) == 1
 
 
 async def test_declines_back_off_then_pause_until_the_settings_change(paying: Paying) -> None:
@@ -209,10 +200,8 @@ async def test_settings_changed_while_a_recharge_is_in_flight(paying: Paying) ->
     account = await paying.account(credit=12 * USD)
     await paying.card(account)
     await paying.recharges.put(ACTOR, account, rule())
-    await settled(
-        paying.double.configure(
-            fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "drop_after"}
-        )
+    paying.double.configure(
+        fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "drop_after"}
     )
     async with running_worker(paying.settings):
         await spend(paying, account, 3 * USD)
@@ -227,7 +216,7 @@ async def test_settings_changed_while_a_recharge_is_in_flight(paying: Paying) ->
     await sweep(paying.ctx, paying.recharges)
     rows = await recharges(paying, account)
     assert [(r["status"], r["amount"]) for r in rows] == [("succeeded", 20 * USD)]
-    assert len(await charges(paying)) == 1
+    assert len(paying.double.charges()) == 1
     assert await paying.live_balance(account) == 29 * USD
 
 

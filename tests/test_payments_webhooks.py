@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import inspect
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,10 +28,6 @@ from payments_support import (
 from payments.loop import sweep
 from payments.refunds import refund
 from portal.app import create_app as create_portal
-
-
-async def settled(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 class Deliveries:
@@ -61,7 +56,7 @@ async def deliveries(paying: Paying) -> AsyncIterator[Deliveries]:
     app.router.add_post("/hook", received.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    await settled(paying.double.register_webhook(str(server.make_url("/hook")), WEBHOOK_SECRET))
+    paying.double.register_webhook(str(server.make_url("/hook")), WEBHOOK_SECRET)
     yield received
     await server.close()
 
@@ -93,10 +88,8 @@ async def test_the_same_event_ten_times_credits_once(
     account = await paying.account()
     await paying.card(account)
     # Our call never hears Stripe's answer: only the webhook can tell us.
-    await settled(
-        paying.double.configure(
-            fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "drop_after"}
-        )
+    paying.double.configure(
+        fail_next={"path_prefix": "/v1/payment_intents", "times": 1, "mode": "drop_after"}
     )
     result = await paying.payments.purchase(ACTOR, account, amount=9 * USD, idempotency_key="w")
     assert result.payment.status == "pending"
