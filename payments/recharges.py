@@ -39,6 +39,7 @@ from payments.service import (
     NoPaymentMethod,
     Payments,
     Report,
+    card_to_charge,
     publish_recharge_state,
     send,
     settle,
@@ -308,11 +309,7 @@ class Recharges:
         await conn.execute(
             "update auto_recharge set crossings = $2 where account_id = $1", account_id, crossing
         )
-        card = await conn.fetchrow(
-            "select * from payment_methods where account_id = $1 and detached_at is null"
-            " order by is_default desc, created_at limit 1",
-            account_id,
-        )
+        card = await card_to_charge(conn, account_id)
         refused = isinstance(decision, decisions.Refuse)
         p = Payment.from_row(
             await conn.fetchrow(
@@ -328,9 +325,9 @@ class Recharges:
                 crossing,
                 reason,
                 crossed_at,
-                card["id"] if card else None,
-                card["brand"] if card else None,
-                card["last4"] if card else None,
+                card.id if card else None,
+                card.brand if card else None,
+                card.last4 if card else None,
                 decision.code if isinstance(decision, decisions.Refuse) else None,
                 decision.message if isinstance(decision, decisions.Refuse) else None,
                 self.ctx.lease(),

@@ -84,14 +84,6 @@ class PaymentMethodInUse(Conflict):
     title = "This payment method cannot be removed now"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _ms_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
 @dataclass
 class Context:
     """What every payments module works with (one per process)."""
@@ -899,13 +891,12 @@ class Payments:
                     raise InvalidInput(
                         [("payment_method_id", f"{pm_id} is not a card of this account")]
                     ) from None
-        methods = await self.methods(account_id) or await self.refresh_methods(account_id)
-        for m in methods:
-            if m.is_default:
-                return m
-        if methods:
-            return methods[0]
-        raise NoPaymentMethod("add a card first, or pay with crypto")
+        card = await card_to_charge(self.ctx.pool, account_id)
+        if card is None and await self.refresh_methods(account_id):
+            card = await card_to_charge(self.ctx.pool, account_id)
+        if card is None:
+            raise NoPaymentMethod("add a card first, or pay with crypto")
+        return card
 
     async def _client_secret(self, p: Payment) -> str | None:
         if p.stripe_payment_intent is None or self.ctx.api is None:
@@ -985,6 +976,16 @@ class Payments:
         return items, (items[-1].id if len(rows) > limit else None)
 
 
+async def card_to_charge(conn: repo.Conn, account_id: str) -> PaymentMethod | None:
+    """The card a charge names none uses: the default, else the oldest (as listed)."""
+    row = await conn.fetchrow(
+        "select * from payment_methods where account_id = $1 and detached_at is null"
+        " order by is_default desc, created_at, id limit 1",
+        account_id,
+    )
+    return None if row is None else PaymentMethod.from_row(row)
+
+
 def _open(account: Account) -> None:
     if account.status == CLOSED:
         raise Conflict(f"account {account.id} is closed")
@@ -1027,10 +1028,6 @@ async def account_of_customer(ctx: Context, customer_id: str | None) -> str | No
         "select account_id from payment_customers where stripe_customer_id = $1", customer_id
     )
     return None if value is None else str(value)
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    return _ms_datetime(ms)
 
 
 def today_start(now: datetime) -> datetime:
