@@ -89,6 +89,27 @@ def usd(dollars: int | float | str) -> int:
     return int(micros)
 
 
+def money(micros: int, signed: bool = False, places: int = 2) -> str:
+    """``1234560000`` -> ``$1,234.56``; ``-5_000_000`` -> ``-$5.00``. ``signed`` also
+    marks credits: ``+$5.00``. ``places`` (up to 6) shows sub-cent unit prices. An
+    amount that rounds to zero has no sign."""
+    if type(micros) is not int:  # bool and float are not money
+        raise TypeError(f"money is int micros, not {type(micros).__name__}: {micros!r}")
+    if not 0 <= places <= 6:
+        raise ValueError(f"places must be 0 to 6, not {places}")
+    step = MICROS_PER_USD // 10**places
+    units, remainder = divmod(abs(micros), step)
+    if remainder * 2 >= step:
+        units += 1
+    dollars, fraction = divmod(units, 10**places)
+    text = f"${dollars:,}" + (f".{fraction:0{places}d}" if places else "")
+    if units == 0:
+        return text
+    if micros < 0:
+        return "-" + text
+    return "+" + text if signed else text
+
+
 def utc_day(now: float) -> int:
     return int(now // SECONDS_PER_DAY)
 

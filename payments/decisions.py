@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from meter.money import money
+
 MICROS_PER_CENT = 10_000
 
 
@@ -26,21 +28,12 @@ def round_up_to_cent(micros: int) -> int:
     return -(-micros // MICROS_PER_CENT) * MICROS_PER_CENT
 
 
-def dollars(micros: int) -> str:
-    """``$1,234.50`` for a person reading an error (exact: whole cents shown, else micros)."""
-    sign = "-" if micros < 0 else ""
-    whole, part = divmod(abs(micros), 1_000_000)
-    if part % MICROS_PER_CENT:
-        return f"{sign}${whole:,}.{part:06d}"
-    return f"{sign}${whole:,}.{part // MICROS_PER_CENT:02d}"
-
-
 def purchase_amount_error(amount: int, lo: int, hi: int) -> str | None:
     """Why ``amount`` cannot be bought, or None."""
     if amount % MICROS_PER_CENT:
         return "must be a whole number of cents (a multiple of 10000 micros)"
     if not lo <= amount <= hi:
-        return f"must be between {dollars(lo)} and {dollars(hi)} ({lo} and {hi} micros)"
+        return f"must be between {money(lo)} and {money(hi)} ({lo} and {hi} micros)"
     return None
 
 

@@ -31,6 +31,7 @@ from admin.ids import new_id
 from admin.provisioning import check_etag
 from ledger.events import StreamId
 from meter.live_state import StateUnavailable
+from meter.money import money
 from payments import decisions, outbox
 from payments.records import AutoRecharge, Payment
 from payments.service import (
@@ -136,8 +137,7 @@ class Recharges:
                 errors.append(
                     (
                         "target_balance",
-                        "may be at most "
-                        f"{decisions.dollars(s.credit_purchase_max)} above the threshold",
+                        f"may be at most {money(s.credit_purchase_max)} above the threshold",
                     )
                 )
         if (

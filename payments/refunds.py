@@ -18,6 +18,7 @@ from admin.audit import Actor
 from admin.errors import Conflict, InvalidInput
 from admin.ids import new_id
 from meter.live_state import StateUnavailable
+from meter.money import money
 from payments import decisions, outbox
 from payments.records import Payment, Refund
 from payments.service import REFUND, Context, StripeUnavailable, get_payment
@@ -190,7 +191,7 @@ async def _reserve(
     want = left if amount is None else amount
     if want > left or left == 0:  # the payment's state, not the request's shape
         raise RefundExceedsPayment(
-            f"{decisions.dollars(left)} of {p.id} is left to refund, not {decisions.dollars(want)}",
+            f"{money(left)} of {p.id} is left to refund, not {money(want)}",
             left=left,
         )
     if want % decisions.MICROS_PER_CENT or want <= 0:

@@ -1,7 +1,8 @@
 """How the portal writes money and time: pure functions, registered as Jinja filters.
 
 Money arrives as ``int`` micros (1 USD = 1,000,000) and is shown in dollars, rounded
-half away from zero; time is always shown in UTC, the day the ledger counts in.
+half away from zero, by ``meter.money.money`` (which the payments' messages use too);
+time is always shown in UTC, the day the ledger counts in.
 """
 
 from __future__ import annotations
@@ -10,32 +11,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from meter.money import MICROS_PER_USD
+from meter.money import money
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 Moment = datetime | int | float  # an aware datetime, or seconds since the epoch
-
-
-def money(micros: int, signed: bool = False, places: int = 2) -> str:
-    """``1234560000`` -> ``$1,234.56``; ``-5_000_000`` -> ``-$5.00``. ``signed`` also
-    marks credits: ``+$5.00``. ``places`` (up to 6) shows sub-cent unit prices. An
-    amount that rounds to zero has no sign."""
-    if type(micros) is not int:  # bool and float are not money
-        raise TypeError(f"money is int micros, not {type(micros).__name__}: {micros!r}")
-    if not 0 <= places <= 6:
-        raise ValueError(f"places must be 0 to 6, not {places}")
-    step = MICROS_PER_USD // 10**places
-    units, remainder = divmod(abs(micros), step)
-    if remainder * 2 >= step:
-        units += 1
-    dollars, fraction = divmod(units, 10**places)
-    text = f"${dollars:,}" + (f".{fraction:0{places}d}" if places else "")
-    if units == 0:
-        return text
-    if micros < 0:
-        return "-" + text
-    return "+" + text if signed else text
 
 
 def signed_money(micros: int, places: int = 2) -> str:

@@ -23,10 +23,10 @@ from aiohttp import web
 from admin.access import Permission as P
 from admin.access import require_on
 from admin.errors import Conflict, InvalidInput
+from meter.money import money
 from payments.records import PaymentMethod
 from payments.service import NoPaymentMethod, PaymentMethodInUse, PurchaseResult, StripeUnavailable
 from portal.context import FORM, SERVICES, STRIPE_JS, VIEWER
-from portal.formatting import money
 from portal.forms import Errors, dollars, service_errors
 from portal.rendering import render, see_other
 

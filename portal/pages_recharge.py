@@ -15,10 +15,10 @@ from admin import models
 from admin.access import Permission as P
 from admin.access import require_on
 from admin.errors import Conflict, InvalidInput
+from meter.money import money
 from payments.recharges import RechargeChanges
 from payments.records import AutoRecharge
 from portal.context import FORM, SERVICES, VIEWER
-from portal.formatting import money
 from portal.forms import Errors, dollars, service_errors
 from portal.pages_payments import amount_error
 from portal.rendering import render, see_other

@@ -20,8 +20,8 @@ from portal_support import Provider, portal_settings, seed
 from test_admin_support import call
 
 from admin.app import create_app as create_admin
+from meter.money import money
 from portal.app import create_app as create_portal
-from portal.formatting import money
 
 
 @dataclass

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import jinja2
 import pytest
 
-from meter.money import usd
+from meter.money import money, usd
 from portal import formatting
-from portal.formatting import iso_utc, money, signed_money, utc_date, utc_datetime
+from portal.formatting import iso_utc, signed_money, utc_date, utc_datetime
 
 
 @pytest.mark.parametrize(

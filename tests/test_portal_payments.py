@@ -26,10 +26,10 @@ from test_admin_support import call
 
 from admin.app import create_app as create_admin
 from meter.local_servers import free_port
+from meter.money import money
 from meter.settings import Settings
 from portal import csp
 from portal.app import create_app as create_portal
-from portal.formatting import money
 from portal.forms import NOT_DOLLARS, SUB_CENT, dollars
 
 VISA = "4242424242424242"
