@@ -41,6 +41,10 @@ class Permission(StrEnum):
     MEMBERS_WRITE = "members:write"
     PROFILE_WRITE = "profile:write"  # billing profile and tax registrations
     PAYMENTS_WRITE = "payments:write"  # cards, buying credits, auto-recharge
+    # Webhook endpoints and their delivery log: an integration, like API keys. The log
+    # holds excerpts of the customer's own servers' answers, so viewers do not read it.
+    WEBHOOKS_READ = "webhooks:read"
+    WEBHOOKS_WRITE = "webhooks:write"  # endpoints, secrets, retries, test events
     OPERATOR_READ = "operator:read"  # every account: list, the global audit log
     OPERATOR_WRITE = "operator:write"  # create, suspend, close, grant credits, verify...
 
@@ -49,7 +53,13 @@ _READS = frozenset({Permission.READ})
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OPERATOR: frozenset(Permission),
     Role.OPERATOR_READONLY: frozenset(
-        {Permission.READ, Permission.AUDIT_READ, Permission.TOKENS_READ, Permission.OPERATOR_READ}
+        {
+            Permission.READ,
+            Permission.AUDIT_READ,
+            Permission.TOKENS_READ,
+            Permission.WEBHOOKS_READ,
+            Permission.OPERATOR_READ,
+        }
     ),
     Role.OWNER: frozenset(Permission) - {Permission.OPERATOR_READ, Permission.OPERATOR_WRITE},
     Role.ADMIN: _READS
@@ -60,6 +70,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.LIMITS_WRITE,
         Permission.KEYS_WRITE,
         Permission.ACCOUNT_WRITE,
+        Permission.WEBHOOKS_READ,
+        Permission.WEBHOOKS_WRITE,
     },
     Role.BILLING: _READS | {Permission.PROFILE_WRITE, Permission.PAYMENTS_WRITE},
     Role.VIEWER: _READS,

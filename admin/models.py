@@ -23,6 +23,8 @@ from admin.access import ACCOUNT_ROLES, OPERATOR_ROLES
 from admin.tax_registrations import COUNTRY_CODES, TAX_ID_TYPES, check_country
 from ledger import history_query
 from meter import entry_kinds
+from notifications import endpoint_checks
+from notifications.events import EVENT_TYPES
 
 # Lua numbers are doubles: every amount Redis adds stays far below 2**53.
 MAX_LIMIT_MICROS = 10**15  # $1,000,000,000
@@ -600,3 +602,118 @@ class PaymentSettings(Output):
     require_payment_method: bool
     has_payment_method: bool
     payments_configured: bool
+
+
+# -- webhooks ----------------------------------------------------------------------------
+
+WEBHOOK_ENDPOINT_ID_PATTERN = "^we_[0-9A-Za-z]{1,64}$"
+DELIVERY_ID_PATTERN = "^dlv_[0-9A-Za-z]{1,64}$"
+
+
+def _event_type(value: str) -> str:
+    if value not in EVENT_TYPES:
+        raise ValueError(f"not an event type: {value!r}")
+    return value
+
+
+EventType = Annotated[
+    str,
+    AfterValidator(_event_type),
+    Field(json_schema_extra={"enum": list(EVENT_TYPES)}),
+]
+WebhookUrl = Annotated[
+    str,
+    StringConstraints(
+        max_length=endpoint_checks.MAX_URL_CHARS, pattern=f"^https?://[^{CONTROL}{SPACE}]+$"
+    ),
+    Field(
+        description="http or https, without credentials. Its host must resolve, when saved"
+        " and at every delivery, to a public address (private ones too where the deployment"
+        " sets METER_WEBHOOK_ALLOW_PRIVATE; cloud metadata never): 422 naming url otherwise."
+    ),
+]
+EventTypes = Annotated[
+    list[EventType],
+    Field(max_length=len(EVENT_TYPES), description="The events sent; empty: every event."),
+]
+WebhookDescription = Annotated[str, _text(endpoint_checks.MAX_DESCRIPTION_CHARS), _TEXT]
+
+
+class WebhookEndpointIn(Input):
+    url: WebhookUrl
+    description: WebhookDescription | None = None
+    event_types: EventTypes = Field(default_factory=list)
+    enabled: bool = True
+
+
+class WebhookEndpointChanges(Input):
+    url: WebhookUrl | None = Field(default=None, description="Left out or null: unchanged.")
+    description: WebhookDescription | None = Field(
+        default=None, description="null: none; left out: unchanged."
+    )
+    event_types: EventTypes | None = Field(default=None, description="Left out or null: unchanged.")
+    enabled: bool | None = Field(
+        default=None,
+        description="true clears disabled_reason and failing_since. Left out or null: unchanged.",
+    )
+
+
+class WebhookEndpoint(Output):
+    id: str = Field(pattern=WEBHOOK_ENDPOINT_ID_PATTERN)
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    account_id: str
+    url: str
+    description: str | None
+    event_types: list[str] = Field(description="empty: every event.")
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None = Field(description="Every delivery failed since then.")
+    secret_prefix: str = Field(description="The signing secret's first characters.")
+    rotating_until: datetime | None = Field(
+        description="The secret rotated out still signs beside the new one until then."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookEndpointSecret(WebhookEndpoint):
+    secret: str = Field(
+        pattern="^whsec_[A-Za-z0-9+/]{43}=$",
+        description="The signing secret (standardwebhooks' whsec_ form); shown only here.",
+    )
+
+
+class WebhookEndpointList(Output):
+    object: Literal["list"] = "list"
+    data: list[WebhookEndpoint]
+
+
+class DeliveryAttempt(Output):
+    attempt: int = Field(ge=1)
+    started_at: datetime
+    status_code: int | None = Field(description="null: no answer (refused, unreachable...).")
+    latency_ms: float
+    ok: bool
+    error: str | None
+    excerpt: str = Field(description="The answer's first bytes.")
+
+
+class WebhookDelivery(Output):
+    id: str = Field(pattern=DELIVERY_ID_PATTERN)
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    event_id: str = Field(description="The webhook-id header: the same on every try.")
+    event_type: str
+    endpoint_id: str
+    status: Literal["pending", "succeeded", "failed", "canceled"]
+    attempts: int = Field(ge=0, description="Tries made.")
+    next_attempt_at: datetime = Field(description="When a pending delivery is tried next.")
+    last_error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    attempt_log: list[DeliveryAttempt] = Field(description="Every try, oldest first.")
+
+
+class WebhookDeliveryPage(Output):
+    object: Literal["list"] = "list"
+    data: list[WebhookDelivery]
+    next_cursor: str | None = Field(pattern=DELIVERY_ID_PATTERN)
