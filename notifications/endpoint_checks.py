@@ -72,6 +72,8 @@ async def target_problem(
         await asyncio.wait_for(guard.resolve(host, port, socket.AF_UNSPEC), RESOLVE_SECONDS)
     except TargetRefused as exc:
         return str(exc)
+    except UnicodeError:  # the system's resolver encodes the name first (IDNA)
+        return f"{host} is not a host name"
     except (OSError, TimeoutError):
         return f"{host} does not resolve to an address"
     finally:

@@ -153,8 +153,7 @@ class WebhookEndpoints:
                 )
             row = await conn.fetchrow(
                 "insert into webhook_endpoints (id, account_id, url, description, event_types,"
-                " enabled, secret, created_at, updated_at)"
-                " values ($1, $2, $3, $4, $5, $6, $7, $8, $8) returning *",
+                " enabled, secret) values ($1, $2, $3, $4, $5, $6, $7) returning *",
                 ids.new_id(ids.WEBHOOK_ENDPOINT),
                 account_id,
                 url,
@@ -162,7 +161,6 @@ class WebhookEndpoints:
                 event_filter(event_types),
                 enabled,
                 secret,
-                now,
             )
             endpoint = Endpoint.from_row(row, now)
             await audit.record(
@@ -204,7 +202,7 @@ class WebhookEndpoints:
                     sets["disabled_reason"] = f"disabled by {actor.principal.name}"
             if not sets:
                 return before
-            row = await _update(conn, endpoint_id, now, sets)
+            row = await _update(conn, endpoint_id, sets)
             after = Endpoint.from_row(row, now)
             await audit.record(
                 conn,
@@ -225,13 +223,12 @@ class WebhookEndpoints:
             await _account(conn, account_id, lock=True, open_only=False)
             row = await _endpoint(conn, account_id, endpoint_id, lock=True)
             before = Endpoint.from_row(row, now)
-            await _update(conn, endpoint_id, now, {"deleted_at": now, "enabled": False})
+            await _update(conn, endpoint_id, {"enabled": False}, deleted=True)
             await conn.execute(
-                "update notification_deliveries set status = 'canceled', finished_at = $2,"
+                "update notification_deliveries set status = 'canceled', finished_at = now(),"
                 " lease_until = null, last_error = 'the endpoint was deleted'"
                 " where endpoint_id = $1 and status = 'pending'",
                 endpoint_id,
-                now,
             )
             await audit.record(
                 conn,
@@ -260,7 +257,7 @@ class WebhookEndpoints:
                 "previous_secret": row["secret"],
                 "previous_expires_at": now + ROTATION_OVERLAP,
             }
-            after = Endpoint.from_row(await _update(conn, endpoint_id, now, sets), now)
+            after = Endpoint.from_row(await _update(conn, endpoint_id, sets), now)
             await audit.record(
                 conn,
                 actor,
@@ -349,18 +346,17 @@ class WebhookEndpoints:
             data = {"endpoint_id": endpoint_id, "message": "A test event sent from meter."}
             await conn.execute(
                 "insert into outbox_events (id, type, account_id, dedupe_key, data,"
-                " occurred_at, dispatched_at) values ($1, $2, $3, $4, $5::jsonb, $6, $6)",
+                " dispatched_at) values ($1, $2, $3, $4, $5::jsonb, now())",
                 event_id,
                 TEST_EVENT,
                 account_id,
                 f"{TEST_EVENT}:{delivery_id}",
                 orjson.dumps(data).decode(),
-                now,
             )
             await conn.execute(
                 "insert into notification_deliveries (id, event_id, account_id, channel,"
-                " endpoint_id, status, next_attempt_at, created_at)"
-                " values ($1, $2, $3, 'webhook', $4, 'pending', $5, $5)",
+                " endpoint_id, status, next_attempt_at)"
+                " values ($1, $2, $3, 'webhook', $4, 'pending', $5)",
                 delivery_id,
                 event_id,
                 account_id,
@@ -457,15 +453,14 @@ async def _attempts(conn: Any, delivery_ids: list[str]) -> dict[str, tuple[Attem
 
 
 async def _update(
-    conn: Any, endpoint_id: str, now: datetime, sets: dict[str, Any]
+    conn: Any, endpoint_id: str, sets: dict[str, Any], *, deleted: bool = False
 ) -> asyncpg.Record:
-    names = list(sets)
-    assignments = ", ".join(f"{n} = ${i + 3}" for i, n in enumerate(names))
+    assignments = "".join(f"{name} = ${i}, " for i, name in enumerate(sets, start=2))
     row: asyncpg.Record = await conn.fetchrow(
-        f"update webhook_endpoints set {assignments}, updated_at = $2,"
-        " row_version = row_version + 1 where id = $1 returning *",
+        f"update webhook_endpoints set {assignments}updated_at = now(),"
+        f" row_version = row_version + 1{', deleted_at = now()' if deleted else ''}"
+        " where id = $1 returning *",
         endpoint_id,
-        now,
         *sets.values(),
     )
     return row

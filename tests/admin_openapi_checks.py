@@ -35,6 +35,10 @@ accepted, as the stock check says.
   within the purchase bounds, ``target_balance`` above ``threshold`` by at most the
   maximum, ``max_amount_per_day`` at least ``amount``; 422 naming only those fields.
 
+- Webhook endpoints: ``url``'s host must resolve, when saved, to an address a
+  webhook may be sent to (the field's description); 422 naming only ``url`` is the
+  refusal of one that does not (what the generator writes resolves nowhere public).
+
 The rules are written out here from the document, not imported from the server.
 """
 
@@ -58,6 +62,10 @@ PROBLEMS = "https://meter.dev/problems/"
 PURCHASES = "POST /v1/accounts/{account_id}/purchases"
 ADD_CARD = "POST /v1/accounts/{account_id}/payment-methods"
 AUTO_RECHARGE = "PUT /v1/accounts/{account_id}/auto-recharge"
+WEBHOOK_URLS = {
+    "POST /v1/accounts/{account_id}/webhook-endpoints",
+    "PATCH /v1/accounts/{account_id}/webhook-endpoints/{endpoint_id}",
+}
 PURCHASE_MIN, PURCHASE_MAX = map(int, os.environ["ADMIN_FUZZ_PURCHASE_BOUNDS"].split(","))
 
 
@@ -149,6 +157,8 @@ def documented_refusal(case: Any, response: Any) -> bool:
     if status == 422 and slug == "invalid-input" and label == AUTO_RECHARGE:
         broken = recharge_rules_broken(body)
         return bool(broken) and set(fields) <= broken
+    if status == 422 and slug == "invalid-input" and label in WEBHOOK_URLS:
+        return fields == ["url"] and isinstance(body.get("url"), str)
     tags = if_match_tags(case.headers)
     if status == 412 and slug == "precondition-failed" and tags is not None:
         return "*" not in tags

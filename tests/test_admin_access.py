@@ -27,6 +27,8 @@ from admin.access import ROLE_PERMISSIONS, Role
 from admin.declared import Operation
 
 _counter = itertools.count()
+# A public address written as one: saved without a DNS lookup (nothing is sent here).
+HOOK_URL = "https://1.1.1.1/meter-hooks"
 
 
 def unique(prefix: str) -> str:
@@ -83,12 +85,20 @@ async def _account(client: TestClient[Any, Any], name: str) -> dict[str, str]:
         {"type": "gb_vat", "country": "GB", "value": "GB980780684"},
         status=201,
     )
+    endpoint = await call(
+        client, "POST", f"/v1/accounts/{aid}/webhook-endpoints", {"url": HOOK_URL}, status=201
+    )
+    delivery = await call(
+        client, "POST", f"/v1/accounts/{aid}/webhook-endpoints/{endpoint['id']}/test", status=201
+    )
     return {
         "account_id": aid,
         "project_id": project["id"],
         "key_id": key["id"],
         "member_id": owner["id"],
         "tax_id": tax["id"],
+        "endpoint_id": endpoint["id"],
+        "delivery_id": delivery["id"],
     }
 
 
@@ -216,6 +226,28 @@ async def _gate_open(w: World, ids: dict[str, str]) -> dict[str, str]:
     return ids
 
 
+async def _fresh_endpoint(w: World, ids: dict[str, str]) -> dict[str, str]:
+    endpoint = await call(
+        w.client,
+        "POST",
+        f"/v1/accounts/{ids['account_id']}/webhook-endpoints",
+        {"url": HOOK_URL},
+        status=201,
+    )
+    return {**ids, "endpoint_id": endpoint["id"]}
+
+
+async def _failed_delivery(w: World, ids: dict[str, str]) -> dict[str, str]:
+    """A delivery the sender gave up on: what a retry sends again."""
+    path = f"/v1/accounts/{ids['account_id']}/webhook-endpoints/{ids['endpoint_id']}/test"
+    delivery = await call(w.client, "POST", path, status=201)
+    await w.pool.execute(
+        "update notification_deliveries set status = 'failed', finished_at = now() where id = $1",
+        delivery["id"],
+    )
+    return {**ids, "delivery_id": delivery["id"]}
+
+
 def _then(method: str, action: str) -> Prepare:
     """A state change first, so that the write under test changes something."""
 
@@ -251,6 +283,8 @@ BODIES: dict[str, Callable[[], Any]] = {
     "refundPurchase": lambda: {"amount": 10_000, "force": True, "idempotency_key": unique("r")},
     "putAutoRecharge": lambda: {"enabled": False, "threshold": 1_000_000, "amount": 5_000_000},
     "putPaymentSettings": lambda: {"require_payment_method": True},
+    "createWebhookEndpoint": lambda: {"url": HOOK_URL, "event_types": ["balance.low"]},
+    "changeWebhookEndpoint": lambda: {"description": unique("Hooks ")},
 }
 # Bodies naming an object of the account the call is on.
 BODIES_OF: dict[str, Callable[[dict[str, str]], Any]] = {
@@ -274,6 +308,10 @@ NO_BODY = {
     "createSetupIntent",
     "setDefaultPaymentMethod",
     "deletePaymentMethod",
+    "deleteWebhookEndpoint",
+    "rotateWebhookSecret",
+    "retryWebhookDelivery",
+    "sendWebhookTest",
 }
 PREPARE: dict[str, Prepare] = {
     "changeMember": _fresh_member,
@@ -291,6 +329,8 @@ PREPARE: dict[str, Prepare] = {
     "deletePaymentMethod": _fresh_card,
     "addPaymentMethod": _confirmed_setup,
     "putPaymentSettings": _gate_open,
+    "deleteWebhookEndpoint": _fresh_endpoint,
+    "retryWebhookDelivery": _failed_delivery,
 }
 
 
@@ -357,6 +397,11 @@ async def test_the_route_role_matrix_has_no_unauthorised_success(world: World) -
     for op in operations.ALL:
         mine = [o for o in outcomes if o[0] == op.op_id]
         assert any(o[4] for o in mine), f"{op.op_id}: nobody may call it?"
+    # The webhook secrets made and rotated above never reached the audit log.
+    logged = " ".join(map(str, await w.pool.fetch("select before, after from audit_log")))
+    kept = await w.pool.fetch("select secret, previous_secret from webhook_endpoints")
+    made = [v for r in kept for v in (r["secret"], r["previous_secret"]) if v]
+    assert len(made) > 10 and not any(secret in logged for secret in made)
 
 
 async def test_no_audit_entry_carries_a_secret(world: World) -> None:
@@ -365,7 +410,11 @@ async def test_no_audit_entry_carries_a_secret(world: World) -> None:
     assert len(rows) > 10 and "token_hash" not in text and "key_hash" not in text
     for token in world.tokens:
         assert token not in text
-    assert not re.search(r"mta_[0-9A-Za-z]{32}|mtr_[0-9A-Za-z]{38}", text)
+    assert not re.search(r"mta_[0-9A-Za-z]{32}|mtr_[0-9A-Za-z]{38}|whsec_[0-9A-Za-z+/]{20}", text)
+    secrets = await world.pool.fetch("select secret, previous_secret from webhook_endpoints")
+    assert len(secrets) == 2  # one endpoint of each account
+    for r in secrets:
+        assert r["secret"] not in text and r["previous_secret"] is None
 
 
 async def test_an_account_token_lists_only_its_own_account_and_never_all(world: World) -> None:

@@ -47,6 +47,8 @@ DOCUMENTED_MISMATCH = {
     "PUT /v1/accounts/{account_id}/auto-recharge",
     # A confirmed SetupIntent is made by a browser at Stripe, beyond the generator.
     "POST /v1/accounts/{account_id}/payment-methods",
+    # A host the generator writes does not resolve to a public address, here or anywhere.
+    "POST /v1/accounts/{account_id}/webhook-endpoints",
 }
 # Operations whose objects the fuzzer cannot make: a portal session names a member
 # and an allowed return URL, and a card a browser's SetupIntent. Every call it sends
@@ -59,6 +61,8 @@ CONFIG = Path(__file__).with_name("admin_openapi.toml")
 # The default body limit: every body the schemas allow fits (test_admin_support's 2 KiB
 # would refuse a valid 200-character name written as JSON escapes with 413).
 BODY_LIMIT = "65536"
+# A public address written as one: saved without a DNS lookup (nothing is sent).
+HOOK_URL = "https://1.1.1.1/meter-hooks"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
@@ -67,8 +71,9 @@ def operations(doc: dict[str, Any]) -> int:
 
 
 async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str, str]:
-    """An account with two tax ids, and one with two cards and a purchase, for the
-    operations on one (the config names them)."""
+    """An account with two tax ids, a token and two webhook endpoints (a delivery of
+    one), one with two cards and a purchase, and one to close, for the operations on
+    one (the config names them)."""
     values = ("DE136695976", "DE129273398")
     async with ClientSession(headers=AUTH) as http:
 
@@ -97,6 +102,15 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
         bought = await post(
             f"/v1/accounts/{paying}/purchases", {"amount": 50_000_000, "idempotency_key": "f"}
         )
+        closing = await post("/v1/accounts", {"name": "Closing"})
+        token = await post(f"/v1/accounts/{account}/tokens", {"name": "fuzz", "role": "viewer"})
+        hooks = f"/v1/accounts/{account}/webhook-endpoints"
+        endpoint, doomed = [await post(hooks, {"url": HOOK_URL}) for _ in range(2)]
+        delivery = await post(f"{hooks}/{endpoint}/test", {})
+    # Given up by the sender: a retry sends it again (then it is pending: 409).
+    await pool.execute(
+        "update notification_deliveries set status = 'failed' where id = $1", delivery
+    )
     return {
         "ADMIN_FUZZ_ACCOUNT": account,
         "ADMIN_FUZZ_TAX_ID_DELETE": delete,
@@ -106,6 +120,11 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
         # the other card remains, so neither operation runs out of objects.
         "ADMIN_FUZZ_CARD": cards[0],
         "ADMIN_FUZZ_PAYMENT": bought,
+        "ADMIN_FUZZ_CLOSING": closing,
+        "ADMIN_FUZZ_TOKEN": token,
+        "ADMIN_FUZZ_HOOK": endpoint,
+        "ADMIN_FUZZ_HOOK_DELETE": doomed,
+        "ADMIN_FUZZ_DELIVERY": delivery,
     }
 
 

@@ -267,6 +267,15 @@ async def test_a_url_that_may_not_receive_webhooks_is_refused_when_saved(
     assert (await hooks.row(endpoint_id))["url"] == PUBLIC
 
 
+async def test_a_name_the_system_resolver_cannot_encode_is_a_field_error(hooks: Hooks) -> None:
+    """No lookup is made: IDNA refuses a label of 64 characters before any query."""
+    system = WebhookEndpoints(hooks.pool, Settings.from_env({}), hooks.clock)
+    host = "a" * 64 + ".example.com"
+    with pytest.raises(InvalidInput) as refused:
+        await system.create(ACTOR, hooks.account, url=f"https://{host}/hook")
+    assert refused.value.errors == [("url", f"{host} is not a host name")]
+
+
 async def test_a_name_with_one_public_address_is_saved(hooks: Hooks) -> None:
     """The sender connects only to the public ones (webhook_delivery.GuardedResolver)."""
     endpoint_id, _ = await hooks.create(url="https://mixed.example.com/hook")
@@ -414,7 +423,7 @@ async def test_a_test_event_is_one_dispatched_event_and_one_delivery_due_now(
     events = await hooks.pool.fetch("select * from outbox_events order by dedupe_key")
     assert [e["type"] for e in events] == [TEST_EVENT, TEST_EVENT]
     assert len({e["dedupe_key"] for e in events}) == 2
-    assert all(e["dispatched_at"] == hooks.now() for e in events)  # the dispatcher skips it
+    assert all(e["dispatched_at"] is not None for e in events)  # the dispatcher skips it
     assert all(e["account_id"] == hooks.account for e in events)
     rows = await hooks.pool.fetch("select * from notification_deliveries order by id")
     assert {r["id"] for r in rows} == {first.id, second.id}
@@ -483,7 +492,11 @@ async def test_deleting_an_endpoint_cancels_only_its_pending_deliveries(hooks: H
     with pytest.raises(NotFound):
         await hooks.service.delete(ACTOR, hooks.account, endpoint_id)
     row = await hooks.row(endpoint_id)
-    assert row["deleted_at"] == hooks.now() and row["enabled"] is False
+    assert row["deleted_at"] is not None and row["enabled"] is False
+    canceled = await hooks.pool.fetchrow(
+        "select * from notification_deliveries where id = $1", waiting.id
+    )
+    assert canceled["finished_at"] is not None and canceled["lease_until"] is None
 
 
 async def test_the_delivery_log_pages_newest_first_with_every_attempt(hooks: Hooks) -> None:
