@@ -624,7 +624,9 @@ EventType = Annotated[
 WebhookUrl = Annotated[
     str,
     StringConstraints(
-        max_length=endpoint_checks.MAX_URL_CHARS, pattern=f"^https?://[^{CONTROL}{SPACE}]+$"
+        min_length=1,
+        max_length=endpoint_checks.MAX_URL_CHARS,
+        pattern=f"^https?://[^{CONTROL}{SPACE}]+$",
     ),
     Field(
         description="http or https, without credentials. Its host must resolve, when saved"

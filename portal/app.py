@@ -25,6 +25,7 @@ from portal import (
     pages_people,
     pages_profile,
     pages_recharge,
+    pages_webhooks,
     signin,
     stripe_webhook,
 )
@@ -62,7 +63,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[CLOCK] = clock
     setup_templates(app)
     pages = (signin, pages_money, pages_payments, pages_recharge, pages_profile, pages_people)
-    for module in (*pages, pages_keys, stripe_webhook):
+    for module in (*pages, pages_keys, pages_webhooks, stripe_webhook):
         app.add_routes(module.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

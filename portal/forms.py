@@ -25,6 +25,7 @@ _PATTERN_MESSAGES = {
     "email": "Enter an email address like name@example.com.",
     "invoice_email": "Enter an email address like name@example.com.",
     "country": "Choose a country.",
+    "url": "Enter a URL that starts with https:// (or http://), without spaces.",
 }
 
 
@@ -78,6 +79,12 @@ def parse(
             values[name] = raw
         else:
             values[name] = None
+    return validated(model, values)
+
+
+def validated(model: type[M], values: Mapping[str, Any]) -> tuple[M | None, Errors]:
+    """``values`` (a form's, already shaped: lists for checkboxes, None for blanks) as
+    the model, or the errors by field."""
     try:
         return model.model_validate(values), {}
     except ValidationError as exc:

@@ -29,6 +29,7 @@ SECTIONS: dict[str, tuple[str, P]] = {
     "tax_settings": ("/tax-settings", P.READ),
     "members": ("/members", P.READ),
     "api_keys": ("/api-keys", P.KEYS_WRITE),
+    "webhooks": ("/webhooks", P.WEBHOOKS_READ),
     "settings": ("/settings", P.READ),
 }
 # ?done=<key> after a POST-redirect-GET: fixed messages, so nothing from the URL is echoed.
@@ -49,6 +50,11 @@ DONE = {
     "card_default": "Default card changed.",
     "card_deleted": "Card deleted.",
     "recharge_saved": "Auto recharge saved.",
+    "webhook_enabled": "Endpoint enabled.",
+    "webhook_disabled": "Endpoint disabled: nothing is sent to it until it is enabled again.",
+    "webhook_deleted": "Endpoint deleted; what was still to be sent to it was canceled.",
+    "webhook_test": "Test event queued: it appears in the endpoint's deliveries.",
+    "webhook_retry": "Delivery queued to be sent again.",
 }
 NO_STORE = {"Cache-Control": "no-store"}
 
