@@ -24,6 +24,9 @@ TOKEN = "tok"
 TAX_ID = "txi"
 PAYMENT = "pay"
 REFUND = "rfd"
+THRESHOLD = "thr"
+WEBHOOK_ENDPOINT = "we"
+DELIVERY = "dlv"
 
 _SHAPE = re.compile(r"[a-z]{1,8}_[0-9A-Za-z]{1,64}")
 

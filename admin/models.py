@@ -563,6 +563,52 @@ class SetupIntent(Output):
     publishable_key: str
 
 
+class AmountThresholdIn(Input):
+    amount: CreditMicros = Field(description=MICROS + " Tell when the day's usage reaches this.")
+
+
+class PercentThresholdIn(Input):
+    percent: Annotated[int, Field(ge=1, le=100)] = Field(
+        description="Tell when the day's usage reaches this share of the daily budget."
+    )
+
+
+class SpendManagementIn(Input):
+    """Switched off, the daily budget is not enforced and no threshold fires, but both
+    are kept. A percentage needs a daily budget. Each threshold fires once a UTC day;
+    one already passed today does not fire again, a new one below today's spend fires
+    at once."""
+
+    enabled: bool
+    daily_budget: CreditMicros | None = Field(
+        description=MICROS + " The gateway refuses calls (429) once the day's usage reaches"
+        " it, until 00:00 UTC; null: none."
+    )
+    notify_thresholds: list[AmountThresholdIn | PercentThresholdIn] = Field(
+        default_factory=list, max_length=10
+    )
+
+
+class NotifyThreshold(Output):
+    id: str
+    amount: int | None = Field(
+        description=MICROS + " What it stands for today; null: a percentage while there is"
+        " no budget."
+    )
+    percent: int | None
+    passed_today: bool
+
+
+class SpendManagement(Output):
+    object: Literal["spend_management"] = "spend_management"
+    enabled: bool
+    daily_budget: int | None
+    notify_thresholds: list[NotifyThreshold]
+    credits_consumed_today: int = Field(description=MICROS + " Usage of this UTC day so far.")
+    credits_consumed_yesterday: int
+    day: date = Field(description="The UTC day the figures are of.")
+
+
 class AutoRecharge(Output):
     object: Literal["auto_recharge"] = "auto_recharge"
     enabled: bool

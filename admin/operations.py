@@ -14,6 +14,7 @@ from admin import (
     routes_portal,
     routes_profile,
     routes_projects,
+    routes_spend,
 )
 
 ALL: list[declared.Operation] = [
@@ -25,6 +26,7 @@ ALL: list[declared.Operation] = [
     *routes_profile.OPERATIONS,
     *routes_portal.OPERATIONS,
     *routes_payments.OPERATIONS,
+    *routes_spend.OPERATIONS,
 ]
 
 INFO = {

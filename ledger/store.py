@@ -13,6 +13,7 @@ import asyncpg
 
 from ledger.batching import Batch
 from ledger.events import MS_PER_DAY, StreamId
+from notifications import thresholds
 
 # Advisory lock key spaces (the two-int form: class, id).
 SHARD_LOCK = 0x4C444752  # "LDGR": one lock per shard; the holder applies it
@@ -257,6 +258,7 @@ async def apply_batch(
                 [r.calls for r in rollups],
                 [r.amount for r in rollups],
             )
+            await thresholds.fire(conn, sorted({(r.account_id, r.day) for r in rollups}))
         if batch.signals:
             signals = batch.signals
             await conn.execute(

@@ -130,6 +130,10 @@ PAYMENT_CRASH_POINTS = (
     "payment_before_stripe",  # a payment is written, Stripe not yet called
     "payment_after_stripe",  # Stripe charged, its answer not yet recorded
 )
+DELIVERY_CRASH_POINTS = (
+    "delivery_before_send",  # a delivery is claimed, nothing sent yet
+    "delivery_after_send",  # the receiver answered, the answer not yet recorded
+)
 
 
 def _return_urls(raw: str) -> tuple[str, ...]:
@@ -143,7 +147,7 @@ def _return_urls(raw: str) -> tuple[str, ...]:
 
 def _crash_points(raw: str) -> frozenset[str]:
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
-    unknown = points - {*CRASH_POINTS, *PAYMENT_CRASH_POINTS}
+    unknown = points - {*CRASH_POINTS, *PAYMENT_CRASH_POINTS, *DELIVERY_CRASH_POINTS}
     if unknown:
         raise ValueError(f"unknown crash point(s) {', '.join(sorted(unknown))}")
     return points
@@ -307,6 +311,9 @@ class Settings:
     # Webhook targets may be private, loopback or link-local addresses (on-premises use);
     # cloud metadata addresses stay refused (notifications/webhook_delivery.py).
     webhook_allow_private: bool = _env("METER_WEBHOOK_ALLOW_PRIVATE", "false", _bool)
+    # Who sends a delivery (webhook or email) holds it this long; a worker killed
+    # mid-send leaves it to another after that. More than a send's 15 s timeout.
+    delivery_lease: float = _env("METER_DELIVERY_LEASE", "60", _float(0.05, 3600))
     # Ledger worker (see ledger/worker.py). A batch closes at METER_LEDGER_BATCH events or
     # METER_LEDGER_MAX_WAIT seconds after its first event, whichever comes first.
     ledger_host: str = _env("METER_LEDGER_HOST", "127.0.0.1", _str)

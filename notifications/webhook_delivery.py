@@ -143,6 +143,7 @@ class Attempt:
     error: str | None
     excerpt: str
     retry_after: float | None = None  # seconds, from a 429 or 503
+    permanent: bool = False  # no retry can succeed (a mail server's 5xx)
 
 
 def _retry_after(headers: Any) -> float | None:

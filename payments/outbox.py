@@ -20,9 +20,9 @@ EVENT = "evt"
 
 async def raise_event(
     conn: Conn, type_: str, account_id: str | None, dedupe_key: str, data: dict[str, Any]
-) -> bool:
-    """True when this call raised it (False: it was raised before)."""
-    raised = await conn.fetchval(
+) -> str | None:
+    """The new event's id when this call raised it (None: it was raised before)."""
+    raised: str | None = await conn.fetchval(
         "insert into outbox_events (id, type, account_id, dedupe_key, data)"
         " values ($1, $2, $3, $4, $5::jsonb) on conflict (dedupe_key) do nothing returning id",
         new_id(EVENT),
@@ -31,7 +31,9 @@ async def raise_event(
         dedupe_key,
         orjson.dumps(data).decode(),
     )
-    return raised is not None
+    if raised is not None:  # wakes the delivery loops, at commit
+        await conn.execute("select pg_notify('meter_outbox', '')")
+    return raised
 
 
 async def events(conn: Conn, account_id: str, limit: int = 50) -> list[dict[str, Any]]:

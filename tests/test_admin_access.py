@@ -250,6 +250,11 @@ BODIES: dict[str, Callable[[], Any]] = {
     "refundPayment": lambda: {"amount": 10_000, "force": True, "idempotency_key": unique("r")},
     "refundPurchase": lambda: {"amount": 10_000, "force": True, "idempotency_key": unique("r")},
     "putAutoRecharge": lambda: {"enabled": False, "threshold": 1_000_000, "amount": 5_000_000},
+    "putSpendManagement": lambda: {
+        "enabled": True,
+        "daily_budget": 10_000_000,
+        "notify_thresholds": [{"percent": 80}, {"amount": 2_000_000}],
+    },
     "putPaymentSettings": lambda: {"require_payment_method": True},
 }
 # Bodies naming an object of the account the call is on.

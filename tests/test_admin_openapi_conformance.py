@@ -45,6 +45,8 @@ DOCUMENTED_MISMATCH = {
     # The purchase bounds are the deployment's; the generator's amounts mostly miss them.
     "POST /v1/accounts/{account_id}/purchases",
     "PUT /v1/accounts/{account_id}/auto-recharge",
+    # A percentage threshold needs a daily budget (a rule across fields).
+    "PUT /v1/accounts/{account_id}/spend-management",
     # A confirmed SetupIntent is made by a browser at Stripe, beyond the generator.
     "POST /v1/accounts/{account_id}/payment-methods",
 }

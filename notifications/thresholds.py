@@ -1,0 +1,128 @@
+"""Spend thresholds: which amounts the day's usage passed, each raised once a UTC day.
+
+An account's thresholds are absolute amounts or percentages of its daily budget (the
+daily hard limit), plus the operator's single ``daily_notify_threshold``. The ledger
+worker calls ``fire`` in every batch transaction that moved usage rollups, with the
+(account, day) pairs it touched, so the per-call path does no work for them; a
+settings change calls it too, so a new threshold already below today's spend fires
+at once. A passed amount is a ``spend_thresholds_passed`` row keyed by (account, day,
+amount), written in the same transaction as its outbox event: a threshold passed
+today does not fire again, whoever looks, and tomorrow it fires afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from admin.repository import Conn
+from payments import outbox
+
+EVENT = "usage.daily_threshold_passed"
+ABSOLUTE, PERCENT = "absolute", "percent"
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    kind: str  # absolute | percent
+    value: int  # micros, or whole percent of the daily budget
+
+    def amount(self, budget: int | None) -> int | None:
+        """The amount in micros it stands for (None: a percentage with no budget)."""
+        if self.kind == ABSOLUTE:
+            return self.value
+        return None if budget is None else budget * self.value // 100
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    amount: int
+    threshold: Threshold
+
+
+def passed(
+    spent: int, budget: int | None, thresholds: Iterable[Threshold], already: Iterable[int]
+) -> list[Passed]:
+    """The thresholds ``spent`` has reached that have not fired today, lowest first.
+
+    Two thresholds standing for the same amount (80 % of $10 and $8) fire once.
+    """
+    done = set(already)
+    out: dict[int, Passed] = {}
+    for t in thresholds:
+        amount = t.amount(budget)
+        if amount is None or amount <= 0 or amount > spent or amount in done:
+            continue
+        out.setdefault(amount, Passed(amount, t))
+    return [out[a] for a in sorted(out)]
+
+
+# Accounts of the touched (account, day) pairs that have thresholds, with the day's
+# spend and what already fired that day.
+CANDIDATES = """
+with touched as (
+    select distinct account_id, day from unnest($1::text[], $2::int[]) as t(account_id, day)
+)
+select t.account_id, t.day, a.daily_hard_limit, a.daily_notify_threshold,
+       coalesce(s.enabled, false) as enabled,
+       (select coalesce(sum(u.amount), 0) from usage_rollups u
+         where u.account_id = t.account_id and u.day = t.day)::bigint as spent,
+       coalesce((select array_agg(th.kind order by th.id) from spend_thresholds th
+                  where th.account_id = t.account_id), '{}') as kinds,
+       coalesce((select array_agg(th.value order by th.id) from spend_thresholds th
+                  where th.account_id = t.account_id), '{}') as vals,
+       coalesce((select array_agg(p.amount) from spend_thresholds_passed p
+                  where p.account_id = t.account_id and p.day = t.day), '{}') as fired
+from touched t
+join accounts a on a.id = t.account_id
+left join spend_settings s on s.account_id = t.account_id
+where a.daily_notify_threshold is not null
+   or (s.enabled and exists (select 1 from spend_thresholds th where th.account_id = t.account_id))
+"""
+
+
+async def fire(conn: Conn, touched: Sequence[tuple[str, int]]) -> int:
+    """Raise an event for every threshold passed on these (account, day) pairs; in the
+    caller's transaction. Returns how many fired."""
+    if not touched:
+        return 0
+    rows = await conn.fetch(CANDIDATES, [a for a, _ in touched], [d for _, d in touched])
+    fired = 0
+    for r in rows:
+        mine = [Threshold(k, v) for k, v in zip(r["kinds"], r["vals"], strict=True)]
+        thresholds = mine if r["enabled"] else []
+        if r["daily_notify_threshold"] is not None:
+            thresholds.append(Threshold(ABSOLUTE, r["daily_notify_threshold"]))
+        for p in passed(r["spent"], r["daily_hard_limit"], thresholds, r["fired"]):
+            if await record(conn, r["account_id"], r["day"], p, r["spent"], r["daily_hard_limit"]):
+                fired += 1
+    return fired
+
+
+async def record(
+    conn: Conn, account_id: str, day: int, p: Passed, spent: int, budget: int | None
+) -> bool:
+    """The one place a passed threshold is written and raised (True: raised now)."""
+    data = {
+        "day": day,
+        "threshold": p.amount,
+        "threshold_kind": p.threshold.kind,
+        "threshold_percent": p.threshold.value if p.threshold.kind == PERCENT else None,
+        "spent": spent,
+        "daily_budget": budget,
+    }
+    event_id = await outbox.raise_event(
+        conn, EVENT, account_id, f"{EVENT}:{account_id}:{day}:{p.amount}", data
+    )
+    if event_id is None:  # raised before (by the other path, or a batch replayed)
+        return False
+    await conn.execute(
+        "insert into spend_thresholds_passed (account_id, day, amount, spent, event_id)"
+        " values ($1, $2, $3, $4, $5) on conflict do nothing",
+        account_id,
+        day,
+        p.amount,
+        spent,
+        event_id,
+    )
+    return True
