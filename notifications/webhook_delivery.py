@@ -118,9 +118,12 @@ class GuardedResolver(AbstractResolver):
         await self.inner.close()
 
 
-def session(allow_private: bool) -> aiohttp.ClientSession:
-    """A client for deliveries: the guard in its resolver, no cookies, no proxy."""
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(allow_private), use_dns_cache=False)
+def session(allow_private: bool, dns: AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """A client for deliveries: the guard in its resolver (around ``dns``, the system's
+    by default), no cookies, no proxy."""
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(allow_private, dns), use_dns_cache=False
+    )
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
