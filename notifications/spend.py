@@ -134,6 +134,7 @@ class SpendManagement:
             t = Threshold(r["kind"], r["value"])
             amount = t.amount(account.daily_hard_limit if enabled else budget)
             views.append(ThresholdView(r["id"], t.kind, t.value, amount, amount in fired))
+        views.sort(key=lambda v: (v.amount is None, v.amount or 0, v.kind))
         return SpendView(
             account_id,
             enabled,

@@ -25,6 +25,7 @@ from portal import (
     pages_people,
     pages_profile,
     pages_recharge,
+    pages_spend,
     signin,
     stripe_webhook,
 )
@@ -61,7 +62,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[SETTINGS] = settings
     app[CLOCK] = clock
     setup_templates(app)
-    pages = (signin, pages_money, pages_payments, pages_recharge, pages_profile, pages_people)
+    pages = (
+        signin,
+        pages_money,
+        pages_payments,
+        pages_recharge,
+        pages_spend,
+        pages_profile,
+        pages_people,
+    )
     for module in (*pages, pages_keys, stripe_webhook):
         app.add_routes(module.routes)
 

@@ -25,6 +25,7 @@ SECTIONS: dict[str, tuple[str, P]] = {
     "payment_methods": ("/payment-methods", P.READ),
     "credits": ("/credits", P.READ),
     "auto_recharge": ("/auto-recharge", P.READ),
+    "spend_management": ("/spend-management", P.READ),
     "billing_profile": ("/billing-profile", P.READ),
     "tax_settings": ("/tax-settings", P.READ),
     "members": ("/members", P.READ),
@@ -49,6 +50,7 @@ DONE = {
     "card_default": "Default card changed.",
     "card_deleted": "Card deleted.",
     "recharge_saved": "Auto recharge saved.",
+    "spend_saved": "Spend management saved.",
 }
 NO_STORE = {"Cache-Control": "no-store"}
 
