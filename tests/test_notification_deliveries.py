@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from notifications_support import Receiver, receiving
 from payments_support import Paying
 
 from admin.ids import WEBHOOK_ENDPOINT, new_id
-from notifications import deliveries, webhook_delivery
+from notifications import deliveries, loop, webhook_delivery
 from notifications.deliveries import Outlet
 from payments import outbox
 
@@ -300,3 +301,26 @@ async def test_a_name_that_now_resolves_to_loopback_is_refused_at_connect(
     else:
         assert not a["ok"] and "loopback" in a["error"] and "target refused" in a["error"]
         assert receiver.got == [] and d["status"] == "pending"
+
+
+async def test_a_card_is_told_expiring_once_a_month_before(paying: Paying, outlet: Outlet) -> None:
+    account = await paying.account()
+    pm = await paying.card(account)
+    card = await paying.pool.fetchrow(
+        "select exp_month, exp_year from payment_methods where id = $1", pm
+    )
+    first = datetime(card["exp_year"], card["exp_month"], 1, tzinfo=UTC)
+    expires = (first + timedelta(days=32)).replace(day=1)  # valid through its month
+
+    def at(moment: datetime) -> None:
+        paying.clock.offset = moment.timestamp() - time.time()
+
+    at(expires - timedelta(days=41))
+    assert await loop.expiring_cards(outlet) == 0
+    at(expires - timedelta(days=26))
+    assert await loop.expiring_cards(outlet) == 1
+    assert await loop.expiring_cards(outlet) == 0
+    at(expires + timedelta(days=1))  # expired: no longer "expiring"
+    assert await loop.expiring_cards(outlet) == 0
+    [event] = await paying.events(account, "payment_method.expiring")
+    assert pm in event["data"] and str(card["exp_year"]) in event["data"]
