@@ -25,6 +25,7 @@ from meter.logs import setup_logging
 from meter.settings import Settings
 from notifications import loop as notifications_loop
 from notifications.deliveries import open_outlet
+from notifications.metrics import NotificationMetrics
 from payments import loop as payments_loop
 from payments.metrics import PaymentMetrics
 from payments.service import open_context
@@ -50,7 +51,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     live = LiveState.from_url(settings.redis_url, timeout=settings.redis_timeout)
     ctx = open_context(pool, live, settings, metrics=PaymentMetrics(metrics.registry))
     payments = asyncio.create_task(payments_loop.run(ctx, stop), name="payments")
-    outlet = open_outlet(pool, settings)
+    outlet = open_outlet(pool, settings, metrics=NotificationMetrics(metrics.registry))
     notifying = asyncio.create_task(notifications_loop.run(outlet, stop), name="notifications")
     try:
         await worker.run(stop)

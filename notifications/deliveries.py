@@ -30,6 +30,7 @@ from admin.repository import Conn
 from ledger.crash import CrashHook
 from meter.settings import Settings
 from notifications import events, retry_schedule, webhook_delivery
+from notifications.metrics import NotificationMetrics
 from notifications.webhook_delivery import Attempt
 from payments import outbox
 
@@ -56,6 +57,7 @@ class Outlet:
     http: Any  # aiohttp.ClientSession from webhook_delivery.session
     mailer: Mailer | None = None
     clock: Callable[[], float] = time.time
+    metrics: NotificationMetrics = field(default_factory=NotificationMetrics)
     crash: CrashHook = field(default_factory=CrashHook)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -64,7 +66,11 @@ class Outlet:
 
 
 def open_outlet(
-    pool: asyncpg.Pool, settings: Settings, *, clock: Callable[[], float] = time.time
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    metrics: NotificationMetrics | None = None,
 ) -> Outlet:
     """The outlet as the settings configure it (email only with METER_SMTP_URL)."""
     return Outlet(
@@ -73,6 +79,7 @@ def open_outlet(
         webhook_delivery.session(settings.webhook_allow_private),
         mailer=None,
         clock=clock,
+        metrics=metrics or NotificationMetrics(),
         crash=CrashHook.from_settings(settings),
     )
 
@@ -115,6 +122,7 @@ async def dispatch(out: Outlet) -> int:
                 [r["id"] for r in rows],
                 out.now(),
             )
+    out.metrics.events.inc(len(rows))
     return len(rows)
 
 
@@ -218,7 +226,9 @@ async def _send_one(out: Outlet, d: asyncpg.Record) -> None:
     else:
         attempt = Attempt(False, None, 0.0, "email is not configured (METER_SMTP_URL)", "")
     out.crash("delivery_after_send")
-    await record(out, d, endpoint, started, attempt)
+    out.metrics.send_seconds.labels(d["channel"]).observe(attempt.latency_ms / 1000)
+    outcome = await record(out, d, endpoint, started, attempt)
+    out.metrics.attempts.labels(d["channel"], outcome).inc()
 
 
 async def _cancel(out: Outlet, d: asyncpg.Record, why: str) -> None:
@@ -229,6 +239,7 @@ async def _cancel(out: Outlet, d: asyncpg.Record, why: str) -> None:
         why,
         out.now(),
     )
+    out.metrics.attempts.labels(d["channel"], "canceled").inc()
 
 
 async def record(
@@ -237,8 +248,9 @@ async def record(
     endpoint: asyncpg.Record | None,
     started: datetime,
     attempt: Attempt,
-) -> None:
-    """Write one attempt and what follows it, in one transaction."""
+) -> str:
+    """Write one attempt and what follows it, in one transaction; returns the outcome
+    (succeeded, retry, failed)."""
     now = out.now()
     async with out.pool.acquire() as conn, conn.transaction():
         await conn.execute(
@@ -266,7 +278,7 @@ async def record(
                     "update webhook_endpoints set failing_since = null where id = $1",
                     endpoint["id"],
                 )
-            return
+            return "succeeded"
         failing_since = None
         if endpoint is not None:
             failing_since = await conn.fetchval(
@@ -301,13 +313,15 @@ async def record(
                 f"{attempt.error}; {nxt.reason}" if nxt.reason else attempt.error,
                 now,
             )
-        if nxt.disable_endpoint and endpoint is not None:
-            await disable_endpoint(conn, endpoint, nxt.reason or "disabled", now)
+        why = nxt.reason or "disabled"
+        if nxt.disable_endpoint and endpoint and await disable_endpoint(conn, endpoint, why, now):
+            out.metrics.endpoints_disabled.inc()
+    return "retry" if nxt.retry_at is not None else "failed"
 
 
 async def disable_endpoint(
     conn: Conn, endpoint: asyncpg.Record, reason: str, now: datetime
-) -> None:
+) -> bool:
     """Turn the endpoint off, cancel what waits for it, and tell the account's owners."""
     disabled = await conn.fetchval(
         "update webhook_endpoints set enabled = false, disabled_reason = $2, updated_at = $3,"
@@ -317,7 +331,7 @@ async def disable_endpoint(
         now,
     )
     if disabled is None:
-        return
+        return False
     await conn.execute(
         "update notification_deliveries set status = 'canceled', lease_until = null,"
         " last_error = $2, finished_at = $3 where endpoint_id = $1 and status = 'pending'",
@@ -332,14 +346,18 @@ async def disable_endpoint(
         f"webhook_endpoint.disabled:{endpoint['id']}:{now.isoformat()}",
         {"endpoint_id": endpoint["id"], "url": endpoint["url"], "reason": reason},
     )
+    return True
 
 
 async def next_due(out: Outlet) -> float | None:
     """Seconds until the next pending delivery is due (or its lease runs out)."""
-    at = await out.pool.fetchval(
-        "select min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at)))"
+    row = await out.pool.fetchrow(
+        "select count(*) as n,"
+        " min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) as at"
         " from notification_deliveries where status = 'pending'"
     )
+    out.metrics.pending.set(row["n"])
+    at = row["at"]
     if at is None:
         return None
     return max(0.0, float((at - out.now()).total_seconds()))
