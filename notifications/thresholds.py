@@ -83,46 +83,57 @@ where a.daily_notify_threshold is not null
 
 async def fire(conn: Conn, touched: Sequence[tuple[str, int]]) -> int:
     """Raise an event for every threshold passed on these (account, day) pairs; in the
-    caller's transaction. Returns how many fired."""
+    caller's transaction, in two statements however many pass. Returns how many fired."""
     if not touched:
         return 0
     rows = await conn.fetch(CANDIDATES, [a for a, _ in touched], [d for _, d in touched])
-    fired = 0
+    found: list[tuple[str, int, Passed, int, int | None]] = []
     for r in rows:
         mine = [Threshold(k, v) for k, v in zip(r["kinds"], r["vals"], strict=True)]
         thresholds = mine if r["enabled"] else []
         if r["daily_notify_threshold"] is not None:
             thresholds.append(Threshold(ABSOLUTE, r["daily_notify_threshold"]))
         for p in passed(r["spent"], r["daily_hard_limit"], thresholds, r["fired"]):
-            if await record(conn, r["account_id"], r["day"], p, r["spent"], r["daily_hard_limit"]):
-                fired += 1
-    return fired
+            found.append((r["account_id"], r["day"], p, r["spent"], r["daily_hard_limit"]))
+    return await record(conn, found)
 
 
-async def record(
-    conn: Conn, account_id: str, day: int, p: Passed, spent: int, budget: int | None
-) -> bool:
-    """The one place a passed threshold is written and raised (True: raised now)."""
-    data = {
-        "day": day,
-        "threshold": p.amount,
-        "threshold_kind": p.threshold.kind,
-        "threshold_percent": p.threshold.value if p.threshold.kind == PERCENT else None,
-        "spent": spent,
-        "daily_budget": budget,
-    }
-    event_id = await outbox.raise_event(
-        conn, EVENT, account_id, f"{EVENT}:{account_id}:{day}:{p.amount}", data
+def _key(account_id: str, day: int, amount: int) -> str:
+    return f"{EVENT}:{account_id}:{day}:{amount}"
+
+
+async def record(conn: Conn, found: Sequence[tuple[str, int, Passed, int, int | None]]) -> int:
+    """The one place passed thresholds are written and raised: each (account, day,
+    amount) once, whoever finds it first. Returns how many were raised now."""
+    raised = await outbox.raise_events(
+        conn,
+        [
+            (
+                EVENT,
+                account_id,
+                _key(account_id, day, p.amount),
+                {
+                    "day": day,
+                    "threshold": p.amount,
+                    "threshold_kind": p.threshold.kind,
+                    "threshold_percent": p.threshold.value if p.threshold.kind == PERCENT else None,
+                    "spent": spent,
+                    "daily_budget": budget,
+                },
+            )
+            for account_id, day, p, spent, budget in found
+        ],
     )
-    if event_id is None:  # raised before (by the other path, or a batch replayed)
-        return False
-    await conn.execute(
-        "insert into spend_thresholds_passed (account_id, day, amount, spent, event_id)"
-        " values ($1, $2, $3, $4, $5) on conflict do nothing",
-        account_id,
-        day,
-        p.amount,
-        spent,
-        event_id,
-    )
-    return True
+    new = [(a, d, p, s) for a, d, p, s, _ in found if _key(a, d, p.amount) in raised]
+    if new:
+        await conn.execute(
+            "insert into spend_thresholds_passed (account_id, day, amount, spent, event_id)"
+            " select * from unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::text[])"
+            " on conflict do nothing",
+            [a for a, _, _, _ in new],
+            [d for _, d, _, _ in new],
+            [p.amount for _, _, p, _ in new],
+            [s for _, _, _, s in new],
+            [raised[_key(a, d, p.amount)] for a, d, p, _ in new],
+        )
+    return len(new)
