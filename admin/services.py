@@ -21,6 +21,7 @@ from admin.profiles import Profiles
 from admin.provisioning import Provisioning
 from meter.live_state import LiveState
 from meter.settings import Settings
+from notifications.preferences import Preferences
 from payments.metrics import PaymentMetrics
 from payments.recharges import Recharges
 from payments.service import Context, Payments, open_context
@@ -38,6 +39,7 @@ class Services:
     portal_sessions: PortalSessions
     payments: Payments
     recharges: Recharges
+    notifications: Preferences
     clock: Callable[[], float]
 
     @classmethod
@@ -63,6 +65,7 @@ class Services:
             portal_sessions=PortalSessions(pool, idle=session_idle),
             payments=paying,
             recharges=Recharges(ctx, paying),
+            notifications=Preferences(pool),
             clock=clock,
         )
 
