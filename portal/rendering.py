@@ -26,6 +26,7 @@ SECTIONS: dict[str, tuple[str, P]] = {
     "credits": ("/credits", P.READ),
     "auto_recharge": ("/auto-recharge", P.READ),
     "billing_profile": ("/billing-profile", P.READ),
+    "notifications": ("/notifications", P.READ),
     "tax_settings": ("/tax-settings", P.READ),
     "members": ("/members", P.READ),
     "api_keys": ("/api-keys", P.KEYS_WRITE),
@@ -49,6 +50,8 @@ DONE = {
     "card_default": "Default card changed.",
     "card_deleted": "Card deleted.",
     "recharge_saved": "Auto recharge saved.",
+    "invoice_email": "Billing email saved.",
+    "opt_ins": "Email choices saved.",
 }
 NO_STORE = {"Cache-Control": "no-store"}
 
