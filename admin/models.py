@@ -23,6 +23,7 @@ from admin.access import ACCOUNT_ROLES, OPERATOR_ROLES
 from admin.tax_registrations import COUNTRY_CODES, TAX_ID_TYPES, check_country
 from ledger import history_query
 from meter import entry_kinds
+from notifications.events import EVENT_TYPES
 
 # Lua numbers are doubles: every amount Redis adds stays far below 2**53.
 MAX_LIMIT_MICROS = 10**15  # $1,000,000,000
@@ -416,6 +417,57 @@ class Problem(BaseModel):
         description="invalid-input (a body field) and bad-query (a query parameter):"
         " every field that is wrong, at once.",
     )
+
+
+# -- notifications -----------------------------------------------------------------------
+
+
+def _event_type(value: str) -> str:
+    if value not in EVENT_TYPES:
+        raise ValueError(f"not an event type: {value!r}")
+    return value
+
+
+EventType = Annotated[
+    str,
+    AfterValidator(_event_type),
+    Field(description="One of the event types.", json_schema_extra={"enum": list(EVENT_TYPES)}),
+]
+
+
+class NotificationSettingsIn(Input):
+    invoice_email: Email | None = Field(
+        description="Where invoices and billing notices go; null: the account's billing_email."
+    )
+
+
+class NotificationSubscriptionsIn(Input):
+    event_types: list[EventType] = Field(
+        max_length=100,
+        description="The event types the member is emailed about (all of them replace what"
+        " was there; a type listed twice counts once; [] for none).",
+    )
+
+
+class MemberSubscriptions(Output):
+    object: Literal["notification_subscriptions"] = "notification_subscriptions"
+    member_id: str = Field(pattern="^mem_[0-9A-Za-z]+$")
+    name: str
+    email: str
+    role: AccountRole
+    event_types: list[str] = Field(description="The types this member is emailed about.")
+
+
+class NotificationSettings(Output):
+    object: Literal["notification_settings"] = "notification_settings"
+    account_id: str
+    invoice_email: str | None
+    billing_email: str | None
+    recipient: str | None = Field(
+        description="Where billing notices go now: invoice_email, else billing_email."
+    )
+    members: list[MemberSubscriptions]
+    updated_at: datetime | None
 
 
 # -- payments ----------------------------------------------------------------------------

@@ -4,8 +4,10 @@ Starts Redis and PostgreSQL under the data folder (system binaries or the
 ``embedded`` extra's wheels; ``make demo`` installs them first, see
 ``meter.system_needs``), applies the migrations, starts the echo upstream, the
 gateway, the admin API, the billing portal and the ledger worker as child
-processes, seeds a demo billing account and its owner through the admin API,
-prints a ready ``curl`` line and a portal sign-in link, and waits.
+processes (and, unless given a Stripe key or an SMTP server, the Stripe double
+and an SMTP sink that keeps the mail in a Maildir), seeds a demo billing account
+and its owner through the admin API, prints a ready ``curl`` line and a portal
+sign-in link, and waits.
 Ctrl-C, SIGTERM or SIGHUP (the terminal gone) stops everything it started, in
 order; killed outright, it leaves nothing running either (``parent_death``).
 """
@@ -31,6 +33,7 @@ from meter import local_servers, parent_death, system_needs
 from meter.migrate import migrate
 from meter.money import usd
 from meter.settings import Secret, Settings
+from meter.smtp_address import SmtpAddress
 
 DEMO_FILE = "demo-account.json"
 DEMO_OWNER = "owner@demo.test"
@@ -196,6 +199,16 @@ def _register_webhook(double_base: str, url: str, settings: Settings) -> None:
         resp.read()
 
 
+def _mail_help(py: str, maildir: Path | None) -> str:
+    if maildir is None:
+        return ""
+    return f"""Read the newest email the services sent (threshold alerts, sign-in links):
+
+  {py} -m meter.smtp_sink --show {maildir}
+
+"""
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -252,6 +265,20 @@ def run(settings: Settings) -> int:
             )
             _wait_http(f"{double_base}/_double/ready", started[-1].proc, "stripe double")
             _register_webhook(double_base, f"{portal_base}/stripe/webhook", settings)
+        maildir = None
+        if not settings.smtp_url:
+            # No mail server given: a sink that keeps every message in a Maildir.
+            maildir = data / "mail"
+            sink_port = local_servers.free_port()
+            _spawn(
+                started,
+                "smtp-sink",
+                [py, "-m", "meter.smtp_sink", "--port", str(sink_port), "--maildir", str(maildir)],
+                dict(os.environ),
+                logs / "smtp-sink.log",
+            )
+            local_servers.wait_port(sink_port, started[-1].proc, 10, "the SMTP sink")
+            settings = settings.replace(smtp_url=Secret(f"smtp://127.0.0.1:{sink_port}"))
         env = child_environment(settings)
         _spawn(
             started,
@@ -274,6 +301,10 @@ def run(settings: Settings) -> int:
         _wait_http(f"{portal_base}/healthz", proc["portal"], "portal")
         demo = seed_demo(settings, data)
         link = portal_link(settings, demo)
+        mail = SmtpAddress.from_url(settings.smtp_url.reveal())
+        mail_line = f"smtp://{mail.host}:{mail.port}"
+        if maildir is not None:
+            mail_line += f"   (a sink: every message kept in {maildir}/new)"
         stripe_note = (
             "   (test double: card 4242 4242 4242 4242, 3-D Secure 4000 0025 0000 3155)"
             if double_base
@@ -287,6 +318,7 @@ meter dev is running (logs in {logs}, data in {data}).
   admin API    {admin_base}   (token: {settings.admin_token.reveal()})
   portal       {portal_base}
   Stripe       {double_base or settings.stripe_api_base}{stripe_note}
+  Mail         {mail_line}
   Redis        {redis_server.url}
   Postgres     {pg.url("meter")}
 
@@ -306,7 +338,7 @@ Sign in to the billing portal as the demo account's owner (works once, for
 
   {link}
 
-Ctrl-C stops everything.
+{_mail_help(py, maildir)}Ctrl-C stops everything.
 """,
             flush=True,
         )

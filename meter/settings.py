@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from email.errors import MessageError
+from email.headerregistry import AddressHeader, HeaderRegistry
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from meter.keys import SETTLED_TTL_SECONDS
 from meter.redis_address import RedisAddress
+from meter.smtp_address import SmtpAddress
 
 T = TypeVar("T")
 
@@ -93,6 +96,32 @@ def _url(*schemes: str) -> Callable[[str], str]:
 def _redis_url(raw: str) -> str:
     value: str = _url("redis", "rediss", "unix")(raw)
     RedisAddress.from_url(value)  # its TLS options too (ValueError says which)
+    return value
+
+
+def _smtp_url(raw: str) -> Secret:
+    value = raw.strip()
+    if value:
+        SmtpAddress.from_url(value)  # ValueError says what is wrong
+    return Secret(value)
+
+
+def _mail_from(raw: str) -> str:
+    value = raw.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must be one address on one line, like meter <billing@example.com>")
+    try:
+        header = HeaderRegistry()("from", value)
+    except (IndexError, ValueError, MessageError):  # the stdlib parser's ways to give up
+        raise ValueError("must be one address, like billing@example.com") from None
+    addresses = header.addresses if isinstance(header, AddressHeader) else ()
+    if (
+        header.defects
+        or len(addresses) != 1
+        or not addresses[0].username
+        or not addresses[0].domain
+    ):
+        raise ValueError("must be one address, like billing@example.com or meter <billing@...>")
     return value
 
 
@@ -308,6 +337,10 @@ class Settings:
     payment_action_timeout: float = _env(
         "METER_PAYMENT_ACTION_TIMEOUT", "86400", _float(1, 30 * 86_400)
     )
+    # Email (notifications/): where mail is handed over (meter/smtp_address.py: smtp://,
+    # smtp+starttls://, smtps://, credentials percent-encoded); empty: no mail is sent.
+    smtp_url: Secret = _env("METER_SMTP_URL", "", _smtp_url)
+    mail_from: str = _env("METER_MAIL_FROM", "meter <billing@localhost>", _mail_from)
     # Webhook targets may be private, loopback or link-local addresses (on-premises use);
     # cloud metadata addresses stay refused (notifications/webhook_delivery.py).
     webhook_allow_private: bool = _env("METER_WEBHOOK_ALLOW_PRIVATE", "false", _bool)

@@ -19,8 +19,10 @@ from meter.live_state import LiveState
 from meter.settings import Settings
 from portal import (
     csp,
+    email_signin,
     pages_keys,
     pages_money,
+    pages_notifications,
     pages_payments,
     pages_people,
     pages_profile,
@@ -71,7 +73,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         pages_profile,
         pages_people,
     )
-    for module in (*pages, pages_keys, stripe_webhook):
+    for module in (*pages, pages_notifications, pages_keys, email_signin, stripe_webhook):
         app.add_routes(module.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -86,4 +88,5 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             await pool.close()
 
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(email_signin.background)  # cleaned up first: it uses the pool
     return app

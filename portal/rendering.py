@@ -27,6 +27,7 @@ SECTIONS: dict[str, tuple[str, P]] = {
     "auto_recharge": ("/auto-recharge", P.READ),
     "spend_management": ("/spend-management", P.READ),
     "billing_profile": ("/billing-profile", P.READ),
+    "notifications": ("/notifications", P.READ),
     "tax_settings": ("/tax-settings", P.READ),
     "members": ("/members", P.READ),
     "api_keys": ("/api-keys", P.KEYS_WRITE),
@@ -51,6 +52,8 @@ DONE = {
     "card_deleted": "Card deleted.",
     "recharge_saved": "Auto recharge saved.",
     "spend_saved": "Spend management saved.",
+    "invoice_email": "Billing email saved.",
+    "opt_ins": "Email choices saved.",
 }
 NO_STORE = {"Cache-Control": "no-store"}
 

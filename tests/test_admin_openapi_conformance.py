@@ -69,8 +69,8 @@ def operations(doc: dict[str, Any]) -> int:
 
 
 async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str, str]:
-    """An account with two tax ids, and one with two cards and a purchase, for the
-    operations on one (the config names them)."""
+    """An account with two tax ids, a member and a token, and one with two cards and a
+    purchase, for the operations on one (the config names them)."""
     values = ("DE136695976", "DE129273398")
     async with ClientSession(headers=AUTH) as http:
 
@@ -99,6 +99,11 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
         bought = await post(
             f"/v1/accounts/{paying}/purchases", {"amount": 50_000_000, "idempotency_key": "f"}
         )
+        member = await post(
+            f"/v1/accounts/{account}/members",
+            {"email": "member@fuzz.test", "name": "Member", "role": "viewer"},
+        )
+        token = await post(f"/v1/accounts/{account}/tokens", {"name": "fuzz", "role": "viewer"})
     return {
         "ADMIN_FUZZ_ACCOUNT": account,
         "ADMIN_FUZZ_TAX_ID_DELETE": delete,
@@ -108,6 +113,9 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
         # the other card remains, so neither operation runs out of objects.
         "ADMIN_FUZZ_CARD": cards[0],
         "ADMIN_FUZZ_PAYMENT": bought,
+        # Revoking is idempotent, and opt-ins are replaced: neither runs out.
+        "ADMIN_FUZZ_MEMBER": member,
+        "ADMIN_FUZZ_TOKEN": token,
     }
 
 
