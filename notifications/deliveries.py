@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from admin.ids import DELIVERY, new_id
 from admin.repository import Conn
 from ledger.crash import CrashHook
 from meter.settings import Settings
-from notifications import events, retry_schedule, webhook_delivery
+from notifications import events, mail, preferences, retry_schedule, smtp, webhook_delivery
 from notifications.metrics import NotificationMetrics
 from notifications.webhook_delivery import Attempt
 from payments import outbox
@@ -65,6 +66,35 @@ class Outlet:
         return datetime.fromtimestamp(self.clock(), UTC)
 
 
+class SmtpMailer:
+    """Email through ``METER_SMTP_URL``: recipients from the notification preferences,
+    messages from the templates; a 5xx is permanent, anything else is tried again."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, address: smtp.SmtpAddress) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.address = address
+        self.tls_context: ssl.SSLContext | None = None  # a private CA's, for tests
+
+    async def recipients(self, conn: Conn, account_id: str, type_: str) -> list[str]:
+        return await preferences.recipients(conn, account_id, type_)
+
+    async def send(self, event: dict[str, Any], recipient: str, message_id: str) -> Attempt:
+        started = time.monotonic()
+        name = await self.pool.fetchval(
+            "select name from accounts where id = $1", event["account_id"]
+        )
+        message = mail.compose(
+            event, recipient, self.settings, message_id=message_id, account_name=name
+        )
+        try:
+            await smtp.send(self.address, message, tls_context=self.tls_context)
+        except smtp.MailFailed as exc:
+            took = round((time.monotonic() - started) * 1000, 1)
+            return Attempt(False, exc.code, took, exc.detail, "", permanent=exc.permanent)
+        return Attempt(True, 250, round((time.monotonic() - started) * 1000, 1), None, "")
+
+
 def open_outlet(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -77,7 +107,9 @@ def open_outlet(
         pool,
         settings,
         webhook_delivery.session(settings.webhook_allow_private),
-        mailer=None,
+        mailer=SmtpMailer(pool, settings, address)
+        if (address := smtp.address_of(settings))
+        else None,
         clock=clock,
         metrics=metrics or NotificationMetrics(),
         crash=CrashHook.from_settings(settings),

@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from mail_support import StartSmtp
 from notifications_support import Receiver, receiving
 from payments_support import Paying
 
 from admin.ids import WEBHOOK_ENDPOINT, new_id
-from notifications import deliveries, loop, webhook_delivery
+from meter.local_servers import free_port
+from meter.settings import Secret
+from notifications import deliveries, loop, smtp, webhook_delivery
 from notifications.deliveries import Outlet
 from payments import outbox
 
@@ -324,3 +327,48 @@ async def test_a_card_is_told_expiring_once_a_month_before(paying: Paying, outle
     assert await loop.expiring_cards(outlet) == 0
     [event] = await paying.events(account, "payment_method.expiring")
     assert pm in event["data"] and str(card["exp_year"]) in event["data"]
+
+
+async def mail_outlet(paying: Paying, port: int) -> Outlet:
+    settings = paying.settings.replace(smtp_url=Secret(f"smtp://127.0.0.1:{port}"))
+    address = smtp.address_of(settings)
+    assert address is not None
+    mailer = deliveries.SmtpMailer(paying.pool, settings, address)
+    return Outlet(
+        paying.pool, settings, webhook_delivery.session(True), mailer=mailer, clock=paying.clock
+    )
+
+
+async def test_an_email_refused_for_good_fails_and_one_not_reached_is_retried(
+    paying: Paying, smtp_server: StartSmtp
+) -> None:
+    server = smtp_server()
+    account = await paying.account()  # billing@acme.test gets balance.low
+    server.inbox.refuse = "550 5.1.1 no such mailbox"
+    out = await mail_outlet(paying, server.port)
+    try:
+        refused = await raise_event(paying, account, "balance.low", "m1")
+        await pump(out)
+        [d] = await deliveries_of(paying, refused)
+        assert (d["channel"], d["recipient"], d["status"]) == (
+            "email",
+            "billing@acme.test",
+            "failed",
+        )
+        assert "550" in d["last_error"]
+        server.inbox.refuse = None
+        delivered = await raise_event(paying, account, "balance.low", "m2")
+        await pump(out)
+        [message] = await server.inbox.wait_for(1)
+        assert message["X-Meter-Event-Id"] == delivered
+        assert message["To"] == "billing@acme.test"
+    finally:
+        await out.http.close()
+    closed = await mail_outlet(paying, free_port())  # nobody listens there
+    try:
+        lost = await raise_event(paying, account, "balance.low", "m3")
+        await pump(closed)
+        [d] = await deliveries_of(paying, lost)
+        assert d["status"] == "pending" and d["attempts"] == 1 and d["last_error"]
+    finally:
+        await closed.http.close()

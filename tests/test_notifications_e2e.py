@@ -1,6 +1,7 @@
 """Real traffic through the gateway, booked by two ledger worker processes, tells each
-threshold and the daily budget once: one signed webhook each at a real receiver, and
-the same again the next UTC day (the gateway's clock moved), not before."""
+threshold and the daily budget once: one signed webhook each at a real receiver and one
+email each at a real SMTP server (aiosmtpd), and the same again the next UTC day (the
+gateway's clock moved), not before."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 from ledger_fixtures import wait_for
+from mail_support import StartSmtp
 from notifications_support import Receiver, receiving
 from payments_support import ACTOR, USD, Paying
 from test_notification_deliveries import endpoint
@@ -16,6 +18,8 @@ from test_payments_faults import upstream_url, workers
 
 from admin import models
 from gateway.testing import running_gateway
+from meter.money import money
+from meter.settings import Secret
 from notifications.spend import SpendChange
 from notifications.thresholds import PERCENT, Threshold
 
@@ -42,10 +46,14 @@ def told(receiver: Receiver) -> Counter[tuple[str, int | None]]:
 
 
 async def test_each_threshold_and_the_budget_are_told_once_a_day(
-    paying: Paying, upstream_url: str, tmp_path: Path
+    paying: Paying, upstream_url: str, tmp_path: Path, smtp_server: StartSmtp
 ) -> None:
+    server = smtp_server()
     settings = paying.settings.replace(
-        upstream_url=upstream_url, webhook_allow_private=True, payments_sweep_interval=0.1
+        upstream_url=upstream_url,
+        webhook_allow_private=True,
+        payments_sweep_interval=0.1,
+        smtp_url=Secret(f"smtp://127.0.0.1:{server.port}"),
     )
     account = await paying.account(credit=100 * USD)
     project = await paying.services.provisioning.create_project(
@@ -72,11 +80,16 @@ async def test_each_threshold_and_the_budget_are_told_once_a_day(
                     ("usage.daily_limit_reached", None): 1,
                 }
                 assert told(receiver) == expected
+                mails = await server.inbox.wait_for(3)
+                assert sorted(m["X-Meter-Event-Id"] for m in mails) == sorted(
+                    r.id for r in receiver.got
+                )
 
                 paying.clock.offset += 86_400  # the next UTC day
                 got = await calls(base, key, 10)
                 assert [s for s, _ in got] == [200] * 10
                 await receiver.wait_count(6, 30)
+                await server.inbox.wait_for(6)
                 await wait_for(lambda: _all_sent(paying), 30, "every delivery settled")
     assert told(receiver) == {k: 2 for k in expected}
     assert len({r.id for r in receiver.got}) == 6
@@ -84,6 +97,19 @@ async def test_each_threshold_and_the_budget_are_told_once_a_day(
     assert all(r.verifies_with(secret) for r in receiver.got)
     days = sorted({r.json["data"]["day"] for r in receiver.got})
     assert len(days) == 2 and days[1] == days[0] + 1
+    # Each event mailed once, to the billing address, in dollars, with the portal's page.
+    received = server.inbox.received
+    assert len(received) == 6
+    assert {m.message["X-Meter-Event-Id"] for m in received} == {r.id for r in receiver.got}
+    assert {tuple(m.recipients) for m in received} == {("billing@acme.test",)}
+    threshold = next(
+        m.message
+        for m in received
+        if m.message["X-Meter-Event-Type"] == "usage.daily_threshold_passed"
+    )
+    text = threshold.get_body(("plain",)).get_content()
+    assert money(8 * price) in text or money(5 * price) in text
+    assert "/spend-management" in text
 
 
 async def _all_sent(paying: Paying) -> bool:
