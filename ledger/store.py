@@ -15,6 +15,8 @@ from ledger.batching import Batch
 from ledger.events import MS_PER_DAY, StreamId
 from notifications import thresholds
 
+NOTIFY = "notify_threshold"  # the admission script's signal of the operator's threshold
+
 # Advisory lock key spaces (the two-int form: class, id).
 SHARD_LOCK = 0x4C444752  # "LDGR": one lock per shard; the holder applies it
 WORKER_LOCK = 0x4C444757  # "LDGW": one per live worker, to count them
@@ -258,7 +260,11 @@ async def apply_batch(
                 [r.calls for r in rollups],
                 [r.amount for r in rollups],
             )
-            await thresholds.fire(conn, sorted({(r.account_id, r.day) for r in rollups}))
+        if batch.rollups:
+            flagged = {(s.account_id, s.day) for s in batch.signals if s.kind == NOTIFY}
+            await thresholds.fire(
+                conn, sorted({(r.account_id, r.day) for r in batch.rollups}), sorted(flagged)
+            )
         if batch.signals:
             signals = batch.signals
             await conn.execute(

@@ -57,36 +57,54 @@ def passed(
     return [out[a] for a in sorted(out)]
 
 
-# Accounts of the touched (account, day) pairs that have thresholds, with the day's
-# spend and what already fired that day.
+# The candidates: touched (account, day) pairs with spend management on, and those whose
+# operator threshold the admission script flagged in this batch; with the day's spend
+# and what already fired that day. Driven from spend_settings, so a batch of accounts
+# without thresholds costs one hash join.
 CANDIDATES = """
 with touched as (
     select distinct account_id, day from unnest($1::text[], $2::int[]) as t(account_id, day)
+), candidates as (
+    select t.account_id, t.day from touched t
+    join spend_settings s on s.account_id = t.account_id and s.enabled
+    union
+    select account_id, day from unnest($3::text[], $4::int[]) as f(account_id, day)
 )
-select t.account_id, t.day, a.daily_hard_limit, a.daily_notify_threshold,
+select c.account_id, c.day, a.daily_hard_limit, a.daily_notify_threshold,
        coalesce(s.enabled, false) as enabled,
        (select coalesce(sum(u.amount), 0) from usage_rollups u
-         where u.account_id = t.account_id and u.day = t.day)::bigint as spent,
-       coalesce((select array_agg(th.kind order by th.id) from spend_thresholds th
-                  where th.account_id = t.account_id), '{}') as kinds,
-       coalesce((select array_agg(th.value order by th.id) from spend_thresholds th
-                  where th.account_id = t.account_id), '{}') as vals,
+         where u.account_id = c.account_id and u.day = c.day)::bigint as spent,
+       coalesce(th.kinds, '{}') as kinds, coalesce(th.vals, '{}') as vals,
        coalesce((select array_agg(p.amount) from spend_thresholds_passed p
-                  where p.account_id = t.account_id and p.day = t.day), '{}') as fired
-from touched t
-join accounts a on a.id = t.account_id
-left join spend_settings s on s.account_id = t.account_id
-where a.daily_notify_threshold is not null
-   or (s.enabled and exists (select 1 from spend_thresholds th where th.account_id = t.account_id))
+                  where p.account_id = c.account_id and p.day = c.day), '{}') as fired
+from candidates c
+join accounts a on a.id = c.account_id
+left join spend_settings s on s.account_id = c.account_id
+left join lateral (
+    select array_agg(kind order by id) as kinds, array_agg(value order by id) as vals
+    from spend_thresholds where account_id = c.account_id
+) th on true
 """
 
 
-async def fire(conn: Conn, touched: Sequence[tuple[str, int]]) -> int:
-    """Raise an event for every threshold passed on these (account, day) pairs; in the
-    caller's transaction, in two statements however many pass. Returns how many fired."""
-    if not touched:
+async def fire(
+    conn: Conn,
+    touched: Sequence[tuple[str, int]],
+    flagged: Sequence[tuple[str, int]] = (),
+) -> int:
+    """Raise an event for every threshold passed on the (account, day) pairs ``touched``
+    (their thresholds) and ``flagged`` (the admission script saw the operator's threshold
+    crossed); in the caller's transaction, in two statements however many pass.
+    Returns how many fired."""
+    if not touched and not flagged:
         return 0
-    rows = await conn.fetch(CANDIDATES, [a for a, _ in touched], [d for _, d in touched])
+    rows = await conn.fetch(
+        CANDIDATES,
+        [a for a, _ in touched],
+        [d for _, d in touched],
+        [a for a, _ in flagged],
+        [d for _, d in flagged],
+    )
     found: list[tuple[str, int, Passed, int, int | None]] = []
     for r in rows:
         mine = [Threshold(k, v) for k, v in zip(r["kinds"], r["vals"], strict=True)]
