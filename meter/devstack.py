@@ -22,20 +22,26 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from meter import local_servers, parent_death, system_needs
+from meter import local_servers, parent_death, smtp_sink, system_needs
 from meter.migrate import migrate
 from meter.money import usd
 from meter.settings import Secret, Settings
 from meter.smtp_address import SmtpAddress
 
 DEMO_FILE = "demo-account.json"
+DEMO_THRESHOLD = 10_000  # $0.01: the demo traffic's 10 calls of $0.0012 pass it
+DEMO_CALLS = 10
 DEMO_OWNER = "owner@demo.test"
 
 
@@ -94,8 +100,6 @@ def _spawn(
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -112,8 +116,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, timeout: floa
 def _admin_call(
     settings: Settings, method: str, path: str, body: dict[str, Any] | None = None
 ) -> Any:
-    import urllib.request
-
     req = urllib.request.Request(
         f"http://{settings.admin_host}:{settings.admin_port}{path}",
         data=orjson.dumps(body) if body is not None else None,
@@ -154,11 +156,50 @@ def seed_demo(settings: Settings, data: Path) -> dict[str, Any]:
             f"/v1/accounts/{account['id']}/credits",
             {"amount": usd(20), "description": "Demo credits", "idempotency_key": "demo-seed"},
         )
+    # Spend management with a threshold the demo traffic passes (each UTC day once).
+    _admin_call(
+        settings,
+        "PUT",
+        f"/v1/accounts/{demo['account_id']}/spend-management",
+        {
+            "enabled": True,
+            "daily_budget": usd(5),
+            "notify_thresholds": [{"amount": DEMO_THRESHOLD}, {"percent": 80}],
+        },
+    )
     if "owner" not in demo:  # also a data folder from before the portal
         demo["owner"] = _demo_owner(settings, demo["account_id"])
         saved.write_bytes(orjson.dumps(demo))
     key = _admin_call(settings, "POST", f"/v1/projects/{demo['project_id']}/keys")
     return {**demo, "key": key["key"]}
+
+
+def demo_traffic(gateway_base: str, key: str, calls: int = DEMO_CALLS) -> int:
+    """A few metered calls (enough to pass the demo's threshold); what they cost."""
+    charged = 0
+    for _ in range(calls):
+        req = urllib.request.Request(
+            f"{gateway_base}/v1/chat/completions?units=120",
+            data=b'{"hello": "demo"}',
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            charged += int(resp.headers.get("X-Meter-Charged", "0"))
+    return charged
+
+
+def threshold_mail(maildir: Path, day: str, timeout: float = 20.0) -> EmailMessage | None:
+    """The threshold email of the demo account for ``day`` (YYYY-MM-DD), once it is in."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in smtp_sink.messages(maildir):
+            if message["X-Meter-Event-Type"] == "usage.daily_threshold_passed" and (
+                message["Date"] and message["Date"].datetime.strftime("%Y-%m-%d") == day
+            ):
+                return message
+        time.sleep(0.2)
+    return None
 
 
 def _demo_owner(settings: Settings, account_id: str) -> str:
@@ -188,9 +229,6 @@ def portal_link(settings: Settings, demo: dict[str, Any]) -> str:
 
 def _register_webhook(double_base: str, url: str, settings: Settings) -> None:
     """Have the double send its events to the portal, signed with our webhook secret."""
-    import urllib.parse
-    import urllib.request
-
     form = urllib.parse.urlencode(
         {"url": url, "secret": settings.stripe_webhook_secret.reveal()}
     ).encode()
@@ -207,6 +245,26 @@ def _mail_help(py: str, maildir: Path | None) -> str:
   {py} -m meter.smtp_sink --show {maildir}
 
 """
+
+
+def _told(maildir: Path | None, spent: int) -> str:
+    """The banner's lines on the demo traffic and the threshold email it made."""
+    lines = (
+        f"Demo traffic: {DEMO_CALLS} calls, ${spent / 1_000_000:.4f}, past the $0.01 threshold.\n"
+    )
+    if maildir is None:
+        return lines + "\n"
+    mail = threshold_mail(maildir, datetime.now(UTC).strftime("%Y-%m-%d"))
+    if mail is None:
+        return lines + "Its email has not arrived yet (see the mail sink's log).\n\n"
+    return (
+        lines
+        + f"""It was emailed to {mail["To"]} (once a UTC day):
+
+  Subject: {mail["Subject"]}
+
+"""
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -300,6 +358,8 @@ def run(settings: Settings) -> int:
         _wait_http(f"{ledger_base}/healthz", proc["ledger"], "ledger")  # running when it says so
         _wait_http(f"{portal_base}/healthz", proc["portal"], "portal")
         demo = seed_demo(settings, data)
+        spent = demo_traffic(gateway_base, demo["key"])
+        told = _told(maildir, spent)
         link = portal_link(settings, demo)
         mail = SmtpAddress.from_url(settings.smtp_url.reveal())
         mail_line = f"smtp://{mail.host}:{mail.port}"
@@ -338,7 +398,7 @@ Sign in to the billing portal as the demo account's owner (works once, for
 
   {link}
 
-{_mail_help(py, maildir)}Ctrl-C stops everything.
+{told}{_mail_help(py, maildir)}Ctrl-C stops everything.
 """,
             flush=True,
         )

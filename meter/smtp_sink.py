@@ -52,18 +52,25 @@ class MaildirSink:
         return "250 OK: kept"
 
 
-def newest(folder: Path) -> EmailMessage | None:
-    """The message filed last in the Maildir ``folder``; None: none yet."""
+def messages(folder: Path) -> list[EmailMessage]:
+    """Every message in the Maildir ``folder``, oldest first."""
     files = [
         p for sub in ("new", "cur") if (folder / sub).is_dir() for p in (folder / sub).iterdir()
     ]
-    if not files:
-        return None
     # Maildir names start with the delivery time in seconds; the mtime orders within one.
-    latest = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
-    parsed = email.message_from_bytes(latest.read_bytes(), policy=email.policy.default)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
+    files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+    out = []
+    for path in files:
+        parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        out.append(parsed)
+    return out
+
+
+def newest(folder: Path) -> EmailMessage | None:
+    """The message filed last in the Maildir ``folder``; None: none yet."""
+    found = messages(folder)
+    return found[-1] if found else None
 
 
 def show(message: EmailMessage) -> str:
