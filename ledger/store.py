@@ -261,10 +261,8 @@ async def apply_batch(
                 [r.amount for r in rollups],
             )
         if batch.rollups:
-            flagged = {(s.account_id, s.day) for s in batch.signals if s.kind == NOTIFY}
-            await thresholds.fire(
-                conn, sorted({(r.account_id, r.day) for r in batch.rollups}), sorted(flagged)
-            )
+            flagged = [(s.account_id, s.day) for s in batch.signals if s.kind == NOTIFY]
+            await thresholds.fire(conn, [(r.account_id, r.day) for r in batch.rollups], flagged)
         if batch.signals:
             signals = batch.signals
             await conn.execute(

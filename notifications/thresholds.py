@@ -87,6 +87,9 @@ left join lateral (
 """
 
 
+ANY_ENABLED = "select exists (select 1 from spend_settings where enabled)"
+
+
 async def fire(
     conn: Conn,
     touched: Sequence[tuple[str, int]],
@@ -98,6 +101,8 @@ async def fire(
     Returns how many fired."""
     if not touched and not flagged:
         return 0
+    if not flagged and not await conn.fetchval(ANY_ENABLED):
+        return 0  # nobody has spend management on: skip sending the batch's accounts
     rows = await conn.fetch(
         CANDIDATES,
         [a for a, _ in touched],
