@@ -45,6 +45,8 @@ class Permission(StrEnum):
     # holds excerpts of the customer's own servers' answers, so viewers do not read it.
     WEBHOOKS_READ = "webhooks:read"
     WEBHOOKS_WRITE = "webhooks:write"  # endpoints, secrets, retries, test events
+    # The invoice email and every member's email opt-ins (one's own: see require_member).
+    NOTIFICATIONS_WRITE = "notifications:write"
     OPERATOR_READ = "operator:read"  # every account: list, the global audit log
     OPERATOR_WRITE = "operator:write"  # create, suspend, close, grant credits, verify...
 
@@ -72,8 +74,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.ACCOUNT_WRITE,
         Permission.WEBHOOKS_READ,
         Permission.WEBHOOKS_WRITE,
+        Permission.NOTIFICATIONS_WRITE,
     },
-    Role.BILLING: _READS | {Permission.PROFILE_WRITE, Permission.PAYMENTS_WRITE},
+    Role.BILLING: _READS
+    | {Permission.PROFILE_WRITE, Permission.PAYMENTS_WRITE, Permission.NOTIFICATIONS_WRITE},
     Role.VIEWER: _READS,
 }
 
@@ -126,6 +130,18 @@ def require_on(
     """
     if owner is None or (not principal.is_operator and owner != principal.account_id):
         raise NotFound(not_found)
+    _holds(principal, permission)
+
+
+def require_member(
+    principal: Principal, permission: Permission, owner: str | None, member_id: str, not_found: str
+) -> None:
+    """What belongs to one member of account ``owner`` (their email opt-ins): the member
+    themself may, signed in to the portal, whatever their role; others need ``permission``."""
+    if owner is None or (not principal.is_operator and owner != principal.account_id):
+        raise NotFound(not_found)
+    if principal.actor_type == ActorType.MEMBER and principal.actor_id == member_id:
+        return
     _holds(principal, permission)
 
 

@@ -24,6 +24,7 @@ TOKEN = "tok"
 TAX_ID = "txi"
 PAYMENT = "pay"
 REFUND = "rfd"
+THRESHOLD = "thr"
 WEBHOOK_ENDPOINT = "we"
 DELIVERY = "dlv"
 

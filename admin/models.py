@@ -420,6 +420,57 @@ class Problem(BaseModel):
     )
 
 
+# -- notifications -----------------------------------------------------------------------
+
+
+def _event_type(value: str) -> str:
+    if value not in EVENT_TYPES:
+        raise ValueError(f"not an event type: {value!r}")
+    return value
+
+
+EventType = Annotated[
+    str,
+    AfterValidator(_event_type),
+    Field(description="One of the event types.", json_schema_extra={"enum": list(EVENT_TYPES)}),
+]
+
+
+class NotificationSettingsIn(Input):
+    invoice_email: Email | None = Field(
+        description="Where invoices and billing notices go; null: the account's billing_email."
+    )
+
+
+class NotificationSubscriptionsIn(Input):
+    event_types: list[EventType] = Field(
+        max_length=100,
+        description="The event types the member is emailed about (all of them replace what"
+        " was there; a type listed twice counts once; [] for none).",
+    )
+
+
+class MemberSubscriptions(Output):
+    object: Literal["notification_subscriptions"] = "notification_subscriptions"
+    member_id: str = Field(pattern="^mem_[0-9A-Za-z]+$")
+    name: str
+    email: str
+    role: AccountRole
+    event_types: list[str] = Field(description="The types this member is emailed about.")
+
+
+class NotificationSettings(Output):
+    object: Literal["notification_settings"] = "notification_settings"
+    account_id: str
+    invoice_email: str | None
+    billing_email: str | None
+    recipient: str | None = Field(
+        description="Where billing notices go now: invoice_email, else billing_email."
+    )
+    members: list[MemberSubscriptions]
+    updated_at: datetime | None
+
+
 # -- payments ----------------------------------------------------------------------------
 
 PAYMENT_ID_PATTERN = "^pay_[0-9A-Za-z]{1,64}$"
@@ -565,6 +616,52 @@ class SetupIntent(Output):
     publishable_key: str
 
 
+class AmountThresholdIn(Input):
+    amount: CreditMicros = Field(description=MICROS + " Tell when the day's usage reaches this.")
+
+
+class PercentThresholdIn(Input):
+    percent: Annotated[int, Field(ge=1, le=100)] = Field(
+        description="Tell when the day's usage reaches this share of the daily budget."
+    )
+
+
+class SpendManagementIn(Input):
+    """Switched off, the daily budget is not enforced and no threshold fires, but both
+    are kept. A percentage needs a daily budget. Each threshold fires once a UTC day;
+    one already passed today does not fire again, a new one below today's spend fires
+    at once."""
+
+    enabled: bool
+    daily_budget: CreditMicros | None = Field(
+        description=MICROS + " The gateway refuses calls (429) once the day's usage reaches"
+        " it, until 00:00 UTC; null: none."
+    )
+    notify_thresholds: list[AmountThresholdIn | PercentThresholdIn] = Field(
+        default_factory=list, max_length=10
+    )
+
+
+class NotifyThreshold(Output):
+    id: str
+    amount: int | None = Field(
+        description=MICROS + " What it stands for today; null: a percentage while there is"
+        " no budget."
+    )
+    percent: int | None
+    passed_today: bool
+
+
+class SpendManagement(Output):
+    object: Literal["spend_management"] = "spend_management"
+    enabled: bool
+    daily_budget: int | None
+    notify_thresholds: list[NotifyThreshold]
+    credits_consumed_today: int = Field(description=MICROS + " Usage of this UTC day so far.")
+    credits_consumed_yesterday: int
+    day: date = Field(description="The UTC day the figures are of.")
+
+
 class AutoRecharge(Output):
     object: Literal["auto_recharge"] = "auto_recharge"
     enabled: bool
@@ -610,17 +707,6 @@ WEBHOOK_ENDPOINT_ID_PATTERN = "^we_[0-9A-Za-z]{1,64}$"
 DELIVERY_ID_PATTERN = "^dlv_[0-9A-Za-z]{1,64}$"
 
 
-def _event_type(value: str) -> str:
-    if value not in EVENT_TYPES:
-        raise ValueError(f"not an event type: {value!r}")
-    return value
-
-
-EventType = Annotated[
-    str,
-    AfterValidator(_event_type),
-    Field(json_schema_extra={"enum": list(EVENT_TYPES)}),
-]
 WebhookUrl = Annotated[
     str,
     StringConstraints(

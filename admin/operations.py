@@ -9,11 +9,13 @@ from admin import (
     routes_accounts,
     routes_credits,
     routes_history,
+    routes_notifications,
     routes_payments,
     routes_people,
     routes_portal,
     routes_profile,
     routes_projects,
+    routes_spend,
     routes_webhooks,
 )
 
@@ -26,6 +28,8 @@ ALL: list[declared.Operation] = [
     *routes_profile.OPERATIONS,
     *routes_portal.OPERATIONS,
     *routes_payments.OPERATIONS,
+    *routes_spend.OPERATIONS,
+    *routes_notifications.OPERATIONS,
     *routes_webhooks.OPERATIONS,
 ]
 
@@ -34,8 +38,8 @@ INFO = {
     "version": "1",
     "description": "Provision billing accounts, projects, API keys, limits and credits; members,"
     " roles and tokens; billing profiles, tax registrations and the audit log; cards, credit"
-    " purchases, auto-recharge and refunds through Stripe; webhook endpoints and their"
-    " delivery log. Amounts are"
+    " purchases, auto-recharge and refunds through Stripe; where billing email goes and who"
+    " opts in to which; webhook endpoints and their delivery log. Amounts are"
     ' integer micros (1 USD = 1,000,000), written as JSON integers: 5.0 and "5" are refused.'
     " Writes land in Postgres first, then in the live state the gateway reads (Redis). Each"
     " operation's x-permission names what its token's role must hold; an account token sees"

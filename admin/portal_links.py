@@ -103,6 +103,19 @@ class PortalLinks:
             raise InvalidInput(
                 [("return_url", "must start with one of the allowed return URLs (ask us)")]
             )
+        return await self.issue(actor, account_id, new.member_id, new.return_url)
+
+    @property
+    def home_url(self) -> str:
+        """Where "Back to the app" goes from a session we started ourselves (sign-in by
+        email): the first allowed return URL, else the portal."""
+        return self.rules.return_urls[0] if self.rules.return_urls else self.rules.public_url
+
+    async def issue(
+        self, actor: Actor, account_id: str, member_id: str, return_url: str
+    ) -> MintedLink:
+        """A link for ``member_id`` of ``account_id``; ``return_url`` is the caller's to
+        check (``create`` checks the provider's against the allowed list)."""
         secret = secrets.token_urlsafe(32)
         token_hash = digest(secret)
         async with self.pool.acquire() as conn, conn.transaction():
@@ -113,19 +126,19 @@ class PortalLinks:
                 raise Conflict(f"account {account_id} is closed")
             member = await conn.fetchval(
                 "select id from members where id = $1 and account_id = $2",
-                new.member_id,
+                member_id,
                 account_id,
             )
             if member is None:
-                raise NotFound(f"no member {new.member_id!r}")
+                raise NotFound(f"no member {member_id!r}")
             expires_at = await conn.fetchval(
                 "insert into portal_links (token_hash, account_id, member_id, return_url,"
                 " expires_at) values ($1, $2, $3, $4, now() + make_interval(secs => $5))"
                 " returning expires_at",
                 token_hash,
                 account_id,
-                new.member_id,
-                new.return_url,
+                member_id,
+                return_url,
                 self.rules.ttl,
             )
             await audit.record(
@@ -136,8 +149,8 @@ class PortalLinks:
                 link_id(token_hash),
                 account_id=account_id,
                 after={
-                    "member_id": new.member_id,
-                    "return_url": new.return_url,
+                    "member_id": member_id,
+                    "return_url": return_url,
                     "expires_at": expires_at,
                 },
             )

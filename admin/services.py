@@ -14,6 +14,7 @@ import asyncpg
 
 from admin import audit
 from admin.audit import Actor, AuditEntry
+from admin.email_signin import EmailSignin
 from admin.people import People
 from admin.portal_links import LinkRules, PortalLinks
 from admin.portal_sessions import PortalSessions
@@ -22,6 +23,8 @@ from admin.provisioning import Provisioning
 from meter.live_state import LiveState
 from meter.settings import Settings
 from notifications.endpoints import WebhookEndpoints
+from notifications.preferences import Preferences
+from notifications.spend import SpendManagement
 from payments.metrics import PaymentMetrics
 from payments.recharges import Recharges
 from payments.service import Context, Payments, open_context
@@ -37,9 +40,12 @@ class Services:
     profiles: Profiles
     portal_links: PortalLinks
     portal_sessions: PortalSessions
+    email_signin: EmailSignin
     payments: Payments
     recharges: Recharges
     webhooks: WebhookEndpoints
+    spend: SpendManagement
+    notifications: Preferences
     clock: Callable[[], float]
 
     @classmethod
@@ -56,16 +62,20 @@ class Services:
     ) -> Services:
         ctx = payments or open_context(pool, live, Settings.from_env({}), clock=clock)
         paying = Payments(ctx)
+        links = PortalLinks(pool, portal or LinkRules())
         return cls(
             pool=pool,
             provisioning=Provisioning(pool, live, shards=shards, clock=clock),
             people=People(pool),
             profiles=Profiles(pool, on_change=paying.push_profile),
-            portal_links=PortalLinks(pool, portal or LinkRules()),
+            portal_links=links,
             portal_sessions=PortalSessions(pool, idle=session_idle),
+            email_signin=EmailSignin(pool, links),
             payments=paying,
             recharges=Recharges(ctx, paying),
             webhooks=WebhookEndpoints(pool, ctx.settings, clock),
+            spend=SpendManagement(pool, live, clock),
+            notifications=Preferences(pool),
             clock=clock,
         )
 

@@ -1,4 +1,5 @@
-"""`meter ledger`: the worker, its payments loop (payments/loop.py) and its HTTP server
+"""`meter ledger`: the worker, its payments and notifications loops (payments/loop.py,
+notifications/loop.py) and its HTTP server
 (/metrics, /healthz, /readyz) in one process, on uvloop, with JSON logs. SIGTERM or
 SIGINT ends it gracefully: each shard finishes the batch in hand (or rolls it back after
 ``METER_SHUTDOWN_GRACE``), its lock is released, and the process exits.
@@ -22,6 +23,9 @@ from ledger.worker import create_worker, redis_client
 from meter.live_state import LiveState
 from meter.logs import setup_logging
 from meter.settings import Settings
+from notifications import loop as notifications_loop
+from notifications.deliveries import open_outlet
+from notifications.metrics import NotificationMetrics
 from payments import loop as payments_loop
 from payments.metrics import PaymentMetrics
 from payments.service import open_context
@@ -47,17 +51,20 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     live = LiveState.from_url(settings.redis_url, timeout=settings.redis_timeout)
     ctx = open_context(pool, live, settings, metrics=PaymentMetrics(metrics.registry))
     payments = asyncio.create_task(payments_loop.run(ctx, stop), name="payments")
+    outlet = open_outlet(pool, settings, metrics=NotificationMetrics(metrics.registry))
+    notifying = asyncio.create_task(notifications_loop.run(outlet, stop), name="notifications")
     try:
         await worker.run(stop)
     finally:
         log.info("ledger worker stopping", extra={"worker": worker.name})
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(payments, settings.shutdown_grace)
+            await asyncio.wait_for(asyncio.gather(payments, notifying), settings.shutdown_grace)
         await runner.cleanup()
         await client.aclose()
         if ctx.api is not None:
             await ctx.api.close()
+        await outlet.http.close()
         await live.close()
         await pool.close()
 

@@ -13,6 +13,9 @@ import asyncpg
 
 from ledger.batching import Batch
 from ledger.events import MS_PER_DAY, StreamId
+from notifications import thresholds
+
+NOTIFY = "notify_threshold"  # the admission script's signal of the operator's threshold
 
 # Advisory lock key spaces (the two-int form: class, id).
 SHARD_LOCK = 0x4C444752  # "LDGR": one lock per shard; the holder applies it
@@ -257,6 +260,9 @@ async def apply_batch(
                 [r.calls for r in rollups],
                 [r.amount for r in rollups],
             )
+        if batch.rollups:
+            flagged = [(s.account_id, s.day) for s in batch.signals if s.kind == NOTIFY]
+            await thresholds.fire(conn, [(r.account_id, r.day) for r in batch.rollups], flagged)
         if batch.signals:
             signals = batch.signals
             await conn.execute(

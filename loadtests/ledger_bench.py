@@ -104,7 +104,7 @@ def produce(
     client.close()
 
 
-async def provision(database_url: str, accounts: int, shards: int) -> None:
+async def provision(database_url: str, accounts: int, shards: int, thresholds: int = 0) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.copy_records_to_table(
@@ -115,7 +115,24 @@ async def provision(database_url: str, accounts: int, shards: int) -> None:
             ],
             columns=("id", "name", "shard"),
         )
-        await conn.execute("analyze accounts")
+        if thresholds:
+            # Spend management on every account: one threshold passed at the first call
+            # of the day (an event raised per account), the others never reached.
+            await conn.copy_records_to_table(
+                "spend_settings",
+                records=[(account_id(i), True) for i in range(accounts)],
+                columns=("account_id", "enabled"),
+            )
+            await conn.copy_records_to_table(
+                "spend_thresholds",
+                records=[
+                    (f"thr_{i}_{t}", account_id(i), "absolute", 1 if t == 0 else 10**12 * t)
+                    for i in range(accounts)
+                    for t in range(thresholds)
+                ],
+                columns=("id", "account_id", "kind", "value"),
+            )
+        await conn.execute("analyze")
     finally:
         await conn.close()
 
@@ -184,7 +201,7 @@ async def oldest_unapplied_age(
 async def run(args: argparse.Namespace) -> None:
     with servers(args) as (redis_url, database_url, postmaster):
         await migrate(database_url)
-        await provision(database_url, args.accounts, args.shards)
+        await provision(database_url, args.accounts, args.shards, args.thresholds)
         conn = await asyncpg.connect(database_url)
         client = aioredis.Redis.from_url(redis_url)
         producer: multiprocessing.Process | None = None
@@ -303,6 +320,9 @@ def main() -> None:
         "--rate", type=float, default=0, help="live mode: events/s offered (0 = backlog mode)"
     )
     p.add_argument("--durable", action="store_true", help="Postgres with fsync on")
+    p.add_argument(
+        "--thresholds", type=int, default=0, help="spend thresholds on every account (0: none)"
+    )
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--redis-url")
     p.add_argument("--database-url")

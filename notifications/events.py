@@ -24,6 +24,7 @@ EVENT_TYPES: dict[str, str] = {
     "recharge.requires_action": "An auto-recharge needs the card holder to authenticate",
     "recharge.paused": "Auto-recharge paused after repeated failures",
     "recharge.refused_by_cap": "An auto-recharge was refused by its daily caps",
+    "payment.refunded": "A payment was refunded (its credits taken back)",
     "payment_method.expiring": "A card expires within a month",
     "webhook_endpoint.disabled": "A webhook endpoint was disabled",
 }
@@ -60,6 +61,7 @@ PORTAL_PATHS: dict[str, str] = {
     "recharge.requires_action": "/payment-methods",
     "recharge.paused": "/auto-recharge",
     "recharge.refused_by_cap": "/auto-recharge",
+    "payment.refunded": "/balance-history",
     "payment_method.expiring": "/payment-methods",
     "webhook_endpoint.disabled": "/webhooks",
 }

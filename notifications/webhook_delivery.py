@@ -118,9 +118,12 @@ class GuardedResolver(AbstractResolver):
         await self.inner.close()
 
 
-def session(allow_private: bool) -> aiohttp.ClientSession:
-    """A client for deliveries: the guard in its resolver, no cookies, no proxy."""
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(allow_private), use_dns_cache=False)
+def session(allow_private: bool, dns: AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """A client for deliveries: the guard in its resolver (around ``dns``, the system's
+    by default), no cookies, no proxy."""
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(allow_private, dns), use_dns_cache=False
+    )
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -143,6 +146,7 @@ class Attempt:
     error: str | None
     excerpt: str
     retry_after: float | None = None  # seconds, from a 429 or 503
+    permanent: bool = False  # no retry can succeed (a mail server's 5xx)
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -17,10 +17,9 @@ import contextlib
 import logging
 from datetime import timedelta
 
-import asyncpg
-
 from meter import postgres_errors
 from meter.live_state import StateUnavailable
+from meter.woken_loop import run_woken
 from payments.recharges import CLAIM, Recharges
 from payments.records import Payment
 from payments.refunds import sweep_refunds
@@ -106,37 +105,15 @@ async def _sweep_one(ctx: Context, recharges: Recharges, p: Payment) -> None:
 
 async def run(ctx: Context, stop: asyncio.Event) -> None:
     """Until ``stop``: process signals when told, sweep every interval."""
-    payments = Payments(ctx)
-    recharges = Recharges(ctx, payments)
-    wake = asyncio.Event()
-    listener: asyncpg.Connection | None = None
+    recharges = Recharges(ctx, Payments(ctx))
     next_sweep = 0.0
-    backoff = 0.1
-    while not stop.is_set():
-        try:
-            if listener is None or listener.is_closed():
-                listener = await asyncpg.connect(ctx.settings.database_url)
-                await listener.add_listener(CHANNEL, lambda *_: wake.set())
-            wake.clear()
-            claimed = await recharges.process_signals()
-            now = ctx.clock()
-            if now >= next_sweep:
-                await sweep(ctx, recharges)
-                next_sweep = ctx.clock() + ctx.settings.payments_sweep_interval
-            backoff = 0.1
-            if claimed >= CLAIM:
-                continue
-            timeout = max(0.0, next_sweep - ctx.clock())
-        except PASSING as exc:
-            log.warning("payments loop: %s; retrying", exc)
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close()
-                listener = None
-            timeout, backoff = backoff, min(5.0, backoff * 2)
-        waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for w in waits:
-            w.cancel()
-    if listener is not None:
-        await listener.close()
+
+    async def step() -> float:
+        nonlocal next_sweep
+        claimed = await recharges.process_signals()
+        if ctx.clock() >= next_sweep:
+            await sweep(ctx, recharges)
+            next_sweep = ctx.clock() + ctx.settings.payments_sweep_interval
+        return 0.0 if claimed >= CLAIM else max(0.0, next_sweep - ctx.clock())
+
+    await run_woken(ctx.settings.database_url, CHANNEL, step, stop, passing=PASSING, log=log)

@@ -49,14 +49,14 @@ from payments.service import (
 
 log = logging.getLogger("meter.payments")
 
-# The admission script's signals as the events people are told of.
+# The admission script's signals as the events people are told of. Its notify
+# threshold is raised by notifications.thresholds in the batch that recorded it.
 SIGNAL_EVENTS = {
-    "notify_threshold": "usage.daily_threshold_passed",
     "hard_limit": "usage.daily_limit_reached",
     "balance_low": "balance.low",
     "overage_started": "balance.overage_started",
 }
-DAILY = frozenset({"notify_threshold", "hard_limit"})
+DAILY = frozenset({"hard_limit"})
 CLAIM = 100
 
 
@@ -241,6 +241,8 @@ class Recharges:
 
     async def _signal(self, conn: asyncpg.Connection, sig: asyncpg.Record) -> Payment | None:
         kind, account_id = sig["kind"], sig["account_id"]
+        if kind not in SIGNAL_EVENTS:
+            return None
         account = await repo.get_account(conn, account_id)
         if account is None:
             return None

@@ -19,12 +19,15 @@ from meter.live_state import LiveState
 from meter.settings import Settings
 from portal import (
     csp,
+    email_signin,
     pages_keys,
     pages_money,
+    pages_notifications,
     pages_payments,
     pages_people,
     pages_profile,
     pages_recharge,
+    pages_spend,
     pages_webhooks,
     signin,
     stripe_webhook,
@@ -62,8 +65,17 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[SETTINGS] = settings
     app[CLOCK] = clock
     setup_templates(app)
-    pages = (signin, pages_money, pages_payments, pages_recharge, pages_profile, pages_people)
-    for module in (*pages, pages_keys, pages_webhooks, stripe_webhook):
+    pages = (
+        signin,
+        pages_money,
+        pages_payments,
+        pages_recharge,
+        pages_spend,
+        pages_profile,
+        pages_people,
+    )
+    extra = (pages_notifications, pages_keys, pages_webhooks, email_signin, stripe_webhook)
+    for module in (*pages, *extra):
         app.add_routes(module.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -78,4 +90,5 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             await pool.close()
 
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(email_signin.background)  # cleaned up first: it uses the pool
     return app

@@ -53,6 +53,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         profile=profile,
         account_status=viewer.account.public_status,
         recharge=await services.recharges.view(account_id),
+        spend=await services.spend.view(account_id),
         card=next((m for m in methods if m.is_default), None),
     )
 

@@ -25,7 +25,9 @@ SECTIONS: dict[str, tuple[str, P]] = {
     "payment_methods": ("/payment-methods", P.READ),
     "credits": ("/credits", P.READ),
     "auto_recharge": ("/auto-recharge", P.READ),
+    "spend_management": ("/spend-management", P.READ),
     "billing_profile": ("/billing-profile", P.READ),
+    "notifications": ("/notifications", P.READ),
     "tax_settings": ("/tax-settings", P.READ),
     "members": ("/members", P.READ),
     "api_keys": ("/api-keys", P.KEYS_WRITE),
@@ -55,6 +57,9 @@ DONE = {
     "webhook_deleted": "Endpoint deleted; what was still to be sent to it was canceled.",
     "webhook_test": "Test event queued: it appears in the endpoint's deliveries.",
     "webhook_retry": "Delivery queued to be sent again.",
+    "spend_saved": "Spend management saved.",
+    "invoice_email": "Billing email saved.",
+    "opt_ins": "Email choices saved.",
 }
 NO_STORE = {"Cache-Control": "no-store"}
 

@@ -1,7 +1,7 @@
 """The session cookie, and the middleware that turns it into the request's viewer.
 
-Every page but the sign-in link, the signed-out page, the stylesheet and the
-health check needs a live session. The principal is built afresh on each request
+Every page but the sign-in link, the sign-in (by email) and signed-out pages, the
+stylesheet and the health check needs a live session. The principal is built afresh on each request
 from the session and the membership as it is now, so a removed member is out at
 once and a demoted one sees the lesser page. Every POST must carry the session's
 CSRF token (``csrf_token`` field, compared in constant time) or is refused with 403
@@ -22,7 +22,9 @@ from portal.rendering import Handler, error_page, render
 from portal.viewer import Viewer
 
 PUBLIC_PREFIXES = ("/s/", "/static/")
-PUBLIC_PATHS = frozenset({"/healthz", "/signed-out", "/stripe/webhook"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/signed-out", "/stripe/webhook", "/sign-in", "/sign-in/sent"}
+)
 MAX_FORM_BYTES = 64 * 1024
 
 

@@ -34,6 +34,9 @@ accepted, as the stock check says.
 - Auto-recharge: exactly one of ``amount`` and ``target_balance``, ``amount``
   within the purchase bounds, ``target_balance`` above ``threshold`` by at most the
   maximum, ``max_amount_per_day`` at least ``amount``; 422 naming only those fields.
+- Spend management: a percentage threshold needs a daily budget when enabled, and
+  integers inside the thresholds are JSON integers too; 422 naming only
+  ``daily_budget`` or ``notify_thresholds``.
 
 - Webhook endpoints: ``url``'s host must resolve, when saved, to an address a
   webhook may be sent to (the field's description); 422 naming only ``url`` is the
@@ -66,6 +69,7 @@ WEBHOOK_URLS = {
     "POST /v1/accounts/{account_id}/webhook-endpoints",
     "PATCH /v1/accounts/{account_id}/webhook-endpoints/{endpoint_id}",
 }
+SPEND = "PUT /v1/accounts/{account_id}/spend-management"
 PURCHASE_MIN, PURCHASE_MAX = map(int, os.environ["ADMIN_FUZZ_PURCHASE_BOUNDS"].split(","))
 
 
@@ -82,6 +86,21 @@ def recharge_rules_broken(body: dict[str, Any]) -> set[str]:
         broken.add("target_balance")
     if cap is not None and amount is not None and cap < amount:
         broken.add("max_amount_per_day")
+    return broken
+
+
+def spend_rules_broken(body: dict[str, Any]) -> set[str]:
+    """The fields of a spend-management body that break the rules the document states."""
+    broken = {"daily_budget"} if isinstance(body.get("daily_budget"), float) else set()
+    items = [t for t in body.get("notify_thresholds") or [] if isinstance(t, dict)]
+    if any(isinstance(v, float) for t in items for v in t.values()):
+        broken.add("notify_thresholds")
+    if (
+        body.get("enabled")
+        and body.get("daily_budget") is None
+        and any("percent" in t for t in items)
+    ):
+        broken.add("notify_thresholds")
     return broken
 
 
@@ -139,6 +158,10 @@ def documented_refusal(case: Any, response: Any) -> bool:
                 f"a range the document refuses got {status}: {response.text[:300]}"
             )
         return status != 400 or slug == "bad-query"
+    body = case.body if isinstance(case.body, dict) else {}
+    if status == 422 and slug == "invalid-input" and label == SPEND:
+        broken = spend_rules_broken(body)
+        return bool(broken) and set(fields) <= broken
     floats = integral_floats(case.body)
     if status == 422 and slug == "invalid-input" and floats:
         return set(fields) == floats
@@ -147,7 +170,6 @@ def documented_refusal(case: Any, response: Any) -> bool:
     if status == 422 and slug == "invalid-input" and label == PORTAL_SESSIONS:
         url = str((case.body or {}).get("return_url", ""))
         return fields == ["return_url"] and not url.startswith(RETURN_URLS)
-    body = case.body if isinstance(case.body, dict) else {}
     if status == 422 and slug == "invalid-input" and label == PURCHASES:
         amount = body.get("amount", 0)
         outside = not PURCHASE_MIN <= amount <= PURCHASE_MAX

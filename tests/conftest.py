@@ -29,7 +29,7 @@ from meter import local_servers, system_needs
 from meter.live_state import LiveState
 from meter.migrate import migrate
 
-pytest_plugins = ("browser", "stripe_fixtures", "payments_support")
+pytest_plugins = ("browser", "stripe_fixtures", "payments_support", "mail_support")
 
 TEMPLATE_DB = "meter_template"
 _db_counter = itertools.count()

@@ -23,8 +23,9 @@ from aiohttp.test_utils import TestClient
 from test_admin_support import AUTH, RETURN_URL, TOKEN, call, start, stripe_env
 
 from admin import operations
-from admin.access import ROLE_PERMISSIONS, Role
+from admin.access import ROLE_PERMISSIONS, ActorType, Permission, Principal, Role, require_member
 from admin.declared import Operation
+from admin.errors import Forbidden, NotFound
 
 _counter = itertools.count()
 # A public address written as one: saved without a DNS lookup (nothing is sent here).
@@ -282,9 +283,16 @@ BODIES: dict[str, Callable[[], Any]] = {
     "refundPayment": lambda: {"amount": 10_000, "force": True, "idempotency_key": unique("r")},
     "refundPurchase": lambda: {"amount": 10_000, "force": True, "idempotency_key": unique("r")},
     "putAutoRecharge": lambda: {"enabled": False, "threshold": 1_000_000, "amount": 5_000_000},
+    "putSpendManagement": lambda: {
+        "enabled": True,
+        "daily_budget": 10_000_000,
+        "notify_thresholds": [{"percent": 80}, {"amount": 2_000_000}],
+    },
     "putPaymentSettings": lambda: {"require_payment_method": True},
     "createWebhookEndpoint": lambda: {"url": HOOK_URL, "event_types": ["balance.low"]},
     "changeWebhookEndpoint": lambda: {"description": unique("Hooks ")},
+    "putNotificationSettings": lambda: {"invoice_email": unique("invoices") + "@x.test"},
+    "putNotificationSubscriptions": lambda: {"event_types": ["balance.low", "credits.added"]},
 }
 # Bodies naming an object of the account the call is on.
 BODIES_OF: dict[str, Callable[[dict[str, str]], Any]] = {
@@ -468,3 +476,29 @@ async def test_no_role_hands_out_more_than_it_holds(world: World) -> None:
     assert raised.status == 403
     assert (await call(world.client, "GET", f"/v1/accounts/{a}", status=200))["overage_line"] == 0
     assert AUTH  # the bootstrap token still works for everything
+
+
+@pytest.mark.parametrize(
+    ("role", "member", "may"),
+    [
+        (Role.VIEWER, "mem_me", True),  # one's own opt-ins, whatever the role
+        (Role.VIEWER, "mem_other", False),
+        (Role.BILLING, "mem_other", True),
+        (Role.ADMIN, "mem_other", True),
+        (Role.OWNER, "mem_other", True),
+    ],
+)
+def test_a_member_may_change_their_own_opt_ins_and_managers_anyones(
+    role: Role, member: str, may: bool
+) -> None:
+    me = Principal(ActorType.MEMBER, "mem_me", "Me", role, "acct_a")
+    if may:
+        require_member(me, Permission.NOTIFICATIONS_WRITE, "acct_a", member, "no member")
+    else:
+        with pytest.raises(Forbidden):
+            require_member(me, Permission.NOTIFICATIONS_WRITE, "acct_a", member, "no member")
+    with pytest.raises(NotFound):  # another account's member: as if it did not exist
+        require_member(me, Permission.NOTIFICATIONS_WRITE, "acct_b", member, "no member")
+    token = Principal(ActorType.ACCOUNT_TOKEN, "mem_me", "bot", Role.VIEWER, "acct_a")
+    with pytest.raises(Forbidden):  # a token whose id happens to match is no member
+        require_member(token, Permission.NOTIFICATIONS_WRITE, "acct_a", "mem_me", "no member")

@@ -45,6 +45,8 @@ DOCUMENTED_MISMATCH = {
     # The purchase bounds are the deployment's; the generator's amounts mostly miss them.
     "POST /v1/accounts/{account_id}/purchases",
     "PUT /v1/accounts/{account_id}/auto-recharge",
+    # A percentage threshold needs a daily budget (a rule across fields).
+    "PUT /v1/accounts/{account_id}/spend-management",
     # A confirmed SetupIntent is made by a browser at Stripe, beyond the generator.
     "POST /v1/accounts/{account_id}/payment-methods",
     # A host the generator writes does not resolve to a public address, here or anywhere.
@@ -71,9 +73,9 @@ def operations(doc: dict[str, Any]) -> int:
 
 
 async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str, str]:
-    """An account with two tax ids, a token and two webhook endpoints (a delivery of
-    one), one with two cards and a purchase, and one to close, for the operations on
-    one (the config names them)."""
+    """An account with two tax ids, a member, a token and two webhook endpoints (a
+    delivery of one), one with two cards and a purchase, and one to close, for the
+    operations on one (the config names them)."""
     values = ("DE136695976", "DE129273398")
     async with ClientSession(headers=AUTH) as http:
 
@@ -103,10 +105,14 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
             f"/v1/accounts/{paying}/purchases", {"amount": 50_000_000, "idempotency_key": "f"}
         )
         closing = await post("/v1/accounts", {"name": "Closing"})
-        token = await post(f"/v1/accounts/{account}/tokens", {"name": "fuzz", "role": "viewer"})
         hooks = f"/v1/accounts/{account}/webhook-endpoints"
         endpoint, doomed = [await post(hooks, {"url": HOOK_URL}) for _ in range(2)]
         delivery = await post(f"{hooks}/{endpoint}/test", {})
+        member = await post(
+            f"/v1/accounts/{account}/members",
+            {"email": "member@fuzz.test", "name": "Member", "role": "viewer"},
+        )
+        token = await post(f"/v1/accounts/{account}/tokens", {"name": "fuzz", "role": "viewer"})
     # Given up by the sender: a retry sends it again (then it is pending: 409).
     await pool.execute(
         "update notification_deliveries set status = 'failed' where id = $1", delivery
@@ -121,10 +127,12 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
         "ADMIN_FUZZ_CARD": cards[0],
         "ADMIN_FUZZ_PAYMENT": bought,
         "ADMIN_FUZZ_CLOSING": closing,
-        "ADMIN_FUZZ_TOKEN": token,
         "ADMIN_FUZZ_HOOK": endpoint,
         "ADMIN_FUZZ_HOOK_DELETE": doomed,
         "ADMIN_FUZZ_DELIVERY": delivery,
+        # Revoking is idempotent, and opt-ins are replaced: neither runs out.
+        "ADMIN_FUZZ_MEMBER": member,
+        "ADMIN_FUZZ_TOKEN": token,
     }
 
 

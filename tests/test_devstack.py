@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import orjson
@@ -82,6 +84,24 @@ def _first_response(url: str) -> urllib.error.HTTPError:
     raise AssertionError(f"{url} did not redirect")
 
 
+def _mail_reaches_the_sink(port: int, banner: str) -> None:
+    """A message sent to the sink is what the banner's command shows."""
+    message = EmailMessage()
+    message["From"] = "meter <billing@localhost>"
+    message["To"] = "owner@demo.test"
+    message["Subject"] = "Hello from the test"
+    message.set_content("It arrived.\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.send_message(message)
+    command = re.search(r"\n  (\S+ -m meter\.smtp_sink --show \S+)\n", banner)
+    assert command, banner
+    shown = subprocess.run(
+        shlex.split(command.group(1)), capture_output=True, text=True, cwd=ROOT, timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Subject: Hello from the test\n" in shown.stdout and "It arrived." in shown.stdout
+
+
 @pytest.mark.parametrize(
     "stop", [signal.SIGINT, signal.SIGHUP, signal.SIGKILL], ids=["ctrl-c", "hangup", "kill-9"]
 )
@@ -118,6 +138,12 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
             port = re.search(store + r" +\w+://[^ ]*127\.0\.0\.1:(\d+)", banner)
             assert port, banner
             ports[store] = int(port.group(1))
+        sink = re.search(
+            r"Mail +smtp://127\.0\.0\.1:(\d+) +\(a sink: every message kept in", banner
+        )
+        assert sink, banner
+        ports["smtp-sink"] = int(sink.group(1))
+        _mail_reaches_the_sink(ports["smtp-sink"], banner)
 
         req = urllib.request.Request(
             url, data=b'{"hello": "world"}', headers={"Authorization": f"Bearer {key}"}

@@ -11,6 +11,7 @@ import base64
 import ipaddress
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -153,3 +154,47 @@ def test_which_addresses_are_refused(address: str, private_allowed: bool, refuse
 def test_which_urls_are_refused_before_any_lookup(url: str, problem: str | None) -> None:
     got = url_problem(url)
     assert (got is None) if problem is None else (problem in (got or ""))
+
+
+@pytest.mark.parametrize(
+    ("case", "verifies"),
+    [
+        ("as_sent", True),
+        ("tampered_body", False),
+        ("wrong_secret", False),
+        ("stale_timestamp", False),
+        ("future_timestamp", False),
+        ("old_secret_during_rotation", True),
+        ("new_secret_during_rotation", True),
+    ],
+)
+async def test_signature_vectors(
+    receiver: tuple[Receiver, TestServer], case: str, verifies: bool
+) -> None:
+    """What a receiver's ``standardwebhooks`` check accepts of what we sent, and what
+    it refuses: another body, another secret, a timestamp 10 minutes off either way."""
+    r, server = receiver
+    old, new = new_secret(), new_secret()
+    rotating = case.endswith("rotation")
+    offset = {"stale_timestamp": -600, "future_timestamp": 600}.get(case, 0)
+    async with session(allow_private=True) as http:
+        attempt = await deliver(
+            http,
+            str(server.make_url("/hook")),
+            [new, old] if rotating else [new],
+            "msg_v",
+            BODY,
+            allow_private=True,
+            now=datetime.now(UTC) + timedelta(seconds=offset),
+        )
+    assert attempt.ok
+    [(body, headers)] = r.seen
+    if case == "tampered_body":
+        body = body.replace(b"5000000", b"9000000")
+    secret = {"wrong_secret": new_secret(), "old_secret_during_rotation": old}.get(case, new)
+    try:
+        Webhook(secret).verify(body, headers)
+        ok = True
+    except Exception:  # standardwebhooks' WebhookVerificationError
+        ok = False
+    assert ok is verifies

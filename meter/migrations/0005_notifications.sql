@@ -18,7 +18,7 @@ create table spend_thresholds (
     kind       text not null check (kind in ('absolute', 'percent')),
     value      bigint not null check (value > 0),
     created_at timestamptz not null default now(),
-    check (kind <> 'percent' or value <= 1000),
+    check (kind <> 'percent' or value <= 100),
     unique (account_id, kind, value)
 );
 
