@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from notifications_support import receiving
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from test_admin_support import NOW, Clock
@@ -28,6 +30,8 @@ from admin.access import SYSTEM
 from admin.audit import Actor
 from admin.errors import Conflict, InvalidInput, NotFound
 from meter.settings import Settings
+from notifications import deliveries, webhook_delivery
+from notifications.deliveries import Outlet
 from notifications.endpoint_records import ROTATION_OVERLAP, signing_secrets
 from notifications.endpoints import (
     MAX_ENDPOINTS,
@@ -520,3 +524,37 @@ async def test_the_delivery_log_pages_newest_first_with_every_attempt(hooks: Hoo
         "oops",
         hooks.now(),
     )
+
+
+# -- with the sender ----------------------------------------------------------------------
+
+
+async def test_the_sender_delivers_a_test_event_and_a_retry_with_both_secrets(
+    hooks: Hooks,
+) -> None:
+    """The rows written here are the ones the ledger worker's sender sends."""
+    hooks.clock.now = time.time()  # the receiver checks the signature's timestamp
+    service = hooks.with_private()
+    settings = Settings.from_env({}, webhook_allow_private=True)
+    out = Outlet(hooks.pool, settings, webhook_delivery.session(True), clock=hooks.clock)
+    try:
+        async with receiving() as receiver:
+            endpoint, old = await service.create(ACTOR, hooks.account, url=receiver.url)
+            _, new = await service.rotate_secret(ACTOR, hooks.account, endpoint.id)
+            sent = await service.send_test(ACTOR, hooks.account, endpoint.id)
+            assert await deliveries.send_due(out) == 1
+            await service.retry_delivery(ACTOR, hooks.account, endpoint.id, sent.id)
+            assert await deliveries.send_due(out) == 1
+            first, again = await receiver.wait_count(2)
+    finally:
+        await out.http.close()
+    assert first.id == again.id == sent.event_id  # the same webhook-id on the retry
+    assert first.json["type"] == TEST_EVENT and first.json["data"]["endpoint_id"] == endpoint.id
+    assert all(r.verifies_with(old) and r.verifies_with(new) for r in (first, again))
+    (logged,), _ = await service.deliveries(hooks.account, endpoint.id, limit=5)
+    assert (logged.status, logged.attempts) == ("succeeded", 2)
+    assert [(a.attempt, a.status_code, a.ok) for a in logged.attempt_log] == [
+        (1, 200, True),
+        (2, 200, True),
+    ]
+    assert logged.attempt_log[0].excerpt == "answer 200"
