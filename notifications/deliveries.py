@@ -31,6 +31,7 @@ from admin.repository import Conn
 from ledger.crash import CrashHook
 from meter.settings import Settings
 from notifications import events, mail, preferences, retry_schedule, smtp, webhook_delivery
+from notifications.endpoint_records import signing_secrets
 from notifications.metrics import NotificationMetrics
 from notifications.webhook_delivery import Attempt
 from payments import outbox
@@ -114,15 +115,6 @@ def open_outlet(
         metrics=metrics or NotificationMetrics(),
         crash=CrashHook.from_settings(settings),
     )
-
-
-def signing_secrets(endpoint: asyncpg.Record, now: datetime) -> list[str]:
-    """The current secret, and during a rotation's overlap the previous one too."""
-    secrets = [endpoint["secret"]]
-    until = endpoint["previous_expires_at"]
-    if endpoint["previous_secret"] and until is not None and until > now:
-        secrets.append(endpoint["previous_secret"])
-    return secrets
 
 
 def event_of(row: asyncpg.Record) -> dict[str, Any]:

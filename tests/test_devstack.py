@@ -162,7 +162,11 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
         )
         with urllib.request.urlopen(balance_req, timeout=10) as resp:
             balance = orjson.loads(resp.read())
-        assert balance["balance"] == 20_000_000 - charged
+        # The demo traffic meter dev sent (its banner says how much), and this call.
+        demo = re.search(r"Demo traffic: (\d+) calls, \$([0-9.]+)", banner)
+        assert demo is not None, banner
+        spent = round(float(demo.group(2)) * 1_000_000)
+        assert balance["balance"] == 20_000_000 - spent - charged
         assert balance["available"] == available
     finally:
         proc.send_signal(stop)

@@ -86,6 +86,11 @@ SAMPLES: dict[str, tuple[dict[str, Any], str, list[str]]] = {
         "auto recharge of $25.00 was held back",
         ["$25.00", "$2.00", "2 recharges already today"],
     ),
+    "payment.refunded": (
+        {"refund_id": "rfd_1", "payment_id": "pay_1", "amount": 5_000_000},
+        "$5.00 refunded to your card",
+        ["$5.00", "rfd_1", "taken from the balance"],
+    ),
     "payment_method.expiring": (
         {
             "payment_method_id": "pm_1",
@@ -193,13 +198,13 @@ def test_the_html_part_escapes_what_it_is_given() -> None:
 
 def test_an_event_without_a_template_gets_the_fallback_and_no_name_the_account_id() -> None:
     message = compose(
-        _event("payment.refunded", {"amount": 5_000_000}),
+        _event("invoice.issued", {"amount": 5_000_000}),  # a type still to come
         "ann@example.com",
         SETTINGS,
         message_id="dlv_1",
         account_name=None,
     )
-    assert message["Subject"] == "Billing event payment.refunded"
+    assert message["Subject"] == "Billing event invoice.issued"
     text, html = _parts(message)
     for part in (text, html):
         assert "acct_1" in part and "$5.00" in part and f"{PORTAL}/" in part

@@ -17,13 +17,14 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from mail_support import StartSmtp
 from notifications_support import Receiver, receiving
-from payments_support import Paying
+from payments_support import ACTOR, Paying
 
 from admin.ids import WEBHOOK_ENDPOINT, new_id
 from meter.local_servers import free_port
 from meter.settings import Secret
 from notifications import deliveries, loop, smtp, webhook_delivery
 from notifications.deliveries import Outlet
+from notifications.endpoints import EndpointChanges
 from payments import outbox
 
 
@@ -46,24 +47,28 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 async def endpoint(
-    paying: Paying, account: str, url: str, types: list[str] | None = None, **cols: Any
+    paying: Paying, account: str, url: str, types: list[str] | None = None, enabled: bool = True
 ) -> tuple[str, str]:
-    """An endpoint row as the webhook endpoints service writes it."""
-    eid, secret = new_id(WEBHOOK_ENDPOINT), new_secret()
+    """An endpoint made through the webhook endpoints service: (its id, its secret)."""
+    hooks = paying.services.webhooks
+    made, secret = await hooks.create(ACTOR, account, url=url, event_types=types or [])
+    if not enabled:
+        await hooks.patch(ACTOR, account, made.id, EndpointChanges(enabled=False))
+    return made.id, secret
+
+
+async def saved_while_public(paying: Paying, account: str, url: str) -> str:
+    """An endpoint row whose host resolved to a public address when it was saved (so
+    the save-time check passed), written as the service writes it."""
+    eid = new_id(WEBHOOK_ENDPOINT)
     await paying.pool.execute(
-        "insert into webhook_endpoints (id, account_id, url, event_types, secret)"
-        " values ($1, $2, $3, $4, $5)",
+        "insert into webhook_endpoints (id, account_id, url, secret) values ($1, $2, $3, $4)",
         eid,
         account,
         url,
-        types or [],
-        secret,
+        new_secret(),
     )
-    for col, value in cols.items():
-        await paying.pool.execute(
-            f"update webhook_endpoints set {col} = $2 where id = $1", eid, value
-        )
-    return eid, secret
+    return eid
 
 
 async def raise_event(paying: Paying, account: str, type_: str, key: str) -> str:
@@ -232,14 +237,8 @@ async def test_during_a_rotation_both_secrets_verify_and_after_it_only_the_new(
     paying: Paying, outlet: Outlet, receiver: Receiver
 ) -> None:
     account = await paying.account()
-    old = new_secret()
-    _, new = await endpoint(
-        paying,
-        account,
-        receiver.url,
-        previous_secret=old,
-        previous_expires_at=outlet.now() + timedelta(hours=24),
-    )
+    eid, old = await endpoint(paying, account, receiver.url)
+    _, new = await paying.services.webhooks.rotate_secret(ACTOR, account, eid)
     await raise_event(paying, account, "balance.low", "k8")
     await pump(outlet)
     await paying.pool.execute(  # the 24 hours are over
@@ -290,7 +289,7 @@ async def test_a_name_that_now_resolves_to_loopback_is_refused_at_connect(
     )
     account = await paying.account()
     port = receiver.url.split(":")[2].split("/")[0]
-    await endpoint(paying, account, f"http://hooks.customer.example:{port}/hooks")
+    await saved_while_public(paying, account, f"http://hooks.customer.example:{port}/hooks")
     event = await raise_event(paying, account, "balance.low", "k10")
     try:
         await pump(out)

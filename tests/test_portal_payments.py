@@ -597,7 +597,8 @@ async def test_a_viewer_sees_no_pay_controls(stack: Stack, page: Page) -> None:
     await page.get_by_role("link", name="Add credits").click()
     await expect(page.locator("#payments-read-only")).to_contain_text("may not buy credits")
     await page.get_by_role("link", name="Overview").click()
-    await expect(page.get_by_role("link", name="Details")).to_be_visible()
+    await expect(page.locator("a[href='/auto-recharge']", has_text="Details")).to_be_visible()
+    await expect(page.locator("a[href='/spend-management']", has_text="Details")).to_be_visible()
     await expect(page.get_by_role("link", name="Modify")).to_have_count(0)
 
 
