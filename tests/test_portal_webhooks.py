@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,7 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from browser import screenshot
 from playwright.async_api import Page, expect
-from portal_support import Provider, portal_settings, seed
+from portal_support import portal_settings, seed
+from test_portal_browser import Stack as BrowserStack
 
 from admin.app import create_app as create_admin
 from meter.local_servers import free_port
@@ -26,19 +26,7 @@ from portal.app import create_app as create_portal
 HOOK_URL = "https://1.1.1.1/meter-hooks"  # public, written as an address: no DNS lookup
 
 
-@dataclass
-class Stack:
-    provider: Provider
-    portal: TestServer
-    pool: asyncpg.Pool
-
-    def url(self, path: str) -> str:
-        return str(self.portal.make_url(path))
-
-    async def sign_in(self, page: Page, role: str = "owner") -> None:
-        await page.goto(await self.provider.link(role))
-        await expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
-
+class Stack(BrowserStack):
     async def endpoints(self) -> list[asyncpg.Record]:
         return await self.pool.fetch(  # type: ignore[no-any-return]
             "select * from webhook_endpoints where deleted_at is null order by created_at"
