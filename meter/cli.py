@@ -6,6 +6,7 @@
     meter ledger             the ledger worker (Redis streams -> Postgres)
     meter migrate            apply the SQL migrations
     meter reconcile [--repair]  prove Redis == Postgres; rebuild Redis from Postgres
+    meter close-period [--period YYYY-MM] [--account ID]  close a billing period by hand
     meter dev [--help]       everything on one machine, with a seeded demo account
 
 Settings come from the environment (see the README); a bad value stops here
@@ -64,6 +65,12 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from ledger.reconcile import command
 
     return asyncio.run(command(settings, repair=args.repair))
+
+
+def _close_period(settings: Settings, args: argparse.Namespace) -> int:
+    from billing.command import close_period
+
+    return asyncio.run(close_period(settings, args.period, args.account))
 
 
 # `meter dev`'s options: each overrides these settings (and so their variables).
@@ -153,6 +160,16 @@ def parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="compare Redis with Postgres, per account")
     rec.add_argument("--repair", action="store_true", help="rebuild Redis state from Postgres")
     rec.set_defaults(run=_reconcile)
+    close = sub.add_parser(
+        "close-period",
+        help="close a billing period: one invoice per account (idempotent)",
+        description="Close a billing period as the ledger worker does after it ends: one"
+        " invoice per account and period, then finalize the drafts whose grace ran out."
+        " Running it again changes nothing.",
+    )
+    close.add_argument("--period", help="YYYY-MM (default: the last period that has ended)")
+    close.add_argument("--account", help="only this account")
+    close.set_defaults(run=_close_period)
     _dev_parser(sub)
     return top
 

@@ -159,6 +159,11 @@ PAYMENT_CRASH_POINTS = (
     "payment_before_stripe",  # a payment is written, Stripe not yet called
     "payment_after_stripe",  # Stripe charged, its answer not yet recorded
 )
+CLOSE_CRASH_POINTS = (
+    "close_after_lines",  # an invoice's lines computed, nothing written yet
+    "close_before_number",  # a draft is being finalized, no number taken yet
+    "close_after_number",  # its number taken, the finalization not committed
+)
 DELIVERY_CRASH_POINTS = (
     "delivery_before_send",  # a delivery is claimed, nothing sent yet
     "delivery_after_send",  # the receiver answered, the answer not yet recorded
@@ -176,7 +181,12 @@ def _return_urls(raw: str) -> tuple[str, ...]:
 
 def _crash_points(raw: str) -> frozenset[str]:
     points = frozenset(p.strip() for p in raw.split(",") if p.strip())
-    unknown = points - {*CRASH_POINTS, *PAYMENT_CRASH_POINTS, *DELIVERY_CRASH_POINTS}
+    unknown = points - {
+        *CRASH_POINTS,
+        *PAYMENT_CRASH_POINTS,
+        *DELIVERY_CRASH_POINTS,
+        *CLOSE_CRASH_POINTS,
+    }
     if unknown:
         raise ValueError(f"unknown crash point(s) {', '.join(sorted(unknown))}")
     return points
@@ -347,6 +357,20 @@ class Settings:
     # Who sends a delivery (webhook or email) holds it this long; a worker killed
     # mid-send leaves it to another after that. More than a send's 15 s timeout.
     delivery_lease: float = _env("METER_DELIVERY_LEASE", "60", _float(0.05, 3600))
+    # Billing periods and invoices (billing/). A period is a UTC calendar month from
+    # this day of the month (1 to 28).
+    billing_anchor_day: int = _env("METER_BILLING_ANCHOR_DAY", "1", _int(1, 28))
+    # A closed period's invoice stays a draft this long (late corrections), then is
+    # finalized: numbered, frozen, charged.
+    invoice_grace: float = _env("METER_INVOICE_GRACE", "3600", _float(0, 30 * 86_400))
+    # Invoice numbers: this prefix and a sequence without gaps (INV-000001, ...).
+    invoice_prefix: str = _env("METER_INVOICE_PREFIX", "INV-", _str)
+    # An open invoice is due this many days after it is finalized (net N).
+    invoice_net_days: int = _env("METER_INVOICE_NET_DAYS", "14", _int(0, 365))
+    # The seller on every invoice, frozen at finalization.
+    seller_name: str = _env("METER_SELLER_NAME", "Meter", _str)
+    seller_address: str = _env("METER_SELLER_ADDRESS", "", _str)
+    seller_tax_id: str = _env("METER_SELLER_TAX_ID", "", _str)
     # Ledger worker (see ledger/worker.py). A batch closes at METER_LEDGER_BATCH events or
     # METER_LEDGER_MAX_WAIT seconds after its first event, whichever comes first.
     ledger_host: str = _env("METER_LEDGER_HOST", "127.0.0.1", _str)

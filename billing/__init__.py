@@ -1,0 +1,1 @@
+"""Billing periods and invoices: the period closed once, its invoice from the ledger."""

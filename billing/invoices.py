@@ -1,0 +1,457 @@
+"""The close of a billing period: one invoice per account and period, from the ledger.
+
+``close_account`` writes an account's invoice for a period in one transaction under
+the account's row lock; the unique (account, period) key makes a second close,
+whoever runs it, change nothing. Its lines are the usage rollups of the period's UTC
+days by route. The amount due is the overage drawn: what the book balance owed below
+zero at the period's end, less what earlier unpaid invoices already bill; what usage
+and fee cost beyond it, prepaid credits covered ("credits applied"). The balance at
+the end is today's book balance without what came after: credits entered since, and
+the usage of later days (the rollups), so a late call lands in its own period.
+
+``finalize`` turns a draft whose grace ran out into an open (or, with nothing due,
+paid) invoice: the next number from ``invoice_counter`` (its row lock makes numbers
+gapless), seller and buyer frozen, a due date, the "Applied credit balance to
+invoice" entry of zero net effect in the balance history, and ``invoice.finalized``.
+``close_period`` walks every account (``SKIP LOCKED``: workers share the walk) once the
+ledger holds every usage event of the period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from admin import ids
+from admin.errors import NotFound
+from admin.repository import Conn
+from billing.periods import Period
+from ledger.crash import CrashHook
+from meter import keys
+from meter.live_state import LiveState
+from meter.money import money
+from meter.settings import Settings
+from payments import outbox
+
+log = logging.getLogger("meter.billing")
+
+INVOICE = "inv"
+# Calls admitted before the period's end may reach Redis's stream this much later (by
+# its clock): the close waits until every entry before end + skew is booked.
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    position: int
+    kind: str  # usage | fee | credits_applied
+    description: str
+    route: str | None
+    calls: int | None
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    id: str
+    account_id: str
+    period: Period
+    status: str
+    number: str | None
+    currency: str
+    usage_amount: int
+    fee_amount: int
+    credits_applied: int
+    amount_due: int
+    amount_paid: int
+    balance_at_end: int
+    seller: dict[str, Any] | None
+    buyer: dict[str, Any] | None
+    created_at: datetime
+    finalize_after: datetime
+    finalized_at: datetime | None
+    due_at: datetime | None
+    paid_at: datetime | None
+    lines: tuple[Line, ...]
+
+    @classmethod
+    def from_rows(cls, row: Mapping[str, Any], lines: list[Mapping[str, Any]]) -> Invoice:
+        return cls(
+            id=row["id"],
+            account_id=row["account_id"],
+            period=Period(row["period_start"], row["period_end"]),
+            status=row["status"],
+            number=row["number"],
+            currency=row["currency"],
+            usage_amount=row["usage_amount"],
+            fee_amount=row["fee_amount"],
+            credits_applied=row["credits_applied"],
+            amount_due=row["amount_due"],
+            amount_paid=row["amount_paid"],
+            balance_at_end=row["balance_at_end"],
+            seller=orjson.loads(row["seller"]) if row["seller"] else None,
+            buyer=orjson.loads(row["buyer"]) if row["buyer"] else None,
+            created_at=row["created_at"],
+            finalize_after=row["finalize_after"],
+            finalized_at=row["finalized_at"],
+            due_at=row["due_at"],
+            paid_at=row["paid_at"],
+            lines=tuple(
+                Line(
+                    r["position"], r["kind"], r["description"], r["route"], r["calls"], r["amount"]
+                )
+                for r in lines
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """The money of one close. Pure: ``amount_due + credits_applied == usage + fee``."""
+
+    usage: int
+    fee: int
+    balance_at_end: int
+    already_billed: int
+
+    @property
+    def amount_due(self) -> int:
+        owed = max(0, -self.balance_at_end) - self.already_billed
+        return min(max(0, owed), self.usage + self.fee) if self.usage + self.fee > 0 else 0
+
+    @property
+    def credits_applied(self) -> int:
+        return self.usage + self.fee - self.amount_due
+
+
+async def load(conn: Conn, invoice_id: str) -> Invoice | None:
+    row = await conn.fetchrow("select * from invoices where id = $1", invoice_id)
+    if row is None:
+        return None
+    lines = await conn.fetch(
+        "select * from invoice_lines where invoice_id = $1 order by position", invoice_id
+    )
+    return Invoice.from_rows(row, lines)
+
+
+async def close_account(
+    conn: Conn,
+    account_id: str,
+    period: Period,
+    *,
+    now: datetime,
+    grace: float,
+    crash: CrashHook | None = None,
+) -> Invoice | None:
+    """The account's invoice for ``period``, written now or found; in one transaction.
+    None: the account did not exist in the period."""
+    async with conn.transaction():
+        account = await conn.fetchrow(
+            "select id, balance, created_at from accounts where id = $1 for update", account_id
+        )
+        if account is None or account["created_at"] >= period.end_at():
+            return None
+        found = await conn.fetchval(
+            "select id from invoices where account_id = $1 and period_start = $2",
+            account_id,
+            period.start,
+        )
+        if found is not None:
+            return await load(conn, found)
+        routes = await conn.fetch(
+            "select route, sum(calls)::bigint as calls, sum(amount)::bigint as amount"
+            " from usage_rollups where account_id = $1 and day >= $2 and day < $3"
+            " group by route having sum(calls) <> 0 or sum(amount) <> 0 order by route",
+            account_id,
+            period.start_day,
+            period.end_day,
+        )
+        later_usage = await conn.fetchval(
+            "select coalesce(sum(amount), 0)::bigint from usage_rollups"
+            " where account_id = $1 and day >= $2",
+            account_id,
+            period.end_day,
+        )
+        later_credits = await conn.fetchval(
+            "select coalesce(sum(amount), 0)::bigint from ledger_entries"
+            " where account_id = $1 and kind <> 'usage' and created_at >= $2",
+            account_id,
+            period.end_at(),
+        )
+        billed = await conn.fetchval(
+            "select coalesce(sum(amount_due - amount_paid), 0)::bigint from invoices"
+            " where account_id = $1 and status in ('draft', 'open')",
+            account_id,
+        )
+        due = Due(
+            usage=sum(r["amount"] for r in routes),
+            fee=0,
+            balance_at_end=account["balance"] - later_credits + later_usage,
+            already_billed=billed,
+        )
+        if crash is not None:
+            crash("close_after_lines")
+        invoice_id = ids.new_id(INVOICE)
+        await conn.execute(
+            "insert into invoices (id, account_id, period_start, period_end, status,"
+            " usage_amount, fee_amount, credits_applied, amount_due, balance_at_end,"
+            " finalize_after) values ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10)",
+            invoice_id,
+            account_id,
+            period.start,
+            period.end,
+            due.usage,
+            due.fee,
+            due.credits_applied,
+            due.amount_due,
+            due.balance_at_end,
+            now + timedelta(seconds=grace),
+        )
+        lines = [
+            (
+                "usage",
+                f"Usage: {r['route']} ({r['calls']:,} calls)",
+                r["route"],
+                r["calls"],
+                r["amount"],
+            )
+            for r in routes
+        ]
+        if due.credits_applied:
+            lines.append(
+                ("credits_applied", "Applied credit balance", None, None, -due.credits_applied)
+            )
+        await conn.executemany(
+            "insert into invoice_lines (invoice_id, position, kind, description, route, calls,"
+            " amount) values ($1, $2, $3, $4, $5, $6, $7)",
+            [(invoice_id, i, *line) for i, line in enumerate(lines, 1)],
+        )
+        return await load(conn, invoice_id)
+
+
+def seller(settings: Settings) -> dict[str, Any]:
+    return {
+        "name": settings.seller_name,
+        "address": [p.strip() for p in settings.seller_address.split(";") if p.strip()],
+        "tax_id": settings.seller_tax_id or None,
+    }
+
+
+async def _buyer(conn: Conn, account_id: str) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        "select a.name, a.billing_email, p.legal_name, p.address_line1, p.address_line2,"
+        " p.city, p.postal_code, p.state, p.country, p.po_number from accounts a"
+        " left join billing_profiles p on p.account_id = a.id where a.id = $1",
+        account_id,
+    )
+    taxes = await conn.fetch(
+        "select type, country, value from tax_ids where account_id = $1 and deleted_at is null"
+        " and status = 'verified' order by created_at",
+        account_id,
+    )
+    return {
+        "name": row["legal_name"] or row["name"],
+        "email": row["billing_email"],
+        "address": [
+            v
+            for v in (
+                row["address_line1"],
+                row["address_line2"],
+                " ".join(x for x in (row["postal_code"], row["city"]) if x) or None,
+                row["state"],
+                row["country"],
+            )
+            if v
+        ],
+        "po_number": row["po_number"],
+        "tax_ids": [dict(t) for t in taxes],
+    }
+
+
+async def finalize(
+    conn: Conn,
+    invoice_id: str,
+    settings: Settings,
+    *,
+    now: datetime,
+    crash: CrashHook | None = None,
+) -> Invoice | None:
+    """Number, freeze and open (or, nothing due, mark paid) one draft; in one
+    transaction. A draft already finalized is returned as it is."""
+    async with conn.transaction():
+        row = await conn.fetchrow("select * from invoices where id = $1 for update", invoice_id)
+        if row is None:
+            return None
+        if row["status"] != "draft":
+            return await load(conn, invoice_id)
+        if crash is not None:
+            crash("close_before_number")
+        n = await conn.fetchval("update invoice_counter set next = next + 1 returning next - 1")
+        number = f"{settings.invoice_prefix}{n:06d}"
+        if crash is not None:
+            crash("close_after_number")
+        paid = row["amount_due"] == 0
+        await conn.execute(
+            "update invoices set status = $2, number = $3, seller = $4::jsonb, buyer = $5::jsonb,"
+            " finalized_at = $6, due_at = $7, paid_at = $8, row_version = row_version + 1"
+            " where id = $1",
+            invoice_id,
+            "paid" if paid else "open",
+            number,
+            orjson.dumps(seller(settings)).decode(),
+            orjson.dumps(await _buyer(conn, row["account_id"])).decode(),
+            now,
+            now + timedelta(days=settings.invoice_net_days),
+            now if paid else None,
+        )
+        if row["credits_applied"]:
+            await _credits_applied_entry(conn, row["account_id"], invoice_id, number, row)
+        await outbox.raise_event(
+            conn,
+            "invoice.finalized",
+            row["account_id"],
+            f"invoice.finalized:{invoice_id}",
+            {
+                "invoice_id": invoice_id,
+                "number": number,
+                "period": f"{row['period_start']:%Y-%m}",
+                "amount_due": row["amount_due"],
+                "usage": row["usage_amount"],
+                "credits_applied": row["credits_applied"],
+                "due_at": (now + timedelta(days=settings.invoice_net_days)).isoformat(),
+            },
+        )
+        return await load(conn, invoice_id)
+
+
+async def _credits_applied_entry(
+    conn: Conn, account_id: str, invoice_id: str, number: str, row: Mapping[str, Any]
+) -> None:
+    """The balance history's line of zero net effect: what prepaid credits covered."""
+    balance = await conn.fetchval(
+        "select balance from accounts where id = $1 for update", account_id
+    )
+    await conn.execute(
+        "insert into ledger_entries (account_id, amount, balance_after, kind, description,"
+        " idempotency_key, redis_applied) values ($1, 0, $2, 'credits_applied', $3, $4, true)"
+        " on conflict (account_id, idempotency_key) do nothing",
+        account_id,
+        balance,
+        f"Applied credit balance to invoice {number}: {money(row['credits_applied'])}"
+        f" of {money(row['usage_amount'] + row['fee_amount'])}",
+        f"credits_applied:{invoice_id}",
+    )
+
+
+async def ledger_caught_up(
+    pool: asyncpg.Pool, live: LiveState, shards: int, period: Period
+) -> bool:
+    """Whether every usage event admitted before the period's end is in the ledger: on
+    every shard, the first entry past the booked offset (if any) came after the end
+    (and the clock skew allowance)."""
+    offsets = dict(await pool.fetch("select shard, last_id from ledger_offsets"))
+    limit_ms = int((period.end_at() + CLOCK_SKEW).timestamp() * 1000)
+    for shard in range(shards):
+        after = offsets.get(shard, "0-0")
+        found = await live.redis.xrange(keys.usage_stream(shard), f"({after}", "+", count=1)
+        if found:
+            first_id = found[0][0]
+            first = first_id.decode() if isinstance(first_id, bytes) else str(first_id)
+            if int(first.split("-")[0]) < limit_ms:
+                return False
+    return True
+
+
+@dataclass
+class Closer:
+    """The period close and finalization, as the ledger worker and the CLI run them."""
+
+    pool: asyncpg.Pool
+    live: LiveState
+    settings: Settings
+    clock: Callable[[], float] = time.time
+    crash: CrashHook | None = None
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def close_period(self, period: Period, account_id: str | None = None) -> int:
+        """Close ``period`` for every account (or one); returns invoices written or found.
+        Raises ``NotCaughtUp`` while the ledger still lacks some of its usage."""
+        if self.now() < period.end_at():
+            raise PeriodOpen(f"the period {period.label} ends at {period.end_at():%Y-%m-%d}")
+        if not await ledger_caught_up(self.pool, self.live, self.settings.shards, period):
+            raise NotCaughtUp(f"the ledger has not booked all of {period.label}'s usage yet")
+        if account_id is not None:
+            async with self.pool.acquire() as conn:
+                if await conn.fetchval("select 1 from accounts where id = $1", account_id) is None:
+                    raise NotFound(f"no account {account_id!r}")
+                return 0 if await self._one(conn, account_id, period) is None else 1
+        count, after = 0, ""
+        async with self.pool.acquire() as conn:
+            while True:
+                batch = await conn.fetch(
+                    "select a.id from accounts a where a.id > $1 and a.created_at < $2"
+                    " and not exists (select 1 from invoices i where i.account_id = a.id"
+                    " and i.period_start = $3) order by a.id limit 200",
+                    after,
+                    period.end_at(),
+                    period.start,
+                )
+                if not batch:
+                    break
+                for r in batch:
+                    if await self._one(conn, r["id"], period) is not None:
+                        count += 1
+                after = batch[-1]["id"]
+            await conn.execute(
+                "insert into billing_periods (period_start, period_end, invoices)"
+                " values ($1, $2, (select count(*) from invoices where period_start = $1))"
+                " on conflict do nothing",
+                period.start,
+                period.end,
+            )
+        return count
+
+    async def _one(self, conn: Conn, account_id: str, period: Period) -> Invoice | None:
+        return await close_account(
+            conn,
+            account_id,
+            period,
+            now=self.now(),
+            grace=self.settings.invoice_grace,
+            crash=self.crash,
+        )
+
+    async def finalize_due(self, limit: int = 100) -> int:
+        """Finalize drafts whose grace ran out; any number of workers (SKIP LOCKED)."""
+        done = 0
+        async with self.pool.acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    row = await conn.fetchrow(
+                        "select id from invoices where status = 'draft' and finalize_after <= $1"
+                        " order by finalize_after, id limit 1 for update skip locked",
+                        self.now(),
+                    )
+                    if row is None:
+                        return done
+                    await finalize(conn, row["id"], self.settings, now=self.now(), crash=self.crash)
+                done += 1
+                if done >= limit:
+                    return done
+
+
+class PeriodOpen(Exception):
+    """The period has not ended."""
+
+
+class NotCaughtUp(Exception):
+    """The ledger still lacks usage of the period."""

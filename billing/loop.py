@@ -1,0 +1,47 @@
+"""The billing loop of the ledger worker: close the last period once it is booked, and
+finalize drafts whose grace has run out.
+
+Every sweep interval it looks at the last period that has ended; until
+``billing_periods`` records it closed, it closes it as soon as the ledger holds all of
+its usage (``Closer.close_period``). Any number of workers run it side by side: the
+invoice is unique per account and period and each account is closed under its row
+lock; drafts are finalized under ``SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from billing import periods
+from billing.invoices import Closer, NotCaughtUp, PeriodOpen
+from meter import postgres_errors
+from meter.live_state import StateUnavailable
+from meter.woken_loop import run_woken
+
+log = logging.getLogger("meter.billing")
+
+CHANNEL = "meter_billing"
+PASSING: tuple[type[BaseException], ...] = (*postgres_errors.UNAVAILABLE, StateUnavailable)
+
+
+async def step(closer: Closer) -> None:
+    period = periods.last_closed(closer.now(), closer.settings.billing_anchor_day)
+    closed = await closer.pool.fetchval(
+        "select 1 from billing_periods where period_start = $1", period.start
+    )
+    if closed is None:
+        try:
+            written = await closer.close_period(period)
+            log.info("period closed", extra={"period": period.label, "invoices": written})
+        except (NotCaughtUp, PeriodOpen) as exc:
+            log.info("period not closed yet: %s", exc)
+    await closer.finalize_due()
+
+
+async def run(closer: Closer, stop: asyncio.Event) -> None:
+    async def once() -> float:
+        await step(closer)
+        return closer.settings.payments_sweep_interval
+
+    await run_woken(closer.settings.database_url, CHANNEL, once, stop, passing=PASSING, log=log)

@@ -1,0 +1,207 @@
+"""Billing periods and their invoices: periods and the money of a close (pure, and by
+hypothesis), then closes of real usage booked by a real ledger worker, tied to the
+rollups and the ledger to the micro; exactly once under concurrent closers; gapless
+numbers; frozen buyers; the "Applied credit balance to invoice" entry."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from ledger_fixtures import caught_up, running_worker, wait_for
+from notifications_support import spend
+from payments_support import ACTOR, USD, Paying
+
+from admin import models
+from billing import periods
+from billing.invoices import Closer, Due, NotCaughtUp, PeriodOpen
+from billing.periods import Period
+
+# -- periods ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("day", "anchor", "start", "end"),
+    [
+        (date(2026, 12, 31), 1, date(2026, 12, 1), date(2027, 1, 1)),
+        (date(2027, 1, 1), 1, date(2027, 1, 1), date(2027, 2, 1)),
+        (date(2027, 2, 28), 1, date(2027, 2, 1), date(2027, 3, 1)),
+        (date(2027, 1, 14), 15, date(2026, 12, 15), date(2027, 1, 15)),
+        (date(2027, 1, 15), 15, date(2027, 1, 15), date(2027, 2, 15)),
+    ],
+)
+def test_a_day_belongs_to_one_period(day: date, anchor: int, start: date, end: date) -> None:
+    assert periods.containing(day, anchor) == Period(start, end)
+
+
+def test_the_last_millisecond_and_the_first_fall_either_side() -> None:
+    end = datetime(2027, 1, 1, tzinfo=UTC)
+    assert periods.at(end - timedelta(milliseconds=1)).label == "2026-12"
+    assert periods.at(end).label == "2027-01"
+    assert periods.last_closed(end).label == "2026-12"
+    assert periods.parse("2026-12") == Period(date(2026, 12, 1), date(2027, 1, 1))
+    for bad in ("2026-13", "26-12", "december"):
+        with pytest.raises(ValueError, match="YYYY-MM"):
+            periods.parse(bad)
+
+
+@given(
+    usage=st.integers(0, 10**12),
+    fee=st.integers(0, 10**9),
+    balance=st.integers(-(10**12), 10**12),
+    billed=st.integers(0, 10**12),
+)
+def test_due_and_credits_applied_add_up_to_what_was_used(
+    usage: int, fee: int, balance: int, billed: int
+) -> None:
+    due = Due(usage, fee, balance, billed)
+    assert due.amount_due + due.credits_applied == usage + fee
+    assert 0 <= due.amount_due <= usage + fee
+    assert due.amount_due <= max(0, -balance)  # never more than the overage drawn
+    if billed == 0 and -balance <= usage + fee:
+        assert due.amount_due == max(0, -balance)
+
+
+# -- closes of real usage -----------------------------------------------------------------
+
+DEC = periods.parse("2026-12")
+LAST_DAY, FIRST_DAY = DEC.end_day - 1, DEC.end_day  # 2026-12-31, 2027-01-01
+
+
+def closer(paying: Paying, at: datetime, **settings: object) -> Closer:
+    s = paying.settings.replace(invoice_grace=0.0, **settings)
+    return Closer(paying.pool, paying.live, s, clock=lambda: at.timestamp())
+
+
+async def overage_account(paying: Paying, name: str = "Acme") -> tuple[str, int]:
+    account = await paying.account(name, credit=10 * USD)
+    await paying.services.provisioning.set_limits(
+        ACTOR,
+        account,
+        models.Limits(overage_line=50 * USD, daily_hard_limit=None, daily_notify_threshold=None),
+        if_match=None,
+    )
+    return account, (await paying.services.provisioning.account(account)).shard
+
+
+async def booked(paying: Paying) -> None:
+    async def done() -> bool:
+        async with paying.pool.acquire() as conn:
+            return await caught_up(conn, paying.live, paying.settings.shards)
+
+    await wait_for(done, 20, "the usage booked")
+
+
+async def test_an_invoice_ties_to_the_rollups_and_the_ledger_to_the_micro(
+    paying: Paying,
+) -> None:
+    account, shard = await overage_account(paying)
+    async with running_worker(paying.settings):
+        for price in (7 * USD, 5 * USD):  # the period's last day: $12
+            await spend(paying.live, shard, account, price, LAST_DAY)
+        await spend(paying.live, shard, account, 3 * USD, FIRST_DAY)  # the next period's
+        await booked(paying)
+    after_end = DEC.end_at() + timedelta(minutes=2)
+    c = closer(paying, after_end)
+    assert await c.close_period(DEC) == 1
+    [row] = await paying.pool.fetch("select * from invoices where account_id = $1", account)
+    lines = await paying.pool.fetch(
+        "select * from invoice_lines where invoice_id = $1 order by position", row["id"]
+    )
+    rollups = await paying.pool.fetchval(
+        "select sum(amount) from usage_rollups where account_id = $1 and day >= $2 and day < $3",
+        account,
+        DEC.start_day,
+        DEC.end_day,
+    )
+    used = await paying.pool.fetchval(
+        "select -sum(amount) from ledger_entries where account_id = $1 and kind = 'usage'",
+        account,
+    )
+    assert rollups == 12 * USD and used == 15 * USD  # the book holds both periods' usage
+    assert sum(r["amount"] for r in lines if r["kind"] == "usage") == rollups
+    assert [(r["route"], r["calls"]) for r in lines if r["kind"] == "usage"] == [("chat", 2)]
+    # $10 of credits, $12 used: $2 overage at the end of December (January's $3 after).
+    assert (row["balance_at_end"], row["amount_due"], row["credits_applied"]) == (
+        -2 * USD,
+        2 * USD,
+        10 * USD,
+    )
+    assert row["usage_amount"] == row["amount_due"] + row["credits_applied"]
+    assert [r["amount"] for r in lines if r["kind"] == "credits_applied"] == [-10 * USD]
+    assert await paying.book_balance(account) == -5 * USD
+
+
+async def test_a_close_is_once_whoever_runs_it_and_however_often(paying: Paying) -> None:
+    accounts = [(await overage_account(paying, f"A{i}"))[0] for i in range(5)]
+    c = closer(paying, DEC.end_at() + timedelta(minutes=2))
+    got = await asyncio.gather(*(c.close_period(DEC) for _ in range(3)))
+    assert sum(got) >= 5  # each closer counts what it wrote or found
+    assert await c.close_period(DEC) == 0  # nothing left to close
+    rows = await paying.pool.fetch(
+        "select account_id from invoices where period_start = $1", DEC.start
+    )
+    assert sorted(r["account_id"] for r in rows) == sorted(accounts)
+    closed = await paying.pool.fetchrow(
+        "select * from billing_periods where period_start = $1", DEC.start
+    )
+    assert closed["invoices"] == 5
+
+
+async def test_not_before_the_end_nor_before_the_ledger_has_the_usage(paying: Paying) -> None:
+    account, shard = await overage_account(paying)
+    with pytest.raises(PeriodOpen):
+        await closer(paying, DEC.end_at() - timedelta(milliseconds=1)).close_period(DEC)
+    await spend(paying.live, shard, account, USD, LAST_DAY)  # not booked: no worker runs
+    with pytest.raises(NotCaughtUp):
+        await closer(paying, DEC.end_at() + timedelta(minutes=2)).close_period(DEC)
+    assert await paying.pool.fetchval("select count(*) from invoices") == 0
+
+
+async def test_finalizing_numbers_without_gaps_freezes_the_buyer_and_shows_credits_applied(
+    paying: Paying,
+) -> None:
+    heavy, shard = await overage_account(paying, "Heavy")
+    idle, _ = await overage_account(paying, "Idle")
+    await paying.services.profiles.put_profile(
+        ACTOR, heavy, models.BillingProfileIn(legal_name="Heavy GmbH", country="DE"), if_match=None
+    )
+    async with running_worker(paying.settings):
+        await spend(paying.live, shard, heavy, 4 * USD, LAST_DAY)
+        await booked(paying)
+    at = DEC.end_at() + timedelta(minutes=2)
+    c = closer(paying, at, invoice_prefix="T-", seller_name="Meter Ltd")
+    await c.close_period(DEC)
+    assert await asyncio.gather(c.finalize_due(), c.finalize_due()) in ([2, 0], [0, 2], [1, 1])
+    rows = {
+        r["account_id"]: r
+        for r in await paying.pool.fetch(
+            "select * from invoices where period_start = $1", DEC.start
+        )
+    }
+    assert sorted(r["number"] for r in rows.values()) == ["T-000001", "T-000002"]
+    h, i = rows[heavy], rows[idle]
+    # $4 used of $10 of credits: nothing due, so paid at once, for the record.
+    assert (h["status"], h["amount_due"], h["credits_applied"]) == ("paid", 0, 4 * USD)
+    assert i["status"] == "paid" and i["usage_amount"] == 0 and i["paid_at"] == at
+    assert h["due_at"] == at + timedelta(days=14)
+    assert orjson.loads(h["buyer"])["name"] == "Heavy GmbH"
+    assert orjson.loads(h["seller"])["name"] == "Meter Ltd"
+    # A later edit of the profile does not rewrite the invoice.
+    await paying.services.profiles.put_profile(
+        ACTOR, heavy, models.BillingProfileIn(legal_name="Renamed AG", country="DE"), if_match=None
+    )
+    again = await paying.pool.fetchval("select buyer from invoices where id = $1", h["id"])
+    assert orjson.loads(again)["name"] == "Heavy GmbH"
+    [entry] = await paying.credits(heavy, "credits_applied")
+    assert entry["amount"] == 0 and entry["balance_after"] == 6 * USD
+    assert (
+        entry["description"] == f"Applied credit balance to invoice {h['number']}: $4.00 of $4.00"
+    )
+    [event] = await paying.events(heavy, "invoice.finalized")
+    assert h["id"] in event["data"]
+    assert await c.finalize_due() == 0  # finalized once
