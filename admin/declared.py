@@ -62,12 +62,17 @@ async def _payment_owner(s: Services, payment_id: str) -> str | None:
     return await s.provisioning.owner_of("payments", payment_id)
 
 
+async def _invoice_owner(s: Services, invoice_id: str) -> str | None:
+    return await s.provisioning.owner_of("invoices", invoice_id)
+
+
 SCOPES: dict[str, Scope] = {
     "account_id": Scope(ids.ACCOUNT, "account", None),
     "project_id": Scope(ids.PROJECT, "project", _project_owner),
     "key_id": Scope(ids.API_KEY, "API key", _key_owner),
     "token_id": Scope(ids.TOKEN, "token", _token_owner),
     "payment_id": Scope(ids.PAYMENT, "payment", _payment_owner),
+    "invoice_id": Scope(ids.INVOICE, "invoice", _invoice_owner),
 }
 
 

@@ -27,6 +27,7 @@ REFUND = "rfd"
 THRESHOLD = "thr"
 WEBHOOK_ENDPOINT = "we"
 DELIVERY = "dlv"
+INVOICE = "inv"
 
 _SHAPE = re.compile(r"[a-z]{1,8}_[0-9A-Za-z]{1,64}")
 

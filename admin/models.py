@@ -662,6 +662,54 @@ class SpendManagement(Output):
     day: date = Field(description="The UTC day the figures are of.")
 
 
+INVOICE_ID_PATTERN = "^inv_[0-9A-Za-z]{1,64}$"
+
+
+class InvoiceLine(Output):
+    kind: Literal["usage", "fee", "credits_applied"]
+    description: str
+    route: str | None
+    calls: int | None
+    amount: int = Field(description=MICROS + " Credits applied are negative.")
+
+
+class InvoiceParty(Output):
+    name: str | None
+    email: str | None = None
+    address: list[str]
+    tax_id: str | None = None
+    po_number: str | None = None
+    tax_ids: list[dict[str, str]] = Field(default_factory=list)
+
+
+class Invoice(Output):
+    id: str = Field(pattern=INVOICE_ID_PATTERN)
+    object: Literal["invoice"] = "invoice"
+    account_id: str
+    number: str | None = Field(description="Sequential per deployment; null while a draft.")
+    status: Literal["draft", "open", "paid", "void", "uncollectible"]
+    period_start: date = Field(description="The first day of the period (UTC).")
+    period_end: date = Field(description="The first day after the period (UTC).")
+    currency: str
+    usage: int = Field(description=MICROS + " The usage lines.")
+    fee: int
+    credits_applied: int = Field(description=MICROS + " What prepaid credits covered.")
+    amount_due: int = Field(description=MICROS + " The overage drawn: usage + fee - credits.")
+    amount_paid: int
+    lines: list[InvoiceLine]
+    seller: InvoiceParty | None
+    buyer: InvoiceParty | None = Field(description="Frozen at finalization.")
+    created_at: datetime
+    finalized_at: datetime | None
+    due_at: datetime | None
+    paid_at: datetime | None
+
+
+class InvoicePage(Output):
+    data: list[Invoice]
+    next_cursor: str | None = Field(pattern=INVOICE_ID_PATTERN)
+
+
 class AutoRecharge(Output):
     object: Literal["auto_recharge"] = "auto_recharge"
     enabled: bool

@@ -9,6 +9,7 @@ from admin import (
     routes_accounts,
     routes_credits,
     routes_history,
+    routes_invoices,
     routes_notifications,
     routes_payments,
     routes_people,
@@ -29,6 +30,7 @@ ALL: list[declared.Operation] = [
     *routes_portal.OPERATIONS,
     *routes_payments.OPERATIONS,
     *routes_spend.OPERATIONS,
+    *routes_invoices.OPERATIONS,
     *routes_notifications.OPERATIONS,
     *routes_webhooks.OPERATIONS,
 ]

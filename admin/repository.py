@@ -112,7 +112,7 @@ async def list_accounts(
 
 async def owner_of(conn: Conn, table: str, object_id: str) -> str | None:
     """The account an object belongs to (None: no such object, or an operator token)."""
-    assert table in ("projects", "api_keys", "api_tokens", "payments")
+    assert table in ("projects", "api_keys", "api_tokens", "payments", "invoices")
     value: str | None = await conn.fetchval(
         f"select account_id from {table} where id = $1", object_id
     )

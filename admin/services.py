@@ -20,6 +20,7 @@ from admin.portal_links import LinkRules, PortalLinks
 from admin.portal_sessions import PortalSessions
 from admin.profiles import Profiles
 from admin.provisioning import Provisioning
+from billing.service import Invoices
 from meter.live_state import LiveState
 from meter.settings import Settings
 from notifications.endpoints import WebhookEndpoints
@@ -45,6 +46,7 @@ class Services:
     recharges: Recharges
     webhooks: WebhookEndpoints
     spend: SpendManagement
+    invoices: Invoices
     notifications: Preferences
     clock: Callable[[], float]
 
@@ -75,6 +77,7 @@ class Services:
             recharges=Recharges(ctx, paying),
             webhooks=WebhookEndpoints(pool, ctx.settings, clock),
             spend=SpendManagement(pool, live, clock),
+            invoices=Invoices(pool),
             notifications=Preferences(pool),
             clock=clock,
         )

@@ -42,7 +42,7 @@ from payments import outbox
 
 log = logging.getLogger("meter.billing")
 
-INVOICE = "inv"
+INVOICE = ids.INVOICE
 # Calls admitted before the period's end may reach Redis's stream this much later (by
 # its clock): the close waits until every entry before end + skew is booked.
 CLOCK_SKEW = timedelta(seconds=60)

@@ -27,6 +27,7 @@ EVENT_TYPES: dict[str, str] = {
     "payment.refunded": "A payment was refunded (its credits taken back)",
     "payment_method.expiring": "A card expires within a month",
     "webhook_endpoint.disabled": "A webhook endpoint was disabled",
+    "invoice.finalized": "A billing period's invoice was finalized",
 }
 # Sent only to the endpoint a test was asked for; never filtered, never mailed.
 TEST_EVENT = "webhook.test"
@@ -43,6 +44,7 @@ EMAILED = frozenset(
         "recharge.paused",
         "recharge.refused_by_cap",
         "payment_method.expiring",
+        "invoice.finalized",
     }
 )
 # Mailed to the account's owners rather than its billing address.
@@ -64,6 +66,7 @@ PORTAL_PATHS: dict[str, str] = {
     "payment.refunded": "/balance-history",
     "payment_method.expiring": "/payment-methods",
     "webhook_endpoint.disabled": "/webhooks",
+    "invoice.finalized": "/",
 }
 
 

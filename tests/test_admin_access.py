@@ -15,6 +15,7 @@ import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,8 @@ from admin import operations
 from admin.access import ROLE_PERMISSIONS, ActorType, Permission, Principal, Role, require_member
 from admin.declared import Operation
 from admin.errors import Forbidden, NotFound
+from billing import periods
+from billing.invoices import close_account
 
 _counter = itertools.count()
 # A public address written as one: saved without a DNS lookup (nothing is sent here).
@@ -103,6 +106,15 @@ async def _account(client: TestClient[Any, Any], name: str) -> dict[str, str]:
     }
 
 
+async def invoice_of(pool: asyncpg.Pool, account_id: str) -> str:
+    """The account's invoice for the current period, as its close writes it."""
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        invoice = await close_account(conn, account_id, periods.at(now), now=now, grace=0)
+    assert invoice is not None
+    return invoice.id
+
+
 async def _token(client: TestClient[Any, Any], path: str, role: str) -> dict[str, Any]:
     token: dict[str, Any] = await call(
         client, "POST", path, {"name": f"{role} bot", "role": role}, status=201
@@ -119,6 +131,7 @@ async def world(
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     for side in ("A", "B"):
         objects[side].update(await _paying(client, pool, stripe, objects[side]["account_id"]))
+        objects[side]["invoice_id"] = await invoice_of(pool, objects[side]["account_id"])
     for side in ("A", "B"):
         token = await _token(client, f"/v1/accounts/{objects[side]['account_id']}/tokens", "viewer")
         objects[side]["token_id"] = token["id"]

@@ -27,6 +27,7 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from test_admin_access import invoice_of
 from test_admin_support import AUTH, NOW, RETURN_URLS, TOKEN, Clock, settings, stripe_env
 
 from admin import operations as openapi
@@ -133,6 +134,7 @@ async def seed(server: TestServer, pool: asyncpg.Pool, double: Any) -> dict[str,
         # Revoking is idempotent, and opt-ins are replaced: neither runs out.
         "ADMIN_FUZZ_MEMBER": member,
         "ADMIN_FUZZ_TOKEN": token,
+        "ADMIN_FUZZ_INVOICE": await invoice_of(pool, account),
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from ledger_fixtures import caught_up, running_worker, wait_for
 from notifications_support import spend
 from payments_support import ACTOR, USD, Paying
+from test_admin_support import call, start
 
 from admin import models
 from billing import periods
@@ -205,3 +207,39 @@ async def test_finalizing_numbers_without_gaps_freezes_the_buyer_and_shows_credi
     [event] = await paying.events(heavy, "invoice.finalized")
     assert h["id"] in event["data"]
     assert await c.finalize_due() == 0  # finalized once
+
+
+async def test_the_invoices_api_lists_reads_and_keeps_accounts_apart(
+    aiohttp_client: Any, redis_url: str, database_url: str, paying: Paying
+) -> None:
+    client = await start(aiohttp_client, redis_url, database_url)
+    mine = (await call(client, "POST", "/v1/accounts", {"name": "Mine"}, status=201))["id"]
+    other = (await call(client, "POST", "/v1/accounts", {"name": "Other"}, status=201))["id"]
+    at = DEC.end_at() + timedelta(minutes=2)
+    await closer(paying, at).close_period(DEC)
+    page = await call(client, "GET", f"/v1/accounts/{mine}/invoices", status=200)
+    [inv] = page["data"]
+    assert (inv["status"], inv["number"], inv["period_start"], inv["period_end"]) == (
+        "draft",
+        None,
+        "2026-12-01",
+        "2027-01-01",
+    )
+    assert (inv["usage"], inv["amount_due"], inv["lines"]) == (0, 0, [])
+    assert await closer(paying, at).finalize_due() == 2
+    got = await call(client, "GET", f"/v1/invoices/{inv['id']}", status=200)
+    assert got["status"] == "paid" and got["number"].startswith("INV-")
+    assert got["buyer"]["name"] == "Mine" and got["seller"]["name"] == "Meter"
+    assert (await call(client, "GET", f"/v1/accounts/{mine}/invoices?status=open", status=200))[
+        "data"
+    ] == []
+    problem = await call(client, "GET", f"/v1/accounts/{mine}/invoices?status=late", status=400)
+    assert problem["errors"][0]["field"] == "status"
+    # Another account's token sees this invoice as not found.
+    token = await call(
+        client, "POST", f"/v1/accounts/{other}/tokens", {"name": "o", "role": "owner"}, status=201
+    )
+    async with client.get(
+        f"/v1/invoices/{inv['id']}", headers={"Authorization": f"Bearer {token['token']}"}
+    ) as r:
+        assert r.status == 404

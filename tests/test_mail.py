@@ -86,6 +86,19 @@ SAMPLES: dict[str, tuple[dict[str, Any], str, list[str]]] = {
         "auto recharge of $25.00 was held back",
         ["$25.00", "$2.00", "2 recharges already today"],
     ),
+    "invoice.finalized": (
+        {
+            "invoice_id": "inv_1",
+            "number": "INV-000007",
+            "period": "2026-12",
+            "amount_due": 2_000_000,
+            "usage": 12_000_000,
+            "credits_applied": 10_000_000,
+            "due_at": "2027-01-15T00:02:00+00:00",
+        },
+        "Invoice INV-000007 for 2026-12: $2.00 due",
+        ["$12.00", "$10.00", "$2.00", "2027-01-15"],
+    ),
     "payment.refunded": (
         {"refund_id": "rfd_1", "payment_id": "pay_1", "amount": 5_000_000},
         "$5.00 refunded to your card",

@@ -1,0 +1,128 @@
+"""Invoices: an account's list (newest period first, by status) and one invoice.
+
+An invoice is written once per account and billing period when the period closes
+(the ledger worker, or ``meter close-period``); it is a draft during the grace
+period, then open (or paid, when nothing is due), numbered and frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from admin import models
+from admin.access import Permission as P
+from admin.declared import Call, Operation, Reply
+from billing.invoices import Invoice
+from billing.service import STATUSES
+from ledger import history_query
+from ledger.errors import BadQuery
+from ledger.history_query import page_limit
+
+
+def invoice_model(i: Invoice) -> models.Invoice:
+    return models.Invoice(
+        id=i.id,
+        account_id=i.account_id,
+        number=i.number,
+        status=i.status,  # type: ignore[arg-type]
+        period_start=i.period.start,
+        period_end=i.period.end,
+        currency=i.currency,
+        usage=i.usage_amount,
+        fee=i.fee_amount,
+        credits_applied=i.credits_applied,
+        amount_due=i.amount_due,
+        amount_paid=i.amount_paid,
+        lines=[
+            models.InvoiceLine(
+                kind=line.kind,  # type: ignore[arg-type]
+                description=line.description,
+                route=line.route,
+                calls=line.calls,
+                amount=line.amount,
+            )
+            for line in i.lines
+        ],
+        seller=models.InvoiceParty.model_validate(i.seller) if i.seller else None,
+        buyer=models.InvoiceParty.model_validate(i.buyer) if i.buyer else None,
+        created_at=i.created_at,
+        finalized_at=i.finalized_at,
+        due_at=i.due_at,
+        paid_at=i.paid_at,
+    )
+
+
+async def list_invoices(call: Call[Any]) -> Reply:
+    q = call.request.query
+    errors: list[tuple[str, str]] = []
+    limit = page_limit(
+        q, errors, default=history_query.DEFAULT_LIMIT, maximum=history_query.MAX_LIMIT
+    )
+    cursor, status = q.get("cursor"), q.get("status")
+    if cursor is not None and not cursor.startswith("inv_"):
+        errors.append(("cursor", "must be the next_cursor of an earlier page"))
+    if status is not None and status not in STATUSES:
+        errors.append(("status", f"must be one of {', '.join(STATUSES)}"))
+    if errors:
+        raise BadQuery(errors)
+    items, next_cursor = await call.services.invoices.invoices(
+        call.account, status=status, limit=limit, before=cursor
+    )
+    return Reply(
+        models.InvoicePage(data=[invoice_model(i) for i in items], next_cursor=next_cursor)
+    )
+
+
+async def get_invoice(call: Call[Any]) -> Reply:
+    invoice_id = call.request.match_info["invoice_id"]
+    return Reply(invoice_model(await call.services.invoices.invoice(call.account, invoice_id)))
+
+
+_QUERY = (
+    {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": list(STATUSES)},
+        "description": "Only invoices in this status.",
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": history_query.MAX_LIMIT},
+        "description": "Invoices per page.",
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": models.INVOICE_ID_PATTERN},
+        "description": "next_cursor of the page before.",
+    },
+)
+
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/accounts/{account_id}/invoices",
+        "listInvoices",
+        "List the account's invoices, newest period first",
+        list_invoices,
+        P.READ,
+        "account_id",
+        {200: (models.InvoicePage, "A page of invoices.")},
+        errors=(400,),
+        parameters=_QUERY,
+    ),
+    Operation(
+        "GET",
+        "/v1/invoices/{invoice_id}",
+        "getInvoice",
+        "Read an invoice with its lines",
+        get_invoice,
+        P.READ,
+        "invoice_id",
+        {200: (models.Invoice, "The invoice.")},
+    ),
+]
