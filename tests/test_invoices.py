@@ -9,6 +9,7 @@ import asyncio
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from hypothesis import given
@@ -17,11 +18,15 @@ from ledger_fixtures import caught_up, running_worker, wait_for
 from notifications_support import spend
 from payments_support import ACTOR, USD, Paying
 from test_admin_support import call, start
+from test_payments_faults import upstream_url
 
 from admin import models
 from billing import periods
 from billing.invoices import Closer, Due, NotCaughtUp, PeriodOpen
 from billing.periods import Period
+from gateway.testing import running_gateway
+
+FIXTURES = (upstream_url,)
 
 # -- periods ------------------------------------------------------------------------------
 
@@ -243,3 +248,45 @@ async def test_the_invoices_api_lists_reads_and_keeps_accounts_apart(
         f"/v1/invoices/{inv['id']}", headers={"Authorization": f"Bearer {token['token']}"}
     ) as r:
         assert r.status == 404
+
+
+async def test_calls_either_side_of_midnight_land_in_their_own_periods(
+    paying: Paying, upstream_url: str
+) -> None:
+    """Through the real gateway, whose clock reads 23:59:59.999 on the period's last day,
+    then 00:00:00.000 on the next period's first."""
+    account, _ = await overage_account(paying)
+    project = await paying.services.provisioning.create_project(
+        ACTOR, account, models.NewProject(name="web")
+    )
+    key = (await paying.services.provisioning.create_api_key(ACTOR, project.id)).value.secret
+    end = DEC.end_at().timestamp()
+    moments = iter([end - 0.001, end])
+    now = [end - 0.001]
+
+    def clock() -> float:
+        return now[0]
+
+    settings = paying.settings.replace(upstream_url=upstream_url)
+    async with running_worker(settings), running_gateway(settings, clock=clock) as (base, _):
+        charged = []
+        async with aiohttp.ClientSession() as http:
+            for moment in moments:
+                now[0] = moment
+                async with http.post(
+                    base + "/v1/chat/completions",
+                    data=b"{}",
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as r:
+                    assert r.status == 200
+                    charged.append(int(r.headers["X-Meter-Charged"]))
+        await booked(paying)
+    await closer(paying, DEC.end_at() + timedelta(minutes=2)).close_period(DEC)
+    [inv] = await paying.pool.fetch("select * from invoices where account_id = $1", account)
+    assert inv["usage_amount"] == charged[0]
+    january = await paying.pool.fetchval(
+        "select sum(calls) from usage_rollups where account_id = $1 and day = $2",
+        account,
+        DEC.end_day,
+    )
+    assert january == 1
