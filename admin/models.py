@@ -568,7 +568,7 @@ class Payment(Output):
     id: str = Field(pattern=PAYMENT_ID_PATTERN)
     object: Literal["payment"] = "payment"
     account_id: str
-    purpose: Literal["purchase", "recharge"]
+    purpose: Literal["purchase", "recharge", "invoice"]
     method: Literal["card", "crypto"]
     amount: int = Field(description=MICROS)
     currency: str
@@ -663,6 +663,12 @@ class SpendManagement(Output):
 
 
 INVOICE_ID_PATTERN = "^inv_[0-9A-Za-z]{1,64}$"
+
+
+class InvoicePayment(Input):
+    payment_method_id: PaymentMethodId | None = Field(
+        default=None, description="The card to charge; left out: the default card."
+    )
 
 
 class InvoiceLine(Output):

@@ -11,12 +11,15 @@ from typing import Any
 
 from admin import models
 from admin.access import Permission as P
-from admin.declared import Call, Operation, Reply
+from admin.declared import NO_STORE, Call, Operation, Reply
+from admin.routes_payments import payment_model
+from billing import charges
 from billing.invoices import Invoice
 from billing.service import STATUSES
 from ledger import history_query
 from ledger.errors import BadQuery
 from ledger.history_query import page_limit
+from payments.service import PaymentRefused, PurchaseResult
 
 
 def invoice_model(i: Invoice) -> models.Invoice:
@@ -78,6 +81,27 @@ async def get_invoice(call: Call[Any]) -> Reply:
     return Reply(invoice_model(await call.services.invoices.invoice(call.account, invoice_id)))
 
 
+async def pay_invoice(call: Call[models.InvoicePayment]) -> Reply:
+    """Charge what the invoice owes, with the buyer present (3-D Secure possible)."""
+    invoice_id = call.request.match_info["invoice_id"]
+    charge = await charges.start(
+        call.services.payments.ctx,
+        invoice_id,
+        on_session=True,
+        payment_method_id=call.body.payment_method_id,
+        account_id=call.account,
+        actor=call.actor,
+    )
+    assert charge is not None  # an account's own call raises instead
+    p = charge.payment
+    if p.status == "failed":
+        raise PaymentRefused(
+            p.failure_message or "the card was declined", code=p.failure_code, payment_id=p.id
+        )
+    result = PurchaseResult(p, False, client_secret=charge.client_secret)
+    return Reply(payment_model(p, result), 201, dict(NO_STORE))
+
+
 _QUERY = (
     {
         "name": "status",
@@ -124,5 +148,17 @@ OPERATIONS = [
         P.READ,
         "invoice_id",
         {200: (models.Invoice, "The invoice.")},
+    ),
+    Operation(
+        "POST",
+        "/v1/invoices/{invoice_id}/pay",
+        "payInvoice",
+        "Pay what an open invoice owes (the default card unless one is named)",
+        pay_invoice,
+        P.PAYMENTS_WRITE,
+        "invoice_id",
+        {201: (models.Payment, "The payment; requires_action carries next_action.")},
+        models.InvoicePayment,
+        errors=(402, 409, 503),
     ),
 ]

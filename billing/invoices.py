@@ -43,6 +43,7 @@ from payments import outbox
 log = logging.getLogger("meter.billing")
 
 INVOICE = ids.INVOICE
+MICROS_PER_CENT = 10_000
 # Calls admitted before the period's end may reach Redis's stream this much later (by
 # its clock): the close waits until every entry before end + skew is booked.
 CLOCK_SKEW = timedelta(seconds=60)
@@ -123,8 +124,11 @@ class Due:
 
     @property
     def amount_due(self) -> int:
+        """Whole cents (what a card can be charged); a fraction of a cent owed stays on
+        the balance and is billed with the next period's."""
         owed = max(0, -self.balance_at_end) - self.already_billed
-        return min(max(0, owed), self.usage + self.fee) if self.usage + self.fee > 0 else 0
+        capped = min(max(0, owed), self.usage + self.fee)
+        return capped - capped % MICROS_PER_CENT
 
     @property
     def credits_applied(self) -> int:
@@ -300,8 +304,8 @@ async def finalize(
         paid = row["amount_due"] == 0
         await conn.execute(
             "update invoices set status = $2, number = $3, seller = $4::jsonb, buyer = $5::jsonb,"
-            " finalized_at = $6, due_at = $7, paid_at = $8, row_version = row_version + 1"
-            " where id = $1",
+            " finalized_at = $6, due_at = $7, paid_at = $8, next_charge_at = $9,"
+            " row_version = row_version + 1 where id = $1",
             invoice_id,
             "paid" if paid else "open",
             number,
@@ -310,6 +314,7 @@ async def finalize(
             now,
             now + timedelta(days=settings.invoice_net_days),
             now if paid else None,
+            None if paid else now,  # charged off-session at once (billing.charges)
         )
         if row["credits_applied"]:
             await _credits_applied_entry(conn, row["account_id"], invoice_id, number, row)

@@ -57,7 +57,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     outlet = open_outlet(pool, settings, metrics=NotificationMetrics(metrics.registry))
     notifying = asyncio.create_task(notifications_loop.run(outlet, stop), name="notifications")
     closer = Closer(pool, live, settings, crash=CrashHook.from_settings(settings))
-    billing = asyncio.create_task(billing_loop.run(closer, stop), name="billing")
+    billing = asyncio.create_task(billing_loop.run(closer, stop, ctx), name="billing")
     try:
         await worker.run(stop)
     finally:

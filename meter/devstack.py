@@ -62,7 +62,11 @@ def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, frozenset | set | tuple | list):
-            value = ",".join(sorted(value))
+            value = (
+                ",".join(sorted(str(v) for v in value))
+                if isinstance(value, frozenset | set)
+                else ",".join(str(v) for v in value)
+            )
         env[f.metadata["env"]] = str(value)
     return env
 

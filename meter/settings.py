@@ -170,6 +170,13 @@ DELIVERY_CRASH_POINTS = (
 )
 
 
+def _days(raw: str) -> tuple[int, ...]:
+    days = tuple(int(d) for d in raw.split(",") if d.strip())
+    if any(d < 0 or d > 365 for d in days) or list(days) != sorted(days):
+        raise ValueError("days from 0 to 365, in increasing order (1,3,5,7)")
+    return days
+
+
 def _return_urls(raw: str) -> tuple[str, ...]:
     urls = tuple(u.strip() for u in raw.split(",") if u.strip())
     for url in urls:
@@ -367,6 +374,13 @@ class Settings:
     invoice_prefix: str = _env("METER_INVOICE_PREFIX", "INV-", _str)
     # An open invoice is due this many days after it is finalized (net N).
     invoice_net_days: int = _env("METER_INVOICE_NET_DAYS", "14", _int(0, 365))
+    # An open invoice is charged at finalization, then again this many days after it
+    # while it fails; after the last, the overdue policy: block_overage (the overage
+    # line is zero until it is paid) or suspend.
+    invoice_retry_days: tuple[int, ...] = _env("METER_INVOICE_RETRY_DAYS", "1,3,5,7", _days)
+    invoice_overdue: str = _env(
+        "METER_INVOICE_OVERDUE", "block_overage", _choice("block_overage", "suspend")
+    )
     # The seller on every invoice, frozen at finalization.
     seller_name: str = _env("METER_SELLER_NAME", "Meter", _str)
     seller_address: str = _env("METER_SELLER_ADDRESS", "", _str)

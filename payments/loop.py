@@ -23,7 +23,7 @@ from meter.woken_loop import run_woken
 from payments.recharges import CLAIM, Recharges
 from payments.records import Payment
 from payments.refunds import sweep_refunds
-from payments.service import Context, Payments, Report, settle, settle_from_stripe
+from payments.service import Context, Payments, Report, send, settle, settle_from_stripe
 from payments.stripe_api import StripeFailure
 
 log = logging.getLogger("meter.payments")
@@ -78,6 +78,9 @@ async def _sweep_one(ctx: Context, recharges: Recharges, p: Payment) -> None:
         if settled.purpose == "recharge":
             ctx.metrics.sweeps.labels("resent").inc()
             await recharges.start(settled)
+        elif settled.purpose == "invoice" and settled.off_session:
+            ctx.metrics.sweeps.labels("resent").inc()
+            await send(ctx, settled, await Payments(ctx).customer(settled.account_id))
         else:
             ctx.metrics.sweeps.labels("failed_unsent").inc()
             await settle(

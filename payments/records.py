@@ -41,6 +41,7 @@ class Payment:
     created_at: datetime
     updated_at: datetime
     settled_at: datetime | None
+    invoice_id: str | None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Payment:
@@ -49,6 +50,11 @@ class Payment:
     @property
     def stripe_reference(self) -> str | None:
         return self.stripe_payment_intent or self.stripe_checkout_session
+
+    @property
+    def off_session(self) -> bool:
+        """Nobody is there to authenticate it: a recharge, an invoice's scheduled charge."""
+        return self.purpose == "recharge" or self.reason == "off_session"
 
 
 @dataclass(frozen=True, slots=True)

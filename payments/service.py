@@ -53,7 +53,7 @@ log = logging.getLogger("meter.payments")
 
 PAYMENT = ids.PAYMENT
 REFUND = ids.REFUND
-ENTRY_KIND = {"purchase": "purchase", "recharge": "recharge"}
+ENTRY_KIND = {"purchase": "purchase", "recharge": "recharge", "invoice": "invoice_payment"}
 # Redis's advisory recharge state (explains a 402): in flight, declined, paused.
 RECHARGE_IN_FLIGHT, RECHARGE_DECLINED, RECHARGE_PAUSED = "i", "d", "p"
 
@@ -153,6 +153,8 @@ def describe(payment: Payment, reference: str | None) -> str:
     ref = reference or payment.id
     if payment.purpose == "recharge":
         return f"Auto recharge {ref}{card}"
+    if payment.purpose == "invoice":
+        return f"Invoice payment {ref}{card}"
     if payment.method == "crypto":
         return f"Crypto payment {ref}"
     return f"Card payment {ref}{card}"
@@ -209,7 +211,7 @@ async def settle_in(
             report.intent_id,
         )
     reported = report.status
-    if p.purpose == "recharge" and reported == "requires_action":
+    if p.off_session and reported == "requires_action":
         reported = "failed"  # off-session: nobody is there to authenticate
     new = decisions.next_status(p.status, reported) if reported != "pending" else None
     if new is None:
@@ -230,6 +232,11 @@ async def settle_in(
             entry.id if entry else None,
         )
         data = {"payment_id": p.id, "amount": p.amount, "stripe_reference": reference}
+        if p.purpose == "invoice":
+            from billing import charges  # billing pays through here: imported when used
+
+            await charges.paid(ctx, conn, p)
+            return Settled(await get_payment(conn, p.id), entry)
         await outbox.raise_event(
             conn, f"{p.purpose}.succeeded", p.account_id, f"{p.purpose}.succeeded:{p.id}", data
         )
@@ -290,6 +297,11 @@ async def _failed(ctx: Context, conn: asyncpg.Connection, p: Payment, report: Re
         await outbox.raise_event(
             conn, "purchase.failed", p.account_id, f"purchase.failed:{p.id}", data
         )
+        return
+    if p.purpose == "invoice":
+        from billing import charges  # billing pays through here: imported when used
+
+        await charges.failed(ctx, conn, p, report.code, report.message)
         return
     kind = (
         "recharge.requires_action"
@@ -378,6 +390,9 @@ async def publish_recharge_state(ctx: Context, account_id: str) -> None:
 # -- sending a charge -------------------------------------------------------------------
 
 
+DESCRIPTIONS = {"purchase": "Usage credits", "recharge": "Auto recharge", "invoice": "Invoice"}
+
+
 async def send(ctx: Context, p: Payment, customer_id: str) -> tuple[Payment, Intent | None]:
     """Call Stripe for a pending card payment we hold the lease of, and settle it."""
     assert p.payment_method_id is not None
@@ -388,9 +403,9 @@ async def send(ctx: Context, p: Payment, customer_id: str) -> tuple[Payment, Int
             customer_id=customer_id,
             payment_method=p.payment_method_id,
             metadata={"payment_id": p.id, "account_id": p.account_id, "purpose": p.purpose},
-            off_session=p.purpose == "recharge",
+            off_session=p.off_session,
             idempotency_key=p.id,
-            description="Usage credits" if p.purpose == "purchase" else "Auto recharge",
+            description=DESCRIPTIONS[p.purpose],
         )
     except Declined as exc:
         ctx.crash("payment_after_stripe")

@@ -15,7 +15,7 @@ import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -215,6 +215,28 @@ async def _fresh_card(w: World, ids: dict[str, str]) -> dict[str, str]:
     return {**ids, "payment_method_id": card}
 
 
+OWED = itertools.count(1)
+
+
+async def _owed_invoice(w: World, ids: dict[str, str]) -> dict[str, str]:
+    """An open invoice owing $1 of an earlier period, as a close and finalization leave
+    it (the close itself is tested in test_invoices)."""
+    n = next(OWED)
+    invoice_id = f"inv_matrix{n}"
+    await w.pool.execute(
+        "insert into invoices (id, account_id, period_start, period_end, status, number,"
+        " usage_amount, credits_applied, amount_due, balance_at_end, finalize_after,"
+        " finalized_at) values ($1, $2, $3, $4, 'open', $5, 1000000, 0, 1000000, -1000000,"
+        " now(), now())",
+        invoice_id,
+        ids["account_id"],
+        date(1990 + n // 12, n % 12 + 1, 1),
+        date(1990 + (n + 1) // 12, (n + 1) % 12 + 1, 1),
+        f"MATRIX-{n}",
+    )
+    return {**ids, "invoice_id": invoice_id}
+
+
 async def _confirmed_setup(w: World, ids: dict[str, str]) -> dict[str, str]:
     """A SetupIntent confirmed with a new card, as the browser leaves it."""
     customer = await w.pool.fetchval(
@@ -302,6 +324,7 @@ BODIES: dict[str, Callable[[], Any]] = {
         "notify_thresholds": [{"percent": 80}, {"amount": 2_000_000}],
     },
     "putPaymentSettings": lambda: {"require_payment_method": True},
+    "payInvoice": lambda: {},
     "createWebhookEndpoint": lambda: {"url": HOOK_URL, "event_types": ["balance.low"]},
     "changeWebhookEndpoint": lambda: {"description": unique("Hooks ")},
     "putNotificationSettings": lambda: {"invoice_email": unique("invoices") + "@x.test"},
@@ -352,6 +375,7 @@ PREPARE: dict[str, Prepare] = {
     "putPaymentSettings": _gate_open,
     "deleteWebhookEndpoint": _fresh_endpoint,
     "retryWebhookDelivery": _failed_delivery,
+    "payInvoice": _owed_invoice,
 }
 
 

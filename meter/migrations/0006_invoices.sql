@@ -37,6 +37,11 @@ create table invoices (
     due_at          timestamptz,
     paid_at         timestamptz,
     voided_at       timestamptz,
+    -- Charging it: attempts so far, the next one's time, and the policy once given up.
+    payment_attempts integer not null default 0,
+    next_charge_at  timestamptz,
+    overdue_at      timestamptz,
+    held_overage_line bigint,                              -- the line before the policy
     row_version     bigint not null default 1,
     check (usage_amount + fee_amount = credits_applied + amount_due),
     check (credits_applied >= 0),
@@ -44,6 +49,15 @@ create table invoices (
 );
 create index invoices_account on invoices (account_id, period_start desc);
 create index invoices_drafts on invoices (finalize_after) where status = 'draft';
+create index invoices_to_charge on invoices (next_charge_at) where status = 'open';
+
+-- An invoice is paid like a purchase: a payments row (purpose 'invoice'), settled once.
+alter table payments drop constraint payments_purpose_check;
+alter table payments add constraint payments_purpose_check
+    check (purpose in ('purchase', 'recharge', 'invoice'));
+alter table payments add column invoice_id text references invoices (id);
+create unique index payments_one_invoice_charge_in_flight on payments (invoice_id)
+    where purpose = 'invoice' and status in ('pending', 'requires_action');
 
 create table invoice_lines (
     invoice_id  text not null references invoices (id),
