@@ -109,3 +109,35 @@ async def test_a_worker_killed_at_each_step_of_a_close(
     with workers(settings, log):  # type: ignore[arg-type]
         await wait_for(lambda: all_finalized(paying), 30, "the period closed and finalized")
     await assert_one_invoice_each(paying, used)
+
+
+@pytest.mark.parametrize("point", ["payment_before_stripe", "payment_after_stripe"])
+async def test_a_worker_killed_around_an_invoices_charge_charges_it_once(
+    paying: Paying, tmp_path: Path, point: str
+) -> None:
+    used = await old_accounts(paying)
+    for account in used:
+        await paying.card(account)
+    settings = paying.settings.replace(
+        invoice_grace=0.0, payments_sweep_interval=0.1, payment_lease=1.0
+    )
+    log = tmp_path / "workers.log"
+    crash = {"METER_LEDGER_CRASH_POINTS": point, "METER_LEDGER_CRASH_PROBABILITY": "1"}
+    with workers(settings, log, **crash) as [doomed]:
+        assert await wait_exit(doomed, 30) == -signal.SIGKILL
+    owing = {a: u - 10 * USD for a, u in used.items() if u > 10 * USD}
+
+    async def all_paid() -> bool:
+        left = await paying.pool.fetchval(
+            "select count(*) from invoices where period_start = $1 and status <> 'paid'", NOV.start
+        )
+        return bool(left == 0)
+
+    with workers(settings, log):
+        await wait_for(all_paid, 30, "every invoice paid")
+    charged = sorted(c["amount"] * 10_000 for c in paying.double.charges())
+    assert charged == sorted(owing.values())  # one charge per owing invoice
+    for account, owed in owing.items():
+        [entry] = await paying.credits(account, "invoice_payment")
+        assert entry["amount"] == owed
+        assert await paying.book_balance(account) == 10 * USD - used[account] + owed == 0

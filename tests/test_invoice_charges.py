@@ -1,0 +1,104 @@
+"""Paying invoices through the Stripe test double: charged at finalization, once; a
+declined card retried on the schedule, then the overdue policy until the buyer pays
+with another card, which lifts it. The money is checked to the micro."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+
+from ledger_fixtures import running_worker
+from notifications_support import spend
+from payments_support import ACTOR, DECLINED_WHEN_CHARGED, USD, Paying
+from test_invoices import DEC, booked, overage_account
+
+from billing import charges
+from billing.invoices import Closer
+
+
+async def owing(paying: Paying, card: str) -> tuple[str, str, str]:
+    """An account that used $15 against $10 of credits in December, with ``card``; its
+    invoice closed and finalized at 00:02 on January 1st: (account, invoice, card)."""
+    account, shard = await overage_account(paying)
+    pm = await paying.card(account, card)
+    async with running_worker(paying.settings):
+        await spend(paying.live, shard, account, 15 * USD, DEC.end_day - 1)
+        await booked(paying)
+    at(paying, DEC.end_at() + timedelta(minutes=2))
+    closer = Closer(
+        paying.pool, paying.live, paying.settings.replace(invoice_grace=0.0), clock=paying.clock
+    )
+    await closer.close_period(DEC)
+    assert await closer.finalize_due() == 1
+    invoice = await paying.pool.fetchval("select id from invoices where account_id = $1", account)
+    return account, invoice, pm
+
+
+def at(paying: Paying, moment: datetime) -> None:
+    paying.clock.offset = moment.timestamp() - time.time()
+
+
+async def invoice(paying: Paying, invoice_id: str) -> dict[str, object]:
+    return dict(await paying.pool.fetchrow("select * from invoices where id = $1", invoice_id))
+
+
+async def overage_line(paying: Paying, account: str) -> int:
+    return int(
+        await paying.pool.fetchval("select overage_line from accounts where id = $1", account)
+    )
+
+
+async def test_an_open_invoice_is_charged_once_and_the_balance_climbs_back(paying: Paying) -> None:
+    account, inv, _ = await owing(paying, "4242424242424242")
+    assert (await invoice(paying, inv))["amount_due"] == 5 * USD
+    assert await paying.book_balance(account) == -5 * USD
+    assert await charges.charge_due(paying.ctx) == 1
+    assert await charges.charge_due(paying.ctx) == 0  # paid: never again
+    row = await invoice(paying, inv)
+    assert (row["status"], row["amount_paid"]) == ("paid", 5 * USD)
+    [payment] = await paying.pool.fetch("select * from payments where invoice_id = $1", inv)
+    assert (payment["status"], payment["amount"], payment["purpose"]) == (
+        "succeeded",
+        5 * USD,
+        "invoice",
+    )
+    [entry] = await paying.credits(account, "invoice_payment")
+    assert entry["amount"] == 5 * USD and entry["description"].startswith("Invoice payment pi_")
+    assert await paying.book_balance(account) == 0
+    assert await paying.live_balance(account) == 0
+    assert [c["amount"] for c in paying.double.charges()] == [500]
+    assert len(await paying.events(account, "invoice.paid")) == 1
+
+
+async def test_a_declined_invoice_is_retried_then_overdue_until_paid_by_another_card(
+    paying: Paying,
+) -> None:
+    account, inv, _ = await owing(paying, DECLINED_WHEN_CHARGED)
+    finalized = (await invoice(paying, inv))["finalized_at"]
+    assert isinstance(finalized, datetime)
+    assert await charges.charge_due(paying.ctx) == 1
+    for days in (1, 3, 5, 7):  # METER_INVOICE_RETRY_DAYS: days after finalization
+        row = await invoice(paying, inv)
+        assert row["next_charge_at"] == finalized + timedelta(days=days)
+        at(paying, finalized + timedelta(days=days) - timedelta(seconds=1))
+        assert await charges.charge_due(paying.ctx) == 0  # not before its time
+        at(paying, finalized + timedelta(days=days))
+        assert await charges.charge_due(paying.ctx) == 1
+    row = await invoice(paying, inv)
+    assert (row["status"], row["payment_attempts"], row["next_charge_at"]) == ("open", 5, None)
+    assert row["overdue_at"] is not None and row["held_overage_line"] == 50 * USD
+    assert await overage_line(paying, account) == 0  # the overage line is blocked
+    assert len(await paying.events(account, "invoice.payment_failed")) == 5
+    assert len(await paying.events(account, "invoice.overdue")) == 1
+    assert paying.double.charges() == []  # declined every time: nothing taken
+
+    good = await paying.card(account, "4242424242424242")
+    charge = await charges.start(
+        paying.ctx, inv, on_session=True, payment_method_id=good, account_id=account, actor=ACTOR
+    )
+    assert charge is not None and charge.payment.status == "succeeded"
+    row = await invoice(paying, inv)
+    assert (row["status"], row["amount_paid"]) == ("paid", 5 * USD)
+    assert await overage_line(paying, account) == 50 * USD  # lifted once paid
+    assert await paying.book_balance(account) == 0
+    assert [c["amount"] for c in paying.double.charges()] == [500]
