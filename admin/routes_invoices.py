@@ -102,6 +102,19 @@ async def pay_invoice(call: Call[models.InvoicePayment]) -> Reply:
     return Reply(payment_model(p, result), 201, dict(NO_STORE))
 
 
+async def void_invoice(call: Call[Any]) -> Reply:
+    invoice_id = call.request.match_info["invoice_id"]
+    return Reply(
+        invoice_model(await call.services.invoices.close_out(call.actor, invoice_id, "void"))
+    )
+
+
+async def mark_uncollectible(call: Call[Any]) -> Reply:
+    invoice_id = call.request.match_info["invoice_id"]
+    closed = await call.services.invoices.close_out(call.actor, invoice_id, "uncollectible")
+    return Reply(invoice_model(closed))
+
+
 _QUERY = (
     {
         "name": "status",
@@ -160,5 +173,27 @@ OPERATIONS = [
         {201: (models.Payment, "The payment; requires_action carries next_action.")},
         models.InvoicePayment,
         errors=(402, 409, 503),
+    ),
+    Operation(
+        "POST",
+        "/v1/invoices/{invoice_id}/void",
+        "voidInvoice",
+        "Void an open invoice (no longer charged; what it billed stays owed on the balance)",
+        void_invoice,
+        P.OPERATOR_WRITE,
+        "invoice_id",
+        {200: (models.Invoice, "The invoice, void.")},
+        errors=(409,),
+    ),
+    Operation(
+        "POST",
+        "/v1/invoices/{invoice_id}/mark-uncollectible",
+        "markInvoiceUncollectible",
+        "Mark an open invoice uncollectible (no longer charged)",
+        mark_uncollectible,
+        P.OPERATOR_WRITE,
+        "invoice_id",
+        {200: (models.Invoice, "The invoice, uncollectible.")},
+        errors=(409,),
     ),
 ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from admin.errors import NotFound
+from admin import audit
+from admin import repository as repo
+from admin.audit import Actor
+from admin.errors import Conflict, NotFound
 from billing.invoices import Invoice, load
 
 STATUSES = ("draft", "open", "paid", "void", "uncollectible")
@@ -43,3 +46,52 @@ class Invoices:
         if found is None or found.account_id != account_id:
             raise NotFound(f"no invoice {invoice_id!r}")
         return found
+
+    async def close_out(self, actor: Actor, invoice_id: str, status: str) -> Invoice:
+        """An operator voids an open invoice or marks it uncollectible (audited): it is no
+        longer charged, and an overdue policy it caused is lifted. Its amount stays owed
+        on the balance; a later invoice bills it only as far as that period's own usage
+        goes (an invoice's amount due never exceeds its usage and fee)."""
+        assert status in ("void", "uncollectible")
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("select * from invoices where id = $1 for update", invoice_id)
+            if row is None:
+                raise NotFound(f"no invoice {invoice_id!r}")
+            if row["status"] != "open":
+                raise Conflict(f"invoice {invoice_id} is {row['status']}; only an open one can be")
+            flight = await conn.fetchval(
+                "select id from payments where invoice_id = $1 and status in"
+                " ('pending', 'requires_action')",
+                invoice_id,
+            )
+            if flight is not None:
+                raise Conflict(f"a payment of invoice {invoice_id} is under way ({flight})")
+            before = await load(conn, invoice_id)
+            await conn.execute(
+                "update invoices set status = $2, next_charge_at = null,"
+                " voided_at = case when $2 = 'void' then now() end,"
+                " row_version = row_version + 1 where id = $1",
+                invoice_id,
+                status,
+            )
+            if row["overdue_at"] is not None and row["held_overage_line"]:
+                await repo.update_account(
+                    conn,
+                    row["account_id"],
+                    "overage_line = $2",
+                    row["held_overage_line"],
+                    config=True,
+                )
+            after = await load(conn, invoice_id)
+            await audit.record(
+                conn,
+                actor,
+                f"invoice.{status}",
+                "invoice",
+                invoice_id,
+                account_id=row["account_id"],
+                before={"status": before.status if before else None},
+                after={"status": after.status if after else None},
+            )
+        assert after is not None
+        return after

@@ -337,6 +337,8 @@ BODIES_OF: dict[str, Callable[[dict[str, str]], Any]] = {
 }
 # Writes without a body.
 NO_BODY = {
+    "voidInvoice",
+    "markInvoiceUncollectible",
     "suspendAccount",
     "resumeAccount",
     "requestDeletion",
@@ -376,6 +378,8 @@ PREPARE: dict[str, Prepare] = {
     "deleteWebhookEndpoint": _fresh_endpoint,
     "retryWebhookDelivery": _failed_delivery,
     "payInvoice": _owed_invoice,
+    "voidInvoice": _owed_invoice,
+    "markInvoiceUncollectible": _owed_invoice,
 }
 
 

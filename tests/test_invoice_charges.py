@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
+import pytest
 from ledger_fixtures import running_worker
 from notifications_support import spend
 from payments_support import ACTOR, DECLINED_WHEN_CHARGED, USD, Paying
 from test_invoices import DEC, booked, overage_account
 
+from admin.errors import Conflict
 from billing import charges
 from billing.invoices import Closer
 
@@ -102,3 +104,32 @@ async def test_a_declined_invoice_is_retried_then_overdue_until_paid_by_another_
     assert await overage_line(paying, account) == 50 * USD  # lifted once paid
     assert await paying.book_balance(account) == 0
     assert [c["amount"] for c in paying.double.charges()] == [500]
+
+
+async def test_a_void_invoice_is_no_longer_charged_and_its_amount_stays_owed(
+    paying: Paying,
+) -> None:
+    account, inv, _ = await owing(paying, DECLINED_WHEN_CHARGED)
+    await charges.charge_due(paying.ctx)  # declined: retried tomorrow
+    voided = await paying.services.invoices.close_out(ACTOR, inv, "void")
+    assert voided.status == "void"
+    at(paying, DEC.end_at() + timedelta(days=30))
+    assert await charges.charge_due(paying.ctx) == 0
+    with pytest.raises(Conflict):
+        await paying.services.invoices.close_out(ACTOR, inv, "uncollectible")
+    [audit] = await paying.pool.fetch(
+        "select * from audit_log where object_id = $1 and action = 'invoice.void'", inv
+    )
+    assert audit["account_id"] == account
+    # January used nothing: its invoice bills nothing, the $5 stays owed on the balance.
+    jan = DEC.next()
+    at(paying, jan.end_at() + timedelta(minutes=2))
+    closer = Closer(
+        paying.pool, paying.live, paying.settings.replace(invoice_grace=0.0), clock=paying.clock
+    )
+    await closer.close_period(jan)
+    row = await paying.pool.fetchrow(
+        "select * from invoices where account_id = $1 and period_start = $2", account, jan.start
+    )
+    assert (row["usage_amount"], row["amount_due"]) == (0, 0)  # capped at the period's use
+    assert await paying.book_balance(account) == -5 * USD
