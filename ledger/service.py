@@ -1,5 +1,5 @@
-"""`meter ledger`: the worker, its payments and notifications loops (payments/loop.py,
-notifications/loop.py) and its HTTP server
+"""`meter ledger`: the worker, its payments, notifications and grant expiry loops
+(payments/loop.py, notifications/loop.py, grants/expiry.py) and its HTTP server
 (/metrics, /healthz, /readyz) in one process, on uvloop, with JSON logs. SIGTERM or
 SIGINT ends it gracefully: each shard finishes the batch in hand (or rolls it back after
 ``METER_SHUTDOWN_GRACE``), its lock is released, and the process exits.
@@ -17,7 +17,10 @@ import asyncpg
 import uvloop
 from aiohttp import web
 
+from grants import expiry
+from grants.metrics import GrantMetrics
 from ledger.app import create_app
+from ledger.crash import CrashHook
 from ledger.metrics import LedgerMetrics
 from ledger.worker import create_worker, redis_client
 from meter.live_state import LiveState
@@ -53,13 +56,23 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     payments = asyncio.create_task(payments_loop.run(ctx, stop), name="payments")
     outlet = open_outlet(pool, settings, metrics=NotificationMetrics(metrics.registry))
     notifying = asyncio.create_task(notifications_loop.run(outlet, stop), name="notifications")
+    sweeper = expiry.Sweeper(
+        pool,
+        live,
+        settings,
+        crash=CrashHook.from_settings(settings),
+        metrics=GrantMetrics(metrics.registry),
+    )
+    expiring = asyncio.create_task(expiry.run(sweeper, stop), name="grant-expiry")
     try:
         await worker.run(stop)
     finally:
         log.info("ledger worker stopping", extra={"worker": worker.name})
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.gather(payments, notifying), settings.shutdown_grace)
+            await asyncio.wait_for(
+                asyncio.gather(payments, notifying, expiring), settings.shutdown_grace
+            )
         await runner.cleanup()
         await client.aclose()
         if ctx.api is not None:
