@@ -120,8 +120,10 @@ class Sweeper:
                         entry.id if entry else None,
                     )
                     ended += 1
-            self.crash("expiry_before_commit")
-        self.crash("expiry_after_commit")
+            if ended:
+                self.crash("expiry_before_commit")
+        if ended:
+            self.crash("expiry_after_commit")
         removed = -sum(e.amount for e in entries)
         self.metrics.expired.inc(ended)
         self.metrics.expired_micros.inc(removed)
