@@ -73,12 +73,16 @@ def _next_drawn(grants: Sequence[Grant]) -> int:
     return max((g.drawn for g in grants), default=0) + 1
 
 
-def debit(grants: Sequence[Grant], amount: int, *, first: int | None = None) -> Moved:
+def debit(
+    grants: Sequence[Grant], amount: int, *, first: int | None = None, top: int | None = None
+) -> Moved:
     """Draw ``amount`` (> 0) on the live ``grants`` in spending order; ``first`` (a grant
-    id: a payment refund's own purchase) is drawn on before the others."""
+    id: a payment refund's own purchase) is drawn on before the others. ``top``: the
+    account's highest ``drawn`` when ``grants`` are only those the draw needs."""
     order = spending_order(grants)
     order.sort(key=lambda g: g.id != first)  # stable: the rest keep their order
-    stamp, left, changed = _next_drawn(grants), amount, []
+    stamp = _next_drawn(grants) if top is None else top + 1
+    left, changed = amount, []
     for g in order:
         if left <= 0:
             break

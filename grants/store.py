@@ -143,20 +143,51 @@ class Line:
     balance_after: int
 
 
+# A debit line needs only the grants it will draw on: in spending order, those whose
+# predecessors hold less than the debit. Postgres picks them (and the account's highest
+# draw number), so a batch does not carry every live grant of every account to Python.
+_NEEDED = """
+select * from (
+    select g.id, g.account_id, g.amount, g.remaining, g.expires_at, g.created_at, g.drawn,
+           g.taken, n.need, max(g.drawn) over (partition by g.account_id) as top,
+           sum(g.remaining) over (partition by g.account_id
+               order by g.expires_at asc nulls last, g.created_at, g.id) - g.remaining as before
+    from credit_grants g
+    join unnest($1::text[], $2::bigint[]) as n(account_id, need) on n.account_id = g.account_id
+    where g.ended_at is null
+) x where x.remaining > 0 and x.before < x.need
+"""
+
+
 async def apply_lines(conn: Conn, lines: Sequence[Line]) -> None:
     """Draw a batch's net usage on the grants of its accounts (in the batch's transaction,
     whose balance update holds the account rows)."""
-    if not lines:
-        return
-    grants = await live(conn, {x.account_id for x in lines})
+    debits = [x for x in lines if x.amount < 0]
+    backs = [x for x in lines if x.amount > 0]
     changed: list[Grant] = []
     residual: list[tuple[Line, int]] = []
-    for x in lines:
-        mine = grants.get(x.account_id)
-        moved: Moved = spending.line(mine or (), x.balance_after - x.amount, x.amount)
-        changed += moved.changed
-        if moved.residual:
-            residual.append((x, moved.residual))
+    if debits:
+        needed: dict[str, list[Grant]] = defaultdict(list)
+        tops: dict[str, int] = {}
+        rows = await conn.fetch(
+            _NEEDED, [x.account_id for x in debits], [-x.amount for x in debits]
+        )
+        for row in rows:
+            needed[row["account_id"]].append(_grant(row))
+            tops[row["account_id"]] = row["top"]
+        for x in debits:
+            if x.account_id in needed:
+                mine = needed[x.account_id]
+                changed += spending.debit(mine, -x.amount, top=tops[x.account_id]).changed
+    if backs:
+        grants = await live(conn, {x.account_id for x in backs})
+        for x in backs:
+            moved: Moved = spending.line(
+                grants.get(x.account_id, ()), x.balance_after - x.amount, x.amount
+            )
+            changed += moved.changed
+            if moved.residual:
+                residual.append((x, moved.residual))
     await write(conn, changed)
     if residual:
         await conn.execute(

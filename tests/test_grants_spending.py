@@ -253,6 +253,26 @@ def test_a_debit_draws_in_spending_order(
     assert remaining(spending.debit(grants, amount, first=first)) == want
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    grants=st.lists(st.tuples(amounts, expiry, st.integers(0, 5)), min_size=1, max_size=8),
+    amount=st.integers(1, 200),
+)
+def test_a_debit_on_the_grants_it_needs_is_a_debit_on_all(
+    grants: list[tuple[int, int | None, int]], amount: int
+) -> None:
+    """What grants/store.py's query keeps: in spending order, the grants with something
+    left whose predecessors hold less than the debit, and the highest draw number."""
+    every = [g(i + 1, r, e, amount=r + 3, drawn=d) for i, (r, e, d) in enumerate(grants)]
+    needed, before = [], 0
+    for x in spending.spending_order(every):
+        if x.remaining > 0 and before < amount:
+            needed.append(x)
+        before += x.remaining
+    top = max(x.drawn for x in every)
+    assert spending.debit(needed, amount, top=top) == spending.debit(every, amount)
+
+
 def test_a_refund_goes_back_to_the_grant_drawn_last_and_a_debit_then_refund_is_undone() -> None:
     before = [g(1, 50, None, drawn=1), g(2, 10, 3)]  # 1 drawn earlier; 2 new, expiring
     moved = spending.debit(before, 15)
