@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from admin.access import ACCOUNT_ROLES, OPERATOR_ROLES
 from admin.tax_registrations import COUNTRY_CODES, TAX_ID_TYPES, check_country
+from grants import spending
 from ledger import history_query
 from meter import entry_kinds
 from notifications import endpoint_checks
@@ -92,6 +93,34 @@ class Input(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+GrantKind = Literal["included", "promotional", "purchased"]
+assert set(GrantKind.__args__) == set(spending.KINDS)  # type: ignore[attr-defined]
+# RFC 3339 with an offset, from the year 2000; the calendar is checked on top (a day the
+# month does not have is refused with 422 naming the field).
+EXPIRES_AT_PATTERN = (
+    "^2[0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]"
+    ":[0-5][0-9]([.][0-9]{1,6})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])$"
+)
+
+
+def _calendar_time(value: str) -> str:
+    parse_time(value)
+    return value
+
+
+def parse_time(value: str) -> datetime:
+    """An ``EXPIRES_AT_PATTERN`` text as an aware datetime (ValueError: no such day)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+ExpiresAt = Annotated[
+    str,
+    StringConstraints(pattern=EXPIRES_AT_PATTERN),
+    AfterValidator(_calendar_time),
+    Field(description="RFC 3339 date-time with Z or an offset, e.g. 2027-02-01T00:00:00Z."),
+]
+
+
 class Output(BaseModel):
     model_config = ConfigDict(
         extra="forbid", from_attributes=True, json_schema_serialization_defaults_required=True
@@ -128,6 +157,16 @@ class NewCredit(Input):
     description: Description
     idempotency_key: IdempotencyKey
     kind: Literal["credit", "grant"] = "credit"
+    grant_kind: GrantKind | None = Field(
+        default=None,
+        description="What the credit is granted as; left out: purchased for a credit,"
+        " promotional for a grant. Usage draws on the grant that expires first.",
+    )
+    expires_at: ExpiresAt | None = Field(
+        default=None,
+        description="When what is left of it is removed (a grant_expiry entry); left out:"
+        " never. A time already past ends it at the worker's next sweep.",
+    )
 
 
 class NewProject(Input):
@@ -236,7 +275,15 @@ class Transaction(Output):
     amount: int = Field(description=MICROS + " Signed.")
     balance_after: int
     kind: Literal[
-        "credit", "grant", "recharge", "usage", "refund", "adjustment", "purchase", "payment_refund"
+        "credit",
+        "grant",
+        "recharge",
+        "usage",
+        "refund",
+        "adjustment",
+        "purchase",
+        "payment_refund",
+        "grant_expiry",
     ]
 
 
@@ -859,3 +906,35 @@ class WebhookDeliveryPage(Output):
     object: Literal["list"] = "list"
     data: list[WebhookDelivery]
     next_cursor: str | None = Field(pattern=DELIVERY_ID_PATTERN)
+
+
+GRANT_ID_PATTERN = "^grt_[0-9]+$"
+
+
+class Grant(Output):
+    id: str = Field(pattern=GRANT_ID_PATTERN)
+    object: Literal["credit_grant"] = "credit_grant"
+    account_id: str
+    kind: Literal["included", "promotional", "purchased", "refund"] = Field(
+        description="refund: usage refunded after the grant it had drawn on expired."
+    )
+    status: Literal["live", "expired"]
+    amount: int = Field(description=MICROS + " Granted.")
+    remaining: int = Field(description=MICROS + " Left to spend (0 once expired).")
+    expires_at: datetime | None = Field(description="null: never.")
+    created_at: datetime
+    ended_at: datetime | None = Field(description="When the expiry sweep removed what was left.")
+    expired_amount: int | None = Field(description=MICROS + " What its expiry removed.")
+    ledger_entry_id: str | None = Field(
+        pattern=entry_kinds.ENTRY_ID_PATTERN,
+        description="The credit that made it (null: the balance carried over at migration).",
+    )
+    expiry_entry_id: str | None = Field(pattern=entry_kinds.ENTRY_ID_PATTERN)
+
+
+class GrantPage(Output):
+    data: list[Grant]
+    next_cursor: str | None = Field(pattern=GRANT_ID_PATTERN)
+    live_remaining: int = Field(
+        description=MICROS + " What the live grants hold: the balance when it is not below 0."
+    )

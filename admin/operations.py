@@ -8,6 +8,7 @@ from admin import (
     declared,
     routes_accounts,
     routes_credits,
+    routes_grants,
     routes_history,
     routes_invoices,
     routes_notifications,
@@ -24,6 +25,7 @@ ALL: list[declared.Operation] = [
     *routes_accounts.OPERATIONS,
     *routes_history.OPERATIONS,
     *routes_credits.OPERATIONS,
+    *routes_grants.OPERATIONS,
     *routes_projects.OPERATIONS,
     *routes_people.OPERATIONS,
     *routes_profile.OPERATIONS,
@@ -38,7 +40,8 @@ ALL: list[declared.Operation] = [
 INFO = {
     "title": "meter admin API",
     "version": "1",
-    "description": "Provision billing accounts, projects, API keys, limits and credits; members,"
+    "description": "Provision billing accounts, projects, API keys, limits and credits (each"
+    " a grant with an optional expiry, spent soonest-expiring first); members,"
     " roles and tokens; billing profiles, tax registrations and the audit log; cards, credit"
     " purchases, auto-recharge and refunds through Stripe; where billing email goes and who"
     " opts in to which; webhook endpoints and their delivery log. Amounts are"

@@ -33,6 +33,8 @@ from admin.errors import (
     PreconditionFailed,
 )
 from admin.records import ACTIVE, CLOSED, SUSPENDED, Account, ApiKey, LedgerEntry, Project
+from grants import store as grant_store
+from grants.store import GrantRecord
 from meter import apikeys, keys, money
 from meter.live_state import LiveState
 
@@ -141,6 +143,18 @@ class Provisioning:
         if account is None:
             raise NotFound(f"no account {account_id!r}")
         return account
+
+    async def grants(
+        self, account_id: str, *, limit: int, before: int | None
+    ) -> tuple[list[GrantRecord], int | None]:
+        """The account's credit grants, live and past, newest first."""
+        await self.account(account_id)
+        return await grant_store.page(self.pool, account_id, limit=limit, before=before)
+
+    async def live_grants(self, account_id: str) -> list[GrantRecord]:
+        """The live grants in spending order: what usage draws on first comes first."""
+        await self.account(account_id)
+        return await grant_store.live_records(self.pool, account_id)
 
     async def accounts(
         self, *, after: str, limit: int, name: str | None, status: str | None
@@ -386,15 +400,21 @@ class Provisioning:
             if account is None:
                 raise NotFound(f"no account {account_id!r}")
             entry = await repo.entry_by_idempotency_key(conn, account.id, credit.idempotency_key)
+            grant_kind = credit.grant_kind or grant_store.DEFAULT_KIND[credit.kind]
+            expires_at = None if credit.expires_at is None else models.parse_time(credit.expires_at)
             if entry is not None:
+                grant = await grant_store.grant_of_entry(conn, entry.id)
                 if (entry.amount, entry.description, entry.kind) != (
                     credit.amount,
                     credit.description,
                     credit.kind,
+                ) or (
+                    grant is not None and (grant.kind, grant.expires_at) != (grant_kind, expires_at)
                 ):
                     raise IdempotencyKeyReused(
                         f"idempotency key {credit.idempotency_key!r} was used for"
-                        f" {entry.credit_id} with a different amount, description or kind",
+                        f" {entry.credit_id} with a different amount, description, kind,"
+                        " grant kind or expiry",
                         entry_id=entry.credit_id,
                     )
                 replayed = True
@@ -407,6 +427,8 @@ class Provisioning:
                     kind=credit.kind,
                     description=credit.description,
                     idempotency_key=credit.idempotency_key,
+                    grant_kind=grant_kind,
+                    expires_at=expires_at,
                 )
                 await audit.record(
                     conn,

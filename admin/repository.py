@@ -9,9 +9,11 @@ in Postgres order.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from admin.records import Account, ApiKey, LedgerEntry, Project
+from grants import store as grant_store
 from meter import entry_kinds, postgres_errors
 
 Conn = Any  # asyncpg.Connection | asyncpg.Pool (asyncpg ships no type hints)
@@ -244,11 +246,16 @@ async def insert_credit(
     kind: str,
     description: str,
     idempotency_key: str,
+    grant_kind: str | None = None,
+    expires_at: datetime | None = None,
+    draw_first: str | None = None,
 ) -> LedgerEntry:
-    """The entry and the balance it moves, in the caller's transaction.
+    """The entry, the balance it moves and its grant, in the caller's transaction.
 
     The caller holds the account row locked (``get_account(for_update=True)``),
-    so ``account.balance`` is current and ``balance_after`` exact.
+    so ``account.balance`` is current and ``balance_after`` exact. A credit becomes a
+    grant (``grant_kind``, ``expires_at``); a debit draws on the grants, those of the
+    entry keyed ``draw_first`` first (``grants.store.on_entry``).
     """
     row = await conn.fetchrow(
         "with e as (insert into ledger_entries"
@@ -263,7 +270,19 @@ async def insert_credit(
         description,
         idempotency_key,
     )
-    return LedgerEntry.from_row(row)
+    entry = LedgerEntry.from_row(row)
+    await grant_store.on_entry(
+        conn,
+        account_id=account.id,
+        entry_id=entry.id,
+        kind=kind,
+        amount=amount,
+        balance_before=account.balance,
+        grant_kind=grant_kind,
+        expires_at=expires_at,
+        draw_first=draw_first,
+    )
+    return entry
 
 
 async def mark_entry_applied(conn: Conn, entry_id: int) -> None:

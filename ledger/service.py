@@ -1,5 +1,6 @@
-"""`meter ledger`: the worker, its payments, notifications and billing loops
-(payments/loop.py, notifications/loop.py, billing/loop.py) and its HTTP server
+"""`meter ledger`: the worker, its payments, notifications, billing and grant expiry
+loops (payments/loop.py, notifications/loop.py, billing/loop.py, grants/expiry.py) and
+its HTTP server
 (/metrics, /healthz, /readyz) in one process, on uvloop, with JSON logs. SIGTERM or
 SIGINT ends it gracefully: each shard finishes the batch in hand (or rolls it back after
 ``METER_SHUTDOWN_GRACE``), its lock is released, and the process exits.
@@ -19,6 +20,8 @@ from aiohttp import web
 
 from billing import loop as billing_loop
 from billing.invoices import Closer
+from grants import expiry
+from grants.metrics import GrantMetrics
 from ledger.app import create_app
 from ledger.crash import CrashHook
 from ledger.metrics import LedgerMetrics
@@ -58,6 +61,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     notifying = asyncio.create_task(notifications_loop.run(outlet, stop), name="notifications")
     closer = Closer(pool, live, settings, crash=CrashHook.from_settings(settings))
     billing = asyncio.create_task(billing_loop.run(closer, stop, ctx), name="billing")
+    sweeper = expiry.Sweeper(
+        pool,
+        live,
+        settings,
+        crash=CrashHook.from_settings(settings),
+        metrics=GrantMetrics(metrics.registry),
+    )
+    expiring = asyncio.create_task(expiry.run(sweeper, stop), name="grant-expiry")
     try:
         await worker.run(stop)
     finally:
@@ -65,7 +76,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(
-                asyncio.gather(payments, notifying, billing), settings.shutdown_grace
+                asyncio.gather(payments, notifying, billing, expiring), settings.shutdown_grace
             )
         await runner.cleanup()
         await client.aclose()

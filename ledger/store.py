@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from grants import store as grant_store
 from ledger.batching import Batch
 from ledger.events import MS_PER_DAY, StreamId
 from notifications import thresholds
@@ -182,6 +183,7 @@ select line.account_id, line.amount, moved.balance, line.kind, line.description,
        line.idempotency_key, true
 from line join moved on moved.id = line.account_id
 order by line.account_id
+returning account_id, id, amount, balance_after
 """
 
 UPSERT_ROLLUPS = """
@@ -242,13 +244,21 @@ async def apply_batch(
         step("mid_insert")
         if batch.lines:
             lines = batch.lines
-            await conn.execute(
+            written = await conn.fetch(
                 APPLY_LINES,
                 [x.account_id for x in lines],
                 [x.amount for x in lines],
                 [x.kind for x in lines],
                 [x.description for x in lines],
                 [x.idempotency_key for x in lines],
+            )
+            # The net usage draws on the accounts' grants (their rows are locked now).
+            await grant_store.apply_lines(
+                conn,
+                [
+                    grant_store.Line(r["account_id"], r["id"], r["amount"], r["balance_after"])
+                    for r in written
+                ],
             )
         if batch.rollups:
             rollups = batch.rollups

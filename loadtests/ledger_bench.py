@@ -13,7 +13,9 @@ Starts its own Redis and PostgreSQL (fsync on with --durable) unless --redis-url
            committed, sampled every 100 ms) at p50/p99/max.
 
 Every run ends by checking the book: events in Postgres == events produced, no
-duplicate, sum of usage ledger entries == sum of event prices.
+duplicate, sum of usage ledger entries == sum of event prices. With --grants N each
+account holds N live credit grants, and the check adds: the live grants hold the
+balances, and none was drawn before one that expires sooner.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -104,17 +107,41 @@ def produce(
     client.close()
 
 
-async def provision(database_url: str, accounts: int, shards: int, thresholds: int = 0) -> None:
+GRANT = 10**10  # micros each grant of --grants holds ($10,000)
+
+
+async def provision(
+    database_url: str, accounts: int, shards: int, thresholds: int = 0, grants: int = 0
+) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.copy_records_to_table(
             "accounts",
             records=[
-                (account_id(i), account_id(i), keys.shard_of(account_id(i), shards))
+                (account_id(i), account_id(i), keys.shard_of(account_id(i), shards), grants * GRANT)
                 for i in range(accounts)
             ],
-            columns=("id", "name", "shard"),
+            columns=("id", "name", "shard", "balance"),
         )
+        if grants:
+            # --grants live grants an account, all but one expiring (days apart): each
+            # batch draws its usage on them (grants/store.py), the soonest first.
+            soon = datetime.now(UTC) + timedelta(days=30)
+            await conn.copy_records_to_table(
+                "credit_grants",
+                records=[
+                    (
+                        account_id(i),
+                        "promotional",
+                        GRANT,
+                        GRANT,
+                        soon + timedelta(days=g) if g < grants - 1 else None,
+                    )
+                    for i in range(accounts)
+                    for g in range(grants)
+                ],
+                columns=("account_id", "kind", "amount", "remaining", "expires_at"),
+            )
         if thresholds:
             # Spend management on every account: one threshold passed at the first call
             # of the day (an event raised per account), the others never reached.
@@ -201,7 +228,7 @@ async def oldest_unapplied_age(
 async def run(args: argparse.Namespace) -> None:
     with servers(args) as (redis_url, database_url, postmaster):
         await migrate(database_url)
-        await provision(database_url, args.accounts, args.shards, args.thresholds)
+        await provision(database_url, args.accounts, args.shards, args.thresholds, args.grants)
         conn = await asyncpg.connect(database_url)
         client = aioredis.Redis.from_url(redis_url)
         producer: multiprocessing.Process | None = None
@@ -301,6 +328,20 @@ async def run(args: argparse.Namespace) -> None:
             f"book: {n_events:,} events, {dups} duplicates, {lines:,} ledger entries, "
             f"usage {usage:,} micros == events {priced:,} micros: {usage == priced}"
         )
+        if args.grants:
+            held = await conn.fetchval(
+                "select sum(remaining) from credit_grants where ended_at is null"
+            )
+            kept = await conn.fetchval("select sum(greatest(balance, 0)) from accounts")
+            drawn_first = await conn.fetchval(
+                "select count(*) from credit_grants g where remaining < amount and exists"
+                " (select 1 from credit_grants h where h.account_id = g.account_id"
+                " and h.remaining > 0 and h.expires_at < g.expires_at)"
+            )
+            print(
+                f"grants: {args.grants} an account, live grants hold {held:,} micros =="
+                f" balances {kept:,}: {held == kept}; drawn out of spending order: {drawn_first}"
+            )
         await client.aclose()
         await conn.close()
 
@@ -322,6 +363,9 @@ def main() -> None:
     p.add_argument("--durable", action="store_true", help="Postgres with fsync on")
     p.add_argument(
         "--thresholds", type=int, default=0, help="spend thresholds on every account (0: none)"
+    )
+    p.add_argument(
+        "--grants", type=int, default=0, help="live credit grants on every account (0: none)"
     )
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--redis-url")

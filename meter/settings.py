@@ -168,6 +168,10 @@ DELIVERY_CRASH_POINTS = (
     "delivery_before_send",  # a delivery is claimed, nothing sent yet
     "delivery_after_send",  # the receiver answered, the answer not yet recorded
 )
+GRANT_CRASH_POINTS = (
+    "expiry_before_commit",  # a grant's expiry entry written, not yet committed
+    "expiry_after_commit",  # committed, Redis not yet told
+)
 
 
 def _days(raw: str) -> tuple[int, ...]:
@@ -193,6 +197,7 @@ def _crash_points(raw: str) -> frozenset[str]:
         *PAYMENT_CRASH_POINTS,
         *DELIVERY_CRASH_POINTS,
         *CLOSE_CRASH_POINTS,
+        *GRANT_CRASH_POINTS,
     }
     if unknown:
         raise ValueError(f"unknown crash point(s) {', '.join(sorted(unknown))}")
@@ -350,6 +355,9 @@ class Settings:
     payment_lease: float = _env("METER_PAYMENT_LEASE", "60", _float(0.05, 3600))
     # How often the ledger worker's payments loop sweeps unsettled payments and levels.
     payments_sweep_interval: float = _env("METER_PAYMENTS_SWEEP_INTERVAL", "10", _float(0.01, 3600))
+    # The ledger worker's grant expiry sweep wakes at the next expiry it knows of, and
+    # looks again at least this often (for a grant another process wrote meanwhile).
+    grant_sweep_interval: float = _env("METER_GRANT_SWEEP_INTERVAL", "60", _float(0.01, 3600))
     # A purchase waiting for 3-D Secure is canceled after this long.
     payment_action_timeout: float = _env(
         "METER_PAYMENT_ACTION_TIMEOUT", "86400", _float(1, 30 * 86_400)

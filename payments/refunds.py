@@ -151,6 +151,7 @@ async def _finish(ctx: Context, refund_id: str, stripe_id: str | None, error: st
                 kind="payment_refund",
                 description=f"Refund {stripe_id} of {r.payment_id}",
                 idempotency_key=r.id,
+                draw_first=r.payment_id,  # the purchase's own grant first
             )
             await conn.execute(
                 "update payment_refunds set status = 'succeeded', stripe_refund = $2,"

@@ -191,6 +191,7 @@ async def _refunded_elsewhere(conn: asyncpg.Connection, obj: Any) -> LedgerEntry
         kind="payment_refund",
         description=f"Refund at Stripe of {intent} ({row['id']})",
         idempotency_key=key,
+        draw_first=row["id"],  # the purchase's own grant first
     )
     await conn.execute(
         "update payments set refunded = refunded + $2, updated_at = now() where id = $1",

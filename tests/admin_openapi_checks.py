@@ -38,6 +38,9 @@ accepted, as the stock check says.
   integers inside the thresholds are JSON integers too; 422 naming only
   ``daily_budget`` or ``notify_thresholds``.
 
+- Credits: ``expires_at`` must be a day its month has (the pattern allows
+  ``2031-02-30``); 422 naming only ``expires_at`` is that refusal.
+
 - Webhook endpoints: ``url``'s host must resolve, when saved, to an address a
   webhook may be sent to (the field's description); 422 naming only ``url`` is the
   refusal of one that does not (what the generator writes resolves nowhere public).
@@ -48,7 +51,7 @@ The rules are written out here from the document, not imported from the server.
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import schemathesis
@@ -70,6 +73,7 @@ WEBHOOK_URLS = {
     "PATCH /v1/accounts/{account_id}/webhook-endpoints/{endpoint_id}",
 }
 SPEND = "PUT /v1/accounts/{account_id}/spend-management"
+CREDITS = "POST /v1/accounts/{account_id}/credits"
 PURCHASE_MIN, PURCHASE_MAX = map(int, os.environ["ADMIN_FUZZ_PURCHASE_BOUNDS"].split(","))
 
 
@@ -114,6 +118,15 @@ def breaks_the_range_rule(query: dict[str, Any]) -> bool:
     start = date.fromisoformat(str(query["from"]))
     end = date.fromisoformat(str(query["to"])) if "to" in query else TODAY
     return start > end or (end - start).days >= MAX_RANGE_DAYS
+
+
+def no_such_day(value: Any) -> bool:
+    """Whether a pattern-valid ``expires_at`` names a day its month does not have."""
+    try:
+        datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return False
 
 
 def integral_floats(body: Any) -> set[str]:
@@ -179,6 +192,8 @@ def documented_refusal(case: Any, response: Any) -> bool:
     if status == 422 and slug == "invalid-input" and label == AUTO_RECHARGE:
         broken = recharge_rules_broken(body)
         return bool(broken) and set(fields) <= broken
+    if status == 422 and slug == "invalid-input" and label == CREDITS and "expires_at" in body:
+        return fields == ["expires_at"] and no_such_day(body["expires_at"])
     if status == 422 and slug == "invalid-input" and label in WEBHOOK_URLS:
         return fields == ["url"] and isinstance(body.get("url"), str)
     tags = if_match_tags(case.headers)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
+from grants import store as grant_store
 from ledger.book import credit_id
 from ledger.metrics import LedgerMetrics
 from ledger.worker import LedgerWorker, redis_client
@@ -163,7 +164,7 @@ async def add_credit(
     *,
     description: str = "Credits",
 ) -> int:
-    """A credit as the admin API writes it; ``state=None`` leaves Redis untouched
+    """A credit as the admin API writes it (with its grant); ``state=None`` leaves Redis untouched
     (a crash between Postgres and Redis)."""
     async with conn.transaction():
         balance = await conn.fetchval(
@@ -179,6 +180,14 @@ async def add_credit(
             balance,
             description,
             f"credit-{random.getrandbits(64)}",
+        )
+        await grant_store.on_entry(
+            conn,
+            account_id=account_id,
+            entry_id=entry_id,
+            kind="credit",
+            amount=amount,
+            balance_before=balance - amount,
         )
     if state is not None:
         status, _ = await state.credit(shard, account_id, credit_id(entry_id), amount)

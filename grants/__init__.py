@@ -1,0 +1,1 @@
+"""Credit grants: an expiry and a spending order for each credit (docs/grants.md)."""
