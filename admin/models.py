@@ -758,6 +758,27 @@ class Invoice(Output):
     paid_at: datetime | None
 
 
+class UpcomingInvoice(Output):
+    object: Literal["upcoming_invoice"] = "upcoming_invoice"
+    period_start: date
+    period_end: date
+    lines: list[InvoiceLine]
+    usage: int = Field(description=MICROS + " The period's usage so far.")
+    credits_applied: int = Field(description=MICROS + " What prepaid credits cover so far.")
+    amount_due: int = Field(description=MICROS + " The overage drawn so far (whole cents).")
+
+
+class EstimatedSpend(Output):
+    object: Literal["estimated_spend"] = "estimated_spend"
+    period_start: date
+    period_end: date
+    month_to_date: int = Field(description=MICROS + " Usage of the period so far.")
+    daily_rate: int = Field(description=MICROS + " The recent average daily usage.")
+    days_left: int
+    forecast: int = Field(description=MICROS + " The period's expected usage.")
+    method: str
+
+
 class InvoicePage(Output):
     data: list[Invoice]
     next_cursor: str | None = Field(pattern=INVOICE_ID_PATTERN)

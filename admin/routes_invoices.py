@@ -115,6 +115,45 @@ async def mark_uncollectible(call: Call[Any]) -> Reply:
     return Reply(invoice_model(closed))
 
 
+async def get_upcoming(call: Call[Any]) -> Reply:
+    u = await call.services.invoices.upcoming(call.account)
+    lines = [
+        models.InvoiceLine(
+            kind="usage",
+            description=f"Usage: {route} ({calls:,} calls)",
+            route=route,
+            calls=calls,
+            amount=amount,
+        )
+        for route, calls, amount in u.lines
+    ]
+    return Reply(
+        models.UpcomingInvoice(
+            period_start=u.period.start,
+            period_end=u.period.end,
+            lines=lines,
+            usage=u.due.usage,
+            credits_applied=u.due.credits_applied,
+            amount_due=u.due.amount_due,
+        )
+    )
+
+
+async def get_estimated_spend(call: Call[Any]) -> Reply:
+    period, e = await call.services.invoices.estimated_spend(call.account)
+    return Reply(
+        models.EstimatedSpend(
+            period_start=period.start,
+            period_end=period.end,
+            month_to_date=e.month_to_date,
+            daily_rate=e.daily_rate,
+            days_left=e.days_left,
+            forecast=e.forecast,
+            method=e.method,
+        )
+    )
+
+
 _QUERY = (
     {
         "name": "status",
@@ -140,6 +179,26 @@ _QUERY = (
 )
 
 OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/accounts/{account_id}/upcoming-invoice",
+        "getUpcomingInvoice",
+        "The current period's invoice so far (nothing is written)",
+        get_upcoming,
+        P.READ,
+        "account_id",
+        {200: (models.UpcomingInvoice, "The period so far.")},
+    ),
+    Operation(
+        "GET",
+        "/v1/accounts/{account_id}/estimated-spend",
+        "getEstimatedSpend",
+        "Month to date and a forecast of the period's usage, with the method",
+        get_estimated_spend,
+        P.READ,
+        "account_id",
+        {200: (models.EstimatedSpend, "The estimate.")},
+    ),
     Operation(
         "GET",
         "/v1/accounts/{account_id}/invoices",

@@ -77,7 +77,7 @@ class Services:
             recharges=Recharges(ctx, paying),
             webhooks=WebhookEndpoints(pool, ctx.settings, clock),
             spend=SpendManagement(pool, live, clock),
-            invoices=Invoices(pool),
+            invoices=Invoices(pool, clock, ctx.settings.billing_anchor_day),
             notifications=Preferences(pool),
             clock=clock,
         )

@@ -145,6 +145,46 @@ async def load(conn: Conn, invoice_id: str) -> Invoice | None:
     return Invoice.from_rows(row, lines)
 
 
+async def figures(
+    conn: Conn, account_id: str, balance: int, period: Period
+) -> tuple[list[Mapping[str, Any]], Due]:
+    """The period's usage by route and the money of its invoice, from the book as it is
+    now (a period still running: its days so far)."""
+    routes = await conn.fetch(
+        "select route, sum(calls)::bigint as calls, sum(amount)::bigint as amount"
+        " from usage_rollups where account_id = $1 and day >= $2 and day < $3"
+        " group by route having sum(calls) <> 0 or sum(amount) <> 0 order by route",
+        account_id,
+        period.start_day,
+        period.end_day,
+    )
+    later_usage = await conn.fetchval(
+        "select coalesce(sum(amount), 0)::bigint from usage_rollups"
+        " where account_id = $1 and day >= $2",
+        account_id,
+        period.end_day,
+    )
+    later_credits = await conn.fetchval(
+        "select coalesce(sum(amount), 0)::bigint from ledger_entries"
+        " where account_id = $1 and kind <> 'usage' and created_at >= $2",
+        account_id,
+        period.end_at(),
+    )
+    billed = await conn.fetchval(
+        "select coalesce(sum(amount_due - amount_paid), 0)::bigint from invoices"
+        " where account_id = $1 and status in ('draft', 'open') and period_start <> $2",
+        account_id,
+        period.start,
+    )
+    due = Due(
+        usage=sum(r["amount"] for r in routes),
+        fee=0,
+        balance_at_end=balance - later_credits + later_usage,
+        already_billed=billed,
+    )
+    return list(routes), due
+
+
 async def close_account(
     conn: Conn,
     account_id: str,
@@ -169,37 +209,7 @@ async def close_account(
         )
         if found is not None:
             return await load(conn, found)
-        routes = await conn.fetch(
-            "select route, sum(calls)::bigint as calls, sum(amount)::bigint as amount"
-            " from usage_rollups where account_id = $1 and day >= $2 and day < $3"
-            " group by route having sum(calls) <> 0 or sum(amount) <> 0 order by route",
-            account_id,
-            period.start_day,
-            period.end_day,
-        )
-        later_usage = await conn.fetchval(
-            "select coalesce(sum(amount), 0)::bigint from usage_rollups"
-            " where account_id = $1 and day >= $2",
-            account_id,
-            period.end_day,
-        )
-        later_credits = await conn.fetchval(
-            "select coalesce(sum(amount), 0)::bigint from ledger_entries"
-            " where account_id = $1 and kind <> 'usage' and created_at >= $2",
-            account_id,
-            period.end_at(),
-        )
-        billed = await conn.fetchval(
-            "select coalesce(sum(amount_due - amount_paid), 0)::bigint from invoices"
-            " where account_id = $1 and status in ('draft', 'open')",
-            account_id,
-        )
-        due = Due(
-            usage=sum(r["amount"] for r in routes),
-            fee=0,
-            balance_at_end=account["balance"] - later_credits + later_usage,
-            already_billed=billed,
-        )
+        routes, due = await figures(conn, account_id, account["balance"], period)
         if crash is not None:
             crash("close_after_lines")
         invoice_id = ids.new_id(INVOICE)

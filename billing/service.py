@@ -2,20 +2,68 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import asyncpg
 
 from admin import audit
 from admin import repository as repo
 from admin.audit import Actor
 from admin.errors import Conflict, NotFound
-from billing.invoices import Invoice, load
+from billing import periods
+from billing.estimates import Estimate, estimate
+from billing.invoices import Due, Invoice, figures, load
+from billing.periods import Period
 
 STATUSES = ("draft", "open", "paid", "void", "uncollectible")
 
 
+@dataclass(frozen=True, slots=True)
+class Upcoming:
+    """The current period's invoice so far (nothing is written)."""
+
+    account_id: str
+    period: Period
+    lines: list[tuple[str, int, int]]  # route, calls, amount
+    due: Due
+
+
 class Invoices:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, clock: Callable[[], float] = time.time, anchor: int = 1
+    ) -> None:
         self.pool = pool
+        self.clock = clock
+        self.anchor = anchor
+
+    async def upcoming(self, account_id: str) -> Upcoming:
+        period = periods.at(self.clock(), self.anchor)
+        async with self.pool.acquire() as conn:
+            balance = await conn.fetchval("select balance from accounts where id = $1", account_id)
+            if balance is None:
+                raise NotFound(f"no account {account_id!r}")
+            routes, due = await figures(conn, account_id, balance, period)
+        return Upcoming(
+            account_id, period, [(r["route"], r["calls"], r["amount"]) for r in routes], due
+        )
+
+    async def estimated_spend(self, account_id: str) -> tuple[Period, Estimate]:
+        period = periods.at(self.clock(), self.anchor)
+        today = int(self.clock() // 86_400)
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("select 1 from accounts where id = $1", account_id) is None:
+                raise NotFound(f"no account {account_id!r}")
+            rows = await conn.fetch(
+                "select day, sum(amount)::bigint as amount from usage_rollups"
+                " where account_id = $1 and day >= $2 and day <= $3 group by day",
+                account_id,
+                min(period.start_day, today - 7),
+                today,
+            )
+        by_day = {r["day"]: r["amount"] for r in rows}
+        return period, estimate(by_day, period.start_day, period.end_day, today)
 
     async def invoices(
         self, account_id: str, *, status: str | None, limit: int, before: str | None = None

@@ -22,6 +22,7 @@ from test_payments_faults import upstream_url
 
 from admin import models
 from billing import periods
+from billing.estimates import estimate
 from billing.invoices import Closer, Due, NotCaughtUp, PeriodOpen
 from billing.periods import Period
 from gateway.testing import running_gateway
@@ -291,3 +292,35 @@ async def test_calls_either_side_of_midnight_land_in_their_own_periods(
         DEC.end_day,
     )
     assert january == 1
+
+
+def test_the_forecast_is_month_to_date_plus_the_recent_rate() -> None:
+    start, end = DEC.start_day, DEC.end_day
+    today = start + 10  # 2026-12-11
+    by_day = {start + d: USD for d in range(10)} | {today: USD // 2}
+    e = estimate(by_day, start, end, today)
+    assert (e.month_to_date, e.daily_rate, e.days_left) == (10 * USD + USD // 2, USD, 20)
+    assert e.forecast == 10 * USD + USD // 2 + USD // 2 + 20 * USD
+    assert "last 7 complete UTC days" in e.method
+    first = estimate({start: 3 * USD}, start, end, start)  # the period's first day
+    assert (first.daily_rate, first.forecast) == (3 * USD, 3 * USD + 30 * 3 * USD)
+
+
+async def test_the_upcoming_invoice_and_the_estimate_of_the_running_period(
+    paying: Paying,
+) -> None:
+    account, shard = await overage_account(paying)
+    today = int(paying.clock() // 86_400)
+    async with running_worker(paying.settings):
+        await spend(paying.live, shard, account, 12 * USD, today)
+        await booked(paying)
+    up = await paying.services.invoices.upcoming(account)
+    assert up.period == periods.at(paying.clock())
+    assert (up.due.usage, up.due.amount_due, up.due.credits_applied) == (
+        12 * USD,
+        2 * USD,
+        10 * USD,
+    )
+    assert await paying.pool.fetchval("select count(*) from invoices") == 0  # nothing written
+    _, e = await paying.services.invoices.estimated_spend(account)
+    assert e.month_to_date == 12 * USD and e.forecast >= e.month_to_date
