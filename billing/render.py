@@ -35,7 +35,13 @@ STATUS_LABELS = {
     "void": "Void",
     "uncollectible": "Uncollectible",
 }
-_PARTY: dict[str, Any] = {"name": None, "email": None, "address": [], "tax_id": None, "po_number": None}
+_PARTY: dict[str, Any] = {
+    "name": None,
+    "email": None,
+    "address": [],
+    "tax_id": None,
+    "po_number": None,
+}
 _RENDERING = threading.Lock()
 
 
@@ -74,6 +80,12 @@ def title(invoice: Invoice) -> str:
 def filename(invoice: Invoice) -> str:
     """``INV-000001.pdf``; a draft, which has no number yet, by its id."""
     return f"{invoice.number or 'draft-' + invoice.id}.pdf"
+
+
+def content_disposition(invoice: Invoice) -> str:
+    """The PDF's header, as a download named by the invoice (numbers and ids are plain
+    ASCII: nothing to quote)."""
+    return f'attachment; filename="{filename(invoice)}"'
 
 
 def _party(found: dict[str, Any] | None) -> dict[str, Any] | None:
