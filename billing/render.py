@@ -43,6 +43,8 @@ _PARTY: dict[str, Any] = {
     "po_number": None,
 }
 _RENDERING = threading.Lock()
+# By name, not strftime's %b, which follows the process's locale.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def day(moment: date) -> str:
@@ -51,7 +53,7 @@ def day(moment: date) -> str:
         if moment.tzinfo is None:
             raise ValueError(f"a naive datetime has no known zone: {moment!r}")
         moment = moment.astimezone(UTC)
-    return f"{moment.day} {moment:%b %Y}"
+    return f"{moment.day} {_MONTHS[moment.month - 1]} {moment.year}"
 
 
 @functools.cache
