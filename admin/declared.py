@@ -103,10 +103,19 @@ class Call(Generic[B]):
 
 @dataclass(slots=True)
 class Reply:
-    body: BaseModel | Mapping[str, Any]
+    body: BaseModel | Mapping[str, Any] | bytes  # bytes: a document of ``content_type``
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     live: bool = True  # False: committed, Redis left to the sync loop
+    content_type: str = JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """An answer that is not JSON (an invoice's PDF): documented as a binary string of
+    its media type, in place of a model."""
+
+    media_type: str
 
 
 Handler = Callable[[Call[Any]], Awaitable[Reply]]
@@ -121,7 +130,7 @@ class Operation:
     handler: Handler
     permission: Permission
     scope: str | None  # the path parameter whose account decides; None: over every account
-    responses: Mapping[int, tuple[type[BaseModel], str]]
+    responses: Mapping[int, tuple[type[BaseModel] | Document, str]]
     body: type[BaseModel] | None = None  # None: no body, or {} (models.NoBody)
     errors: tuple[int, ...] = ()
     parameters: tuple[Mapping[str, Any], ...] = ()
@@ -136,9 +145,12 @@ class Operation:
 def live_kind(op: Operation) -> str:
     """What a deferred write was, for the metric: the kind of row the sync loop will apply."""
     model = next(iter(op.responses.values()))[0]
-    return {models.LedgerEntry: "credit", models.NewApiKey: "key", models.ApiKey: "key"}.get(
-        model, "account"
-    )
+    kinds: dict[object, str] = {
+        models.LedgerEntry: "credit",
+        models.NewApiKey: "key",
+        models.ApiKey: "key",
+    }
+    return kinds.get(model, "account")
 
 
 def raise_not_found(noun: str, value: str) -> None:
@@ -210,8 +222,15 @@ def request_id(request: web.Request) -> str:
 
 def render(reply: Reply) -> web.Response:
     body = reply.body
-    data = body.model_dump_json().encode() if isinstance(body, BaseModel) else orjson.dumps(body)
-    return web.Response(body=data, status=reply.status, content_type=JSON, headers=reply.headers)
+    if isinstance(body, bytes):
+        data = body
+    elif isinstance(body, BaseModel):
+        data = body.model_dump_json().encode()
+    else:
+        data = orjson.dumps(body)
+    return web.Response(
+        body=data, status=reply.status, content_type=reply.content_type, headers=reply.headers
+    )
 
 
 def handler_of(
@@ -256,6 +275,12 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+def _content(answer: type[BaseModel] | Document) -> dict[str, Any]:
+    if isinstance(answer, Document):
+        return {answer.media_type: {"schema": {"type": "string", "format": "binary"}}}
+    return {JSON: {"schema": _ref(answer)}}
+
+
 def _problems(statuses: Iterable[int]) -> dict[str, Any]:
     out = {}
     for status in sorted(set(statuses)):
@@ -284,7 +309,7 @@ def _operation_doc(op: Operation) -> dict[str, Any]:
         "x-permission": str(op.permission),
         "responses": {
             **{
-                str(s): {"description": d, "content": {JSON: {"schema": _ref(m)}}}
+                str(s): {"description": d, "content": _content(m)}
                 for s, (m, d) in op.responses.items()
             },
             **_problems(errors),
@@ -334,7 +359,7 @@ def openapi_document(operations: Iterable[Operation], info: Mapping[str, Any]) -
     ops = list(operations)
     used: set[type[BaseModel]] = {models.Problem}
     for op in ops:
-        used.update(m for m, _ in op.responses.values())
+        used.update(m for m, _ in op.responses.values() if not isinstance(m, Document))
         if op.writes:
             used.add(op.body or models.NoBody)
     _, schemas = models_json_schema(

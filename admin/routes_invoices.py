@@ -2,7 +2,8 @@
 
 An invoice is written once per account and billing period when the period closes
 (the ledger worker, or ``meter close-period``); it is a draft during the grace
-period, then open (or paid, when nothing is due), numbered and frozen.
+period, then open (or paid, when nothing is due), numbered and frozen. Its PDF is the
+same invoice printed (``billing.render``), named by its number.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any
 
 from admin import models
 from admin.access import Permission as P
-from admin.declared import NO_STORE, Call, Operation, Reply
+from admin.declared import NO_STORE, Call, Document, Operation, Reply
 from admin.routes_payments import payment_model
-from billing import charges
-from billing.invoices import Invoice
+from billing import charges, render
+from billing.invoices import Invoice, usage_description
 from billing.service import STATUSES
 from ledger import history_query
 from ledger.errors import BadQuery
@@ -120,7 +121,7 @@ async def get_upcoming(call: Call[Any]) -> Reply:
     lines = [
         models.InvoiceLine(
             kind="usage",
-            description=f"Usage: {route} ({calls:,} calls)",
+            description=usage_description(route, calls),
             route=route,
             calls=calls,
             amount=amount,
@@ -153,6 +154,18 @@ async def get_estimated_spend(call: Call[Any]) -> Reply:
         )
     )
 
+
+async def get_invoice_pdf(call: Call[Any]) -> Reply:
+    invoice_id = call.request.match_info["invoice_id"]
+    invoice = await call.services.invoices.invoice(call.account, invoice_id)
+    return Reply(
+        await render.pdf_off_loop(invoice),
+        content_type=PDF.media_type,
+        headers={"Content-Disposition": render.content_disposition(invoice), **NO_STORE},
+    )
+
+
+PDF = Document("application/pdf")
 
 _QUERY = (
     {
@@ -210,6 +223,19 @@ OPERATIONS = [
         {200: (models.InvoicePage, "A page of invoices.")},
         errors=(400,),
         parameters=_QUERY,
+    ),
+    # Before getInvoice: its {invoice_id} would also match "inv_....pdf".
+    Operation(
+        "GET",
+        "/v1/invoices/{invoice_id}.pdf",
+        "getInvoicePdf",
+        "The invoice as a PDF",
+        get_invoice_pdf,
+        P.READ,
+        "invoice_id",
+        {200: (PDF, "The invoice printed, named INV-000001.pdf (Content-Disposition).")},
+        description="The same invoice as GET /v1/invoices/{invoice_id}, from the template of"
+        " the portal's invoice page; a draft is marked DRAFT and has no number.",
     ),
     Operation(
         "GET",

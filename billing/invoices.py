@@ -81,6 +81,8 @@ class Invoice:
     due_at: datetime | None
     paid_at: datetime | None
     lines: tuple[Line, ...]
+    payment_attempts: int = 0  # charges tried (an open one with any has failed so far)
+    overdue_at: datetime | None = None
 
     @classmethod
     def from_rows(cls, row: Mapping[str, Any], lines: list[Mapping[str, Any]]) -> Invoice:
@@ -110,6 +112,8 @@ class Invoice:
                 )
                 for r in lines
             ),
+            payment_attempts=row["payment_attempts"],
+            overdue_at=row["overdue_at"],
         )
 
 
@@ -143,6 +147,10 @@ async def load(conn: Conn, invoice_id: str) -> Invoice | None:
         "select * from invoice_lines where invoice_id = $1 order by position", invoice_id
     )
     return Invoice.from_rows(row, lines)
+
+
+def usage_description(route: str, calls: int) -> str:
+    return f"Usage: {route} ({calls:,} call{'' if calls == 1 else 's'})"
 
 
 async def figures(
@@ -231,7 +239,7 @@ async def close_account(
         lines = [
             (
                 "usage",
-                f"Usage: {r['route']} ({r['calls']:,} calls)",
+                usage_description(r["route"], r["calls"]),
                 r["route"],
                 r["calls"],
                 r["amount"],

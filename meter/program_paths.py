@@ -1,5 +1,5 @@
 """Where the outside programs we run are found: redis-server, PostgreSQL, wrk, nginx,
-chromium.
+chromium, pdftoppm; and Pango, the library weasyprint (the invoice PDFs) loads.
 
 One set of finders for ``meter dev``, the test fixtures, the benchmark and the
 step that installs what they need (``meter.system_needs``). A ``Search`` says
@@ -25,6 +25,9 @@ class Search:
     postgres_root: str = "/usr/lib/postgresql"
     # Also the servers shipped in the optional ``embedded`` extra's wheels.
     embedded: bool = True
+    # Shared libraries: these folders and their per-architecture subfolders
+    # (Debian's /usr/lib/x86_64-linux-gnu).
+    library_dirs: tuple[str, ...] = ("/usr/lib", "/usr/local/lib", "/lib")
 
 
 SYSTEM = Search()
@@ -88,3 +91,24 @@ def find_chromium(search: Search = SYSTEM) -> str | None:
     """Debian's chromium (/usr/bin/chromium), which the browser tests drive through
     Playwright instead of a browser Playwright would download."""
     return find_program("chromium", search)
+
+
+def find_pdftoppm(search: Search = SYSTEM) -> str | None:
+    """Debian's poppler-utils: the tests print an invoice PDF's page to a PNG with it."""
+    return find_program("pdftoppm", search)
+
+
+PANGO_FT2 = "libpangoft2-1.0.so.0"
+
+
+def find_pango(search: Search = SYSTEM) -> str | None:
+    """Pango's FreeType library, which weasyprint loads to lay out the invoice PDFs (it
+    brings Pango itself, HarfBuzz and fontconfig with it)."""
+    for folder in search.library_dirs:
+        for candidate in (
+            os.path.join(folder, PANGO_FT2),
+            *sorted(glob.glob(os.path.join(folder, "*", PANGO_FT2))),
+        ):
+            if os.path.exists(candidate):
+                return candidate
+    return None

@@ -30,6 +30,8 @@ from meter.program_paths import (
     Search,
     find_chromium,
     find_nginx,
+    find_pango,
+    find_pdftoppm,
     find_pg_bin,
     find_program,
     find_redis_server,
@@ -53,6 +55,10 @@ POSTGRES = Need("PostgreSQL", "postgresql", "postgresql", True, find_pg_bin)
 WRK = Need("wrk", "wrk", None, False, find_wrk)  # tests/test_loadtests.py drives wrk
 NGINX = Need("nginx", "nginx", "nginx", False, find_nginx)  # a real upstream; the bench
 CHROMIUM = Need("chromium", "chromium", None, False, find_chromium)  # tests/browser.py drives it
+# weasyprint lays out the invoice PDFs with Pango (billing/render.py); the package brings
+# Pango, HarfBuzz, fontconfig and, through fontconfig, the DejaVu fonts.
+PANGO = Need("Pango", "libpangoft2-1.0-0", None, False, find_pango)
+POPPLER = Need("pdftoppm", "poppler-utils", None, False, find_pdftoppm)  # the PDF's screenshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +71,10 @@ class Profile:
 
 
 PROFILES = {
-    "demo": Profile("meter dev", (REDIS, POSTGRES), embedded=True),
-    "test": Profile("the tests", (REDIS, POSTGRES, WRK, NGINX, CHROMIUM), embedded=False),
+    "demo": Profile("meter dev", (REDIS, POSTGRES, PANGO), embedded=True),
+    "test": Profile(
+        "the tests", (REDIS, POSTGRES, WRK, NGINX, CHROMIUM, PANGO, POPPLER), embedded=False
+    ),
     "bench": Profile("the benchmark", (REDIS, WRK, NGINX), embedded=False),
     "admin-bench": Profile("the admin benchmark", (REDIS, POSTGRES), embedded=False),
     "recharge-bench": Profile("the recharge benchmark", (REDIS, POSTGRES, WRK), embedded=False),

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import Any, Protocol
 
 import asyncpg
@@ -28,6 +29,7 @@ import orjson
 
 from admin.ids import DELIVERY, new_id
 from admin.repository import Conn
+from billing import invoices, render
 from ledger.crash import CrashHook
 from meter.settings import Settings
 from notifications import events, mail, preferences, retry_schedule, smtp, webhook_delivery
@@ -67,9 +69,14 @@ class Outlet:
         return datetime.fromtimestamp(self.clock(), UTC)
 
 
+# Events whose email carries the invoice (data.invoice_id) as a PDF.
+INVOICE_ATTACHED = frozenset({"invoice.finalized"})
+
+
 class SmtpMailer:
     """Email through ``METER_SMTP_URL``: recipients from the notification preferences,
-    messages from the templates; a 5xx is permanent, anything else is tried again."""
+    messages from the templates (an invoice's event with its PDF attached); a 5xx is
+    permanent, anything else is tried again."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, address: smtp.SmtpAddress) -> None:
         self.pool = pool
@@ -88,12 +95,29 @@ class SmtpMailer:
         message = mail.compose(
             event, recipient, self.settings, message_id=message_id, account_name=name
         )
+        if event["type"] in INVOICE_ATTACHED:
+            await self.attach_invoice(message, event)
         try:
             await smtp.send(self.address, message, tls_context=self.tls_context)
         except smtp.MailFailed as exc:
             took = round((time.monotonic() - started) * 1000, 1)
             return Attempt(False, exc.code, took, exc.detail, "", permanent=exc.permanent)
         return Attempt(True, 250, round((time.monotonic() - started) * 1000, 1), None, "")
+
+    async def attach_invoice(self, message: EmailMessage, event: dict[str, Any]) -> None:
+        """The invoice as it is now, printed: ``INV-000001.pdf``."""
+        invoice_id = str((event.get("data") or {}).get("invoice_id", ""))
+        async with self.pool.acquire() as conn:
+            invoice = await invoices.load(conn, invoice_id)
+        if invoice is None or invoice.account_id != event["account_id"]:
+            log.warning("event %s names no invoice of its account: sent without a PDF", event["id"])
+            return
+        message.add_attachment(
+            await render.pdf_off_loop(invoice),
+            maintype="application",
+            subtype="pdf",
+            filename=render.filename(invoice),
+        )
 
 
 def open_outlet(

@@ -66,7 +66,7 @@ PORTAL_PATHS: dict[str, str] = {
     "payment.refunded": "/balance-history",
     "payment_method.expiring": "/payment-methods",
     "webhook_endpoint.disabled": "/webhooks",
-    "invoice.finalized": "/",
+    "invoice.finalized": "/invoices",
 }
 
 

@@ -20,6 +20,7 @@ from meter.settings import Settings
 from portal import (
     csp,
     email_signin,
+    pages_invoices,
     pages_keys,
     pages_money,
     pages_notifications,
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     pages = (
         signin,
         pages_money,
+        pages_invoices,
         pages_payments,
         pages_recharge,
         pages_spend,

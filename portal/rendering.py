@@ -22,6 +22,7 @@ from portal.context import VIEWER
 SECTIONS: dict[str, tuple[str, P]] = {
     "overview": ("/", P.READ),
     "balance_history": ("/balance-history", P.READ),
+    "invoices": ("/invoices", P.READ),
     "payment_methods": ("/payment-methods", P.READ),
     "credits": ("/credits", P.READ),
     "auto_recharge": ("/auto-recharge", P.READ),

@@ -215,6 +215,8 @@ STUBS = {  # package -> what installing it leaves, relative to the fake machine
     "nginx": "bin/nginx",
     "chromium": "bin/chromium",
     "postgresql": "pg/15/bin/initdb",
+    "libpangoft2-1.0-0": "lib/x86_64-linux-gnu/libpangoft2-1.0.so.0",
+    "poppler-utils": "bin/pdftoppm",
 }
 
 
@@ -250,7 +252,11 @@ esac; done
     return FakeMachine(
         bin_dir,
         Search(
-            path=str(bin_dir), system_dirs=(), postgres_root=str(tmp_path / "pg"), embedded=False
+            path=str(bin_dir),
+            system_dirs=(),
+            postgres_root=str(tmp_path / "pg"),
+            embedded=False,
+            library_dirs=(str(tmp_path / "lib"),),
         ),
         log,
     )
@@ -264,7 +270,10 @@ def test_as_root_it_installs_what_is_missing_updating_first_and_stops_the_servic
         "test", fake.search, root=True, systemd_marker=str(tmp_path / "no-systemd"), out=out
     )
     assert line is None
-    install = "apt-get install -y -qq redis-server postgresql wrk nginx chromium"
+    install = (
+        "apt-get install -y -qq redis-server postgresql wrk nginx chromium"
+        " libpangoft2-1.0-0 poppler-utils"
+    )
     assert fake.calls() == [
         install,  # failed: the package list is stale
         "apt-get update -qq",
@@ -273,7 +282,8 @@ def test_as_root_it_installs_what_is_missing_updating_first_and_stops_the_servic
         "service postgresql stop",
         "service nginx stop",
     ]
-    assert "installing redis-server postgresql wrk nginx chromium from Debian" in out.getvalue()
+    packages = install.removeprefix("apt-get install -y -qq ")
+    assert f"installing {packages} from Debian" in out.getvalue()
     assert system_needs.probe(PROFILES["test"], fake.search, root=True).missing == ()
 
 
@@ -281,14 +291,17 @@ def test_only_what_is_missing_is_installed_and_nothing_when_nothing_is(
     fake: FakeMachine, tmp_path: Path
 ) -> None:
     (tmp_path / "fresh").touch()
-    for package in ("redis-server", "postgresql"):
+    for package in ("redis-server", "postgresql", "libpangoft2-1.0-0"):
         stub = tmp_path / STUBS[package]
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.touch(mode=0o755)
     assert system_needs.ensure("demo", fake.search, root=True, out=io.StringIO()) is None
     assert fake.calls() == []
     assert system_needs.ensure("test", fake.search, root=True, out=io.StringIO()) is None
-    assert fake.calls() == ["apt-get install -y -qq wrk nginx chromium", "service nginx stop"]
+    assert fake.calls() == [
+        "apt-get install -y -qq wrk nginx chromium poppler-utils",
+        "service nginx stop",
+    ]
 
 
 def test_not_root_it_installs_through_passwordless_sudo(fake: FakeMachine, tmp_path: Path) -> None:
@@ -319,15 +332,16 @@ def test_it_stops_with_the_one_line_when_it_cannot_install(
 ) -> None:
     not_root = system_needs.ensure("test", fake.search, root=False, out=io.StringIO())
     assert not_root == (
-        "the tests: missing redis-server, PostgreSQL, wrk, nginx, chromium; run as root (or"
-        " with passwordless sudo) to have them installed, or install them:"
-        " `sudo apt-get install redis-server postgresql wrk nginx chromium`"
+        "the tests: missing redis-server, PostgreSQL, wrk, nginx, chromium, Pango, pdftoppm;"
+        " run as root (or with passwordless sudo) to have them installed, or install them:"
+        " `sudo apt-get install redis-server postgresql wrk nginx chromium libpangoft2-1.0-0"
+        " poppler-utils`"
     )
     (fake.bin / "apt-get").unlink()
     no_apt = system_needs.ensure("test", fake.search, root=True, out=io.StringIO())
     assert no_apt == (
-        "the tests: missing redis-server, PostgreSQL, wrk, nginx, chromium; there is no apt-get"
-        " here: install them"
+        "the tests: missing redis-server, PostgreSQL, wrk, nginx, chromium, Pango, pdftoppm;"
+        " there is no apt-get here: install them"
     )
     assert fake.calls() == []  # nothing was tried
 
@@ -337,7 +351,7 @@ def test_a_failing_install_is_tried_again_after_an_update_then_reported(
 ) -> None:
     (tmp_path / "broken").touch()
     line = system_needs.ensure("demo", fake.search, root=True, out=io.StringIO())
-    install = "apt-get install -y -qq redis-server postgresql"
+    install = "apt-get install -y -qq redis-server postgresql libpangoft2-1.0-0"
     assert line == f"system_needs: `{install}` failed (exit 100)"
     assert fake.calls() == [install, "apt-get update -qq", install]
 
