@@ -416,12 +416,15 @@ class Bench:
     ) -> dict[str, Any]:
         """One phase: the settings, the traffic, the drain; what it did."""
         a = self.args
-        before = await counts(db)
         for x in plan.accounts:
             threshold = cents_down(await admin.balance(x.id) - plan.lead)
             await admin.recharge(x.id, on, threshold, plan.amount)
             if not on:
                 await admin.grant(x.id, plan.cover, f"off-{run}")
+        # Counted from when the phase's settings are all in effect: what the last
+        # phase's tail (or the switch itself) started is not this phase's.
+        await drained(db)
+        before = await counts(db)
         quiet = wait_quiet(a.noise_threshold, a.quiet_wait)
         sample = await asyncio.to_thread(measured, a.seconds)
         await drained(db)

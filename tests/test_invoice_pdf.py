@@ -150,11 +150,12 @@ async def test_the_pdf_says_the_invoice_to_the_cent_and_a_page_of_it_is_legible(
     paying: Paying, tmp_path: Path
 ) -> None:
     invoice = await december_invoice(paying)
-    # $12.375 used, $10 of credits: $2.375 due, which is $2.38 to the cent.
+    # $12.375 used, $10 of credits: $2.375 drawn, $2.37 due in whole cents (the half
+    # cent waits for the next period), so credits covered $10.005.
     assert (invoice.usage_amount, invoice.credits_applied, invoice.amount_due) == (
         12_375_000,
-        10_000_000,
-        2_375_000,
+        10_005_000,
+        2_370_000,
     )
     pdf = await render.pdf_off_loop(invoice)
     assert pdf.startswith(b"%PDF-")
@@ -172,14 +173,14 @@ async def test_the_pdf_says_the_invoice_to_the_cent_and_a_page_of_it_is_legible(
     totals = [
         ("Usage", "$12.38"),  # 12.375, half away from zero
         ("Plan fee", "$0.00"),
-        ("Applied credit balance", "-$10.00"),
-        ("Amount due", "$2.38"),
+        ("Applied credit balance", "-$10.01"),  # 10.005, half away from zero
+        ("Amount due", "$2.37"),
         ("Amount paid", "$0.00"),
-        ("Amount remaining", "$2.38"),
+        ("Amount remaining", "$2.37"),
     ]
     for label, amount in totals:
         assert f"{label} {amount}" in flat, label
-    assert money(invoice.usage_amount) == "$12.38" and money(invoice.amount_due) == "$2.38"
+    assert money(invoice.usage_amount) == "$12.38" and money(invoice.amount_due) == "$2.37"
     for party in ("Meter Ltd", "1 Main Street", "Acme GmbH", "Friedrichstraße 68", "PO-2026-17"):
         assert party in flat, party
     for label, when in (("Issued", "1 Jan 2027"), ("Due", "15 Jan 2027")):
@@ -252,7 +253,7 @@ async def test_the_finalized_invoice_email_carries_its_pdf(
     pdf = attachment.get_content()
     assert isinstance(pdf, bytes) and pdf.startswith(b"%PDF-")
     flat = " ".join(text_of(pdf).split())
-    assert "INV-000001" in flat and "Amount due $2.38" in flat
+    assert "INV-000001" in flat and "Amount due $2.37" in flat
 
     # The message itself is still the text and HTML parts the templates make.
     body = message.get_body(("plain",))

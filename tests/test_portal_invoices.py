@@ -180,7 +180,7 @@ async def test_the_invoices_in_their_three_groups_and_one_as_its_pdf_prints_it(
     reader = pypdf.PdfReader(io.BytesIO(saved.read_bytes()))
     text = " ".join(" ".join(p.extract_text() for p in reader.pages).split())
     assert "INV-000002" in text and "Amount due $5.00" in text
-    assert "Applied credit balance -$15.00" in text and "Usage: chat (1 calls) 1 $20.00" in text
+    assert "Applied credit balance -$15.00" in text and "Usage: chat (1 call) 1 $20.00" in text
 
 
 async def test_another_accounts_invoice_is_not_found(stack: Stack, page: Page) -> None:
