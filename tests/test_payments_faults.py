@@ -152,7 +152,10 @@ async def test_2000_calls_and_two_workers_make_one_charge_per_crossing(
         statuses = {s for s, _ in results}
         assert statuses <= {200, 402}, statuses
         spent = sum(c for s, c in results if s == 200)
-        assert spent >= 5 * USD  # crossed at least once
+        # Crossed at least once: $12 fell below the $10 threshold. (Each call reserves
+        # $0.10 before it is settled at $0.01, so how many of the 2,000 are admitted
+        # depends on how fast recharges land; on a loaded machine, under 500.)
+        assert spent >= 2 * USD
 
         async def settled_all() -> bool:
             pending = await paying.pool.fetchval(
