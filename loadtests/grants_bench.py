@@ -32,11 +32,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
+from loadtests.recharge_bench import Admin
 from meter import keys as key_layout
 from meter import local_servers
 from meter.devstack import child_environment
@@ -59,21 +59,6 @@ ROLES = ("gateway", "ledger", "postgres", "redis")
 class Account:
     id: str
     key: str
-
-
-class Admin:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
-
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        async with self.http.request(method, self.url + path, json=body) as r:
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {path}: {r.status} {await r.text()}")
-            return await r.json()
-
-    async def close(self) -> None:
-        await self.http.close()
 
 
 async def provision(admin: Admin, name: str, n: int, grants: int) -> list[Account]:
@@ -181,7 +166,7 @@ async def run(a: argparse.Namespace, folder: Path) -> dict[str, Any]:
         started.append(ledger)
         gateway = servers.start_gateway(folder, env, 1, "gateway")
         started.append(gateway)
-        admin = Admin(admin_server.url)
+        admin = Admin(admin_server.url, TOKEN)
         sets = {
             "A": await provision(admin, "A", a.accounts, 1),
             "B": await provision(admin, "B", a.accounts, a.grants),

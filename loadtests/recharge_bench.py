@@ -101,9 +101,9 @@ class Plan:
 class Admin:
     """The admin API with the bootstrap token."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str = TOKEN) -> None:
         self.url = url
-        self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
+        self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         async with self.http.request(method, self.url + path, json=body) as r:

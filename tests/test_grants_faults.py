@@ -4,40 +4,18 @@ exactly what was left, and Redis follows the book to the micro."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from grants_support import booked, books, consistent, grant, spend
-from ledger_fixtures import start_worker_process, wait_for
+from ledger_fixtures import wait_for
 from payments_support import USD, Paying
-
-from meter.settings import Settings
+from test_payments_faults import workers
 
 ACCOUNTS = 12
-
-
-@contextlib.contextmanager
-def workers(
-    settings: Settings, log: Path, n: int, **env: str
-) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [start_worker_process(settings, log, **env) for _ in range(n)]
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 async def died(proc: subprocess.Popen[bytes]) -> bool:
