@@ -48,22 +48,28 @@ async def send(
     *,
     tls_context: ssl.SSLContext | None = None,
 ) -> None:
+    # One client, closed whatever happens: aiosmtplib.send left the socket of a failed
+    # TLS handshake to the garbage collector.
+    client = aiosmtplib.SMTP(
+        hostname=address.host,
+        port=address.port,
+        username=address.username,
+        password=address.password,
+        use_tls=address.security == "tls",
+        # plain means plain: aiosmtplib would otherwise upgrade when offered
+        start_tls=address.security == "starttls",
+        tls_context=tls_context,
+        timeout=TIMEOUT,
+    )
     try:
         async with asyncio.timeout(TIMEOUT):
-            refused, _ = await aiosmtplib.send(
-                message,
-                hostname=address.host,
-                port=address.port,
-                username=address.username,
-                password=address.password,
-                use_tls=address.security == "tls",
-                # plain means plain: aiosmtplib would otherwise upgrade when offered
-                start_tls=address.security == "starttls",
-                tls_context=tls_context,
-                timeout=TIMEOUT,
-            )
+            await client.connect()
+            refused, _ = await client.send_message(message)
+            await client.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:  # ssl.SSLError: OSError
         raise failure(exc) from exc
+    finally:
+        client.close()
     if refused:  # some recipients taken, these not: the message did not reach them
         raise failure(
             aiosmtplib.SMTPRecipientsRefused(
