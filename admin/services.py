@@ -77,7 +77,9 @@ class Services:
             recharges=Recharges(ctx, paying),
             webhooks=WebhookEndpoints(pool, ctx.settings, clock),
             spend=SpendManagement(pool, live, clock),
-            invoices=Invoices(pool, clock, ctx.settings.billing_anchor_day),
+            invoices=Invoices(
+                pool, clock, ctx.settings.billing_anchor_day, ctx.settings.invoice_overdue
+            ),
             notifications=Preferences(pool),
             clock=clock,
         )

@@ -196,6 +196,21 @@ async def _overdue(ctx: Context, conn: asyncpg.Connection, inv: Any, data: dict[
     )
 
 
+async def lift_overdue(conn: asyncpg.Connection, inv: Any, policy: str) -> None:
+    """Undo what the overdue policy did for this invoice (it is paid, void or written
+    off): the account resumed, or its overage line given back."""
+    if inv["overdue_at"] is None:
+        return
+    account = await repo.get_account(conn, inv["account_id"], for_update=True)
+    assert account is not None
+    if policy == "suspend" and account.status == "suspended":
+        await repo.update_account(conn, account.id, "status = 'active'", config=True)
+    elif inv["held_overage_line"]:
+        await repo.update_account(
+            conn, account.id, "overage_line = $2", inv["held_overage_line"], config=True
+        )
+
+
 async def paid(ctx: Context, conn: asyncpg.Connection, p: Payment) -> None:
     """A charge of the invoice succeeded (in the settlement's transaction, after the
     credit): the invoice is paid, the overdue policy lifted, ``invoice.paid`` raised."""
@@ -212,16 +227,8 @@ async def paid(ctx: Context, conn: asyncpg.Connection, p: Payment) -> None:
         amount_paid,
         done,
     )
-    if done and inv["overdue_at"] is not None:
-        account = await repo.get_account(conn, inv["account_id"], for_update=True)
-        assert account is not None
-        if ctx.settings.invoice_overdue == "suspend" and account.status == "suspended":
-            await repo.update_account(conn, account.id, "status = 'active'", config=True)
-        elif inv["held_overage_line"]:
-            await repo.update_account(
-                conn, account.id, "overage_line = $2", inv["held_overage_line"], config=True
-            )
     if done:
+        await lift_overdue(conn, inv, ctx.settings.invoice_overdue)
         await outbox.raise_event(
             conn,
             "invoice.paid",

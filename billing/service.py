@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import asyncpg
 
 from admin import audit
-from admin import repository as repo
 from admin.audit import Actor
 from admin.errors import Conflict, NotFound
-from billing import periods
+from billing import charges, periods
 from billing.estimates import Estimate, estimate
 from billing.invoices import Due, Invoice, figures, load
 from billing.periods import Period
+from meter.money import utc_day
 
 STATUSES = ("draft", "open", "paid", "void", "uncollectible")
 
@@ -32,11 +32,16 @@ class Upcoming:
 
 class Invoices:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Callable[[], float] = time.time, anchor: int = 1
+        self,
+        pool: asyncpg.Pool,
+        clock: Callable[[], float] = time.time,
+        anchor: int = 1,
+        overdue_policy: str = "block_overage",
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.anchor = anchor
+        self.overdue_policy = overdue_policy
 
     async def upcoming(self, account_id: str) -> Upcoming:
         period = periods.at(self.clock(), self.anchor)
@@ -51,7 +56,7 @@ class Invoices:
 
     async def estimated_spend(self, account_id: str) -> tuple[Period, Estimate]:
         period = periods.at(self.clock(), self.anchor)
-        today = int(self.clock() // 86_400)
+        today = utc_day(self.clock())
         async with self.pool.acquire() as conn:
             if await conn.fetchval("select 1 from accounts where id = $1", account_id) is None:
                 raise NotFound(f"no account {account_id!r}")
@@ -122,14 +127,7 @@ class Invoices:
                 invoice_id,
                 status,
             )
-            if row["overdue_at"] is not None and row["held_overage_line"]:
-                await repo.update_account(
-                    conn,
-                    row["account_id"],
-                    "overage_line = $2",
-                    row["held_overage_line"],
-                    config=True,
-                )
+            await charges.lift_overdue(conn, row, self.overdue_policy)
             after = await load(conn, invoice_id)
             await audit.record(
                 conn,

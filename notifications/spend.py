@@ -21,9 +21,8 @@ from admin.audit import Actor
 from admin.errors import Conflict, InvalidInput, NotFound
 from admin.ids import new_id
 from admin.provisioning import check_etag
-from ledger.events import MS_PER_DAY
 from meter.live_state import LiveState
-from meter.money import money
+from meter.money import money, utc_day
 from notifications import thresholds
 from notifications.thresholds import ABSOLUTE, PERCENT, Threshold
 
@@ -80,10 +79,6 @@ def check(c: SpendChange) -> None:
             errors.append((where, "an amount must be above zero"))
     if errors:
         raise InvalidInput(errors)
-
-
-def utc_day(now: float) -> int:
-    return int(now * 1000) // MS_PER_DAY
 
 
 class SpendManagement:

@@ -14,6 +14,7 @@ from payments_support import ACTOR, DECLINED_WHEN_CHARGED, USD, Paying
 from test_invoices import DEC, booked, overage_account
 
 from admin.errors import Conflict
+from admin.services import open_services
 from billing import charges
 from billing.invoices import Closer
 
@@ -133,3 +134,30 @@ async def test_a_void_invoice_is_no_longer_charged_and_its_amount_stays_owed(
     )
     assert (row["usage_amount"], row["amount_due"]) == (0, 0)  # capped at the period's use
     assert await paying.book_balance(account) == -5 * USD
+
+
+async def test_under_suspend_an_overdue_account_resumes_once_its_invoice_is_written_off(
+    paying: Paying,
+) -> None:
+    suspending = open_services(
+        paying.pool, paying.live, paying.settings.replace(invoice_overdue="suspend"), paying.clock
+    )
+    try:
+        account, inv, _ = await owing(paying, DECLINED_WHEN_CHARGED)
+        finalized = (await invoice(paying, inv))["finalized_at"]
+        assert await charges.charge_due(suspending.payments.ctx) == 1
+        for days in (1, 3, 5, 7):
+            at(paying, finalized + timedelta(days=days))
+            assert await charges.charge_due(suspending.payments.ctx) == 1
+        assert await status(paying, account) == "suspended"
+        assert await overage_line(paying, account) == 50 * USD  # suspend holds no line
+        await suspending.invoices.close_out(ACTOR, inv, "uncollectible")
+        assert await status(paying, account) == "active"
+        assert await overage_line(paying, account) == 50 * USD
+        assert await paying.book_balance(account) == -5 * USD  # written off, still owed
+    finally:
+        await suspending.payments.close()
+
+
+async def status(paying: Paying, account: str) -> str:
+    return str(await paying.pool.fetchval("select status from accounts where id = $1", account))
