@@ -716,6 +716,11 @@ class InvoicePayment(Input):
     payment_method_id: PaymentMethodId | None = Field(
         default=None, description="The card to charge; left out: the default card."
     )
+    idempotency_key: IdempotencyKey | None = Field(
+        default=None,
+        description="Per invoice: a retry with it answers the first payment and charges"
+        " nothing more (409 idempotency-key-reused with another card).",
+    )
 
 
 class InvoiceLine(Output):

@@ -20,7 +20,7 @@ from billing.service import STATUSES
 from ledger import history_query
 from ledger.errors import BadQuery
 from ledger.history_query import page_limit
-from payments.service import PaymentRefused, PurchaseResult
+from payments.service import PurchaseResult
 
 
 def invoice_model(i: Invoice) -> models.Invoice:
@@ -84,23 +84,16 @@ async def get_invoice(call: Call[Any]) -> Reply:
 
 async def pay_invoice(call: Call[models.InvoicePayment]) -> Reply:
     """Charge what the invoice owes, with the buyer present (3-D Secure possible)."""
-    invoice_id = call.request.match_info["invoice_id"]
-    charge = await charges.start(
+    charge = await charges.pay(
         call.services.payments.ctx,
-        invoice_id,
-        on_session=True,
+        call.actor,
+        call.account,
+        call.request.match_info["invoice_id"],
         payment_method_id=call.body.payment_method_id,
-        account_id=call.account,
-        actor=call.actor,
+        idempotency_key=call.body.idempotency_key,
     )
-    assert charge is not None  # an account's own call raises instead
-    p = charge.payment
-    if p.status == "failed":
-        raise PaymentRefused(
-            p.failure_message or "the card was declined", code=p.failure_code, payment_id=p.id
-        )
-    result = PurchaseResult(p, False, client_secret=charge.client_secret)
-    return Reply(payment_model(p, result), 201, dict(NO_STORE))
+    result = PurchaseResult(charge.payment, False, client_secret=charge.client_secret)
+    return Reply(payment_model(charge.payment, result), 201, dict(NO_STORE))
 
 
 async def void_invoice(call: Call[Any]) -> Reply:

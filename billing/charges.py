@@ -25,10 +25,10 @@ import asyncpg
 from admin import audit, ids
 from admin import repository as repo
 from admin.audit import Actor
-from admin.errors import Conflict, NotFound
+from admin.errors import Conflict, IdempotencyKeyReused, NotFound
 from payments import outbox
 from payments.records import Payment
-from payments.service import Context, Payments, card_to_charge, send
+from payments.service import Context, PaymentRefused, Payments, card_to_charge, send
 
 ACTIVE = "active"
 OFF_SESSION = "off_session"  # payments.reason of a charge nobody is there to authenticate
@@ -40,6 +40,43 @@ class Charge:
     client_secret: str | None  # for the browser when 3-D Secure is needed
 
 
+async def pay(
+    ctx: Context,
+    actor: Actor,
+    account_id: str,
+    invoice_id: str,
+    *,
+    payment_method_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> Charge:
+    """The buyer pays what the account's open invoice owes, on-session (the admin API's
+    ``POST /v1/invoices/{id}/pay`` and the portal's Pay): the payment, settled or waiting
+    for 3-D Secure; a decline raises ``PaymentRefused`` (402), nothing credited."""
+    ctx.stripe  # noqa: B018 - 503 before anything is written when not configured
+    charge = await start(
+        ctx,
+        invoice_id,
+        on_session=True,
+        payment_method_id=payment_method_id,
+        account_id=account_id,
+        actor=actor,
+        idempotency_key=idempotency_key,
+    )
+    assert charge is not None  # an account's own call raises instead
+    p = charge.payment
+    if p.status == "failed":
+        raise PaymentRefused(
+            p.failure_message or "the card was declined", code=p.failure_code, payment_id=p.id
+        )
+    return charge
+
+
+def client_key(invoice_id: str, idempotency_key: str) -> str:
+    """Where a client's key is kept: per invoice, apart from the scheduled tries'
+    ``inv_...:<attempt>`` and from purchases' keys."""
+    return f"{invoice_id}:pay:{idempotency_key}"
+
+
 async def start(
     ctx: Context,
     invoice_id: str,
@@ -48,18 +85,34 @@ async def start(
     payment_method_id: str | None = None,
     account_id: str | None = None,
     actor: Actor | None = None,
+    idempotency_key: str | None = None,
 ) -> Charge | None:
     """Charge what the invoice still owes; None when nothing is owed or the charge could
-    not be made (recorded as a failure). ``account_id``: the caller's, checked."""
+    not be made (recorded as a failure). ``account_id``: the caller's, checked; its
+    ``idempotency_key`` seen before answers that payment (the invoice's row lock orders
+    concurrent requests, so the second finds the first's)."""
     payments = Payments(ctx)
     async with ctx.pool.acquire() as conn, conn.transaction():
         inv = await conn.fetchrow("select * from invoices where id = $1 for update", invoice_id)
         if inv is None or (account_id is not None and inv["account_id"] != account_id):
             raise NotFound(f"no invoice {invoice_id!r}")
+        key = f"{invoice_id}:{inv['payment_attempts'] + 1}"
+        if idempotency_key is not None:
+            key = client_key(invoice_id, idempotency_key)
+            first = await conn.fetchrow(
+                "select * from payments where account_id = $1 and idempotency_key = $2",
+                inv["account_id"],
+                key,
+            )
+            if first is not None:
+                return await _replay(payments, Payment.from_row(first), payment_method_id)
         owed = inv["amount_due"] - inv["amount_paid"]
         if inv["status"] != "open" or owed <= 0:
             if account_id is not None:
-                raise InvoiceNotPayable(f"invoice {invoice_id} is {inv['status']}: nothing to pay")
+                raise InvoiceNotPayable(
+                    f"invoice {invoice_id} is {inv['status']}: nothing to pay",
+                    invoice_status=inv["status"],
+                )
             return None
         flight = await conn.fetchrow(
             "select * from payments where invoice_id = $1 and status in"
@@ -68,11 +121,15 @@ async def start(
         )
         if flight is not None:
             if account_id is not None:
-                raise Conflict(f"a payment of invoice {invoice_id} is under way ({flight['id']})")
+                raise PaymentUnderWay(
+                    f"a payment of invoice {invoice_id} is under way ({flight['id']})",
+                    payment_id=flight["id"],
+                )
             return None
+        # The buyer's own call: their card, else the default, else NoPaymentMethod (409).
         card = (
             await payments._card_for(inv["account_id"], payment_method_id)
-            if payment_method_id
+            if payment_method_id or account_id is not None
             else await card_to_charge(conn, inv["account_id"])
         )
         attempt = inv["payment_attempts"] + 1
@@ -93,7 +150,7 @@ async def start(
                 ids.new_id(ids.PAYMENT),
                 inv["account_id"],
                 owed,
-                f"{invoice_id}:{attempt}",
+                key,
                 card.id,
                 card.brand,
                 card.last4,
@@ -116,6 +173,15 @@ async def start(
     settled, intent = await send(ctx, p, customer)
     secret = intent.client_secret if intent and settled.status == "requires_action" else None
     return Charge(settled, secret)
+
+
+async def _replay(payments: Payments, p: Payment, payment_method_id: str | None) -> Charge:
+    if payment_method_id is not None and payment_method_id != p.payment_method_id:
+        raise IdempotencyKeyReused(
+            f"this idempotency key paid with {p.payment_method_id} ({p.id})", payment_id=p.id
+        )
+    secret = await payments._client_secret(p) if p.status == "requires_action" else None
+    return Charge(p, secret)
 
 
 def retry_at(finalized_at: datetime, attempt: int, days: tuple[int, ...]) -> datetime | None:
@@ -221,11 +287,12 @@ async def paid(ctx: Context, conn: asyncpg.Connection, p: Payment) -> None:
     done = amount_paid >= inv["amount_due"]
     await conn.execute(
         "update invoices set amount_paid = $2, status = case when $3 then 'paid' else status end,"
-        " paid_at = case when $3 then now() else paid_at end, next_charge_at = null,"
+        " paid_at = case when $3 then $4 else paid_at end, next_charge_at = null,"
         " row_version = row_version + 1 where id = $1",
         inv["id"],
         amount_paid,
         done,
+        ctx.now(),  # the clock finalization dates the invoice by, too
     )
     if done:
         await lift_overdue(conn, inv, ctx.settings.invoice_overdue)
@@ -261,3 +328,10 @@ async def charge_due(ctx: Context, limit: int = 50) -> int:
 class InvoiceNotPayable(Conflict):
     slug = "invoice-not-payable"
     title = "The invoice has nothing to pay"
+
+
+class PaymentUnderWay(Conflict):
+    """Another payment of the invoice is in flight (``payment_id``): pending at Stripe,
+    or waiting for its buyer's 3-D Secure."""
+
+    title = "A payment of the invoice is under way"

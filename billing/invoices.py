@@ -84,6 +84,16 @@ class Invoice:
     payment_attempts: int = 0  # charges tried (an open one with any has failed so far)
     overdue_at: datetime | None = None
 
+    @property
+    def owed(self) -> int:
+        """What is left to pay."""
+        return self.amount_due - self.amount_paid
+
+    @property
+    def payable(self) -> bool:
+        """Open with something left to pay: what a charge of it charges."""
+        return self.status == "open" and self.owed > 0
+
     @classmethod
     def from_rows(cls, row: Mapping[str, Any], lines: list[Mapping[str, Any]]) -> Invoice:
         return cls(

@@ -1,11 +1,14 @@
 """Paying invoices through the Stripe test double: charged at finalization, once; a
 declined card retried on the schedule, then the overdue policy until the buyer pays
-with another card, which lifts it. The money is checked to the micro."""
+with another card, which lifts it; the buyer's own pay, once per idempotency key. The
+money is checked to the micro."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from ledger_fixtures import running_worker
@@ -13,10 +16,12 @@ from notifications_support import spend
 from payments_support import ACTOR, DECLINED_WHEN_CHARGED, USD, Paying
 from test_invoices import DEC, booked, overage_account
 
-from admin.errors import Conflict
+from admin.errors import Conflict, IdempotencyKeyReused, NotFound
 from admin.services import open_services
 from billing import charges
+from billing.charges import InvoiceNotPayable
 from billing.invoices import Closer
+from payments.service import NoPaymentMethod, PaymentRefused
 
 
 async def owing(paying: Paying, card: str) -> tuple[str, str, str]:
@@ -161,3 +166,54 @@ async def test_under_suspend_an_overdue_account_resumes_once_its_invoice_is_writ
 
 async def status(paying: Paying, account: str) -> str:
     return str(await paying.pool.fetchval("select status from accounts where id = $1", account))
+
+
+async def test_the_buyers_pay_answers_a_resent_key_with_the_first_payment(
+    paying: Paying,
+) -> None:
+    """``charges.pay``, what the API's POST .../pay and the portal's Pay call: five
+    requests at once with one key are one payment and one charge, with the double's
+    idempotency off; the key with another card is refused; a new key on the paid
+    invoice has nothing to pay."""
+    paying.double.configure(idempotency=False)
+    account, inv, _ = await owing(paying, "4242424242424242")
+
+    def pay(key: str, card: str | None = None) -> Any:
+        return charges.pay(
+            paying.ctx, ACTOR, account, inv, payment_method_id=card, idempotency_key=key
+        )
+
+    paid = await asyncio.gather(*(pay("k") for _ in range(5)))
+    assert {c.payment.id for c in paid} == {paid[0].payment.id}
+    assert {c.payment.status for c in paid} <= {"pending", "succeeded"}
+    assert (await pay("k")).payment.status == "succeeded"
+    assert [c["amount"] for c in paying.double.charges()] == [500]
+    assert (await invoice(paying, inv))["status"] == "paid"
+    assert await paying.book_balance(account) == 0
+    other = await paying.card(account, "4242424242424242")
+    with pytest.raises(IdempotencyKeyReused):
+        await pay("k", other)
+    with pytest.raises(InvoiceNotPayable):
+        await pay("another")
+    assert len(paying.double.charges()) == 1
+
+
+async def test_the_buyers_pay_says_why_when_declined_or_without_a_card(paying: Paying) -> None:
+    account, inv, pm = await owing(paying, DECLINED_WHEN_CHARGED)
+    with pytest.raises(PaymentRefused) as declined:
+        await charges.pay(paying.ctx, ACTOR, account, inv, idempotency_key="d")
+    assert declined.value.extra["payment_id"]
+    with pytest.raises(PaymentRefused):  # the same key: the same answer, not a second try
+        await charges.pay(paying.ctx, ACTOR, account, inv, idempotency_key="d")
+    [failed] = await paying.pool.fetch("select * from payments where invoice_id = $1", inv)
+    assert failed["status"] == "failed"
+    row = await invoice(paying, inv)
+    assert (row["status"], row["amount_paid"], row["payment_attempts"]) == ("open", 0, 1)
+    assert await paying.book_balance(account) == -5 * USD
+    await paying.payments.delete_method(ACTOR, account, pm)
+    with pytest.raises(NoPaymentMethod):  # no card at all: a 409, nothing recorded
+        await charges.pay(paying.ctx, ACTOR, account, inv)
+    assert (await invoice(paying, inv))["payment_attempts"] == 1
+    other = await paying.account("Other")
+    with pytest.raises(NotFound):  # another account's call
+        await charges.pay(paying.ctx, ACTOR, other, inv)
