@@ -20,12 +20,15 @@ HISTORY = "history"
 GROUPS = (ACTION_REQUIRED, UPCOMING, HISTORY)
 
 
+def past_due(invoice: Invoice, now: datetime) -> bool:
+    return invoice.status == "open" and invoice.due_at is not None and invoice.due_at <= now
+
+
 def standing(invoice: Invoice, now: datetime) -> str:
     if invoice.status == "draft":
         return UPCOMING
     if invoice.status == "open":
-        past_due = invoice.due_at is not None and invoice.due_at <= now
-        return ACTION_REQUIRED if past_due or invoice.payment_attempts else UPCOMING
+        return ACTION_REQUIRED if past_due(invoice, now) or invoice.payment_attempts else UPCOMING
     return HISTORY
 
 

@@ -47,7 +47,7 @@ def card_label(m: PaymentMethod) -> str:
     return f"{m.brand.title()} •••• {m.last4}" + (" (default)" if m.is_default else "")
 
 
-def _stripe_page(request: web.Request) -> dict[str, Any]:
+def stripe_page(request: web.Request) -> dict[str, Any]:
     """What a page that loads Stripe.js needs; its response gets the relaxed policy."""
     request[STRIPE_JS] = True
     payments = request.app[SERVICES].payments
@@ -80,7 +80,7 @@ async def _cards_page(
     recharge = await request.app[SERVICES].recharges.view(viewer.account.id)
     context: dict[str, Any] = {"setup_secret": setup[1] if setup else None}
     if setup:
-        context.update(_stripe_page(request))
+        context.update(stripe_page(request))
     return render(
         request,
         "payment_methods.html",
@@ -171,7 +171,7 @@ async def _credits_page(
     charges, _ = await payments.payments(account_id, limit=RECENT_CHARGES)
     context: dict[str, Any] = {}
     if authenticate is not None:
-        context.update(_stripe_page(request))
+        context.update(stripe_page(request))
     return render(
         request,
         "credits.html",

@@ -60,6 +60,22 @@ def pay_settings(redis_url: str, database_url: str, double: Any, **overrides: An
     return Settings.from_env({}, **values)
 
 
+async def authenticate(
+    double: Any, intent_id: str, client_secret: str, success: bool = True
+) -> None:
+    """What the buyer's click in the double's 3-D Secure dialog does."""
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(
+            f"{double.api_base}/v1/payment_intents/{intent_id}/_authenticate",
+            data={
+                "client_secret": client_secret,
+                "success": "true" if success else "false",
+                "key": double.publishable_key,
+            },
+        )
+        assert r.status == 200, await r.text()
+
+
 class Clock:
     """Real time plus an offset a test moves forward (leases, back-off)."""
 
@@ -120,17 +136,7 @@ class Paying:
         return pm
 
     async def authenticate(self, intent_id: str, client_secret: str, success: bool = True) -> None:
-        """What the buyer's click in the double's 3-D Secure dialog does."""
-        async with aiohttp.ClientSession() as http:
-            r = await http.post(
-                f"{self.double.api_base}/v1/payment_intents/{intent_id}/_authenticate",
-                data={
-                    "client_secret": client_secret,
-                    "success": "true" if success else "false",
-                    "key": self.double.publishable_key,
-                },
-            )
-            assert r.status == 200, await r.text()
+        await authenticate(self.double, intent_id, client_secret, success)
 
     async def live_balance(self, account_id: str) -> int:
         account = await self.services.provisioning.account(account_id)

@@ -1,7 +1,8 @@
 """The portal's Invoices pages (seeds 001 and 002) in a real chromium: four months of an
 account's real invoices (booked usage, closed and finalized on an injected clock) in the
 three groups, one invoice as the page its PDF prints, the Download PDF link giving that
-PDF, another account's invoice not found, and every role reading them.
+PDF, another account's invoice not found, and every role reading them (paying them:
+test_portal_invoice_payments.py).
 Saves docs/screenshots/invoices.png and docs/screenshots/invoice.png."""
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ async def test_every_role_reads_the_invoices_and_their_pdfs(
         listing = await client.get("/invoices")
         if listing.status != 200 or f"/invoices/{jan}.pdf" not in await listing.text():
             wrong.append(f"/invoices by {role}: {listing.status}")
+        charges = await client.get("/invoices?view=charges")
+        if charges.status != 200 or 'aria-current="page">Charges</a>' not in await charges.text():
+            wrong.append(f"/invoices?view=charges by {role}: {charges.status}")
         pdf = await client.get(f"/invoices/{jan}.pdf")
         body = await pdf.read()
         if (pdf.status, pdf.content_type, body[:5]) != (200, "application/pdf", b"%PDF-"):

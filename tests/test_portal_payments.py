@@ -514,17 +514,28 @@ async def test_the_card_pages_alone_relax_the_policy_for_stripe_js(
 # -- who may: the viewer, and the route x role matrix ---------------------------------------
 
 # Every payment route that changes something, with a form that would do it; delete
-# last, so the writers' purchases still have the card.
+# last, so the writers' purchases still have the card. The owner pays the invoice; the
+# billing member then finds it paid (409, not refused).
 WRITES: list[tuple[str, dict[str, str]]] = [
     ("/payment-methods/setup", {}),
     ("/payment-methods", {"setup_intent_id": "seti_x"}),
     ("/payment-methods/{pm}/default", {}),
     ("/credits", {"amount": "5", "payment_method": "{pm}", "idempotency_key": "k-{role}"}),
     ("/credits/payments/{payment}/complete", {}),
+    ("/invoices/{invoice}/pay", {"payment_method": "{pm}", "idempotency_key": "i-{role}"}),
+    ("/invoices/{invoice}/payments/{payment}/complete", {}),
     ("/auto-recharge", {"enabled": "on", "threshold": "1", "mode": "amount", "amount": "5"}),
     ("/payment-methods/{pm}/delete", {}),
 ]
-READS = ["/payment-methods", "/credits", "/auto-recharge", "/"]
+READS = [
+    "/payment-methods",
+    "/credits",
+    "/auto-recharge",
+    "/",
+    "/invoices",
+    "/invoices?view=charges",
+    "/invoices/{invoice}",
+]
 MAY_PAY = {"owner": True, "billing": True, "admin": False, "viewer": False}
 
 
@@ -533,6 +544,20 @@ async def _signed_in(stack: Stack, aiohttp_client: Any, role: str) -> tuple[Any,
     response = await client.get(path_of(await stack.provider.link(role)), allow_redirects=False)
     assert response.status == 303
     return client, csrf_of(await (await client.get("/")).text())
+
+
+async def _owed_invoice(stack: Stack) -> str:
+    """An open invoice owing $1 of an earlier period, as a close and finalization leave
+    it (the close itself is tested in test_invoices; paying one, in
+    test_portal_invoice_payments)."""
+    await stack.pool.execute(
+        "insert into invoices (id, account_id, period_start, period_end, status, number,"
+        " usage_amount, credits_applied, amount_due, balance_at_end, finalize_after,"
+        " finalized_at) values ('inv_roles', $1, '2026-01-01', '2026-02-01', 'open',"
+        " 'ROLES-1', 1000000, 0, 1000000, -1000000, now(), now())",
+        stack.provider.account_id,
+    )
+    return "inv_roles"
 
 
 async def _counts(stack: Stack) -> tuple[int, int, int, int]:
@@ -554,16 +579,18 @@ async def test_the_payment_routes_by_role(stack: Stack, aiohttp_client: Any, pag
     await expect(page.locator("#payment-result")).to_contain_text("Added $5.00")
     pm = await stack.pool.fetchval("select id from payment_methods")
     payment = await stack.pool.fetchval("select id from payments")
+    invoice = await _owed_invoice(stack)
     signed = {role: await _signed_in(stack, aiohttp_client, role) for role in MAY_PAY}
     wrong: list[str] = []
     for role, (client, _) in signed.items():
-        for path in READS:
+        for template in READS:
+            path = template.format(invoice=invoice)
             response = await client.get(path)
             if response.status != 200:
                 wrong.append(f"GET {path} by {role}: {response.status}")
     for template, form in WRITES:
         for role, (client, csrf) in signed.items():
-            ids = {"pm": pm, "payment": payment, "role": role}
+            ids = {"pm": pm, "payment": payment, "invoice": invoice, "role": role}
             path = template.format(**ids)
             data = {k: v.format(**ids) for k, v in form.items()}
             before = await _counts(stack)
@@ -581,9 +608,17 @@ async def test_the_payment_routes_by_role(stack: Stack, aiohttp_client: Any, pag
             if await _counts(stack) != before:
                 wrong.append(f"POST {path} by {role}: refused, yet something changed")
     assert wrong == [], "\n".join(wrong)
-    # The writers' half did write: a second purchase each, one Stripe charge each.
-    purposes = await stack.pool.fetch("select idempotency_key from payments order by created_at")
-    assert [r["idempotency_key"] for r in purposes][1:] == ["k-owner", "k-billing"]
+    # The writers' half did write: a second purchase each, one Stripe charge each, and
+    # the owner's payment of the invoice.
+    purposes = await stack.pool.fetch(
+        "select purpose, idempotency_key from payments order by created_at"
+    )
+    assert [tuple(r) for r in purposes][1:] == [
+        ("purchase", "k-owner"),
+        ("purchase", "k-billing"),
+        ("invoice", f"{invoice}:pay:i-owner"),
+    ]
+    assert await stack.pool.fetchval("select status from invoices") == "paid"
 
 
 async def test_a_viewer_sees_no_pay_controls(stack: Stack, page: Page) -> None:
