@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -34,10 +34,9 @@ async def overview(request: web.Request) -> web.StreamResponse:
     require_on(viewer.principal, P.READ, account_id, "no account")
     balance = await services.provisioning.balance(account_id)
     granted, purchased = await history.credit_totals(services.pool, account_id)
-    today = _today(request).date()
-    period = UsageQuery(first_of_month(today), today, "month")
-    usage = await history.usage(services.pool, account_id, period, today)
-    used = sum(int(row["amount"]) for row in usage["data"])
+    # The billing period's usage so far, as its invoice will bill it, and where it heads.
+    upcoming = await services.invoices.upcoming(account_id)
+    _, estimate = await services.invoices.estimated_spend(account_id)
     profile = await services.profiles.profile(account_id)
     methods = await services.payments.methods(account_id)  # our copy: no call to Stripe
     return render(
@@ -48,8 +47,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
         granted=granted,
         purchased=purchased,
         total_credits=granted + purchased,
-        usage_this_period=used,
-        period_start=_midnight(period.start),
+        upcoming=upcoming,
+        estimate=estimate,
+        period_start=upcoming.period.start_at(),
+        period_last_day=upcoming.period.end_at() - timedelta(days=1),
         profile=profile,
         account_status=viewer.account.public_status,
         recharge=await services.recharges.view(account_id),

@@ -1,7 +1,7 @@
-"""Paying an invoice from the portal (issue 27) and the Payment history's Invoices and
-Charges views (seed 003), through the real portal and admin API on real Postgres and
-Redis, with the Stripe test double; the payments in a real chromium too, with the
-double's Stripe.js (3-D Secure included).
+"""Paying an invoice from the portal (issue 27), the Payment history's Invoices and
+Charges views (seed 003) and the overview's figures of the billing period, through the
+real portal and admin API on real Postgres and Redis, with the Stripe test double; the
+payments in a real chromium too, with the double's Stripe.js (3-D Secure included).
 
 The invoice is a real one: an account with $25 of credits used $30 on 31 December 2026
 (booked by a ledger worker), and December was closed and finalized on an injected clock
@@ -46,7 +46,7 @@ from admin.services import Services, open_services
 from billing.invoices import Closer
 from meter.live_state import LiveState
 from meter.local_servers import free_port
-from meter.money import usd
+from meter.money import money, usd
 from meter.settings import Settings
 from portal.app import create_app as create_portal
 from portal.formatting import utc_datetime
@@ -543,3 +543,30 @@ async def test_a_3d_secure_card_fails_the_challenge_then_passes_it_and_pays_once
     await page.get_by_role("link", name="All invoices").click()
     await expect(page.locator("#action-required")).to_contain_text("Nothing is past due.")
     await expect(page.locator("#payment-history tbody tr", has_text=number)).to_have_count(1)
+
+
+# -- the overview's period ----------------------------------------------------------------------
+
+
+async def test_the_overview_shows_the_periods_usage_and_estimate_as_the_service_has_them(
+    stack: Stack, page: Page
+) -> None:
+    await stack.owing(january=3 * USD)  # and $3 on 1 January, the running period's
+    await stack.sign_in(page)
+    up = await stack.services.invoices.upcoming(stack.account_id)
+    period, estimate = await stack.services.invoices.estimated_spend(stack.account_id)
+    # January so far: $3 of usage, all beyond the credits (December's invoice bills the rest).
+    assert (up.due.usage, up.due.amount_due) == (3 * USD, 3 * USD)
+    assert estimate.forecast == 3 * USD + 30 * 3 * USD  # today's rate for the 30 days left
+    card = page.locator("#this-period")
+    await expect(card).to_contain_text("1 Jan 2027 to 31 Jan 2027 (UTC)")
+    await expect(stat(page, "Usage this period")).to_have_text(money(up.due.usage))
+    await expect(card).to_contain_text("it will be on your next invoice")
+    await expect(stat(page, "Estimated monthly spend")).to_have_text(money(estimate.forecast))
+    await expect(stat(page, "Due on your next invoice so far")).to_have_text(
+        money(up.due.amount_due)
+    )
+    await expect(page.locator("#estimate-method")).to_contain_text(estimate.method)
+    assert period == up.period
+    await card.get_by_role("link", name="View invoices").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Invoices")

@@ -138,7 +138,7 @@ async def test_the_invoices_in_their_three_groups_and_one_as_its_pdf_prints_it(
     amounts = dict(rows)
     assert amounts == {"INV-000001": 0, "INV-000002": usd(5), "INV-000003": usd(3), None: usd(2)}
     await stack.sign_in(page, "viewer")
-    await page.get_by_role("link", name="Invoices").click()
+    await page.get_by_role("link", name="Invoices", exact=True).click()
     await expect(page.get_by_role("heading", level=1)).to_have_text("Invoices")
     action = page.locator("#action-required tbody tr")
     await expect(action).to_have_count(1)
