@@ -202,11 +202,15 @@ async def figures(
         account_id,
         period.end_day,
     )
+    # A later period's included credits are later whenever they were entered (the close
+    # renews the subscription into the next period before it reads the book).
     later_credits = await conn.fetchval(
         "select coalesce(sum(amount), 0)::bigint from ledger_entries"
-        " where account_id = $1 and kind <> 'usage' and created_at >= $2",
+        " where account_id = $1 and kind <> 'usage' and (created_at >= $2 or (kind = 'grant'"
+        " and idempotency_key like 'included:%' and substr(idempotency_key, 10, 10) >= $3))",
         account_id,
         period.end_at(),
+        period.end.isoformat(),
     )
     billed = await conn.fetchval(
         "select coalesce(sum(greatest(0, amount_due - fee_amount - amount_paid)), 0)::bigint"
