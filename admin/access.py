@@ -121,6 +121,12 @@ def require(principal: Principal, permission: Permission) -> None:
     _holds(principal, permission)
 
 
+def require_held(principal: Principal, permission: Permission) -> None:
+    """A route every principal may call when its role holds ``permission`` (the plans
+    on offer): nothing of one account is in it."""
+    _holds(principal, permission)
+
+
 def require_on(
     principal: Principal, permission: Permission, owner: str | None, not_found: str
 ) -> None:

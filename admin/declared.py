@@ -136,6 +136,7 @@ class Operation:
     parameters: tuple[Mapping[str, Any], ...] = ()
     description: str = ""
     etag: bool = False  # reads answer an ETag; writes honour If-Match (412 when stale)
+    any_principal: bool = False  # scope None, yet account principals may call it too
 
     @property
     def writes(self) -> bool:
@@ -162,7 +163,10 @@ async def authorise(
 ) -> str | None:
     """The account the call acts on, once ``principal`` may do ``op`` there."""
     if op.scope is None:
-        access.require(principal, op.permission)
+        if op.any_principal:
+            access.require_held(principal, op.permission)
+        else:
+            access.require(principal, op.permission)
         return None
     scope = SCOPES[op.scope]
     value = request.match_info[op.scope]
@@ -307,6 +311,7 @@ def _operation_doc(op: Operation) -> dict[str, Any]:
         "operationId": op.op_id,
         "summary": op.summary,
         "x-permission": str(op.permission),
+        **({"x-any-principal": True} if op.any_principal else {}),
         "responses": {
             **{
                 str(s): {"description": d, "content": _content(m)}

@@ -750,9 +750,15 @@ class Invoice(Output):
     period_end: date = Field(description="The first day after the period (UTC).")
     currency: str
     usage: int = Field(description=MICROS + " The usage lines.")
-    fee: int
-    credits_applied: int = Field(description=MICROS + " What prepaid credits covered.")
-    amount_due: int = Field(description=MICROS + " The overage drawn: usage + fee - credits.")
+    fee: int = Field(
+        description=MICROS + " Plan fees: the next period's, in advance, and this period's"
+        " prorations. Paid by the invoice, never from prepaid credits."
+    )
+    credits_applied: int = Field(description=MICROS + " The usage prepaid credits covered.")
+    amount_due: int = Field(
+        description=MICROS + " The overage drawn beyond prepaid credits, plus the fee:"
+        " usage + fee - credits applied."
+    )
     amount_paid: int
     lines: list[InvoiceLine]
     seller: InvoiceParty | None
@@ -769,8 +775,14 @@ class UpcomingInvoice(Output):
     period_end: date
     lines: list[InvoiceLine]
     usage: int = Field(description=MICROS + " The period's usage so far.")
+    fee: int = Field(
+        description=MICROS + " The plan's prorations this period and the next period's fee,"
+        " billed in advance."
+    )
     credits_applied: int = Field(description=MICROS + " What prepaid credits cover so far.")
-    amount_due: int = Field(description=MICROS + " The overage drawn so far (whole cents).")
+    amount_due: int = Field(
+        description=MICROS + " The overage drawn so far (whole cents) and the fee."
+    )
 
 
 class EstimatedSpend(Output):
@@ -964,3 +976,83 @@ class GrantPage(Output):
     live_remaining: int = Field(
         description=MICROS + " What the live grants hold: the balance when it is not below 0."
     )
+
+
+# -- plans and subscriptions ----------------------------------------------------------------
+
+PLAN_ID_PATTERN = "^plan_[0-9A-Za-z]{1,64}$"
+PlanId = Annotated[str, StringConstraints(pattern=PLAN_ID_PATTERN)]
+CentMicros = Annotated[
+    int,
+    Field(ge=0, le=MAX_LIMIT_MICROS, multiple_of=10_000, description=MICROS + " Whole cents."),
+]
+
+
+class PlanIn(Input):
+    """A plan's prices never change once made (make a new plan); it may stop being
+    offered."""
+
+    name: Annotated[str, _text(100), _TEXT]
+    description: Annotated[str, StringConstraints(max_length=500), _TEXT] = ""
+    monthly_fee: CentMicros = Field(description="Billed in advance on each period's invoice.")
+    included_credits: Micros = Field(
+        default=0,
+        description=MICROS + " Granted at the start of each period, expiring at its end;"
+        " spent before purchased credits.",
+    )
+    daily_budget: CreditMicros | None = Field(
+        default=None, description="Set on the account when the plan starts; null: left alone."
+    )
+    overage_line: Micros | None = Field(
+        default=None, description="Set on the account when the plan starts; null: left alone."
+    )
+
+
+class PlanPatch(Input):
+    active: bool = Field(description="Offered to new subscribers.")
+
+
+class Plan(Output):
+    id: str = Field(pattern=PLAN_ID_PATTERN)
+    object: Literal["plan"] = "plan"
+    name: str
+    description: str
+    monthly_fee: int
+    included_credits: int
+    daily_budget: int | None
+    overage_line: int | None
+    active: bool
+
+
+class PlanList(Output):
+    data: list[Plan]
+
+
+class SubscriptionIn(Input):
+    """Subscribing starts at once, the rest of the period prorated. A move to a plan
+    costing at least as much takes effect at once (the difference prorated, the extra
+    included credits granted); a move to a cheaper plan at the next period. Naming the
+    current plan keeps it (and drops a pending change)."""
+
+    plan_id: PlanId
+    cancel_at_period_end: bool = Field(
+        default=False, description="Ends the subscription when the period ends."
+    )
+    effective: Literal["now", "next_period"] | None = Field(
+        default=None,
+        description="When a change takes effect; null: now for an upgrade, the next period"
+        " for a downgrade. A downgrade asked for now is refused (422).",
+    )
+
+
+class Subscription(Output):
+    object: Literal["subscription"] = "subscription"
+    account_id: str
+    plan: Plan
+    status: Literal["active", "canceled"]
+    started_at: datetime
+    current_period_start: date
+    current_period_end: date
+    next_plan: Plan | None = Field(description="Takes effect when the next period starts.")
+    cancel_at_period_end: bool
+    canceled_at: datetime | None

@@ -14,6 +14,7 @@ from admin import (
     routes_notifications,
     routes_payments,
     routes_people,
+    routes_plans,
     routes_portal,
     routes_profile,
     routes_projects,
@@ -33,6 +34,7 @@ ALL: list[declared.Operation] = [
     *routes_payments.OPERATIONS,
     *routes_spend.OPERATIONS,
     *routes_invoices.OPERATIONS,
+    *routes_plans.OPERATIONS,
     *routes_notifications.OPERATIONS,
     *routes_webhooks.OPERATIONS,
 ]
@@ -44,7 +46,8 @@ INFO = {
     " a grant with an optional expiry, spent soonest-expiring first); members,"
     " roles and tokens; billing profiles, tax registrations and the audit log; cards, credit"
     " purchases, auto-recharge and refunds through Stripe; where billing email goes and who"
-    " opts in to which; webhook endpoints and their delivery log. Amounts are"
+    " opts in to which; webhook endpoints and their delivery log; invoices, plans and"
+    " subscriptions. Amounts are"
     ' integer micros (1 USD = 1,000,000), written as JSON integers: 5.0 and "5" are refused.'
     " Writes land in Postgres first, then in the live state the gateway reads (Redis). Each"
     " operation's x-permission names what its token's role must hold; an account token sees"

@@ -121,12 +121,19 @@ async def get_upcoming(call: Call[Any]) -> Reply:
         )
         for route, calls, amount in u.lines
     ]
+    lines += [
+        models.InvoiceLine(
+            kind="fee", description=f.description, route=None, calls=None, amount=f.amount
+        )
+        for f in u.fees
+    ]
     return Reply(
         models.UpcomingInvoice(
             period_start=u.period.start,
             period_end=u.period.end,
             lines=lines,
             usage=u.due.usage,
+            fee=u.due.fee,
             credits_applied=u.due.credits_applied,
             amount_due=u.due.amount_due,
         )

@@ -21,6 +21,7 @@ from admin.portal_sessions import PortalSessions
 from admin.profiles import Profiles
 from admin.provisioning import Provisioning
 from billing.service import Invoices
+from billing.subscriptions import Subscriptions
 from meter.live_state import LiveState
 from meter.settings import Settings
 from notifications.endpoints import WebhookEndpoints
@@ -47,6 +48,7 @@ class Services:
     webhooks: WebhookEndpoints
     spend: SpendManagement
     invoices: Invoices
+    subscriptions: Subscriptions
     notifications: Preferences
     clock: Callable[[], float]
 
@@ -80,6 +82,7 @@ class Services:
             invoices=Invoices(
                 pool, clock, ctx.settings.billing_anchor_day, ctx.settings.invoice_overdue
             ),
+            subscriptions=Subscriptions(pool, live, clock, ctx.settings.billing_anchor_day),
             notifications=Preferences(pool),
             clock=clock,
         )

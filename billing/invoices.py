@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +32,7 @@ import orjson
 from admin import ids
 from admin.errors import NotFound
 from admin.repository import Conn
+from billing import subscriptions
 from billing.periods import Period
 from ledger.crash import CrashHook
 from meter import keys
@@ -129,7 +130,11 @@ class Invoice:
 
 @dataclass(frozen=True, slots=True)
 class Due:
-    """The money of one close. Pure: ``amount_due + credits_applied == usage + fee``."""
+    """The money of one close. Pure: ``amount_due + credits_applied == usage + fee``.
+
+    The plan's fee (whole cents) is paid by the invoice, never from prepaid credits;
+    the usage is paid by credits as far as they went, and the overage drawn beyond them
+    is due."""
 
     usage: int
     fee: int
@@ -137,16 +142,31 @@ class Due:
     already_billed: int
 
     @property
-    def amount_due(self) -> int:
+    def overage_due(self) -> int:
         """Whole cents (what a card can be charged); a fraction of a cent owed stays on
         the balance and is billed with the next period's."""
         owed = max(0, -self.balance_at_end) - self.already_billed
-        capped = min(max(0, owed), self.usage + self.fee)
+        capped = min(max(0, owed), self.usage)
         return capped - capped % MICROS_PER_CENT
 
     @property
+    def amount_due(self) -> int:
+        return self.overage_due + self.fee
+
+    @property
     def credits_applied(self) -> int:
-        return self.usage + self.fee - self.amount_due
+        return self.usage - self.overage_due
+
+
+def credited_share(amount_due: int, fee: int, paid_before: int, paying: int) -> int:
+    """What a payment of an invoice gives back to the balance: the overage part (paid
+    first), never the fee, which the balance never owed. Pure."""
+    overage = amount_due - fee
+
+    def covered(paid: int) -> int:
+        return min(max(0, paid), overage)
+
+    return covered(paid_before + paying) - covered(paid_before)
 
 
 async def load(conn: Conn, invoice_id: str) -> Invoice | None:
@@ -163,8 +183,18 @@ def usage_description(route: str, calls: int) -> str:
     return f"Usage: {route} ({calls:,} call{'' if calls == 1 else 's'})"
 
 
+@dataclass(frozen=True, slots=True)
+class Fee:
+    """A plan fee or proration the invoice bills (``charge_id``: its recorded charge;
+    None in an estimate of a renewal still to come)."""
+
+    description: str
+    amount: int
+    charge_id: int | None = None
+
+
 async def figures(
-    conn: Conn, account_id: str, balance: int, period: Period
+    conn: Conn, account_id: str, balance: int, period: Period, fees: Sequence[Fee] = ()
 ) -> tuple[list[Mapping[str, Any]], Due]:
     """The period's usage by route and the money of its invoice, from the book as it is
     now (a period still running: its days so far)."""
@@ -182,21 +212,26 @@ async def figures(
         account_id,
         period.end_day,
     )
+    # A later period's included credits are later whenever they were entered (the close
+    # renews the subscription into the next period before it reads the book).
     later_credits = await conn.fetchval(
         "select coalesce(sum(amount), 0)::bigint from ledger_entries"
-        " where account_id = $1 and kind <> 'usage' and created_at >= $2",
+        " where account_id = $1 and kind <> 'usage' and (created_at >= $2 or (kind = 'grant'"
+        " and idempotency_key like 'included:%' and substr(idempotency_key, 10, 10) >= $3))",
         account_id,
         period.end_at(),
+        period.end.isoformat(),
     )
     billed = await conn.fetchval(
-        "select coalesce(sum(amount_due - amount_paid), 0)::bigint from invoices"
+        "select coalesce(sum(greatest(0, amount_due - fee_amount - amount_paid)), 0)::bigint"
+        " from invoices"
         " where account_id = $1 and status in ('draft', 'open') and period_start <> $2",
         account_id,
         period.start,
     )
     due = Due(
         usage=sum(r["amount"] for r in routes),
-        fee=0,
+        fee=sum(f.amount for f in fees),
         balance_at_end=balance - later_credits + later_usage,
         already_billed=billed,
     )
@@ -210,10 +245,12 @@ async def close_account(
     *,
     now: datetime,
     grace: float,
+    anchor: int = 1,
     crash: CrashHook | None = None,
 ) -> Invoice | None:
     """The account's invoice for ``period``, written now or found; in one transaction.
-    None: the account did not exist in the period."""
+    None: the account did not exist in the period. Its subscription is renewed into the
+    next period first, so the next period's fee is billed on it (in advance)."""
     async with conn.transaction():
         account = await conn.fetchrow(
             "select id, balance, created_at from accounts where id = $1 for update", account_id
@@ -227,7 +264,14 @@ async def close_account(
         )
         if found is not None:
             return await load(conn, found)
-        routes, due = await figures(conn, account_id, account["balance"], period)
+        # Credits granted here reach Redis through the sync loop; the billing loop renews
+        # every subscription before it closes (subscriptions.renew_due), so this is rare.
+        await subscriptions.renew(conn, account_id, period.next(anchor), now=now, anchor=anchor)
+        fees = [
+            Fee(c["description"], c["amount"], c["id"])
+            for c in await subscriptions.unbilled(conn, account_id, period)
+        ]
+        routes, due = await figures(conn, account_id, account["balance"], period, fees)
         if crash is not None:
             crash("close_after_lines")
         invoice_id = ids.new_id(INVOICE)
@@ -246,25 +290,40 @@ async def close_account(
             due.balance_at_end,
             now + timedelta(seconds=grace),
         )
-        lines = [
+        lines: list[tuple[str, str, str | None, int | None, int, int | None]] = [
             (
                 "usage",
                 usage_description(r["route"], r["calls"]),
                 r["route"],
                 r["calls"],
                 r["amount"],
+                None,
             )
             for r in routes
         ]
+        lines += [("fee", f.description, None, None, f.amount, f.charge_id) for f in fees]
         if due.credits_applied:
             lines.append(
-                ("credits_applied", "Applied credit balance", None, None, -due.credits_applied)
+                (
+                    "credits_applied",
+                    "Applied credit balance",
+                    None,
+                    None,
+                    -due.credits_applied,
+                    None,
+                )
             )
         await conn.executemany(
             "insert into invoice_lines (invoice_id, position, kind, description, route, calls,"
-            " amount) values ($1, $2, $3, $4, $5, $6, $7)",
+            " amount, charge_id) values ($1, $2, $3, $4, $5, $6, $7, $8)",
             [(invoice_id, i, *line) for i, line in enumerate(lines, 1)],
         )
+        if fees:
+            await conn.execute(
+                "update subscription_charges set invoice_id = $2 where id = any($1::bigint[])",
+                [f.charge_id for f in fees],
+                invoice_id,
+            )
         return await load(conn, invoice_id)
 
 
@@ -422,6 +481,9 @@ class Closer:
             raise PeriodOpen(f"the period {period.label} ends at {period.end_at():%Y-%m-%d}")
         if not await ledger_caught_up(self.pool, self.live, self.settings.shards, period):
             raise NotCaughtUp(f"the ledger has not booked all of {period.label}'s usage yet")
+        await subscriptions.renew_due(
+            self.pool, self.live, self.now(), self.settings.billing_anchor_day
+        )
         if account_id is not None:
             async with self.pool.acquire() as conn:
                 if await conn.fetchval("select 1 from accounts where id = $1", account_id) is None:
@@ -460,6 +522,7 @@ class Closer:
             period,
             now=self.now(),
             grace=self.settings.invoice_grace,
+            anchor=self.settings.billing_anchor_day,
             crash=self.crash,
         )
 

@@ -1,5 +1,5 @@
-"""The billing loop of the ledger worker: close the last period once it is booked, and
-finalize drafts whose grace has run out.
+"""The billing loop of the ledger worker: renew subscriptions into the new period, close
+the last period once it is booked, and finalize drafts whose grace has run out.
 
 Every sweep interval it looks at the last period that has ended; until
 ``billing_periods`` records it closed, it closes it as soon as the ledger holds all of
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from billing import charges, periods
+from billing import charges, periods, subscriptions
 from billing.invoices import Closer, NotCaughtUp, PeriodOpen
 from meter import postgres_errors
 from meter.live_state import StateUnavailable
@@ -33,7 +33,10 @@ PASSING: tuple[type[BaseException], ...] = (
 
 
 async def step(closer: Closer, payments: Context | None = None) -> None:
-    period = periods.last_closed(closer.now(), closer.settings.billing_anchor_day)
+    anchor = closer.settings.billing_anchor_day
+    # Subscriptions renew at the period's start, whether or not its close can run yet.
+    await subscriptions.renew_due(closer.pool, closer.live, closer.now(), anchor)
+    period = periods.last_closed(closer.now(), anchor)
     closed = await closer.pool.fetchval(
         "select 1 from billing_periods where period_start = $1", period.start
     )

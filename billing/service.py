@@ -11,9 +11,9 @@ import asyncpg
 from admin import audit
 from admin.audit import Actor
 from admin.errors import Conflict, NotFound
-from billing import charges, periods
+from billing import charges, periods, plans, subscriptions
 from billing.estimates import Estimate, estimate
-from billing.invoices import Due, Invoice, figures, load
+from billing.invoices import Due, Fee, Invoice, figures, load
 from billing.periods import Period
 from meter.money import utc_day
 
@@ -28,6 +28,7 @@ class Upcoming:
     period: Period
     lines: list[tuple[str, int, int]]  # route, calls, amount
     due: Due
+    fees: tuple[Fee, ...] = ()  # prorations so far, and the next period's fee in advance
 
 
 class Invoices:
@@ -49,9 +50,22 @@ class Invoices:
             balance = await conn.fetchval("select balance from accounts where id = $1", account_id)
             if balance is None:
                 raise NotFound(f"no account {account_id!r}")
-            routes, due = await figures(conn, account_id, balance, period)
+            fees = [
+                Fee(c["description"], c["amount"], c["id"])
+                for c in await subscriptions.unbilled(conn, account_id, period)
+            ]
+            sub = await subscriptions.load(conn, account_id, self.anchor)
+            if sub is not None and sub.status == "active" and not sub.cancel_at_period_end:
+                plan, following = sub.next_plan or sub.plan, period.next(self.anchor)
+                if plan.monthly_fee:
+                    fees.append(Fee(plans.fee_description(plan, following), plan.monthly_fee))
+            routes, due = await figures(conn, account_id, balance, period, fees)
         return Upcoming(
-            account_id, period, [(r["route"], r["calls"], r["amount"]) for r in routes], due
+            account_id,
+            period,
+            [(r["route"], r["calls"], r["amount"]) for r in routes],
+            due,
+            tuple(fees),
         )
 
     async def estimated_spend(self, account_id: str) -> tuple[Period, Estimate]:

@@ -276,10 +276,21 @@ async def _credit(conn: asyncpg.Connection, p: Payment, description: str) -> Led
     entry = await repo.entry_by_idempotency_key(conn, account.id, p.id)
     if entry is not None:
         return None  # credited before (defence in depth: the unique key would refuse it)
+    amount = p.amount
+    if p.purpose == "invoice":  # the overage it pays goes back to the balance, not the fee
+        from billing.invoices import credited_share
+
+        inv = await conn.fetchrow(
+            "select amount_due, fee_amount, amount_paid from invoices where id = $1 for update",
+            p.invoice_id,
+        )
+        amount = credited_share(inv["amount_due"], inv["fee_amount"], inv["amount_paid"], amount)
+        if amount == 0:
+            return None
     return await repo.insert_credit(
         conn,
         account,
-        amount=p.amount,
+        amount=amount,
         kind=ENTRY_KIND[p.purpose],
         description=description,
         idempotency_key=p.id,

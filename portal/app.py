@@ -29,6 +29,7 @@ from portal import (
     pages_profile,
     pages_recharge,
     pages_spend,
+    pages_subscription,
     pages_webhooks,
     signin,
     stripe_webhook,
@@ -73,6 +74,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         pages_payments,
         pages_recharge,
         pages_spend,
+        pages_subscription,
         pages_profile,
         pages_people,
     )

@@ -23,7 +23,7 @@ from test_payments_faults import upstream_url
 from admin import models
 from billing import periods
 from billing.estimates import estimate
-from billing.invoices import Closer, Due, NotCaughtUp, PeriodOpen
+from billing.invoices import Closer, Due, NotCaughtUp, PeriodOpen, credited_share
 from billing.periods import Period
 from gateway.testing import running_gateway
 
@@ -59,7 +59,7 @@ def test_the_last_millisecond_and_the_first_fall_either_side() -> None:
 
 @given(
     usage=st.integers(0, 10**12),
-    fee=st.integers(0, 10**9),
+    fee=st.integers(0, 10**5).map(lambda cents: cents * 10_000),
     balance=st.integers(-(10**12), 10**12),
     billed=st.integers(0, 10**12),
 )
@@ -68,11 +68,28 @@ def test_due_and_credits_applied_add_up_to_what_was_used(
 ) -> None:
     due = Due(usage, fee, balance, billed)
     assert due.amount_due + due.credits_applied == usage + fee
-    assert 0 <= due.amount_due <= usage + fee
-    assert due.amount_due <= max(0, -balance)  # never more than the overage drawn
+    assert fee <= due.amount_due <= usage + fee  # the fee is never paid from credits
+    assert 0 <= due.credits_applied <= usage
+    assert due.overage_due <= max(0, -balance)  # never more than the overage drawn
     assert due.amount_due % 10_000 == 0  # whole cents: what a card can be charged
-    if billed == 0 and -balance <= usage + fee:
-        assert max(0, -balance) - due.amount_due < 10_000  # a fraction of a cent waits
+    if billed == 0 and -balance <= usage:
+        assert max(0, -balance) - due.overage_due < 10_000  # a fraction of a cent waits
+
+
+@given(
+    overage=st.integers(0, 10**6).map(lambda cents: cents * 10_000),
+    fee=st.integers(0, 10**6).map(lambda cents: cents * 10_000),
+    payments=st.lists(st.integers(1, 10**6).map(lambda cents: cents * 10_000), max_size=6),
+)
+def test_invoice_payments_give_the_balance_back_its_overage_and_never_the_fee(
+    overage: int, fee: int, payments: list[int]
+) -> None:
+    paid, credited = 0, 0
+    for amount in payments:
+        share = credited_share(overage + fee, fee, paid, amount)
+        assert 0 <= share <= amount
+        paid, credited = paid + amount, credited + share
+    assert credited == min(paid, overage)
 
 
 # -- closes of real usage -----------------------------------------------------------------
