@@ -1041,7 +1041,7 @@ class SubscriptionIn(Input):
     effective: Literal["now", "next_period"] | None = Field(
         default=None,
         description="When a change takes effect; null: now for an upgrade, the next period"
-        " for a downgrade. A downgrade asked for now is refused (422).",
+        " for a downgrade. A downgrade asked for now is refused (409).",
     )
 
 

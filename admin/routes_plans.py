@@ -197,7 +197,7 @@ OPERATIONS = [
             201: (models.Subscription, "Subscribed."),
         },
         models.SubscriptionIn,
-        errors=(409,),
+        errors=(404, 409),
         etag=True,
     ),
 ]

@@ -414,9 +414,9 @@ class Subscriptions:
                 plan = await get_plan(conn, change.plan_id)
                 current = before.plan if before is not None and before.status == ACTIVE else None
                 if plan is None:
-                    raise InvalidInput([("plan_id", f"There is no plan {change.plan_id!r}.")])
+                    raise NotFound(f"There is no plan {change.plan_id!r}.")
                 if not plan.active and (current is None or plan.id != current.id):
-                    raise InvalidInput([("plan_id", f"The {plan.name} plan is no longer offered.")])
+                    raise Conflict(f"The {plan.name} plan is no longer offered.")
                 if current is None:
                     granted += await self._start(conn, account, plan, change, before, period, now)
                 else:
@@ -494,7 +494,7 @@ class Subscriptions:
         try:
             when = plans.effective(old, plan, change.effective)
         except ValueError as exc:
-            raise InvalidInput([("effective", str(exc))]) from None
+            raise Conflict(str(exc)) from None
         if when == plans.NEXT_PERIOD:
             await conn.execute(
                 "update subscriptions set next_plan_id = $2, cancel_at_period_end = $3,"

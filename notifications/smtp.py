@@ -15,6 +15,7 @@ recipients. ``tls_context`` is the seam for a private CA (the tests' trustme one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from email.message import EmailMessage
 
@@ -67,6 +68,12 @@ async def send(
             refused, _ = await client.send_message(message)
             await client.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:  # ssl.SSLError: OSError
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and client.is_connected:
+            # A refusal leaves the session sound: end it with QUIT, so the server closes
+            # its side too rather than holding the socket until it notices.
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                async with asyncio.timeout(TIMEOUT):
+                    await client.quit()
         raise failure(exc) from exc
     finally:
         client.close()

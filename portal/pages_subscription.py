@@ -13,7 +13,7 @@ from aiohttp import web
 
 from admin.access import Permission as P
 from admin.access import require_on
-from admin.errors import Conflict, InvalidInput
+from admin.errors import Conflict, NotFound
 from billing import plans as pricing
 from billing import subscriptions
 from billing.subscriptions import SubscriptionChange
@@ -68,9 +68,8 @@ async def change_subscription(request: web.Request) -> web.StreamResponse:
             viewer.account.id,
             SubscriptionChange(plan_id, cancel_at_period_end=action == "cancel"),
         )
-    except InvalidInput as exc:
-        message = "; ".join(m for _, m in exc.errors)
-        return await _page(request, status=422, flashes=[("error", message)])
+    except NotFound as exc:  # a plan id the form never offered
+        return await _page(request, status=422, flashes=[("error", exc.detail)])
     except Conflict as exc:
         return await _page(request, status=409, flashes=[("error", exc.detail)])
     if action != "subscribe":

@@ -9,7 +9,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from ledger_fixtures import running_worker
 from notifications_support import spend
@@ -45,6 +45,7 @@ def test_a_start_costs_the_rest_of_the_period_by_the_second() -> None:
     assert plans.start(odd, DEC, third).charge == 3 * CENT  # 3.33 cents
 
 
+@settings(deadline=None)
 @given(
     fees=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)).map(
         lambda t: (min(t) * CENT, max(t) * CENT)
@@ -63,7 +64,7 @@ def test_an_upgrade_at_once_bills_each_plan_for_its_own_time_to_a_cent(
     exact = (
         old.monthly_fee * (period - first) + (new.monthly_fee - old.monthly_fee) * (period - then)
     ) / period
-    assert abs(total - exact) <= 1.5 * CENT
+    assert abs(total - exact) <= 1.5 * CENT + 3  # three roundings to the cent, three floors
     assert plans.change_now(old, new, DEC, t1).charge >= 0
 
 
@@ -218,9 +219,8 @@ async def test_a_downgrade_waits_for_the_next_period_and_cancel_ends_at_its_end(
     subs = paying.services.subscriptions
     freeze(paying, datetime(2026, 12, 10, tzinfo=UTC))
     await subs.put(ACTOR, account, SubscriptionChange(pro.id))
-    with pytest.raises(InvalidInput) as refused:
+    with pytest.raises(Conflict, match="costs less"):
         await subs.put(ACTOR, account, SubscriptionChange(basic.id, effective=NOW))
-    assert refused.value.errors[0][0] == "effective"
     sub, _ = await subs.put(ACTOR, account, SubscriptionChange(basic.id))
     assert sub.plan.id == pro.id and sub.next_plan is not None and sub.next_plan.id == basic.id
     assert len(await charges_of(paying, account)) == 1  # the start only
@@ -307,7 +307,7 @@ async def test_plans_refuse_fractions_of_a_cent_and_a_second_plan_of_the_same_na
     withdrawn = await make_plan(paying, "Old", 0)
     await paying.services.subscriptions.set_offered(ACTOR, withdrawn.id, False)
     account = await paying.account()
-    with pytest.raises(InvalidInput, match="no longer offered"):
+    with pytest.raises(Conflict, match="no longer offered"):
         await paying.services.subscriptions.put(ACTOR, account, SubscriptionChange(withdrawn.id))
     offered = await paying.services.subscriptions.plans(offered_only=True)
     assert [p.name for p in offered] == ["Pro"]
