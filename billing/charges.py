@@ -96,7 +96,8 @@ async def start(
         inv = await conn.fetchrow("select * from invoices where id = $1 for update", invoice_id)
         if inv is None or (account_id is not None and inv["account_id"] != account_id):
             raise NotFound(f"no invoice {invoice_id!r}")
-        key = f"{invoice_id}:{inv['payment_attempts'] + 1}"
+        attempt = inv["payment_attempts"] + 1
+        key = f"{invoice_id}:{attempt}"
         if idempotency_key is not None:
             key = client_key(invoice_id, idempotency_key)
             first = await conn.fetchrow(
@@ -132,7 +133,6 @@ async def start(
             if payment_method_id or account_id is not None
             else await card_to_charge(conn, inv["account_id"])
         )
-        attempt = inv["payment_attempts"] + 1
         await conn.execute(
             "update invoices set payment_attempts = $2, next_charge_at = null where id = $1",
             invoice_id,

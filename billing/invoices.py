@@ -193,6 +193,14 @@ class Fee:
     charge_id: int | None = None
 
 
+async def unbilled_fees(conn: Conn, account_id: str, period: Period) -> list[Fee]:
+    """The subscription charges the invoice of ``period`` bills."""
+    return [
+        Fee(c["description"], c["amount"], c["id"])
+        for c in await subscriptions.unbilled(conn, account_id, period)
+    ]
+
+
 async def figures(
     conn: Conn, account_id: str, balance: int, period: Period, fees: Sequence[Fee] = ()
 ) -> tuple[list[Mapping[str, Any]], Due]:
@@ -267,10 +275,7 @@ async def close_account(
         # Credits granted here reach Redis through the sync loop; the billing loop renews
         # every subscription before it closes (subscriptions.renew_due), so this is rare.
         await subscriptions.renew(conn, account_id, period.next(anchor), now=now, anchor=anchor)
-        fees = [
-            Fee(c["description"], c["amount"], c["id"])
-            for c in await subscriptions.unbilled(conn, account_id, period)
-        ]
+        fees = await unbilled_fees(conn, account_id, period)
         routes, due = await figures(conn, account_id, account["balance"], period, fees)
         if crash is not None:
             crash("close_after_lines")

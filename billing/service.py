@@ -13,7 +13,7 @@ from admin.audit import Actor
 from admin.errors import Conflict, NotFound
 from billing import charges, periods, plans, subscriptions
 from billing.estimates import Estimate, estimate
-from billing.invoices import Due, Fee, Invoice, figures, load
+from billing.invoices import Due, Fee, Invoice, figures, load, unbilled_fees
 from billing.periods import Period
 from meter.money import utc_day
 
@@ -50,10 +50,7 @@ class Invoices:
             balance = await conn.fetchval("select balance from accounts where id = $1", account_id)
             if balance is None:
                 raise NotFound(f"no account {account_id!r}")
-            fees = [
-                Fee(c["description"], c["amount"], c["id"])
-                for c in await subscriptions.unbilled(conn, account_id, period)
-            ]
+            fees = await unbilled_fees(conn, account_id, period)
             sub = await subscriptions.load(conn, account_id, self.anchor)
             if sub is not None and sub.status == "active" and not sub.cancel_at_period_end:
                 plan, following = sub.next_plan or sub.plan, period.next(self.anchor)

@@ -30,6 +30,7 @@ from billing import periods, plans
 from billing.periods import Period
 from billing.plans import Plan, Start
 from meter.live_state import LiveState
+from notifications import spend
 
 PLAN = "plan"
 ACTIVE, CANCELED = "active", "canceled"
@@ -169,17 +170,7 @@ async def _apply_limits(conn: repo.Conn, account: Account, plan: Plan) -> None:
                 conn, account.id, "overage_line = $2", plan.overage_line, config=True
             )
     if plan.daily_budget is not None:
-        await conn.execute(
-            "insert into spend_settings as s (account_id, enabled, daily_budget)"
-            " values ($1, true, $2) on conflict (account_id) do update set enabled = true,"
-            " daily_budget = $2, row_version = s.row_version + 1, updated_at = now()",
-            account.id,
-            plan.daily_budget,
-        )
-        if account.daily_hard_limit != plan.daily_budget:
-            await repo.update_account(
-                conn, account.id, "daily_hard_limit = $2", plan.daily_budget, config=True
-            )
+        await spend.store_budget(conn, account, True, plan.daily_budget)
 
 
 async def renew(

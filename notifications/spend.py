@@ -21,6 +21,7 @@ from admin.audit import Actor
 from admin.errors import Conflict, InvalidInput, NotFound
 from admin.ids import new_id
 from admin.provisioning import check_etag
+from admin.records import Account
 from meter.live_state import LiveState
 from meter.money import money, utc_day
 from notifications import thresholds
@@ -79,6 +80,25 @@ def check(c: SpendChange) -> None:
             errors.append((where, "an amount must be above zero"))
     if errors:
         raise InvalidInput(errors)
+
+
+async def store_budget(
+    conn: repo.Conn, account: Account, enabled: bool, budget: int | None
+) -> Account | None:
+    """The setting, and the gateway's daily limit it makes (the account as changed, or
+    None when the limit was already so); the caller holds the account's row lock."""
+    await conn.execute(
+        "insert into spend_settings as s (account_id, enabled, daily_budget)"
+        " values ($1, $2, $3) on conflict (account_id) do update set enabled = $2,"
+        " daily_budget = $3, row_version = s.row_version + 1, updated_at = now()",
+        account.id,
+        enabled,
+        budget,
+    )
+    limit = budget if enabled else None
+    if account.daily_hard_limit == limit:
+        return None
+    return await repo.update_account(conn, account.id, "daily_hard_limit = $2", limit, config=True)
 
 
 class SpendManagement:
@@ -153,21 +173,8 @@ class SpendManagement:
                 raise Conflict(f"account {account_id} is closed")
             before = await self._view(conn, account_id)
             check_etag(before.etag, if_match)
-            await conn.execute(
-                "insert into spend_settings as s (account_id, enabled, daily_budget)"
-                " values ($1, $2, $3) on conflict (account_id) do update set enabled = $2,"
-                " daily_budget = $3, row_version = s.row_version + 1, updated_at = now()",
-                account_id,
-                c.enabled,
-                c.daily_budget,
-            )
+            changed = await store_budget(conn, account, c.enabled, c.daily_budget)
             await _replace_thresholds(conn, account_id, dict.fromkeys(c.thresholds))
-            limit = c.daily_budget if c.enabled else None
-            changed = None
-            if account.daily_hard_limit != limit:
-                changed = await repo.update_account(
-                    conn, account_id, "daily_hard_limit = $2", limit, config=True
-                )
             await thresholds.fire(conn, [(account_id, before.day)])
             after = await self._view(conn, account_id)
             await audit.record(

@@ -60,8 +60,6 @@ async def change_subscription(request: web.Request) -> web.StreamResponse:
     action, plan_id = form.get("action", ""), form.get("plan_id", "")
     if action not in ACTIONS or not plan_id:
         return await _page(request, status=422, flashes=[("error", "Choose a plan.")])
-    before = await services.subscriptions.subscription(viewer.account.id)
-    was = before.plan.id if before is not None and before.status == "active" else None
     try:
         after, made = await services.subscriptions.put(
             viewer.actor,
@@ -74,7 +72,7 @@ async def change_subscription(request: web.Request) -> web.StreamResponse:
         return await _page(request, status=409, flashes=[("error", exc.detail)])
     if action != "subscribe":
         done = "canceled" if action == "cancel" else "resumed"
-    elif made or was is None:
+    elif made:
         done = "subscribed"
     else:
         done = "scheduled" if after.next_plan is not None else "changed"

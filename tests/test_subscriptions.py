@@ -96,6 +96,14 @@ async def make_plan(paying: Paying, name: str, fee: int, included: int = 0, **li
     )
 
 
+async def basic_and_pro(paying: Paying) -> tuple[str, Plan, Plan]:
+    """An account with a card, and two plans: Basic ($5, $2 included), Pro ($20, $10)."""
+    account, _ = await overage_account(paying)
+    await paying.card(account)
+    basic = await make_plan(paying, "Basic", 5 * USD, 2 * USD)
+    return account, basic, await make_plan(paying, "Pro", 20 * USD, 10 * USD)
+
+
 async def charges_of(paying: Paying, account: str) -> list[dict[str, object]]:
     rows = await paying.pool.fetch(
         "select * from subscription_charges where account_id = $1 order by id", account
@@ -129,7 +137,9 @@ def in_cents(micros: int) -> int:
 
 async def test_a_paid_plan_needs_a_card_and_a_start_is_prorated(paying: Paying) -> None:
     account, _ = await overage_account(paying)
-    pro = await make_plan(paying, "Pro", 20 * USD, 10 * USD, overage_line=80 * USD)
+    pro = await make_plan(
+        paying, "Pro", 20 * USD, 10 * USD, overage_line=80 * USD, daily_budget=30 * USD
+    )
     subs = paying.services.subscriptions
     mid = datetime(2026, 12, 16, tzinfo=UTC)
     freeze(paying, mid)
@@ -150,7 +160,10 @@ async def test_a_paid_plan_needs_a_card_and_a_start_is_prorated(paying: Paying) 
     assert grant["expires_at"] == DEC.end_at()
     assert await paying.book_balance(account) == before + grant["amount"]
     assert await paying.live_balance(account) == before + grant["amount"]  # the gateway's too
-    assert (await paying.services.provisioning.account(account)).overage_line == 80 * USD
+    limits = await paying.services.provisioning.account(account)
+    assert (limits.overage_line, limits.daily_hard_limit) == (80 * USD, 30 * USD)
+    budget = await paying.services.spend.view(account)
+    assert budget.enabled and budget.daily_budget == 30 * USD
     # Putting the same plan again changes nothing that costs money.
     again, made = await subs.put(ACTOR, account, SubscriptionChange(pro.id))
     assert not made and again.plan.id == pro.id
@@ -212,10 +225,7 @@ async def test_the_close_bills_usage_and_the_next_fee_and_payment_restores_only_
 async def test_a_downgrade_waits_for_the_next_period_and_cancel_ends_at_its_end(
     paying: Paying,
 ) -> None:
-    account, _ = await overage_account(paying)
-    await paying.card(account)
-    basic = await make_plan(paying, "Basic", 5 * USD, 2 * USD)
-    pro = await make_plan(paying, "Pro", 20 * USD, 10 * USD)
+    account, basic, pro = await basic_and_pro(paying)
     subs = paying.services.subscriptions
     freeze(paying, datetime(2026, 12, 10, tzinfo=UTC))
     await subs.put(ACTOR, account, SubscriptionChange(pro.id))
@@ -249,10 +259,7 @@ async def test_a_downgrade_waits_for_the_next_period_and_cancel_ends_at_its_end(
 async def test_an_upgrade_at_once_bills_the_difference_and_grants_the_extra(
     paying: Paying,
 ) -> None:
-    account, _ = await overage_account(paying)
-    await paying.card(account)
-    basic = await make_plan(paying, "Basic", 5 * USD, 2 * USD)
-    pro = await make_plan(paying, "Pro", 20 * USD, 10 * USD)
+    account, basic, pro = await basic_and_pro(paying)
     subs = paying.services.subscriptions
     freeze(paying, DEC.start_at())
     await subs.put(ACTOR, account, SubscriptionChange(basic.id))
