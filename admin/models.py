@@ -982,10 +982,6 @@ class GrantPage(Output):
 
 PLAN_ID_PATTERN = "^plan_[0-9A-Za-z]{1,64}$"
 PlanId = Annotated[str, StringConstraints(pattern=PLAN_ID_PATTERN)]
-CentMicros = Annotated[
-    int,
-    Field(ge=0, le=MAX_LIMIT_MICROS, multiple_of=10_000, description=MICROS + " Whole cents."),
-]
 
 
 class PlanIn(Input):
@@ -994,7 +990,7 @@ class PlanIn(Input):
 
     name: Annotated[str, _text(100), _TEXT]
     description: Annotated[str, StringConstraints(max_length=500), _TEXT] = ""
-    monthly_fee: CentMicros = Field(description="Billed in advance on each period's invoice.")
+    monthly_fee: WholeCents = Field(description="Billed in advance on each period's invoice.")
     included_credits: Micros = Field(
         default=0,
         description=MICROS + " Granted at the start of each period, expiring at its end;"

@@ -37,14 +37,13 @@ from billing.periods import Period
 from ledger.crash import CrashHook
 from meter import keys
 from meter.live_state import LiveState
-from meter.money import money
+from meter.money import MICROS_PER_CENT, money
 from meter.settings import Settings
 from payments import outbox
 
 log = logging.getLogger("meter.billing")
 
 INVOICE = ids.INVOICE
-MICROS_PER_CENT = 10_000
 # Calls admitted before the period's end may reach Redis's stream this much later (by
 # its clock): the close waits until every entry before end + skew is booked.
 CLOCK_SKEW = timedelta(seconds=60)

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from billing.periods import Period
-from meter.money import money
+from meter.money import MICROS_PER_CENT, money
 
-MICROS_PER_CENT = 10_000
 NOW, NEXT_PERIOD = "now", "next_period"
 
 

@@ -30,6 +30,7 @@ from billing import periods, plans
 from billing.periods import Period
 from billing.plans import Plan, Start
 from meter.live_state import LiveState
+from meter.money import MICROS_PER_CENT
 from notifications import spend
 
 PLAN = "plan"
@@ -279,7 +280,7 @@ def check_plan(p: NewPlan) -> None:
     errors = []
     if not 1 <= len(p.name.strip()) <= 100:
         errors.append(("name", "Enter a name of 1 to 100 characters."))
-    if p.monthly_fee % plans.MICROS_PER_CENT:
+    if p.monthly_fee % MICROS_PER_CENT:
         errors.append(("monthly_fee", "The fee must be whole cents (a multiple of 10,000)."))
     if errors:
         raise InvalidInput(errors)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum, IntFlag
 
 MICROS_PER_USD = 1_000_000
+MICROS_PER_CENT = 10_000  # what a card is charged in
 SECONDS_PER_DAY = 86_400
 NONE = -1  # "no limit" / "no threshold", as stored in Redis
 

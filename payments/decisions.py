@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from meter.money import money
-
-MICROS_PER_CENT = 10_000
+from meter.money import MICROS_PER_CENT, money
 
 
 def cents(micros: int) -> int:

@@ -31,7 +31,7 @@ from admin.ids import new_id
 from admin.provisioning import check_etag
 from ledger.events import StreamId
 from meter.live_state import StateUnavailable
-from meter.money import money
+from meter.money import MICROS_PER_CENT, money
 from payments import decisions, outbox
 from payments.records import AutoRecharge, Payment
 from payments.service import (
@@ -129,7 +129,7 @@ class Recharges:
             if why:
                 errors.append(("amount", why))
         if c.target_balance is not None:
-            if c.target_balance % decisions.MICROS_PER_CENT:
+            if c.target_balance % MICROS_PER_CENT:
                 errors.append(("target_balance", "must be a whole number of cents"))
             if c.target_balance <= c.threshold:
                 errors.append(("target_balance", "must be above the threshold"))

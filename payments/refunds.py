@@ -18,7 +18,7 @@ from admin.audit import Actor
 from admin.errors import Conflict, InvalidInput
 from admin.ids import new_id
 from meter.live_state import StateUnavailable
-from meter.money import money
+from meter.money import MICROS_PER_CENT, money
 from payments import decisions, outbox
 from payments.records import Payment, Refund
 from payments.service import REFUND, Context, StripeUnavailable, get_payment
@@ -195,7 +195,7 @@ async def _reserve(
             f"{money(left)} of {p.id} is left to refund, not {money(want)}",
             left=left,
         )
-    if want % decisions.MICROS_PER_CENT or want <= 0:
+    if want % MICROS_PER_CENT or want <= 0:
         raise InvalidInput([("amount", "must be a positive whole number of cents")])
     account = await repo.get_account(conn, p.account_id, for_update=True)
     assert account is not None

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from admin.errors import InvalidInput
-from meter.money import MICROS_PER_USD
+from meter.money import MICROS_PER_CENT, MICROS_PER_USD
 
 M = TypeVar("M", bound=BaseModel)
 Errors = dict[str, str]
@@ -37,7 +37,6 @@ _DOLLARS = re.compile(
     r"\$?(?P<whole>\d{1,3}(?:,\d{3}){1,4}|\d{1,15})(?:\.(?P<cents>\d{1,2}))?", re.ASCII
 )
 _SUB_CENT = re.compile(r"\$?[\d,]+\.\d{3,}", re.ASCII)
-MICROS_PER_CENT = MICROS_PER_USD // 100
 NOT_DOLLARS = "Enter an amount in dollars and cents, like 25 or 25.00."
 SUB_CENT = "Enter whole cents: at most two digits after the point."
 
