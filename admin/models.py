@@ -724,7 +724,7 @@ class InvoicePayment(Input):
 
 
 class InvoiceLine(Output):
-    kind: Literal["usage", "fee", "credits_applied"]
+    kind: Literal["usage", "fee", "carried_forward", "credits_applied"]
     description: str
     route: str | None
     calls: int | None
@@ -754,10 +754,14 @@ class Invoice(Output):
         description=MICROS + " Plan fees: the next period's, in advance, and this period's"
         " prorations. Paid by the invoice, never from prepaid credits."
     )
+    carried_forward: int = Field(
+        description=MICROS + " A debt older than the period that no unpaid invoice bills"
+        " (a void invoice's, say), billed here in full."
+    )
     credits_applied: int = Field(description=MICROS + " The usage prepaid credits covered.")
     amount_due: int = Field(
-        description=MICROS + " The overage drawn beyond prepaid credits, plus the fee:"
-        " usage + fee - credits applied."
+        description=MICROS + " The overage drawn beyond prepaid credits, plus the fee and"
+        " the balance carried forward: usage + fee + carried forward - credits applied."
     )
     amount_paid: int
     lines: list[InvoiceLine]
@@ -779,9 +783,13 @@ class UpcomingInvoice(Output):
         description=MICROS + " The plan's prorations this period and the next period's fee,"
         " billed in advance."
     )
+    carried_forward: int = Field(
+        description=MICROS + " A debt older than the period that no unpaid invoice bills."
+    )
     credits_applied: int = Field(description=MICROS + " What prepaid credits cover so far.")
     amount_due: int = Field(
-        description=MICROS + " The overage drawn so far (whole cents) and the fee."
+        description=MICROS + " The overage drawn so far (whole cents), the fee and the"
+        " balance carried forward."
     )
 
 

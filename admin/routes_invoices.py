@@ -15,7 +15,7 @@ from admin.access import Permission as P
 from admin.declared import NO_STORE, Call, Document, Operation, Reply
 from admin.routes_payments import payment_model
 from billing import charges, render
-from billing.invoices import Invoice, usage_description
+from billing.invoices import CARRIED_FORWARD, Invoice, usage_description
 from billing.service import STATUSES
 from ledger import history_query
 from ledger.errors import BadQuery
@@ -34,6 +34,7 @@ def invoice_model(i: Invoice) -> models.Invoice:
         currency=i.currency,
         usage=i.usage_amount,
         fee=i.fee_amount,
+        carried_forward=i.carried_amount,
         credits_applied=i.credits_applied,
         amount_due=i.amount_due,
         amount_paid=i.amount_paid,
@@ -127,6 +128,16 @@ async def get_upcoming(call: Call[Any]) -> Reply:
         )
         for f in u.fees
     ]
+    if u.due.carried:
+        lines.append(
+            models.InvoiceLine(
+                kind="carried_forward",
+                description=CARRIED_FORWARD,
+                route=None,
+                calls=None,
+                amount=u.due.carried,
+            )
+        )
     return Reply(
         models.UpcomingInvoice(
             period_start=u.period.start,
@@ -134,6 +145,7 @@ async def get_upcoming(call: Call[Any]) -> Reply:
             lines=lines,
             usage=u.due.usage,
             fee=u.due.fee,
+            carried_forward=u.due.carried,
             credits_applied=u.due.credits_applied,
             amount_due=u.due.amount_due,
         )

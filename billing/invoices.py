@@ -4,8 +4,9 @@
 the account's row lock; the unique (account, period) key makes a second close,
 whoever runs it, change nothing. Its lines are the usage rollups of the period's UTC
 days by route. The amount due is the overage drawn: what the book balance owed below
-zero at the period's end, less what earlier unpaid invoices already bill; what usage
-and fee cost beyond it, prepaid credits covered ("credits applied"). The balance at
+zero at the period's end, less what earlier unpaid invoices already bill; the part of
+it beyond the period's usage is an older debt, the "balance carried forward" line;
+what usage cost beyond the overage, prepaid credits covered ("credits applied"). The balance at
 the end is today's book balance without what came after: credits entered since, and
 the usage of later days (the rollups), so a late call lands in its own period.
 
@@ -52,7 +53,7 @@ CLOCK_SKEW = timedelta(seconds=60)
 @dataclass(frozen=True, slots=True)
 class Line:
     position: int
-    kind: str  # usage | fee | credits_applied
+    kind: str  # usage | fee | carried_forward | credits_applied
     description: str
     route: str | None
     calls: int | None
@@ -83,6 +84,7 @@ class Invoice:
     lines: tuple[Line, ...]
     payment_attempts: int = 0  # charges tried (an open one with any has failed so far)
     overdue_at: datetime | None = None
+    carried_amount: int = 0  # the balance carried forward, billed in full
 
     @property
     def owed(self) -> int:
@@ -109,6 +111,7 @@ class Invoice:
             amount_due=row["amount_due"],
             amount_paid=row["amount_paid"],
             balance_at_end=row["balance_at_end"],
+            carried_amount=row["carried_amount"],
             seller=orjson.loads(row["seller"]) if row["seller"] else None,
             buyer=orjson.loads(row["buyer"]) if row["buyer"] else None,
             created_at=row["created_at"],
@@ -129,11 +132,15 @@ class Invoice:
 
 @dataclass(frozen=True, slots=True)
 class Due:
-    """The money of one close. Pure: ``amount_due + credits_applied == usage + fee``.
+    """The money of one close. Pure:
+    ``amount_due + credits_applied == usage + fee + carried``.
 
-    The plan's fee (whole cents) is paid by the invoice, never from prepaid credits;
-    the usage is paid by credits as far as they went, and the overage drawn beyond them
-    is due."""
+    The plan's fee (whole cents) is paid by the invoice, never from prepaid credits.
+    What the balance owes and no unpaid invoice bills yet is due: as far as the
+    period's usage goes it is the overage, the usage credits did not cover; beyond
+    it, a debt older than the period (a void invoice's, a refund's beyond the unspent
+    balance) carried forward. Each is whole cents (what a card can be charged); a
+    fraction of a cent stays owed on the balance and is billed with a later period."""
 
     usage: int
     fee: int
@@ -141,25 +148,34 @@ class Due:
     already_billed: int
 
     @property
+    def _owed(self) -> int:
+        return max(0, -self.balance_at_end - self.already_billed)
+
+    @property
     def overage_due(self) -> int:
-        """Whole cents (what a card can be charged); a fraction of a cent owed stays on
-        the balance and is billed with the next period's."""
-        owed = max(0, -self.balance_at_end) - self.already_billed
-        capped = min(max(0, owed), self.usage)
-        return capped - capped % MICROS_PER_CENT
+        return _whole_cents(min(self._owed, self.usage))
+
+    @property
+    def carried(self) -> int:
+        return _whole_cents(max(0, self._owed - self.usage))
 
     @property
     def amount_due(self) -> int:
-        return self.overage_due + self.fee
+        return self.overage_due + self.carried + self.fee
 
     @property
     def credits_applied(self) -> int:
         return self.usage - self.overage_due
 
 
+def _whole_cents(micros: int) -> int:
+    return micros - micros % MICROS_PER_CENT
+
+
 def credited_share(amount_due: int, fee: int, paid_before: int, paying: int) -> int:
-    """What a payment of an invoice gives back to the balance: the overage part (paid
-    first), never the fee, which the balance never owed. Pure."""
+    """What a payment of an invoice gives back to the balance: the overage and the
+    balance carried forward (paid first), never the fee, which the balance never owed.
+    Pure."""
     overage = amount_due - fee
 
     def covered(paid: int) -> int:
@@ -176,6 +192,9 @@ async def load(conn: Conn, invoice_id: str) -> Invoice | None:
         "select * from invoice_lines where invoice_id = $1 order by position", invoice_id
     )
     return Invoice.from_rows(row, lines)
+
+
+CARRIED_FORWARD = "Balance carried forward"
 
 
 def usage_description(route: str, calls: int) -> str:
@@ -229,10 +248,12 @@ async def figures(
         period.end_at(),
         period.end.isoformat(),
     )
+    # A void invoice bills nothing, so what it billed is carried forward; one written
+    # off as uncollectible keeps its debt and is not billed again.
     billed = await conn.fetchval(
         "select coalesce(sum(greatest(0, amount_due - fee_amount - amount_paid)), 0)::bigint"
-        " from invoices"
-        " where account_id = $1 and status in ('draft', 'open') and period_start <> $2",
+        " from invoices where account_id = $1"
+        " and status in ('draft', 'open', 'uncollectible') and period_start <> $2",
         account_id,
         period.start,
     )
@@ -282,7 +303,8 @@ async def close_account(
         await conn.execute(
             "insert into invoices (id, account_id, period_start, period_end, status,"
             " usage_amount, fee_amount, credits_applied, amount_due, balance_at_end,"
-            " finalize_after) values ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10)",
+            " carried_amount, finalize_after)"
+            " values ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10, $11)",
             invoice_id,
             account_id,
             period.start,
@@ -292,6 +314,7 @@ async def close_account(
             due.credits_applied,
             due.amount_due,
             due.balance_at_end,
+            due.carried,
             now + timedelta(seconds=grace),
         )
         lines: list[tuple[str, str, str | None, int | None, int, int | None]] = [
@@ -306,6 +329,8 @@ async def close_account(
             for r in routes
         ]
         lines += [("fee", f.description, None, None, f.amount, f.charge_id) for f in fees]
+        if due.carried:
+            lines.append(("carried_forward", CARRIED_FORWARD, None, None, due.carried, None))
         if due.credits_applied:
             lines.append(
                 (
@@ -421,6 +446,7 @@ async def finalize(
                 "amount_due": row["amount_due"],
                 "usage": row["usage_amount"],
                 "credits_applied": row["credits_applied"],
+                "carried_forward": row["carried_amount"],
                 "due_at": (now + timedelta(days=settings.invoice_net_days)).isoformat(),
             },
         )

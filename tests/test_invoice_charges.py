@@ -112,7 +112,27 @@ async def test_a_declined_invoice_is_retried_then_overdue_until_paid_by_another_
     assert [c["amount"] for c in paying.double.charges()] == [500]
 
 
-async def test_a_void_invoice_is_no_longer_charged_and_its_amount_stays_owed(
+async def close_january(paying: Paying, account: str) -> dict[str, Any]:
+    """January (no usage) closed and finalized at 00:02 on February 1st: its invoice."""
+    jan = DEC.next()
+    at(paying, jan.end_at() + timedelta(minutes=2))
+    closer = Closer(
+        paying.pool, paying.live, paying.settings.replace(invoice_grace=0.0), clock=paying.clock
+    )
+    await closer.close_period(jan)
+    await closer.finalize_due()
+    row = await paying.pool.fetchrow(
+        "select * from invoices where account_id = $1 and period_start = $2", account, jan.start
+    )
+    lines = await paying.pool.fetch(
+        "select kind, description, amount from invoice_lines where invoice_id = $1"
+        " order by position",
+        row["id"],
+    )
+    return {**dict(row), "lines": [tuple(line) for line in lines]}
+
+
+async def test_a_void_invoice_is_no_longer_charged_and_its_debt_is_carried_forward(
     paying: Paying,
 ) -> None:
     account, inv, _ = await owing(paying, DECLINED_WHEN_CHARGED)
@@ -127,18 +147,31 @@ async def test_a_void_invoice_is_no_longer_charged_and_its_amount_stays_owed(
         "select * from audit_log where object_id = $1 and action = 'invoice.void'", inv
     )
     assert audit["account_id"] == account
-    # January used nothing: its invoice bills nothing, the $5 stays owed on the balance.
-    jan = DEC.next()
-    at(paying, jan.end_at() + timedelta(minutes=2))
-    closer = Closer(
-        paying.pool, paying.live, paying.settings.replace(invoice_grace=0.0), clock=paying.clock
-    )
-    await closer.close_period(jan)
-    row = await paying.pool.fetchrow(
-        "select * from invoices where account_id = $1 and period_start = $2", account, jan.start
-    )
-    assert (row["usage_amount"], row["amount_due"]) == (0, 0)  # capped at the period's use
-    assert await paying.book_balance(account) == -5 * USD
+    assert await paying.book_balance(account) == -5 * USD  # still owed
+    upcoming = await paying.services.invoices.upcoming(account)  # mid-January
+    assert (upcoming.due.carried, upcoming.due.amount_due) == (5 * USD, 5 * USD)
+    # January used nothing; its invoice bills the $5 December's void invoice no longer does.
+    jan = await close_january(paying, account)
+    assert (jan["usage_amount"], jan["credits_applied"]) == (0, 0)
+    assert (jan["carried_amount"], jan["amount_due"], jan["status"]) == (5 * USD, 5 * USD, "open")
+    assert jan["lines"] == [("carried_forward", "Balance carried forward", 5 * USD)]
+    good = await paying.card(account, "4242424242424242")
+    paid = await charges.pay(paying.ctx, ACTOR, account, jan["id"], payment_method_id=good)
+    assert paid.payment.status == "succeeded"
+    assert await paying.book_balance(account) == 0  # the debt paid, once
+    assert await paying.live_balance(account) == 0
+    assert [c["amount"] for c in paying.double.charges()] == [500]
+
+
+async def test_an_uncollectible_invoice_keeps_its_debt_and_is_not_billed_again(
+    paying: Paying,
+) -> None:
+    account, inv, _ = await owing(paying, DECLINED_WHEN_CHARGED)
+    await paying.services.invoices.close_out(ACTOR, inv, "uncollectible")
+    jan = await close_january(paying, account)
+    assert (jan["carried_amount"], jan["amount_due"], jan["status"]) == (0, 0, "paid")
+    assert jan["lines"] == []
+    assert await paying.book_balance(account) == -5 * USD  # written off, owed on the book
 
 
 async def test_under_suspend_an_overdue_account_resumes_once_its_invoice_is_written_off(

@@ -112,6 +112,23 @@ def test_a_draft_is_marked_draft_has_no_number_and_the_page_escapes_what_it_show
     assert "<style>" not in body
     # The credits are a total of their own, not a line of the table.
     assert body.count("Applied credit balance") == 1
+    assert "Balance carried forward" not in body  # none carried: no row
+
+
+def test_a_balance_carried_forward_is_a_line_and_a_total() -> None:
+    carried = replace(
+        SAMPLE,
+        carried_amount=5_000_000,
+        amount_due=7_000_000,
+        lines=(
+            *SAMPLE.lines[:1],
+            Line(2, "carried_forward", "Balance carried forward", None, None, 5_000_000),
+            *SAMPLE.lines[1:],
+        ),
+    )
+    page = str(render.body(carried))
+    assert page.count("Balance carried forward") == 2  # the line and the total
+    assert page.count("$5.00") == 2 and "$7.00" in page
 
 
 # -- a real invoice -----------------------------------------------------------------------

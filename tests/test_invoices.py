@@ -67,13 +67,17 @@ def test_due_and_credits_applied_add_up_to_what_was_used(
     usage: int, fee: int, balance: int, billed: int
 ) -> None:
     due = Due(usage, fee, balance, billed)
-    assert due.amount_due + due.credits_applied == usage + fee
-    assert fee <= due.amount_due <= usage + fee  # the fee is never paid from credits
+    assert due.amount_due + due.credits_applied == usage + fee + due.carried
+    assert fee <= due.amount_due <= usage + fee + due.carried  # the fee never from credits
     assert 0 <= due.credits_applied <= usage
-    assert due.overage_due <= max(0, -balance)  # never more than the overage drawn
-    assert due.amount_due % 10_000 == 0  # whole cents: what a card can be charged
-    if billed == 0 and -balance <= usage:
-        assert max(0, -balance) - due.overage_due < 10_000  # a fraction of a cent waits
+    owed = max(0, -balance - billed)  # what the balance owes and no invoice bills yet
+    assert due.overage_due + due.carried <= owed  # never more
+    assert owed - (due.overage_due + due.carried) < 2 * 10_000  # a fraction of a cent waits
+    assert due.amount_due % 10_000 == 0 and due.carried % 10_000 == 0  # what a card can take
+    if owed <= usage:
+        assert due.carried == 0  # the period's own overage
+    else:
+        assert due.credits_applied == usage - due.overage_due < 10_000  # no credits left
 
 
 @given(
