@@ -43,6 +43,22 @@ DEMO_FILE = "demo-account.json"
 DEMO_THRESHOLD = 10_000  # $0.01: the demo traffic's 10 calls of $0.0012 pass it
 DEMO_CALLS = 10
 DEMO_OWNER = "owner@demo.test"
+# The plans on offer in the demo; the account starts on the free one (no card needed).
+DEMO_PLANS = (
+    {
+        "name": "Starter",
+        "description": "Pay as you go, with $5 of calls each month.",
+        "monthly_fee": 0,
+        "included_credits": 5_000_000,
+    },
+    {
+        "name": "Pro",
+        "description": "$60 of calls each month and a $50 overage line.",
+        "monthly_fee": 49_000_000,
+        "included_credits": 60_000_000,
+        "overage_line": 50_000_000,
+    },
+)
 
 
 def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
@@ -174,6 +190,9 @@ def seed_demo(settings: Settings, data: Path) -> dict[str, Any]:
     if "owner" not in demo:  # also a data folder from before the portal
         demo["owner"] = _demo_owner(settings, demo["account_id"])
         saved.write_bytes(orjson.dumps(demo))
+    if "plan" not in demo:  # also a data folder from before plans
+        demo["plan"] = _demo_plans(settings, demo["account_id"])
+        saved.write_bytes(orjson.dumps(demo))
     key = _admin_call(settings, "POST", f"/v1/projects/{demo['project_id']}/keys")
     return {**demo, "key": key["key"]}
 
@@ -218,6 +237,17 @@ def _demo_owner(settings: Settings, account_id: str) -> str:
         {"email": DEMO_OWNER, "name": "Demo Owner", "role": "owner"},
     )
     return str(owner["id"])
+
+
+def _demo_plans(settings: Settings, account_id: str) -> str:
+    """The demo's plans (made once) and the account subscribed to the first."""
+    offered = {p["name"]: p["id"] for p in _admin_call(settings, "GET", "/v1/plans")["data"]}
+    ids = [
+        offered.get(plan["name"]) or _admin_call(settings, "POST", "/v1/plans", plan)["id"]
+        for plan in DEMO_PLANS
+    ]
+    _admin_call(settings, "PUT", f"/v1/accounts/{account_id}/subscription", {"plan_id": ids[0]})
+    return str(ids[0])
 
 
 def portal_link(settings: Settings, demo: dict[str, Any]) -> str:
@@ -386,7 +416,8 @@ meter dev is running (logs in {logs}, data in {data}).
   Redis        {redis_server.url}
   Postgres     {pg.url("meter")}
 
-Demo account {demo["account_id"]}: $20 credits, $5 daily hard limit, $1 overage line.
+Demo account {demo["account_id"]}: $20 credits, $5 daily hard limit, $1 overage line,
+on the Starter plan ($5 of calls included each month; Pro is on offer).
 Try a metered call:
 
   curl -i -H 'Authorization: Bearer {demo["key"]}' \\

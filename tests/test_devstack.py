@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from meter import local_servers
+from meter.devstack import DEMO_PLANS
 from meter.local_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,16 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
         demo = re.search(r"Demo traffic: (\d+) calls, \$([0-9.]+)", banner)
         assert demo is not None, banner
         spent = round(float(demo.group(2)) * 1_000_000)
-        assert balance["balance"] == 20_000_000 - spent - charged
+        # $20 of credits and the Starter plan's included credits, prorated from today.
+        grants_req = urllib.request.Request(
+            f"http://127.0.0.1:{ports['admin']}/v1/accounts/{account.group(1)}/grants",
+            headers={"Authorization": "Bearer dev-test-token"},
+        )
+        with urllib.request.urlopen(grants_req, timeout=10) as resp:
+            grants = orjson.loads(resp.read())["data"]
+        [included] = [g["amount"] for g in grants if g["kind"] == "included"]
+        assert 0 < included <= DEMO_PLANS[0]["included_credits"]
+        assert balance["balance"] == 20_000_000 + included - spent - charged
         assert balance["available"] == available
     finally:
         proc.send_signal(stop)
