@@ -992,6 +992,40 @@ PLAN_ID_PATTERN = "^plan_[0-9A-Za-z]{1,64}$"
 PlanId = Annotated[str, StringConstraints(pattern=PLAN_ID_PATTERN)]
 
 
+ROUTE_NAME_PATTERN = "^[A-Za-z0-9_.:-]{1,64}$"
+UNIT_KIND_PATTERN = "^[a-z][a-z0-9_]{0,31}$"
+RouteName = Annotated[str, StringConstraints(pattern=ROUTE_NAME_PATTERN)]
+UnitKind = Annotated[str, StringConstraints(pattern=UNIT_KIND_PATTERN)]
+PRICES_RULE = (
+    "The plan's own prices of some of the deployment's routes (its price table's names;"
+    " `default` for calls no route matches), in place of the table's: `price` for a"
+    " fixed-price route, `max_price` (the reserve) and `units` (micros per unit of each"
+    " kind) for a variable-cost one, a field left out keeping the table's. Which route a"
+    " call is, and where its units are read, stay the table's. A route or kind the table"
+    " does not have, or a field of the other sort of route, is refused with 422 naming"
+    " `prices`. null: the deployment's prices."
+)
+
+
+class RoutePrice(Input):
+    price: Micros | None = Field(default=None, description="A fixed-price route's price.")
+    max_price: Micros | None = Field(
+        default=None, description="A variable-cost route's reserve, and its cost's cap."
+    )
+    units: dict[UnitKind, Micros] | None = Field(
+        default=None, description="A variable-cost route's price per unit, by kind.", max_length=8
+    )
+
+    def spec(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class RoutePriceOut(Output):
+    price: int | None = Field(default=None, description=MICROS + " A fixed-price route's.")
+    max_price: int | None = Field(default=None, description=MICROS + " The reserve.")
+    units: dict[str, int] | None = Field(default=None, description=MICROS + " Per unit.")
+
+
 class PlanIn(Input):
     """A plan's prices never change once made (make a new plan); it may stop being
     offered."""
@@ -1010,6 +1044,9 @@ class PlanIn(Input):
     overage_line: Micros | None = Field(
         default=None, description="Set on the account when the plan starts; null: left alone."
     )
+    prices: dict[RouteName, RoutePrice] | None = Field(
+        default=None, description=PRICES_RULE, min_length=1, max_length=64
+    )
 
 
 class PlanPatch(Input):
@@ -1026,6 +1063,10 @@ class Plan(Output):
     daily_budget: int | None
     overage_line: int | None
     active: bool
+    prices: dict[str, RoutePriceOut] | None = Field(
+        description="Its own prices of the deployment's routes, as fitted to the price"
+        " table; null: the deployment's."
+    )
 
 
 class PlanList(Output):

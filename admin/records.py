@@ -43,6 +43,7 @@ class Account:
     updated_at: datetime
     require_payment_method: bool = False
     has_payment_method: bool = False
+    price_table: str | None = None  # its plan's, when the plan has prices of its own
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Account:
@@ -69,6 +70,7 @@ class Account:
             low_balance_threshold=self.low_balance_threshold,
             suspended=self.status in REFUSED_AT_GATEWAY,
             payment_method_required=self.require_payment_method and not self.has_payment_method,
+            price_table=self.price_table,
         )
 
 

@@ -37,6 +37,9 @@ def plan_model(p: Plan) -> models.Plan:
         daily_budget=p.daily_budget,
         overage_line=p.overage_line,
         active=p.active,
+        prices=None
+        if p.prices is None
+        else {route: models.RoutePriceOut(**entry) for route, entry in p.prices.items()},
     )
 
 
@@ -81,6 +84,7 @@ async def create_plan(call: Call[models.PlanIn]) -> Reply:
             b.included_credits,
             b.daily_budget,
             b.overage_line,
+            None if b.prices is None else {r: p.spec() for r, p in b.prices.items()},
         ),
     )
     return Reply(plan_model(plan), status=201, headers={"ETag": plan_etag(plan)})

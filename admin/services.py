@@ -22,6 +22,7 @@ from admin.profiles import Profiles
 from admin.provisioning import Provisioning
 from billing.service import Invoices
 from billing.subscriptions import Subscriptions
+from gateway.pricing import load_prices
 from meter.live_state import LiveState
 from meter.settings import Settings
 from notifications.endpoints import WebhookEndpoints
@@ -82,7 +83,13 @@ class Services:
             invoices=Invoices(
                 pool, clock, ctx.settings.billing_anchor_day, ctx.settings.invoice_overdue
             ),
-            subscriptions=Subscriptions(pool, live, clock, ctx.settings.billing_anchor_day),
+            subscriptions=Subscriptions(
+                pool,
+                live,
+                clock,
+                ctx.settings.billing_anchor_day,
+                load_prices(ctx.settings.prices_path),
+            ),
             notifications=Preferences(pool),
             clock=clock,
         )

@@ -29,7 +29,7 @@ import asyncpg
 
 from admin import repository as repo
 from admin.records import Account, ApiKey, LedgerEntry
-from meter.live_state import LiveState, StateUnavailable
+from meter.live_state import LiveState, StateUnavailable, parse_price_spec
 from meter.settings import Settings
 
 log = logging.getLogger("admin.sync")
@@ -74,9 +74,25 @@ async def then_redis(what: str, step: Awaitable[None]) -> bool:
 
 
 async def apply_account(pool: repo.Conn, live: LiveState, account: Account) -> None:
-    """Limits and status at ``account.config_version`` (creates the Redis hash if missing)."""
+    """Limits and status at ``account.config_version`` (creates the Redis hash if missing).
+    A price table the status names is written to the account's shard first: a table never
+    changes, so writing it again is harmless."""
+    if account.price_table is not None:
+        prices = await pool.fetchval("select prices from plans where id = $1", account.price_table)
+        if prices is not None:
+            await live.put_price_table_on(
+                account.shard, account.price_table, parse_price_spec(prices)
+            )
     await live.sync_account(account.shard, account.id, account.live_config)
     await repo.mark_account_synced(pool, account.id, account.config_version)
+
+
+async def sync_account_now(pool: repo.Conn, live: LiveState, account_id: str) -> None:
+    """After a commit that changed the account's live config: its Redis half now (or, if
+    Redis is away, by the loop)."""
+    account = await repo.get_account(pool, account_id)
+    if account is not None and account.redis_version < account.config_version:
+        await then_redis(f"account {account_id}", apply_account(pool, live, account))
 
 
 async def apply_api_key(pool: repo.Conn, live: LiveState, key: ApiKey) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from billing.periods import Period
 from meter.money import MICROS_PER_CENT, money
@@ -31,6 +32,9 @@ class Plan:
     overage_line: int | None
     active: bool
     row_version: int = 1
+    # Its own prices of some of the deployment's routes (gateway.pricing.parse_override's
+    # spec, as fitted then); None: the deployment's prices.
+    prices: dict[str, dict[str, Any]] | None = None
 
     def ranks_at_least(self, other: Plan) -> bool:
         """Whether moving from ``other`` to this plan may happen at once: it costs at least
@@ -108,3 +112,18 @@ def proration_description(plan: Plan, period: Period, at: datetime, old: Plan | 
 
 def included_description(plan: Plan, period: Period, amount: int) -> str:
     return f"Included credits: {plan.name} plan, {period.label} ({money(amount)})"
+
+
+def price_lines(plan: Plan) -> list[str]:
+    """The plan's own prices, a line per route, for people to read."""
+    lines = []
+    for route, entry in sorted((plan.prices or {}).items()):
+        if "price" in entry:
+            lines.append(f"{route}: {money(entry['price'], places=6)} a call")
+            continue
+        units = ", ".join(
+            f"{money(price, places=6)} a unit of {kind}"
+            for kind, price in sorted(entry["units"].items())
+        )
+        lines.append(f"{route}: {units}, at most {money(entry['max_price'], places=6)} a call")
+    return lines

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from admin import audit, sync
 from admin import repository as repo
@@ -29,6 +30,7 @@ from admin.records import CLOSED, Account, LedgerEntry
 from billing import periods, plans
 from billing.periods import Period
 from billing.plans import Plan, Start
+from gateway.pricing import BadPrices, PriceTable, load_prices, override_spec, parse_override
 from meter.live_state import LiveState
 from meter.money import MICROS_PER_CENT
 from notifications import spend
@@ -62,6 +64,7 @@ class NewPlan:
     included_credits: int
     daily_budget: int | None
     overage_line: int | None
+    prices: dict[str, Any] | None = None  # parse_override's spec; None: the deployment's
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ def plan_of(row: Any) -> Plan:
         overage_line=row["overage_line"],
         active=row["active"],
         row_version=row["row_version"],
+        prices=None if row["prices"] is None else orjson.loads(row["prices"]),
     )
 
 
@@ -172,6 +176,15 @@ async def _apply_limits(conn: repo.Conn, account: Account, plan: Plan) -> None:
             )
     if plan.daily_budget is not None:
         await spend.store_budget(conn, account, True, plan.daily_budget)
+    await _set_price_table(conn, account.id, plan.id if plan.prices else None)
+
+
+async def _set_price_table(conn: repo.Conn, account_id: str, table: str | None) -> None:
+    """The prices the gateway admits the account's calls at from now on (its live
+    config): its plan's own, or (None) the deployment's."""
+    current = await conn.fetchval("select price_table from accounts where id = $1", account_id)
+    if current != table:
+        await repo.update_account(conn, account_id, "price_table = $2", table, config=True)
 
 
 async def renew(
@@ -194,6 +207,7 @@ async def renew(
                 period.start_at(),
                 period.start,
             )
+            await _set_price_table(conn, account_id, None)
             break
         plan = sub.next_plan or sub.plan
         if sub.next_plan is not None:
@@ -271,19 +285,29 @@ async def renew_due(
             for r in rows:
                 granted += await renew(conn, r["id"], into, now=now, anchor=anchor)
         await tell_redis(pool, live, granted)
+        for r in rows:  # a plan that took effect: its limits and prices, at once
+            await sync.sync_account_now(pool, live, r["id"])
         done += len(rows)
         if len(rows) < limit:
             return done
 
 
-def check_plan(p: NewPlan) -> None:
+def check_plan(p: NewPlan, table: PriceTable) -> dict[str, Any] | None:
+    """The plan's prices as stored (fitted to the deployment's table), or InvalidInput."""
     errors = []
     if not 1 <= len(p.name.strip()) <= 100:
         errors.append(("name", "Enter a name of 1 to 100 characters."))
     if p.monthly_fee % MICROS_PER_CENT:
         errors.append(("monthly_fee", "The fee must be whole cents (a multiple of 10,000)."))
+    prices = None
+    if p.prices is not None:
+        try:
+            prices = override_spec(parse_override(table, p.prices))
+        except BadPrices as exc:
+            errors.append(("prices", str(exc)))
     if errors:
         raise InvalidInput(errors)
+    return prices
 
 
 class Subscriptions:
@@ -295,11 +319,14 @@ class Subscriptions:
         live: LiveState,
         clock: Callable[[], float] = time.time,
         anchor: int = 1,
+        prices: PriceTable | None = None,
     ) -> None:
         self.pool = pool
         self.live = live
         self.clock = clock
         self.anchor = anchor
+        # The deployment's price table, which a plan's own prices must fit.
+        self.prices = prices if prices is not None else load_prices(None)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -318,13 +345,13 @@ class Subscriptions:
         return found
 
     async def create_plan(self, actor: Actor, p: NewPlan) -> Plan:
-        check_plan(p)
+        prices = check_plan(p, self.prices)
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
                     "insert into plans (id, name, description, monthly_fee, included_credits,"
-                    " daily_budget, overage_line) values ($1, $2, $3, $4, $5, $6, $7)"
-                    " returning *",
+                    " daily_budget, overage_line, prices)"
+                    " values ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) returning *",
                     new_id(PLAN),
                     p.name.strip(),
                     p.description,
@@ -332,6 +359,7 @@ class Subscriptions:
                     p.included_credits,
                     p.daily_budget,
                     p.overage_line,
+                    None if prices is None else orjson.dumps(prices).decode(),
                 )
             except asyncpg.UniqueViolationError:
                 raise Conflict(f"a plan is already named {p.name.strip()!r}") from None
@@ -427,12 +455,7 @@ class Subscriptions:
                     after=after,
                 )
             await tell_redis(self.pool, self.live, granted)
-            account_after = await repo.get_account(conn, account_id)
-            assert account_after is not None
-            if account_after.redis_version < account_after.config_version:
-                await sync.then_redis(
-                    f"account {account_id}", sync.apply_account(self.pool, self.live, account_after)
-                )
+            await sync.sync_account_now(self.pool, self.live, account_id)
         return after, current is None
 
     async def _start(

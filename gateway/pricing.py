@@ -79,7 +79,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -522,3 +522,76 @@ def _only(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(entry) - allowed)
     if unknown:
         raise _Bad(f"{where}: unknown field(s) {', '.join(unknown)}")
+
+
+# -- a plan's prices ---------------------------------------------------------------------
+
+
+class BadPrices(ValueError):
+    """Prices that do not fit the deployment's table (the message says why)."""
+
+
+def priced_routes(table: PriceTable) -> dict[str, Route]:
+    """The table's routes by name, its default (when it has one) as ``default``."""
+    named = {r.name: r for r in table.routes}
+    if table.default is not None:
+        named[DEFAULT_ROUTE_NAME] = table.default
+    return named
+
+
+def parse_override(table: PriceTable, spec: Mapping[str, Any]) -> dict[str, Route]:
+    """The table's routes at a plan's prices: ``{route: {"price": n}}`` for a fixed-price
+    route, ``{route: {"max_price": n, "units": {kind: n}}}`` for a variable-cost one (a
+    kind left out keeps its price; so does ``max_price``). Only prices change: which route
+    a call is, and where its units come from, are the table's. BadPrices if it does not
+    fit the table."""
+    routes = priced_routes(table)
+    if not isinstance(spec, Mapping) or not spec:
+        raise BadPrices("prices must name at least one route")
+    out: dict[str, Route] = {}
+    for name, entry in spec.items():
+        base = routes.get(name)
+        if base is None:
+            raise BadPrices(f"no route {name!r} in the price table (routes: {', '.join(routes)})")
+        try:
+            out[name] = _overridden(base, _section(entry, f"prices.{name}"), f"prices.{name}")
+        except _Bad as bad:
+            raise BadPrices(str(bad)) from None
+    return out
+
+
+def _overridden(base: Route, entry: Mapping[str, Any], where: str) -> Route:
+    if not base.variable:
+        _only(entry, {"price"}, f"{where} (a fixed-price route)")
+        if "price" not in entry:
+            raise _Bad(f"{where}: price is missing")
+        return replace(base, price=_micros(entry["price"], f"{where}: price"))
+    _only(entry, {"max_price", "units"}, f"{where} (a variable-cost route)")
+    max_price = base.price
+    if "max_price" in entry:
+        max_price = _micros(entry["max_price"], f"{where}: max_price")
+    prices = _section(entry.get("units", {}), f"{where}: units")
+    kinds = {u.kind for u in base.units}
+    unknown = sorted(set(prices) - kinds)
+    if unknown:
+        raise _Bad(f"{where}: units has no kind {unknown[0]!r} (kinds: {', '.join(sorted(kinds))})")
+    units = tuple(
+        replace(u, price=_micros(prices[u.kind], f"{where}: units.{u.kind}"))
+        if u.kind in prices
+        else u
+        for u in base.units
+    )
+    if max_price == 0 or all(u.price == 0 for u in units):
+        raise _Bad(f"{where}: max_price and a unit's price must be above 0 (use price = 0)")
+    return replace(base, price=max_price, units=units, unit_price=None, units_header=None)
+
+
+def override_spec(routes: Mapping[str, Route]) -> dict[str, dict[str, Any]]:
+    """``parse_override``'s input for ``routes``: what is stored and shown."""
+    spec: dict[str, dict[str, Any]] = {}
+    for name, r in routes.items():
+        if r.variable:
+            spec[name] = {"max_price": r.price, "units": {u.kind: u.price for u in r.units}}
+        else:
+            spec[name] = {"price": r.price}
+    return spec

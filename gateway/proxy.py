@@ -47,6 +47,7 @@ from gateway.admission import Admitter, Started
 from gateway.headers import Pairs
 from gateway.identity import Identifier
 from gateway.metrics import GatewayMetrics
+from gateway.price_tables import PriceTables
 from gateway.pricing import PriceTable, Reading, Route, RouteCache, Unpriceable, usage_cost
 from gateway.refund_retry import RefundRetry
 from gateway.upstream import Sent, Upstream, UpstreamResponse
@@ -230,9 +231,11 @@ class Proxy:
         clock: Callable[[], float],
         refund_retry: RefundRetry,
         links: errors.PortalLinks,
+        price_tables: PriceTables,
     ) -> None:
         self.identity = identity
         self.prices = prices
+        self.price_tables = price_tables  # plans' prices, for settling calls admitted at them
         self.routes = RouteCache(prices)
         self.admitter = admitter
         self.upstream = upstream
@@ -428,11 +431,15 @@ class Proxy:
         now: float,
         day: int,
     ) -> Metered:
-        """The admitted call, or the refusal that says why not and what is left."""
+        """The admitted call, or the refusal that says why not and what is left. A call its
+        account's price table priced was debited that price (``Admission.price``)."""
+        price = admission.price
         if admission.admitted:
+            if price is not None:
+                call = call._replace(price=price)
             return Metered(call, route, admission, day)
         # no local holds it: no cycle through this frame
-        raise _refusal(admission, route, now, self.links)
+        raise _refusal(admission, route.price if price is None else price, now, self.links)
 
     async def forward(self, exchange: Exchange, metered: Metered) -> tuple[UpstreamResponse, float]:
         """Send the call upstream; (response with its head read, seconds waited for it)."""
@@ -499,8 +506,12 @@ class Proxy:
             await self.settle_units(metered, usage.end([]), usage.source)
 
     async def settle_units(self, metered: Metered, readings: list[Reading], source: str) -> None:
-        """A variable-cost call's settlement: the reserve less what its units cost, back."""
+        """A variable-cost call's settlement: the reserve less what its units cost, back
+        (at its account's price table's prices, when they priced it)."""
         route = metered.route
+        table = metered.admission.price_table
+        if table is not None:
+            route = await self.price_tables.route(metered.call.shard, table, route)
         cost, unknown = usage_cost(route, readings)
         if unknown is None:
             self.metrics.settlements.labels(route.name, source).inc()
@@ -693,11 +704,11 @@ class Proxy:
 
 
 def _refusal(
-    admission: Admission, route: Route, now: float, links: errors.PortalLinks
+    admission: Admission, price: int, now: float, links: errors.PortalLinks
 ) -> errors.Refusal:
     """Why an admission was refused, with what is left for the caller to act on (a revoked
     key learns nothing more)."""
-    refusal = errors.for_outcome(admission, route.price, now, links)
+    refusal = errors.for_outcome(admission, price, now, links)
     assert refusal is not None
     if isinstance(refusal, errors.NoCredit | errors.DailyLimitReached):
         refusal.headers.update(

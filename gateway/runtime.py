@@ -29,6 +29,7 @@ from gateway.admission import DirectAdmitter
 from gateway.errors import PortalLinks
 from gateway.identity import Identifier, KeyCache
 from gateway.metrics import GatewayMetrics
+from gateway.price_tables import PriceTables
 from gateway.pricing import PriceTable, load_prices
 from gateway.proxy import Proxy
 from gateway.refund_retry import RefundRetry
@@ -129,6 +130,7 @@ async def open_runtime(
             clock=clock,
             refund_retry=refunds,
             links=PortalLinks.under(settings.portal_public_url),
+            price_tables=PriceTables(table, state.get_price_table),
         )
         yield runtime
     finally:

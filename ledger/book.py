@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+import orjson
 
 from ledger.drift import BookAccount
 from ledger.events import StreamId
@@ -50,6 +52,7 @@ class AccountRecord:
     revoked_keys: tuple[str, ...]
     # Required and none on file: the gateway refuses the calls (status p) until one is.
     payment_method_required: bool = False
+    price_table: str | None = None  # its plan's, when the plan has prices of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class RepairBook:
     offset: StreamId
     accounts: tuple[AccountRecord, ...]
     keys: tuple[KeyRow, ...]
+    price_tables: tuple[tuple[str, dict[str, Any]], ...] = ()  # (plan id, its prices)
 
 
 async def shards_in_use(conn: asyncpg.Connection) -> list[int]:
@@ -114,8 +118,13 @@ async def read_shard_for_repair(
         accounts = await conn.fetch(
             "select id, balance, config_version, overage_line, daily_hard_limit,"
             " daily_notify_threshold, low_balance_threshold, status,"
-            " require_payment_method and not has_payment_method as payment_method_required"
-            " from accounts where shard = $1 order by id",
+            " require_payment_method and not has_payment_method as payment_method_required,"
+            " price_table from accounts where shard = $1 order by id",
+            shard,
+        )
+        tables = await conn.fetch(
+            "select id, prices from plans where id in"
+            " (select price_table from accounts where shard = $1) order by id",
             shard,
         )
         spent = await conn.fetch(
@@ -176,8 +185,10 @@ async def read_shard_for_repair(
                 credits=tuple(credit_ids.get(r["id"], ())),
                 revoked_keys=tuple(revoked.get(r["id"], ())),
                 payment_method_required=r["payment_method_required"],
+                price_table=r["price_table"],
             )
             for r in accounts
         ),
         tuple(KeyRow(r["key_hash"], r["id"], r["project_id"], r["account_id"]) for r in api_keys),
+        tuple((r["id"], orjson.loads(r["prices"])) for r in tables if r["prices"] is not None),
     )

@@ -217,7 +217,9 @@ def repair_plan(
             daily_notify_threshold=_opt(r.daily_notify_threshold),
             low_balance_threshold=_opt(r.low_balance_threshold),
             status=keys.account_status(
-                suspended=r.suspended, payment_method_required=r.payment_method_required
+                suspended=r.suspended,
+                payment_method_required=r.payment_method_required,
+                price_table=r.price_table,
             ),
             notify_fired_day=today if r.notify_fired_today else NONE,
             limit_fired_day=today if r.limit_fired_today else NONE,
@@ -240,6 +242,8 @@ async def repair_shard(
             through = max(newest, snapshot.offset) if newest is not None else snapshot.offset
             events = _events(await streams.read_range(client, shard, snapshot.offset, through))
             created = rebuilt = 0
+            for table_id, spec in snapshot.price_tables:  # before a status names one
+                await LiveState(client).put_price_table_on(shard, table_id, spec)
             for chunk in _chunks(repair_plan(snapshot.accounts, events, today), ACCOUNTS_PER_CALL):
                 result = await streams.repair_accounts(
                     client, shard, snapshot.offset, through, today, chunk

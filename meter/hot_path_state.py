@@ -24,9 +24,11 @@ from meter.live_state import (
     Call,
     KeyCall,
     KeyRecord,
+    PriceSpec,
     StateUnavailable,
     debited_calls,
     key_record,
+    parse_price_spec,
     settle_arguments,
 )
 from meter.redis_pipe import RedisPipe, RedisReplyError, Reply
@@ -75,6 +77,8 @@ class HotPathState(Protocol):
     ) -> Awaitable[list[tuple[Call, str]]]: ...
 
     def get_api_key(self, key_hash_hex: str) -> Awaitable[KeyRecord | None]: ...
+
+    def get_price_table(self, shard: int, table_id: str) -> Awaitable[PriceSpec | None]: ...
 
     def ping(self) -> Awaitable[None]: ...
 
@@ -161,6 +165,10 @@ class PipelinedState:
         record: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
         reply.add_done_callback(functools.partial(_to_key_record, record))
         return record
+
+    async def get_price_table(self, shard: int, table_id: str) -> PriceSpec | None:
+        raw = await self.pipe.submit("HGET", keys.price_table(shard, table_id), keys.PRICES_SPEC)
+        return None if raw is None else parse_price_spec(cast(bytes, raw))
 
     async def ping(self) -> None:
         reply = await self.pipe.submit("PING")

@@ -34,7 +34,8 @@ ACCOUNT_FIELDS = {
     "lim": "daily hard limit, micros; -1 = none",
     "ntf": "daily notify threshold, micros; -1 = none",
     "rth": "low-balance (auto-recharge) threshold, micros; -1 = none",
-    "st": "status: a = active, s = suspended, p = payment method required (account_status)",
+    "st": "status: a = active, s = suspended, p = payment method required; else active"
+    " and priced by that price table (a plan's id, keys.price_table) (account_status)",
     "day": "UTC day number (days since 1970-01-01) that spt counts",
     "spt": "spent during day, micros",
     "nfd": "day the notify-threshold signal last fired",
@@ -54,13 +55,17 @@ RECHARGE_IN_FLIGHT, RECHARGE_DECLINED, RECHARGE_PAUSED = "i", "d", "p"
 RECHARGE_STATES = (RECHARGE_IN_FLIGHT, RECHARGE_DECLINED, RECHARGE_PAUSED)
 
 
-def account_status(*, suspended: bool, payment_method_required: bool) -> str:
-    """The "st" field for an account's status as Postgres decides it."""
+def account_status(
+    *, suspended: bool, payment_method_required: bool, price_table: str | None = None
+) -> str:
+    """The "st" field for an account's status as Postgres decides it: an active account
+    with a price table is admitted at its prices, so the table's id stands for active
+    (no field more for the admission to read)."""
     if suspended:
         return STATUS_SUSPENDED
     if payment_method_required:
         return STATUS_PAYMENT_METHOD_REQUIRED
-    return STATUS_ACTIVE
+    return price_table or STATUS_ACTIVE
 
 
 SETTLED_TTL_SECONDS = 86_400
@@ -110,6 +115,16 @@ def admit_batch(shard: int | None, batch_id: str) -> str:
 
 def settled(shard: int, request_id: str) -> str:
     return f"{PREFIX}:settled:{tag(shard)}:{request_id}"
+
+
+def price_table(shard: int, table_id: str) -> str:
+    """A plan's prices, one copy per shard (the admission reads it in its account's slot):
+    a field per route, its price (a variable-cost route's reserve), and ``PRICES_SPEC``."""
+    return f"{PREFIX}:pt:{tag(shard)}:{table_id}"
+
+
+# The field of a price table holding all its prices as JSON (no route is named so).
+PRICES_SPEC = "*spec"
 
 
 def api_key(key_hash_hex: str) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -89,6 +90,10 @@ class Admission(NamedTuple):
     # writes none, the account's auto-recharge state instead (admit.lua's reply).
     event_id: str
     key: KeyRecord | None = None  # a KeyCall's key, as admit.lua read it (None: unknown)
+    # The account's price table (a plan's id) and the price it admitted the call at,
+    # when the table prices the call's route; None: the call's own price.
+    price_table: str | None = None
+    price: int | None = None
 
     @property
     def admitted(self) -> bool:
@@ -107,11 +112,14 @@ class AccountConfig:
     suspended: bool
     # The account must have a payment method and has none on file (Postgres decides).
     payment_method_required: bool = False
+    price_table: str | None = None  # its plan's, when the plan has prices of its own
 
     @property
     def status(self) -> str:
         return keys.account_status(
-            suspended=self.suspended, payment_method_required=self.payment_method_required
+            suspended=self.suspended,
+            payment_method_required=self.payment_method_required,
+            price_table=self.price_table,
         )
 
 
@@ -278,6 +286,24 @@ class LiveState:
             )
         )
 
+    async def put_price_table(self, shards: int, table_id: str, spec: PriceSpec) -> None:
+        """A plan's prices, on every shard (``keys.price_table``). A table never changes
+        once written, so writing it again is harmless."""
+        for shard in range(shards):
+            await self.put_price_table_on(shard, table_id, spec)
+
+    async def put_price_table_on(self, shard: int, table_id: str, spec: PriceSpec) -> None:
+        fields = price_table_fields(spec)
+        await self._translated(
+            self.redis.hset(keys.price_table(shard, table_id), mapping=dict(fields.items()))
+        )
+
+    async def get_price_table(self, shard: int, table_id: str) -> PriceSpec | None:
+        raw = await self._translated(
+            self.redis.hget(keys.price_table(shard, table_id), keys.PRICES_SPEC)
+        )
+        return None if raw is None else parse_price_spec(raw)
+
     # -- reads ------------------------------------------------------------------------
 
     async def get_api_key(self, key_hash_hex: str) -> KeyRecord | None:
@@ -311,6 +337,29 @@ def account_state_from_hash(raw: dict[bytes, bytes]) -> AccountState:
         limit_fired_day=num(b"lfd", NONE),
         low_fired=raw.get(b"low") == b"1",
     )
+
+
+# A plan's prices: route -> {"price": n} or {"max_price": n, "units": {kind: n}}
+# (gateway.pricing.parse_override reads it against the deployment's table).
+PriceSpec = dict[str, dict[str, Any]]
+
+
+def price_table_fields(spec: PriceSpec) -> dict[str, str]:
+    """The hash of a price table: each route's price (a variable-cost route's reserve),
+    which admit.lua debits, and the whole spec for the gateway's settlements."""
+    fields = {
+        route: str(entry["price"] if "price" in entry else entry["max_price"])
+        for route, entry in spec.items()
+    }
+    fields[keys.PRICES_SPEC] = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
+    return fields
+
+
+def parse_price_spec(raw: bytes | str) -> PriceSpec:
+    spec = orjson.loads(raw)
+    if not isinstance(spec, dict):
+        raise ValueError(f"a price table's spec is not an object: {raw!r}")
+    return spec
 
 
 def settle_arguments(
@@ -432,9 +481,15 @@ def debited_calls(calls: Sequence[Call | KeyCall], record: bytes | str) -> list[
         event_id, *resolved = word.split("/")
         if event_id == "-":
             continue
+        price = call.price
+        if "@" in event_id:  # debited at its account's price table's price
+            event_id, _, debited = event_id.split("@")
+            price = int(debited)
         if type(call) is KeyCall:
             key_id, project_id, account_id, shard = resolved
-            call = Call(int(shard), account_id, project_id, key_id, call.route, call.price)
+            call = Call(int(shard), account_id, project_id, key_id, call.route, price)
+        elif price != call.price:
+            call = call._replace(price=price)
         assert type(call) is Call
         out.append((call, event_id))
     return out
@@ -493,12 +548,26 @@ def _admission(
     if signals is None:
         signals = Signal(int(bits))
     left = int(left)
+    slot = _str(event_id)
+    if "@" in slot:  # priced by the account's price table (admit.lua)
+        slot, table, price = slot.split("@")
+        return Admission(
+            outcome,
+            int(balance),
+            int(available),
+            None if left < 0 else left,
+            signals,
+            slot,
+            key,
+            table,
+            int(price),
+        )
     return Admission(
         outcome,
         int(balance),
         int(available),
         None if left < 0 else left,
         signals,
-        _str(event_id),
+        slot,
         key,
     )

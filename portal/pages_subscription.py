@@ -40,6 +40,7 @@ async def _page(
         subscription=current,
         active=active,
         offered=await subs.plans(offered_only=True),
+        price_lines=pricing.price_lines,
         when=lambda p: (
             "now" if active is None else pricing.effective(active.plan, p, None).replace("_", " ")
         ),

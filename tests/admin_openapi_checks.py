@@ -41,6 +41,10 @@ accepted, as the stock check says.
 - Credits: ``expires_at`` must be a day its month has (the pattern allows
   ``2031-02-30``); 422 naming only ``expires_at`` is that refusal.
 
+- Plans: ``prices`` must fit the deployment's price table (its routes, and each
+  route's sort: fixed price or units of its kinds; the field's description); 422
+  naming only ``prices`` is the refusal of prices that do not.
+
 - Webhook endpoints: ``url``'s host must resolve, when saved, to an address a
   webhook may be sent to (the field's description); 422 naming only ``url`` is the
   refusal of one that does not (what the generator writes resolves nowhere public).
@@ -73,6 +77,7 @@ WEBHOOK_URLS = {
     "PATCH /v1/accounts/{account_id}/webhook-endpoints/{endpoint_id}",
 }
 SPEND = "PUT /v1/accounts/{account_id}/spend-management"
+PLANS = "POST /v1/plans"
 CREDITS = "POST /v1/accounts/{account_id}/credits"
 PURCHASE_MIN, PURCHASE_MAX = map(int, os.environ["ADMIN_FUZZ_PURCHASE_BOUNDS"].split(","))
 
@@ -130,10 +135,21 @@ def no_such_day(value: Any) -> bool:
 
 
 def integral_floats(body: Any) -> set[str]:
-    """The top-level fields of ``body`` written as floats with an integral value (5.0)."""
+    """The top-level fields of ``body`` holding, anywhere inside, a float with an integral
+    value (5.0): the server names the top-level field of a nested one."""
     if not isinstance(body, dict):
         return set()
-    return {k for k, v in body.items() if isinstance(v, float) and v.is_integer()}
+    return {k for k, v in body.items() if _holds_integral_float(v)}
+
+
+def _holds_integral_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return value.is_integer()
+    if isinstance(value, dict):
+        return any(_holds_integral_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_integral_float(v) for v in value)
+    return False
 
 
 def if_match_tags(headers: Any) -> list[str] | None:
@@ -194,6 +210,8 @@ def documented_refusal(case: Any, response: Any) -> bool:
         return bool(broken) and set(fields) <= broken
     if status == 422 and slug == "invalid-input" and label == CREDITS and "expires_at" in body:
         return fields == ["expires_at"] and no_such_day(body["expires_at"])
+    if status == 422 and slug == "invalid-input" and label == PLANS:
+        return fields == ["prices"] and isinstance(body.get("prices"), dict)
     if status == 422 and slug == "invalid-input" and label in WEBHOOK_URLS:
         return fields == ["url"] and isinstance(body.get("url"), str)
     tags = if_match_tags(case.headers)

@@ -63,7 +63,8 @@ def own_redis(tmp_path: Path) -> Iterator[local_servers.RedisServer]:
 
 def test_both_adapters_offer_the_hot_path() -> None:
     wanted = {
-        "resolves_keys", "admit", "admit_many", "settle", "void", "get_api_key", "ping", "close"
+        "resolves_keys", "admit", "admit_many", "settle", "void", "get_api_key",
+        "get_price_table", "ping", "close"
     }  # fmt: skip
     declared = {name for name in vars(HotPathState) if not name.startswith("_")}
     assert declared == wanted

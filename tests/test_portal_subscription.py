@@ -128,3 +128,45 @@ async def test_who_may_change_the_subscription(
     )
     assert sent.status == 422 and "There is no plan" in await sent.text()
     assert await stack.pool.fetchval("select count(*) from audit_log") == before
+
+
+async def test_a_plan_with_its_own_prices_is_made_through_the_api_and_shown(
+    stack: Stack,  # noqa: F811
+    page: Page,
+) -> None:
+    admin = stack.provider.admin
+    refused = await call(
+        admin,
+        "POST",
+        "/v1/plans",
+        {"name": "Odd", "monthly_fee": 0, "prices": {"chat": {"price": 1}}},
+        status=422,
+    )
+    assert [e["field"] for e in refused["errors"]] == ["prices"]
+    assert "variable-cost" in refused["errors"][0]["message"]
+    made = await call(
+        admin,
+        "POST",
+        "/v1/plans",
+        {
+            "name": "Metered",
+            "monthly_fee": 0,
+            "prices": {"embeddings": {"price": 50}, "chat": {"units": {"units": 4}}},
+        },
+        status=201,
+    )
+    assert made["prices"] == {  # fitted: the table's reserve where none was given
+        "chat": {"max_price": 100_000, "price": None, "units": {"units": 4}},
+        "embeddings": {"max_price": None, "price": 50, "units": None},
+    }
+    listed = await call(admin, "GET", "/v1/plans", status=200)
+    assert [p["name"] for p in listed["data"]] == ["Metered"]  # "Odd" was never made
+    await stack.sign_in(page)
+    await page.goto(stack.url("/subscription"))
+    prices = page.get_by_role("list", name="Metered's own prices")
+    await expect(prices.get_by_role("listitem")).to_have_text(
+        [
+            "chat: $0.000004 a unit of units, at most $0.100000 a call",
+            "embeddings: $0.000050 a call",
+        ]
+    )

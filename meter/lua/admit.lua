@@ -30,6 +30,15 @@
 --          slot is free there; the field is read only then.
 --          then, for a call resolved by its key's hash, 4 more: key id, project
 --          id, account id, shard (all nil when the key is unknown)
+--          A call priced by its account's price table (below) has '@<table>@<price>'
+--          appended to the slot, and to its word of the batch's record.
+--
+-- Price tables: the status of an active account on a plan with prices of its own is
+-- the plan's id instead of 'a'; meter:pt:{sN}:<plan> (keys.price_table, in the
+-- account's slot) holds the plan's price of each route it changes (a variable-cost
+-- route's reserve). The call's route found there is admitted at that price instead of
+-- ARGV's; any other route, or an account with status 'a', at ARGV's. An account
+-- without a table pays one string comparison for it.
 --
 -- How it works: one HMGET reads everything the decision needs, including the
 -- status (a active, s suspended, p payment method required: checked in money.py's
@@ -105,12 +114,19 @@ end
 
 -- one call, decided and answered (6 items appended to out)
 local function decide(akey, skey, price_s, keyid, project, account, route)
-  local price = tonumber(price_s)
   local f = redis.call('HMGET', akey, 'bal', 'ovl', 'lim', 'ntf', 'rth', 'st', 'day', 'spt',
     'nfd', 'lfd', 'low', 'rk:' .. keyid)
   if not f[1] then
     unknown(5)
   else
+    local tag = false  -- '@<table>@<price>' when the account's price table prices the call
+    local st = f[6]
+    if st ~= 'a' and st ~= 's' and st ~= 'p' and st then
+      local own = redis.call('HGET', 'meter:pt:' .. string.match(akey, '{s%d+}') .. ':' .. st,
+        route)
+      if own then price_s, tag = own, '@' .. st .. '@' .. own end
+    end
+    local price = tonumber(price_s)
     local bal, ovl, lim = tonumber(f[1]), number_once(f[2], 0), number_once(f[3], -1)
     local ntf, rth, spt = number_once(f[4], -1), number_once(f[5], -1), tonumber(f[8] or 0)
     local sday, sday_s = day, today
@@ -169,6 +185,7 @@ local function decide(akey, skey, price_s, keyid, project, account, route)
       eid = redis.call('XADD', skey, '*', 't', t, 'a', account, 'p', project, 'k', keyid,
         'r', route, 'm', price_s, 'd', sday_s, 'g', SIGNALS[signals + 1])
     end
+    if tag then eid = eid .. tag end
     local avail, left = available(bal, ovl, lim, spt)
     out[#out + 1] = outcome; out[#out + 1] = bal; out[#out + 1] = avail
     out[#out + 1] = left; out[#out + 1] = signals; out[#out + 1] = eid
