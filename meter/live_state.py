@@ -549,19 +549,10 @@ def _admission(
         signals = Signal(int(bits))
     left = int(left)
     slot = _str(event_id)
+    table = price = None
     if "@" in slot:  # priced by the account's price table (admit.lua)
-        slot, table, price = slot.split("@")
-        return Admission(
-            outcome,
-            int(balance),
-            int(available),
-            None if left < 0 else left,
-            signals,
-            slot,
-            key,
-            table,
-            int(price),
-        )
+        slot, table, debited = slot.split("@")
+        price = int(debited)
     return Admission(
         outcome,
         int(balance),
@@ -570,4 +561,6 @@ def _admission(
         signals,
         slot,
         key,
+        table,
+        price,
     )
