@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test fuzz fuzz-admin lint format mypy bench admin-bench ledger-bench portal-bench recharge-bench clean
+.PHONY: install demo test fuzz fuzz-admin lint format mypy bench admin-bench ledger-bench portal-bench recharge-bench close-bench pdf-bench clean
 
 install: $(STAMP)
 
@@ -65,6 +65,17 @@ portal-bench: install
 recharge-bench: install
 	$(BIN)/python -m meter.system_needs recharge-bench
 	$(BIN)/python -m loadtests.recharge_bench $(RECHARGE_BENCH_ARGS)
+
+# The close of a billing period for 100,000 accounts, with 1 and 2 closers; the checks of every invoice.
+CLOSE_BENCH_ARGS ?= --workers 1 2
+close-bench: install
+	$(BIN)/python -m meter.system_needs demo
+	$(BIN)/python -m loadtests.close_bench $(CLOSE_BENCH_ARGS)
+
+# An invoice's PDF (weasyprint): ms a render with 5 and 50 lines, and the first, cold.
+pdf-bench: install
+	$(BIN)/python -m meter.system_needs demo
+	$(BIN)/python -m loadtests.pdf_bench $(PDF_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
