@@ -14,8 +14,10 @@ the usage of later days (the rollups), so a late call lands in its own period.
 paid) invoice: the next number from ``invoice_counter`` (its row lock makes numbers
 gapless), seller and buyer frozen, a due date, the "Applied credit balance to
 invoice" entry of zero net effect in the balance history, and ``invoice.finalized``.
-``close_period`` walks every account (``SKIP LOCKED``: workers share the walk) once the
-ledger holds every usage event of the period.
+``close_period`` walks every account without its invoice once the ledger holds every
+usage event of the period. Workers share the walk: it takes each account under ``SKIP
+LOCKED``, passing over one another worker is closing, then walks what is left waiting
+for the locks, so that when it returns every account has its invoice.
 """
 
 from __future__ import annotations
@@ -248,8 +250,10 @@ async def figures(
         period.end_at(),
         period.end.isoformat(),
     )
-    # A void invoice bills nothing, so what it billed is carried forward; one written
-    # off as uncollectible keeps its debt and is not billed again.
+    # Unpaid invoices of other periods (a later one too, when an older period is closed
+    # after it: its amount may already bill this period's debt). A void invoice bills
+    # nothing, so what it billed is carried forward; one written off as uncollectible
+    # keeps its debt and is not billed again.
     billed = await conn.fetchval(
         "select coalesce(sum(greatest(0, amount_due - fee_amount - amount_paid)), 0)::bigint"
         " from invoices where account_id = $1"
@@ -275,13 +279,17 @@ async def close_account(
     grace: float,
     anchor: int = 1,
     crash: CrashHook | None = None,
+    skip_locked: bool = False,
 ) -> Invoice | None:
     """The account's invoice for ``period``, written now or found; in one transaction.
-    None: the account did not exist in the period. Its subscription is renewed into the
-    next period first, so the next period's fee is billed on it (in advance)."""
+    None: the account did not exist in the period, or (``skip_locked``) another
+    transaction holds it: a worker walking every account leaves it to the one closing
+    it. Its subscription is renewed into the next period first, so the next period's
+    fee is billed on it (in advance)."""
+    lock = "for update skip locked" if skip_locked else "for update"
     async with conn.transaction():
         account = await conn.fetchrow(
-            "select id, balance, created_at from accounts where id = $1 for update", account_id
+            f"select id, balance, created_at from accounts where id = $1 {lock}", account_id
         )
         if account is None or account["created_at"] >= period.end_at():
             return None
@@ -519,33 +527,42 @@ class Closer:
                 if await conn.fetchval("select 1 from accounts where id = $1", account_id) is None:
                     raise NotFound(f"no account {account_id!r}")
                 return 0 if await self._one(conn, account_id, period) is None else 1
-        count, after = 0, ""
+        count = 0
         async with self.pool.acquire() as conn:
-            while True:
-                batch = await conn.fetch(
-                    "select a.id from accounts a where a.id > $1 and a.created_at < $2"
-                    " and not exists (select 1 from invoices i where i.account_id = a.id"
-                    " and i.period_start = $3) order by a.id limit 200",
-                    after,
-                    period.end_at(),
-                    period.start,
-                )
-                if not batch:
-                    break
-                for r in batch:
-                    if await self._one(conn, r["id"], period) is not None:
-                        count += 1
-                after = batch[-1]["id"]
+            # First every account no other transaction holds (another worker closing it),
+            # then, waiting for their locks, whatever is left without its invoice.
+            for skip_locked in (True, False):
+                after = ""
+                while True:
+                    batch = await conn.fetch(
+                        "select a.id from accounts a where a.id > $1 and a.created_at < $2"
+                        " and not exists (select 1 from invoices i where i.account_id = a.id"
+                        " and i.period_start = $3) order by a.id limit 200",
+                        after,
+                        period.end_at(),
+                        period.start,
+                    )
+                    if not batch:
+                        break
+                    for r in batch:
+                        found = await self._one(conn, r["id"], period, skip_locked=skip_locked)
+                        count += found is not None
+                    after = batch[-1]["id"]
             await conn.execute(
                 "insert into billing_periods (period_start, period_end, invoices)"
-                " values ($1, $2, (select count(*) from invoices where period_start = $1))"
-                " on conflict do nothing",
+                " select $1, $2, (select count(*) from invoices where period_start = $1)"
+                " where not exists (select 1 from accounts a where a.created_at < $3"
+                " and not exists (select 1 from invoices i where i.account_id = a.id"
+                " and i.period_start = $1)) on conflict do nothing",
                 period.start,
                 period.end,
+                period.end_at(),
             )
         return count
 
-    async def _one(self, conn: Conn, account_id: str, period: Period) -> Invoice | None:
+    async def _one(
+        self, conn: Conn, account_id: str, period: Period, *, skip_locked: bool = False
+    ) -> Invoice | None:
         return await close_account(
             conn,
             account_id,
@@ -554,13 +571,15 @@ class Closer:
             grace=self.settings.invoice_grace,
             anchor=self.settings.billing_anchor_day,
             crash=self.crash,
+            skip_locked=skip_locked,
         )
 
-    async def finalize_due(self, limit: int = 100) -> int:
-        """Finalize drafts whose grace ran out; any number of workers (SKIP LOCKED)."""
+    async def finalize_due(self, limit: int | None = None) -> int:
+        """Finalize the drafts whose grace ran out (at most ``limit``; None: every one);
+        any number of workers (SKIP LOCKED). Returns how many this call finalized."""
         done = 0
         async with self.pool.acquire() as conn:
-            while True:
+            while limit is None or done < limit:
                 async with conn.transaction():
                     row = await conn.fetchrow(
                         "select id from invoices where status = 'draft' and finalize_after <= $1"
@@ -571,8 +590,7 @@ class Closer:
                         return done
                     await finalize(conn, row["id"], self.settings, now=self.now(), crash=self.crash)
                 done += 1
-                if done >= limit:
-                    return done
+        return done
 
 
 class PeriodOpen(Exception):

@@ -177,7 +177,7 @@ async def checks(
         " count(*) filter (where i.usage_amount <> coalesce(l.usage, 0)) as usage_not_lines,"
         " count(*) filter (where i.usage_amount <> coalesce(r.usage, 0)) as usage_not_rollups,"
         " count(*) filter (where i.amount_due + i.credits_applied"
-        "   <> i.usage_amount + i.fee_amount) as unbalanced,"
+        "   <> i.usage_amount + i.fee_amount + i.carried_amount) as unbalanced,"
         " count(*) filter (where e.account_id is null or i.usage_amount <> e.usage"
         "   or i.fee_amount <> e.fee or i.amount_due <> e.due) as not_expected,"
         " coalesce(sum(i.amount_due), 0)::bigint as amount_due,"

@@ -182,6 +182,56 @@ async def test_a_close_is_once_whoever_runs_it_and_however_often(paying: Paying)
     assert closed["invoices"] == 5
 
 
+async def test_a_walk_passes_over_an_account_held_elsewhere_and_comes_back_for_it(
+    paying: Paying,
+) -> None:
+    """Workers share the walk: an account whose row another transaction holds is left
+    while the rest are closed, then closed once it is free, before the walk returns."""
+    accounts = [(await overage_account(paying, f"W{i}"))[0] for i in range(4)]
+    held = accounts[1]
+    c = closer(paying, DEC.end_at() + timedelta(minutes=2))
+    async with paying.pool.acquire() as other, other.transaction():
+        await other.execute("select 1 from accounts where id = $1 for update", held)
+        walk = asyncio.ensure_future(c.close_period(DEC))
+
+        async def invoiced() -> set[str]:
+            rows = await paying.pool.fetch(
+                "select account_id from invoices where period_start = $1", DEC.start
+            )
+            return {r["account_id"] for r in rows}
+
+        async def waiting_for_the_lock() -> bool:
+            return bool(
+                await paying.pool.fetchval(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                )
+            )
+
+        await wait_for(waiting_for_the_lock, 20, "the walk waiting for the held account")
+        assert await invoiced() == set(accounts) - {held}  # the others, while it was held
+        assert not walk.done()
+    assert await walk == 4
+    assert await invoiced() == set(accounts)
+    closed = await paying.pool.fetchval(
+        "select invoices from billing_periods where period_start = $1", DEC.start
+    )
+    assert closed == 4
+
+
+async def test_one_finalizing_call_finalizes_every_draft_due(paying: Paying) -> None:
+    """More drafts than one batch of the walk (200) and than the old cap of 100."""
+    await paying.pool.execute(
+        "insert into accounts (id, name, shard) select 'acct_bulk' || g, 'Bulk', 0"
+        " from generate_series(1, 230) g"
+    )
+    c = closer(paying, DEC.end_at() + timedelta(minutes=2))
+    assert await c.close_period(DEC) == 230
+    assert await c.finalize_due() == 230
+    numbers = await paying.pool.fetch("select number from invoices order by number")
+    assert [r["number"] for r in numbers] == [f"INV-{n:06d}" for n in range(1, 231)]
+    assert await c.finalize_due(limit=5) == 0
+
+
 async def test_not_before_the_end_nor_before_the_ledger_has_the_usage(paying: Paying) -> None:
     account, shard = await overage_account(paying)
     with pytest.raises(PeriodOpen):
