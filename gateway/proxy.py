@@ -54,12 +54,13 @@ from gateway.upstream import Sent, Upstream, UpstreamResponse
 from gateway.usage_meter import UsageMeter
 from meter.admission_batcher import Listener
 from meter.live_state import Admission, Call, KeyCall, KeyRecord
-from meter.money import utc_day
+from meter.money import Outcome, utc_day
 from meter.problems import PROBLEM_CONTENT_TYPE, render
 
 log = logging.getLogger("gateway.proxy")
 
 UNPRICED = "-"  # route label of calls refused before they were priced
+ADMITTED = Outcome.ADMITTED
 _PROBLEM = (b"Content-Type", PROBLEM_CONTENT_TYPE.encode())
 
 
@@ -434,7 +435,7 @@ class Proxy:
         """The admitted call, or the refusal that says why not and what is left. A call its
         account's price table priced was debited that price (``Admission.price``)."""
         price = admission.price
-        if admission.admitted:
+        if admission.outcome is ADMITTED:
             if price is not None:
                 call = call._replace(price=price)
             return Metered(call, route, admission, day)

@@ -497,6 +497,7 @@ def debited_calls(calls: Sequence[Call | KeyCall], record: bytes | str) -> list[
 
 _OUTCOMES = {o.value: o for o in Outcome}
 _SIGNALS = {bits: Signal(bits) for bits in range(16)}
+PRICED = 16  # admit.lua's reply bit: the account's price table priced the call
 
 
 def resolved_flags(calls: Sequence[Call | KeyCall]) -> list[bool] | None:
@@ -545,22 +546,29 @@ def _admission(
     if outcome is None:
         raise ValueError(f"unknown admission outcome {code!r}")
     signals = _SIGNALS.get(int(bits))
-    if signals is None:
-        signals = Signal(int(bits))
     left = int(left)
-    slot = _str(event_id)
-    table = price = None
-    if "@" in slot:  # priced by the account's price table (admit.lua)
-        slot, table, debited = slot.split("@")
-        price = int(debited)
+    if signals is None:  # priced by the account's price table (PRICED), or new bits
+        return _unusual(outcome, int(balance), int(available), left, int(bits), _str(event_id), key)
     return Admission(
         outcome,
         int(balance),
         int(available),
         None if left < 0 else left,
         signals,
-        slot,
+        _str(event_id),
         key,
-        table,
-        price,
     )
+
+
+def _unusual(
+    outcome: Outcome, balance: int, available: int, left: int, bits: int, slot: str, key: Any
+) -> Admission:
+    """An admission whose signal bits are not the common ones: ``PRICED`` says the
+    account's price table priced it, and its slot ends in ``@<table>@<price>``."""
+    table = price = None
+    if bits & PRICED:
+        slot, table, debited = slot.split("@")
+        price = int(debited)
+    limit = None if left < 0 else left
+    signals = Signal(bits & ~PRICED)
+    return Admission(outcome, balance, available, limit, signals, slot, key, table, price)

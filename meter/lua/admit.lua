@@ -31,7 +31,9 @@
 --          then, for a call resolved by its key's hash, 4 more: key id, project
 --          id, account id, shard (all nil when the key is unknown)
 --          A call priced by its account's price table (below) has '@<table>@<price>'
---          appended to the slot, and to its word of the batch's record.
+--          appended to the slot, and to its word of the batch's record, and bit 16 set
+--          in the signals (never in the usage event's): a reader of the common reply
+--          has nothing more to look at.
 --
 -- Price tables: the status of an active account on a plan with prices of its own is
 -- the plan's id instead of 'a'; meter:pt:{sN}:<plan> (keys.price_table, in the
@@ -185,10 +187,11 @@ local function decide(akey, skey, price_s, keyid, project, account, route)
       eid = redis.call('XADD', skey, '*', 't', t, 'a', account, 'p', project, 'k', keyid,
         'r', route, 'm', price_s, 'd', sday_s, 'g', SIGNALS[signals + 1])
     end
-    if tag then eid = eid .. tag end
+    local bits = signals
+    if tag then eid, bits = eid .. tag, signals + 16 end
     local avail, left = available(bal, ovl, lim, spt)
     out[#out + 1] = outcome; out[#out + 1] = bal; out[#out + 1] = avail
-    out[#out + 1] = left; out[#out + 1] = signals; out[#out + 1] = eid
+    out[#out + 1] = left; out[#out + 1] = bits; out[#out + 1] = eid
     if outcome == 0 then
       debits = debits + 1
       return eid
