@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
 
 from billing import subscriptions
@@ -57,6 +56,7 @@ from meter.settings import Settings
 from . import close_seed, procstat, provenance
 from .close_seed import PERIOD
 from .harness import log
+from .latest import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
@@ -346,12 +346,7 @@ async def run(a: argparse.Namespace, folder: Path) -> dict[str, Any]:
         },
         "runs": runs,
         "checks": {"ok": all(r["checks"]["ok"] for r in runs)},
-        "where": {
-            "machine": provenance.machine(),
-            "versions": provenance.versions(),
-            "git": provenance.git(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        },
+        "where": provenance.where(),
     }
 
 
@@ -428,14 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         folder.chmod(0o755)
         result = asyncio.run(run(a, folder))
-    a.results_dir.mkdir(parents=True, exist_ok=True)
-    (a.results_dir / "close-latest.json").write_bytes(
-        orjson.dumps(result, option=orjson.OPT_INDENT_2)
-    )
-    md = markdown(result)
-    (a.results_dir / "close-latest.md").write_text(md)
-    print(md)
-    return 0 if result["checks"]["ok"] else 1
+    return finish(a.results_dir, "close", result, markdown(result), result["checks"]["ok"])
 
 
 if __name__ == "__main__":

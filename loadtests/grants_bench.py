@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
 
 from loadtests.recharge_bench import Admin
@@ -45,6 +44,7 @@ from meter.settings import Secret, Settings
 
 from . import keyspace, measure, procstat, provenance, servers, wrk
 from .harness import log
+from .latest import finish
 from .recharge_bench import start_ledger, wait_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,12 +252,7 @@ async def run(a: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "summary": summary,
         "phases": phases,
         "checks": checked,
-        "where": {
-            "machine": provenance.machine(),
-            "versions": provenance.versions(),
-            "git": provenance.git(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        },
+        "where": provenance.where(),
     }
 
 
@@ -316,14 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         folder.chmod(0o755)
         result = asyncio.run(run(a, folder))
-    a.results_dir.mkdir(parents=True, exist_ok=True)
-    (a.results_dir / "grants-latest.json").write_bytes(
-        orjson.dumps(result, option=orjson.OPT_INDENT_2)
-    )
-    md = markdown(result)
-    (a.results_dir / "grants-latest.md").write_text(md)
-    print(md)
-    return 0 if result["checks"]["ok"] else 1
+    return finish(a.results_dir, "grants", result, markdown(result), result["checks"]["ok"])
 
 
 if __name__ == "__main__":

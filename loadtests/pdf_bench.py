@@ -24,7 +24,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pypdf
 
 from billing import render
@@ -33,6 +32,7 @@ from billing.periods import Period
 from meter.money import MICROS_PER_CENT, money
 
 from . import provenance
+from .latest import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
@@ -136,6 +136,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             }
         )
     checks = [s["check"] for s in sizes] + [check(invoices[0], first_pdf)]
+    where = provenance.where()
     return {
         "args": {k: v for k, v in vars(a).items() if k != "results_dir"},
         "cold": {
@@ -150,12 +151,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             "invoices": checks,
         },
         "loadavg_before": load,
-        "where": {
-            "machine": provenance.machine(),
-            "versions": {**provenance.versions(), **_versions()},
-            "git": provenance.git(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        },
+        "where": {**where, "versions": {**where["versions"], **_versions()}},
     }
 
 
@@ -214,14 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     result = run(a)
-    a.results_dir.mkdir(parents=True, exist_ok=True)
-    (a.results_dir / "pdf-latest.json").write_bytes(
-        orjson.dumps(result, option=orjson.OPT_INDENT_2)
-    )
-    md = markdown(result)
-    (a.results_dir / "pdf-latest.md").write_text(md)
-    print(md)
-    return 0 if result["checks"]["ok"] else 1
+    return finish(a.results_dir, "pdf", result, markdown(result), result["checks"]["ok"])
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import orjson
 
 from ledger.history_query import to_day
 from loadtests import procstat
 from loadtests.history_bench import fill
+from loadtests.latest import write_latest
 from meter import local_servers
 from meter.migrate import migrate
 
@@ -232,11 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     result = asyncio.run(run(args))
     text = markdown(result)
     print(text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "portal-bench-latest.json").write_bytes(
-        orjson.dumps(result, option=orjson.OPT_INDENT_2)
-    )
-    (args.results_dir / "portal-bench-latest.md").write_text(text)
+    write_latest(args.results_dir, "portal-bench", result, text)
     failed = sum(page["failures"] for page in result["pages"].values())
     sys.exit(1 if failed else 0)
 

@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,4 +66,14 @@ def git() -> dict[str, Any]:
     return {
         "commit": _run("git", "rev-parse", "HEAD") or None,
         "dirty": bool(_run("git", "status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def where() -> dict[str, Any]:
+    """What a run's figures depend on: the machine, the versions, the commit, the time."""
+    return {
+        "machine": machine(),
+        "versions": versions(),
+        "git": git(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

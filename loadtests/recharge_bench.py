@@ -56,6 +56,7 @@ from meter.settings import Secret, Settings
 
 from . import keyspace, measure, procstat, provenance, recharge_report, servers, wrk
 from .harness import log
+from .latest import write_latest
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
@@ -485,11 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     text = recharge_report.markdown(result)
     print(text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "recharge-latest.json").write_bytes(
-        orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-    )
-    (args.results_dir / "recharge-latest.md").write_text(text)
+    write_latest(args.results_dir, "recharge", result, text)
     for problem in result["problems"]:
         log(f"recharge_bench: {problem}")
     return 1 if result["problems"] else 0
