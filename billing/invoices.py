@@ -532,22 +532,26 @@ class Closer:
             # First every account no other transaction holds (another worker closing it),
             # then, waiting for their locks, whatever is left without its invoice.
             for skip_locked in (True, False):
-                after = ""
-                while True:
-                    batch = await conn.fetch(
-                        "select a.id from accounts a where a.id > $1 and a.created_at < $2"
-                        " and not exists (select 1 from invoices i where i.account_id = a.id"
-                        " and i.period_start = $3) order by a.id limit 200",
+                after: str | None = ""
+                while after is not None:
+                    # A page of accounts by id (the primary key's order), then those of it
+                    # without their invoice: a plan that stays an index walk whatever the
+                    # tables' statistics (an anti-join over every account and invoice, as
+                    # Postgres chose for the whole walk, read both tables a page).
+                    page = await conn.fetchrow(
+                        "with page as (select id, created_at from accounts where id > $1"
+                        " order by id limit 200) select (select max(id) from page) as last,"
+                        " array(select p.id from page p where p.created_at < $2"
+                        " and not exists (select 1 from invoices i where i.account_id = p.id"
+                        " and i.period_start = $3) order by p.id) as open",
                         after,
                         period.end_at(),
                         period.start,
                     )
-                    if not batch:
-                        break
-                    for r in batch:
-                        found = await self._one(conn, r["id"], period, skip_locked=skip_locked)
+                    for account_id in page["open"]:
+                        found = await self._one(conn, account_id, period, skip_locked=skip_locked)
                         count += found is not None
-                    after = batch[-1]["id"]
+                    after = page["last"]
             await conn.execute(
                 "insert into billing_periods (period_start, period_end, invoices)"
                 " select $1, $2, (select count(*) from invoices where period_start = $1)"
