@@ -286,13 +286,9 @@ class LiveState:
             )
         )
 
-    async def put_price_table(self, shards: int, table_id: str, spec: PriceSpec) -> None:
-        """A plan's prices, on every shard (``keys.price_table``). A table never changes
-        once written, so writing it again is harmless."""
-        for shard in range(shards):
-            await self.put_price_table_on(shard, table_id, spec)
-
     async def put_price_table_on(self, shard: int, table_id: str, spec: PriceSpec) -> None:
+        """A plan's prices on one shard (``keys.price_table``), where its accounts live. A
+        table never changes once written, so writing it again is harmless."""
         fields = price_table_fields(spec)
         await self._translated(
             self.redis.hset(keys.price_table(shard, table_id), mapping=dict(fields.items()))
