@@ -42,6 +42,7 @@ from meter.smtp_address import SmtpAddress
 DEMO_FILE = "demo-account.json"
 DEMO_THRESHOLD = 10_000  # $0.01: the demo traffic's 10 calls of $0.0012 pass it
 DEMO_CALLS = 10
+STOP_GRACE = 15.0  # seconds every child together gets to stop after SIGTERM
 DEMO_OWNER = "owner@demo.test"
 # The plans on offer in the demo; the account starts on the free one (no card needed).
 DEMO_PLANS = (
@@ -102,11 +103,15 @@ def children() -> Iterator[list[Child]]:
         for child in reversed(started):
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
+        # One grace for them all, not one each: a stop takes at most STOP_GRACE.
+        deadline = time.monotonic() + STOP_GRACE
         for child in reversed(started):
             try:
-                child.proc.wait(15)
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"meter dev: {child.name} did not stop; killed", file=sys.stderr)
                 child.proc.kill()
+                child.proc.wait()
 
 
 def _spawn(

@@ -42,8 +42,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: st
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerError(f"{name} exited with {proc.returncode} while starting")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
+            # A connect to a port nobody listens on can land on itself (TCP simultaneous
+            # open, when the kernel picks that same port as the local one): not the server.
+            if s.getsockname() != s.getpeername():
+                return
         time.sleep(0.02)
     raise ServerError(f"{name} did not listen on port {port} within {timeout}s")
 

@@ -36,6 +36,10 @@ def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="meter-dev-"))
     os.chmod(path, 0o755)  # PostgreSQL runs as another user when we are root
     yield path
+    # Shown only when the test fails: how each process of that run ended.
+    for log in sorted(path.glob("**/logs/*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        print(f"--- {log.name}, last lines of {len(lines)}", *lines[-15:], sep="\n")
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -64,12 +68,26 @@ def _read_until_ready(proc: subprocess.Popen[str], deadline: float) -> str:
     raise AssertionError("meter dev never became ready:\n" + "".join(seen))
 
 
+def _stop(proc: subprocess.Popen[str], signum: int) -> int:
+    """Its exit code once ``signum`` stopped it; what it printed after the banner when it
+    does not stop within a minute."""
+    assert proc.stdout is not None
+    proc.send_signal(signum)
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("meter dev did not stop:\n" + proc.stdout.read()) from None
+    finally:
+        proc.stdout.close()
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.timeout(120)
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None
@@ -179,15 +197,7 @@ def test_meter_dev_serves_a_metered_call_and_stops_everything_it_started(
         assert balance["balance"] == 20_000_000 + included - spent - charged
         assert balance["available"] == available
     finally:
-        proc.send_signal(stop)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        finally:
-            assert proc.stdout is not None
-            proc.stdout.close()
+        code = _stop(proc, stop)
     if stop == signal.SIGKILL:
         assert code == -signal.SIGKILL
         deadline = time.monotonic() + 30
@@ -347,13 +357,5 @@ def test_the_readme_example_call_on_meter_dev_started_with_options(data_dir: Pat
         assert (data_dir / "here" / "logs" / "gateway.log").exists()
         assert not (data_dir / "not-here").exists()
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        finally:
-            assert proc.stdout is not None
-            proc.stdout.close()
+        code = _stop(proc, signal.SIGINT)
     assert code == 0
