@@ -313,7 +313,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def run(settings: Settings) -> int:
     # Ctrl-C, kill, and a terminal that goes away (SIGHUP: a closed window, a dropped SSH
     # session) all stop everything; on SIGHUP Postgres would only reload and stay up.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too, set here: a script's background job starts with it ignored, and then
+    # Python leaves it ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     missing = system_needs.check("demo")
     if missing:  # run directly, not through `make demo`, which installs them first

@@ -43,8 +43,14 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _meter_dev(env: dict[str, str], *options: str) -> subprocess.Popen[str]:
-    """``meter dev`` with ``env`` and ``options``, its output (the banner) read as text."""
+    """``meter dev`` with ``env`` and ``options``, its output (the banner) read as text.
+    Started the way a script's background job is, with SIGINT ignored: Ctrl-C must stop
+    it all the same."""
     return subprocess.Popen(
         [sys.executable, "-m", "meter", "dev", *options],
         env=env,
@@ -52,6 +58,7 @@ def _meter_dev(env: dict[str, str], *options: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ignore_sigint,
     )
 
 
