@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ssl
 from email.message import EmailMessage
+from typing import Any
 
 import aiosmtplib
 
@@ -27,6 +28,26 @@ from meter.smtp_address import SmtpAddress
 __all__ = ["TIMEOUT", "MailFailed", "SmtpAddress", "address_of", "failure", "send"]
 
 TIMEOUT = 15.0  # seconds for the whole conversation, as for a webhook
+CLOSE_WAIT = 2.0  # seconds a closed TLS connection gets to finish its shutdown
+
+
+class _Client(aiosmtplib.SMTP):
+    """Tells when its connection is gone. Closing a TLS connection only starts its
+    shutdown; ``send`` waits for the end, so it returns with the socket closed rather
+    than left to the garbage collector if the loop stops."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.closed_one = False  # close() was called on an open connection
+        self.gone = asyncio.Event()  # and its connection_lost came
+
+    def close(self) -> None:
+        self.closed_one = self.closed_one or self.transport is not None
+        super().close()
+
+    def _on_connection_lost(self, protocol: Any) -> None:
+        self.gone.set()
+        super()._on_connection_lost(protocol)
 
 
 class MailFailed(Exception):
@@ -51,7 +72,7 @@ async def send(
 ) -> None:
     # One client, closed whatever happens: aiosmtplib.send left the socket of a failed
     # TLS handshake to the garbage collector.
-    client = aiosmtplib.SMTP(
+    client = _Client(
         hostname=address.host,
         port=address.port,
         username=address.username,
@@ -76,7 +97,11 @@ async def send(
                     await client.quit()
         raise failure(exc) from exc
     finally:
-        client.close()
+        client.close()  # quit(), or connect() failing, closed it already
+        if client.closed_one:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await client.gone.wait()
     if refused:  # some recipients taken, these not: the message did not reach them
         raise failure(
             aiosmtplib.SMTPRecipientsRefused(

@@ -8,7 +8,10 @@ permanent and transient failures.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from email.message import EmailMessage
+from pathlib import Path
 
 import aiosmtplib
 import pytest
@@ -137,6 +140,36 @@ async def test_a_message_goes_over_tls_from_the_first_byte(smtp_server: StartSmt
     await smtp.send(address, _message(), tls_context=server.client_context())
     (got,) = await server.inbox.wait_for(1)
     assert got["Subject"] == "Your usage today passed $10.00"
+
+
+def _connections_to(port: int) -> set[str]:
+    """This process's TCP sockets connected to loopback ``port``: the client's side only
+    (the server, on a thread of this process, closes its own when it likes)."""
+    ours = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            ours.add(os.readlink(fd).removeprefix("socket:[").removesuffix("]"))
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in ours:
+                found.add(fields[9])
+    return found
+
+
+@pytest.mark.parametrize("tls", ["tls", "starttls", "refused"])
+async def test_send_returns_with_its_connection_closed(smtp_server: StartSmtp, tls: str) -> None:
+    """A TLS connection's shutdown outlives ``close()``: ``send`` waits for it, so no
+    socket is left for the garbage collector when the loop stops (as after a test)."""
+    server = smtp_server(tls="starttls" if tls == "refused" else tls)
+    context = None if tls == "refused" else server.client_context()  # unknown CA: refused
+    address = SmtpAddress("localhost", server.port, "starttls" if tls == "refused" else tls)
+    for _ in range(5):
+        with contextlib.suppress(MailFailed):
+            await smtp.send(address, _message(), tls_context=context)
+        assert _connections_to(server.port) == set()
+    assert len(server.inbox.received) == (0 if tls == "refused" else 5)
 
 
 async def test_a_certificate_from_an_unknown_ca_is_refused_and_may_be_retried(
