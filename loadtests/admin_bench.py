@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import uvloop
 
 from meter import devstack, local_servers, system_needs
@@ -164,14 +163,6 @@ def run_in(tree: Path, env: dict[str, str], log_file: Path, *args: str) -> str:
     return done.stdout
 
 
-async def create_database(pg: local_servers.PostgresServer, name: str) -> None:
-    conn = await asyncpg.connect(pg.url("postgres"))
-    try:
-        await conn.execute(f"create database {name}")
-    finally:
-        await conn.close()
-
-
 def start_admin(
     folder: Path,
     name: str,
@@ -181,7 +172,7 @@ def start_admin(
 ) -> Admin:
     """A database of its own, migrated by the checkout itself, then its ``meter admin``."""
     database = f"meter_{name}"
-    asyncio.run(create_database(pg, database))
+    asyncio.run(pg.execute(f"create database {database}"))
     token = secrets.token_urlsafe(24)
     settings = Settings.from_env(
         {}, redis_url=redis_url, database_url=pg.url(database), admin_token=Secret(token)

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from multiprocessing.synchronize import Barrier
@@ -99,9 +98,7 @@ async def _work(
             elif phase == "close":
                 done = await closer.close_period(PERIOD)
             else:
-                done = 0
-                while n := await closer.finalize_due():
-                    done += n
+                done = await closer.finalize_due()  # every draft due, until none is left
             out[phase] = {
                 "seconds": time.perf_counter() - t,
                 "cpu_seconds": time.process_time() - cpu,
@@ -216,12 +213,9 @@ async def one_run(
 ) -> dict[str, Any]:
     redis_url, redis_pid = redis.url, redis.proc.pid
     database = f"close_w{workers}"
-    admin = await asyncpg.connect(pg.url("postgres"))
-    try:
-        await admin.execute(f"drop database if exists {database}")
-        await admin.execute(f"create database {database} template {SEED_DB}")
-    finally:
-        await admin.close()
+    await pg.execute(
+        f"drop database if exists {database}", f"create database {database} template {SEED_DB}"
+    )
     r = aioredis.Redis.from_url(redis_url)
     await r.flushall()
     await r.aclose()
@@ -304,11 +298,7 @@ async def run(a: argparse.Namespace, folder: Path) -> dict[str, Any]:
     redis_server = local_servers.start_redis(folder / "redis")
     pg = local_servers.start_postgres(folder / "pg", durable=a.durable)
     try:
-        admin = await asyncpg.connect(pg.url("postgres"))
-        try:
-            await admin.execute(f"create database {SEED_DB}")
-        finally:
-            await admin.close()
+        await pg.execute(f"create database {SEED_DB}")
         await migrate(pg.url(SEED_DB))
         accounts = close_seed.plan(a.accounts, a.seed)
         t = time.perf_counter()
@@ -424,9 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--durable", action="store_true", help="Postgres with fsync on")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     a = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="close-bench-") as tmp:
-        folder = Path(tmp)
-        folder.chmod(0o755)
+    with local_servers.scratch_folder("close-bench-") as folder:
         result = asyncio.run(run(a, folder))
     return finish(a.results_dir, "close", result, markdown(result), result["checks"]["ok"])
 

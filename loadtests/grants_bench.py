@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -307,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-threshold", type=float, default=0.35, metavar="CORES")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     a = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="grants-bench-") as tmp:
-        folder = Path(tmp)
-        folder.chmod(0o755)
+    with local_servers.scratch_folder("grants-bench-") as folder:
         result = asyncio.run(run(a, folder))
     return finish(a.results_dir, "grants", result, markdown(result), result["checks"]["ok"])
 

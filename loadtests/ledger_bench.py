@@ -29,7 +29,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -170,10 +169,9 @@ def servers(args: argparse.Namespace) -> Iterator[tuple[str, str, int | None]]:
     if args.redis_url and args.database_url:
         yield args.redis_url, args.database_url, None
         return
-    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
-        os.chmod(tmp, 0o755)
-        r = local_servers.start_redis(Path(tmp) / "redis")
-        pg = local_servers.start_postgres(Path(tmp) / "pg", durable=args.durable)
+    with local_servers.scratch_folder("ledger-bench-") as tmp:
+        r = local_servers.start_redis(tmp / "redis")
+        pg = local_servers.start_postgres(tmp / "pg", durable=args.durable)
         try:
             pid_file = pg.dir / "pgdata" / "postmaster.pid"
             yield r.url, pg.url(), int(pid_file.read_text().split()[0])

@@ -15,11 +15,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from meter import parent_death
 from meter.program_paths import find_pg_bin, find_redis_server
@@ -27,6 +30,16 @@ from meter.program_paths import find_pg_bin, find_redis_server
 
 class ServerError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder, removed afterwards, that PostgreSQL may enter (as root it runs
+    as another user)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        folder = Path(tmp)
+        folder.chmod(0o755)
+        yield folder
 
 
 def free_port() -> int:
@@ -159,6 +172,16 @@ class PostgresServer:
 
     def url(self, database: str = "meter") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    async def execute(self, *statements: str) -> None:
+        """``statements`` on the maintenance database, in order: creating, copying or
+        dropping a database (none of which may run inside it)."""
+        conn = await asyncpg.connect(self.url("postgres"))
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
 
     def stop(self, kill: bool = False) -> None:
         if self.proc.poll() is None:

@@ -121,11 +121,7 @@ def postgres_server(server_dir: Path) -> Iterator[local_servers.PostgresServer]:
     server = local_servers.start_postgres(server_dir / "postgres")
 
     async def prepare() -> None:
-        conn = await asyncpg.connect(server.url("postgres"))
-        try:
-            await conn.execute(f"create database {TEMPLATE_DB}")
-        finally:
-            await conn.close()
+        await server.execute(f"create database {TEMPLATE_DB}")
         await migrate(server.url(TEMPLATE_DB))
 
     asyncio.run(prepare())
@@ -146,17 +142,9 @@ def redis_url(redis_server: local_servers.RedisServer) -> str:
 async def database_url(postgres_server: local_servers.PostgresServer) -> AsyncIterator[str]:
     """A fresh, migrated database for this test (cloned from the template)."""
     name = f"t_{os.getpid()}_{next(_db_counter)}"
-    conn = await asyncpg.connect(postgres_server.url("postgres"))
-    try:
-        await conn.execute(f"create database {name} template {TEMPLATE_DB}")
-    finally:
-        await conn.close()
+    await postgres_server.execute(f"create database {name} template {TEMPLATE_DB}")
     yield postgres_server.url(name)
-    conn = await asyncpg.connect(postgres_server.url("postgres"))
-    try:
-        await conn.execute(f"drop database if exists {name} with (force)")
-    finally:
-        await conn.close()
+    await postgres_server.execute(f"drop database if exists {name} with (force)")
 
 
 @pytest.fixture
