@@ -42,7 +42,6 @@ from meter.smtp_address import SmtpAddress
 DEMO_FILE = "demo-account.json"
 DEMO_THRESHOLD = 10_000  # $0.01: the demo traffic's 10 calls of $0.0012 pass it
 DEMO_CALLS = 10
-STOP_GRACE = 15.0  # seconds every child together gets to stop after SIGTERM
 DEMO_OWNER = "owner@demo.test"
 # The plans on offer in the demo; the account starts on the free one (no card needed).
 DEMO_PLANS = (
@@ -92,6 +91,9 @@ def child_environment(settings: Settings, **overrides: Any) -> dict[str, str]:
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
+
+
+STOP_GRACE = 15.0  # seconds every child together gets to stop after SIGTERM
 
 
 @contextlib.contextmanager

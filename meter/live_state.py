@@ -543,21 +543,22 @@ def _admission(
         raise ValueError(f"unknown admission outcome {code!r}")
     signals = _SIGNALS.get(int(bits))
     left = int(left)
+    limit = None if left < 0 else left
     if signals is None:  # priced by the account's price table (PRICED), or new bits
-        return _unusual(outcome, int(balance), int(available), left, int(bits), _str(event_id), key)
-    return Admission(
-        outcome,
-        int(balance),
-        int(available),
-        None if left < 0 else left,
-        signals,
-        _str(event_id),
-        key,
-    )
+        return _unusual(
+            outcome, int(balance), int(available), limit, int(bits), _str(event_id), key
+        )
+    return Admission(outcome, int(balance), int(available), limit, signals, _str(event_id), key)
 
 
 def _unusual(
-    outcome: Outcome, balance: int, available: int, left: int, bits: int, slot: str, key: Any
+    outcome: Outcome,
+    balance: int,
+    available: int,
+    limit: int | None,
+    bits: int,
+    slot: str,
+    key: Any,
 ) -> Admission:
     """An admission whose signal bits are not the common ones: ``PRICED`` says the
     account's price table priced it, and its slot ends in ``@<table>@<price>``."""
@@ -565,6 +566,5 @@ def _unusual(
     if bits & PRICED:
         slot, table, debited = slot.split("@")
         price = int(debited)
-    limit = None if left < 0 else left
     signals = Signal(bits & ~PRICED)
     return Admission(outcome, balance, available, limit, signals, slot, key, table, price)
